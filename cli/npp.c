@@ -1,0 +1,445 @@
+/* npp.c - the command-line tool: runs the engine in-process.
+ *   npp make-model  writes a random HF GPT-2 checkpoint
+ *   npp tokenize    GPT-2 token ids of a text
+ *   npp forward     next-token predictions (and all logits as .npy)
+ * Only this file exits; the engine returns errors (see engine/err.h). */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../engine/gpt2.h"
+#include "../engine/mkmodel.h"
+#include "../engine/model.h"
+#include "../engine/npy.h"
+#include "../engine/tok.h"
+
+#ifndef NPP_VOCAB_DIR
+#define NPP_VOCAB_DIR "vocab"
+#endif
+#ifndef NPP_VERSION
+#define NPP_VERSION "0.1.0"
+#endif
+
+static const char *prog = "npp";
+
+static int die_err(const npp_err *e)
+{
+    fprintf(stderr, "%s: error: %s\n", prog, e->message);
+    return 1;
+}
+
+static int usage_error(const char *cmd, const char *msg)
+{
+    fprintf(stderr, "%s %s: %s (see '%s %s --help')\n", prog, cmd, msg, prog, cmd);
+    return 2;
+}
+
+/* Parses a positive int option; returns -1 on garbage. */
+static long parse_long(const char *s, long lo, long hi)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    return v;
+}
+
+/* ---- make-model ------------------------------------------------------- */
+
+static const char MAKE_HELP[] =
+    "usage: npp make-model --out DIR [--layers N] [--heads N] [--embd N] [--positions N]\n"
+    "                      [--inner N] [--seed S] [--dtype f32|f16|bf16] [--init-std X]\n"
+    "                      [--prefix transformer.] [--untied] [--vocab-dir DIR]\n"
+    "Writes a random GPT-2 checkpoint in HuggingFace's layout (config.json,\n"
+    "model.safetensors, vocab.json, merges.txt), deterministic for a seed.\n"
+    "Defaults: 2 layers, 4 heads, 64 wide, 128 positions, seed 0, f32, init std 0.02.\n"
+    "The vocabulary is copied from --vocab-dir (encoder.json + vocab.bpe), default\n"
+    "$NPP_VOCAB_DIR or " NPP_VOCAB_DIR ".\n";
+
+static int cmd_make_model(int argc, char **argv)
+{
+    mkmodel_opts o = {.layers = 2, .heads = 4, .embd = 64, .positions = 128, .dtype = "f32"};
+    o.vocab_dir = getenv("NPP_VOCAB_DIR") ? getenv("NPP_VOCAB_DIR") : NPP_VOCAB_DIR;
+    static const struct option opts[] = {
+        {"out", 1, 0, 'o'},    {"layers", 1, 0, 'l'},    {"heads", 1, 0, 'h'},
+        {"embd", 1, 0, 'e'},   {"positions", 1, 0, 'p'}, {"inner", 1, 0, 'i'},
+        {"seed", 1, 0, 's'},   {"dtype", 1, 0, 'd'},     {"init-std", 1, 0, 'x'},
+        {"prefix", 1, 0, 'P'}, {"untied", 0, 0, 'u'},    {"vocab-dir", 1, 0, 'v'},
+        {"help", 0, 0, 'H'},   {0, 0, 0, 0}};
+    int c;
+    long v;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': o.out_dir = optarg; break;
+        case 'l':
+        case 'h':
+        case 'e':
+        case 'p':
+        case 'i':
+            if ((v = parse_long(optarg, 1, 1 << 20)) < 0)
+                return usage_error("make-model", "numeric options take a positive integer");
+            *(c == 'l' ? &o.layers : c == 'h' ? &o.heads : c == 'e' ? &o.embd : c == 'p' ? &o.positions : &o.inner) = (int)v;
+            break;
+        case 's': o.seed = strtoull(optarg, NULL, 10); break;
+        case 'd': o.dtype = optarg; break;
+        case 'x': o.init_std = atof(optarg); break;
+        case 'P': o.prefix = optarg; break;
+        case 'u': o.untied = 1; break;
+        case 'v': o.vocab_dir = optarg; break;
+        case 'H': fputs(MAKE_HELP, stdout); return 0;
+        default: return usage_error("make-model", "unknown option");
+        }
+    }
+    if (!o.out_dir)
+        return usage_error("make-model", "--out DIR is required");
+    npp_err e = {0};
+    if (mkmodel_write(&o, &e))
+        return die_err(&e);
+    return 0;
+}
+
+/* ---- shared by tokenize / forward ------------------------------------- */
+
+typedef struct {
+    const char *model_dir, *device, *dtype, *ids, *logits_out;
+    int json, top_k, threads, repeat;
+    const char *text;
+} run_args;
+
+static const struct option RUN_OPTS[] = {
+    {"model", 1, 0, 'm'},   {"device", 1, 0, 'D'},     {"dtype", 1, 0, 'd'},
+    {"json", 0, 0, 'j'},    {"top-k", 1, 0, 'k'},      {"threads", 1, 0, 't'},
+    {"ids", 1, 0, 'i'},     {"logits-out", 1, 0, 'L'}, {"repeat", 1, 0, 'r'},
+    {"help", 0, 0, 'H'},    {0, 0, 0, 0}};
+
+static int parse_run_args(const char *cmd, const char *help, int argc, char **argv, run_args *a)
+{
+    int c;
+    long v;
+    memset(a, 0, sizeof *a);
+    a->top_k = 10;
+    a->model_dir = getenv("NPP_MODEL");
+    while ((c = getopt_long(argc, argv, "", RUN_OPTS, NULL)) != -1) {
+        switch (c) {
+        case 'm': a->model_dir = optarg; break;
+        case 'D': a->device = optarg; break;
+        case 'd': a->dtype = optarg; break;
+        case 'j': a->json = 1; break;
+        case 'i': a->ids = optarg; break;
+        case 'L': a->logits_out = optarg; break;
+        case 'k':
+        case 't':
+        case 'r':
+            if ((v = parse_long(optarg, 1, 1000000)) < 0)
+                return usage_error(cmd, "--top-k, --threads and --repeat take a positive integer");
+            *(c == 'k' ? &a->top_k : c == 't' ? &a->threads : &a->repeat) = (int)v;
+            break;
+        case 'H': fputs(help, stdout); return -1;
+        default: return usage_error(cmd, "unknown option");
+        }
+    }
+    if (!a->model_dir)
+        return usage_error(cmd, "--model DIR is required (or set NPP_MODEL)");
+    if (optind < argc)
+        a->text = argv[optind++];
+    if (optind < argc)
+        return usage_error(cmd, "one TEXT argument only (quote it)");
+    if (!a->text == !a->ids)
+        return usage_error(cmd, "give either TEXT or --ids");
+    if (a->threads)
+        shim_set_threads(a->threads);
+    return 0;
+}
+
+/* Token ids from TEXT or "--ids 1,2,3". *ids is new. */
+static int get_ids(const model *m, const run_args *a, int64_t **ids, size_t *n, npp_err *e)
+{
+    if (a->text) {
+        int32_t *t32;
+        int rc = tok_encode(m->tok, a->text, strlen(a->text), &t32, n, e);
+        if (rc)
+            return rc;
+        *ids = malloc((*n ? *n : 1) * sizeof **ids);
+        for (size_t i = 0; *ids && i < *n; i++)
+            (*ids)[i] = t32[i];
+        free(t32);
+        return *ids ? 0 : npp_fail(e, NPP_ENOMEM, "text", "out of memory");
+    }
+    size_t cap = strlen(a->ids) / 2 + 1;
+    *ids = malloc(cap * sizeof **ids);
+    *n = 0;
+    if (!*ids)
+        return npp_fail(e, NPP_ENOMEM, "ids", "out of memory");
+    for (const char *p = a->ids; *p;) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(p, &end, 10);
+        if (end == p || errno || v < 0 || v >= m->cfg.vocab_size || (*end && *end != ','))
+            return npp_fail(e, NPP_EINVAL, "ids",
+                            "--ids: expected comma-separated token ids in 0..%d near '%s'",
+                            m->cfg.vocab_size - 1, p);
+        (*ids)[(*n)++] = v;
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
+static json_t *token_json(const model *m, int64_t id)
+{
+    int32_t i32 = (int32_t)id;
+    char *s = NULL;
+    size_t len;
+    json_t *j = NULL;
+    if (tok_decode(m->tok, &i32, 1, &s, &len, NULL) == 0)
+        j = json_stringn(s, len);
+    free(s);
+    return j ? j : json_null();
+}
+
+/* ---- tokenize ---------------------------------------------------------- */
+
+static const char TOK_HELP[] =
+    "usage: npp tokenize --model DIR [--json] TEXT\n"
+    "Prints the GPT-2 token ids of TEXT, one 'id<TAB>token' per line, or a JSON\n"
+    "array with --json. '<|endoftext|>' in TEXT is plain text (see docs).\n";
+
+static int cmd_tokenize(int argc, char **argv)
+{
+    run_args a;
+    int rc = parse_run_args("tokenize", TOK_HELP, argc, argv, &a);
+    if (rc)
+        return rc < 0 ? 0 : rc;
+    if (!a.text)
+        return usage_error("tokenize", "TEXT is required");
+    npp_err e = {0};
+    tok *t = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (model_tok_load(a.model_dir, &t, &e) || tok_encode(t, a.text, strlen(a.text), &ids, &n, &e)) {
+        tok_free(t);
+        return die_err(&e);
+    }
+    if (a.json) {
+        putchar('[');
+        for (size_t i = 0; i < n; i++)
+            printf("%s%d", i ? ", " : "", ids[i]);
+        puts("]");
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            char *s;
+            size_t len;
+            tok_decode(t, &ids[i], 1, &s, &len, NULL);
+            printf("%d\t%s\n", ids[i], s);
+            free(s);
+        }
+    }
+    free(ids);
+    tok_free(t);
+    return 0;
+}
+
+/* ---- forward ----------------------------------------------------------- */
+
+static const char FWD_HELP[] =
+    "usage: npp forward --model DIR [--top-k K] [--json] [--logits-out FILE.npy]\n"
+    "                   [--device cpu|cuda:N] [--dtype f32|f16|bf16] [--threads N]\n"
+    "                   [--repeat N] (TEXT | --ids 1,2,3)\n"
+    "Runs GPT-2 on TEXT and prints the top-k next tokens after its last token with\n"
+    "their probabilities. --logits-out writes every position's logits as a float32\n"
+    ".npy of shape [T, vocab]. --repeat N times N more forward passes after the\n"
+    "first and prints the median milliseconds to stderr.\n";
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Times `repeat` forward passes; prints the median to stderr. */
+static int time_forward(const model *m, const int64_t *ids, size_t n, int repeat, npp_err *e)
+{
+    double *ms = calloc((size_t)repeat, sizeof *ms);
+    if (!ms)
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    for (int r = 0; r < repeat; r++) {
+        shim_tensor *lg = NULL;
+        shim_status st = {0};
+        double t0 = now_ms();
+        int rc = gpt2_forward(m, ids, 1, (int64_t)n, NULL, &lg, e);
+        shim_synchronize(m->device, &st);
+        ms[r] = now_ms() - t0;
+        shim_free(lg);
+        if (rc) {
+            free(ms);
+            return rc;
+        }
+    }
+    qsort(ms, (size_t)repeat, sizeof *ms, cmp_double);
+    fprintf(stderr, "forward: %zu tokens, %d threads, median %.3f ms over %d runs (min %.3f)\n", n,
+            shim_get_threads(), ms[repeat / 2], repeat, ms[0]);
+    free(ms);
+    return 0;
+}
+
+typedef struct {
+    int64_t id;
+    double lp;
+} scored;
+
+static int cmp_scored(const void *a, const void *b)
+{
+    const scored *x = a, *y = b;
+    if (x->lp != y->lp)
+        return x->lp < y->lp ? 1 : -1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+/* The k best tokens of one row of logits, by log-probability. */
+static scored *top_k(const float *row, int64_t V, int k, int *nk)
+{
+    double mx = -INFINITY, sum = 0;
+    for (int64_t i = 0; i < V; i++)
+        mx = row[i] > mx ? row[i] : mx;
+    for (int64_t i = 0; i < V; i++)
+        sum += exp(row[i] - mx);
+    double lse = mx + log(sum);
+    scored *all = malloc((size_t)V * sizeof *all);
+    if (!all)
+        return NULL;
+    for (int64_t i = 0; i < V; i++)
+        all[i] = (scored){i, row[i] - lse};
+    qsort(all, (size_t)V, sizeof *all, cmp_scored);
+    *nk = k < V ? k : (int)V;
+    return all;
+}
+
+static int print_forward(const model *m, const run_args *a, const int64_t *ids, size_t n,
+                         const float *last)
+{
+    int nk;
+    scored *best = top_k(last, m->cfg.vocab_size, a->top_k, &nk);
+    if (!best)
+        return fprintf(stderr, "%s: out of memory\n", prog), 1;
+    if (a->json) {
+        json_t *root = json_object(), *toks = json_array(), *tk = json_array();
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(toks, json_integer(ids[i]));
+        for (int i = 0; i < nk; i++)
+            json_array_append_new(tk, json_pack("{s:I,s:o,s:f,s:f}", "id", (json_int_t)best[i].id,
+                                                "token", token_json(m, best[i].id), "prob",
+                                                exp(best[i].lp), "logprob", best[i].lp));
+        json_object_set_new(root, "tokens", toks);
+        json_object_set_new(root, "position", json_integer((json_int_t)n - 1));
+        json_object_set_new(root, "top_k", tk);
+        json_dumpf(root, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        putchar('\n');
+        json_decref(root);
+    } else {
+        printf("%zu tokens; next-token predictions after the last one:\n", n);
+        for (int i = 0; i < nk; i++) {
+            json_t *t = token_json(m, best[i].id);
+            char *q = json_dumps(t, JSON_ENCODE_ANY);
+            printf("%3d. %-20s id %-6lld p=%.6f  logp=%.4f\n", i + 1, q ? q : "?",
+                   (long long)best[i].id, exp(best[i].lp), best[i].lp);
+            free(q);
+            json_decref(t);
+        }
+    }
+    free(best);
+    return 0;
+}
+
+static int cmd_forward(int argc, char **argv)
+{
+    run_args a;
+    int rc = parse_run_args("forward", FWD_HELP, argc, argv, &a);
+    if (rc)
+        return rc < 0 ? 0 : rc;
+    npp_err e = {0};
+    model *m = NULL;
+    int64_t *ids = NULL;
+    size_t n = 0;
+    float *all = NULL;
+    shim_tensor *logits = NULL;
+    model_opts mo = {a.device, a.dtype};
+    if ((rc = model_load(a.model_dir, &mo, &m, &e)) || (rc = get_ids(m, &a, &ids, &n, &e)))
+        goto fail;
+    if (n == 0) {
+        rc = npp_fail(&e, NPP_EINVAL, "text", "the text has no tokens");
+        goto fail;
+    }
+    if ((rc = gpt2_forward(m, ids, 1, (int64_t)n, NULL, &logits, &e)))
+        goto fail;
+    int64_t V = m->cfg.vocab_size;
+    all = malloc(n * (size_t)V * sizeof *all);
+    shim_status st = {0};
+    if (!all || shim_to_host_f32(logits, all, n * (size_t)V, &st)) {
+        rc = npp_fail(&e, NPP_ENOMEM, "", "copying logits: %s", all ? st.msg : "out of memory");
+        goto fail;
+    }
+    if (a.logits_out) {
+        int64_t shape[2] = {(int64_t)n, V};
+        if ((rc = npy_write_f32(a.logits_out, all, shape, 2, &e)))
+            goto fail;
+    }
+    if (a.repeat && (rc = time_forward(m, ids, n, a.repeat, &e)))
+        goto fail;
+    rc = print_forward(m, &a, ids, n, all + (n - 1) * (size_t)V);
+fail:
+    if (rc && e.code)
+        rc = die_err(&e);
+    free(all);
+    shim_free(logits);
+    free(ids);
+    model_free(m);
+    return rc;
+}
+
+/* ---- main -------------------------------------------------------------- */
+
+static const char MAIN_HELP[] =
+    "usage: npp COMMAND [options]\n"
+    "commands:\n"
+    "  make-model   write a random GPT-2 checkpoint in HuggingFace's layout\n"
+    "  tokenize     print GPT-2 token ids of a text\n"
+    "  forward      next-token predictions of a text (and all logits as .npy)\n"
+    "  version      print versions\n"
+    "'npp COMMAND --help' describes each command.\n";
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        fputs(MAIN_HELP, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    argv[1] = argv[0];
+    argc--, argv++;
+    optind = 1;
+    if (!strcmp(cmd, "make-model"))
+        return cmd_make_model(argc, argv);
+    if (!strcmp(cmd, "tokenize"))
+        return cmd_tokenize(argc, argv);
+    if (!strcmp(cmd, "forward"))
+        return cmd_forward(argc, argv);
+    if (!strcmp(cmd, "version")) {
+        printf("npp %s (libtorch %s, %d CUDA device(s))\n", NPP_VERSION, shim_torch_version(),
+               shim_cuda_device_count());
+        return 0;
+    }
+    fprintf(stderr, "%s: unknown command '%s'\n%s", prog, cmd, MAIN_HELP);
+    return 2;
+}

@@ -1,0 +1,437 @@
+// shim.cpp - implements shim.h over libtorch (ATen).
+// Every entry point catches c10::Error / std::exception and turns it into a
+// shim_status; autograd is off (InferenceMode) in every call. Shapes and
+// semantics are documented in shim.h; this file only checks and forwards.
+
+#include "shim.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/core/InferenceMode.h>
+#include <torch/version.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <new>
+#include <string>
+
+struct shim_tensor {
+    at::Tensor t;
+};
+
+namespace {
+
+void set_err(shim_status *st, int code, const char *fmt, ...)
+{
+    if (!st || st->code)
+        return;
+    st->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(st->msg, sizeof st->msg, fmt, ap);
+    va_end(ap);
+}
+
+// Keeps only the first line of a c10 message: the rest is a C++ backtrace.
+void set_torch_err(shim_status *st, const char *what)
+{
+    std::string s(what ? what : "unknown libtorch error");
+    size_t nl = s.find('\n');
+    if (nl != std::string::npos)
+        s.resize(nl);
+    set_err(st, SHIM_ETORCH, "libtorch: %s", s.c_str());
+}
+
+at::ScalarType to_scalar(shim_dtype d)
+{
+    switch (d) {
+    case SHIM_F32: return at::kFloat;
+    case SHIM_F16: return at::kHalf;
+    case SHIM_BF16: return at::kBFloat16;
+    case SHIM_I64: return at::kLong;
+    }
+    return at::kFloat;
+}
+
+shim_dtype from_scalar(at::ScalarType s)
+{
+    switch (s) {
+    case at::kHalf: return SHIM_F16;
+    case at::kBFloat16: return SHIM_BF16;
+    case at::kLong: return SHIM_I64;
+    default: return SHIM_F32;
+    }
+}
+
+at::Device to_device(shim_device d)
+{
+    if (d.kind == SHIM_CUDA)
+        return at::Device(at::kCUDA, (c10::DeviceIndex)d.index);
+    return at::Device(at::kCPU);
+}
+
+shim_tensor *wrap(at::Tensor t)
+{
+    return new shim_tensor{std::move(t)};
+}
+
+bool bad(shim_status *st)
+{
+    return st && st->code != 0;
+}
+
+} // namespace
+
+// Runs body, converting any exception into the status. Returns the
+// body's value, or fail on error (or when the status was already set).
+#define SHIM_GUARD(st, fail, ...)                                                                  \
+    do {                                                                                           \
+        if (bad(st))                                                                               \
+            return fail;                                                                           \
+        try {                                                                                      \
+            c10::InferenceMode guard_;                                                             \
+            __VA_ARGS__                                                                            \
+        } catch (const c10::Error &e) {                                                            \
+            set_torch_err(st, e.what_without_backtrace());                                         \
+        } catch (const std::bad_alloc &) {                                                         \
+            set_err(st, SHIM_ENOMEM, "out of memory");                                             \
+        } catch (const std::exception &e) {                                                        \
+            set_torch_err(st, e.what());                                                           \
+        } catch (...) {                                                                            \
+            set_torch_err(st, "unknown exception");                                                \
+        }                                                                                          \
+        return fail;                                                                               \
+    } while (0)
+
+extern "C" {
+
+int shim_cuda_device_count(void)
+{
+    try {
+        if (!at::detail::getCUDAHooks().hasCUDA())
+            return 0;
+        return at::detail::getCUDAHooks().getNumGPUs();
+    } catch (...) {
+        return 0;
+    }
+}
+
+int shim_device_parse(const char *s, shim_device *out, shim_status *st)
+{
+    if (!s || !out) {
+        set_err(st, SHIM_EINVAL, "no device given");
+        return SHIM_EINVAL;
+    }
+    if (strcmp(s, "cpu") == 0) {
+        *out = shim_device{SHIM_CPU, 0};
+        return 0;
+    }
+    int idx = 0;
+    if (strcmp(s, "cuda") == 0) {
+        idx = 0;
+    } else if (strncmp(s, "cuda:", 5) == 0 && s[5] >= '0' && s[5] <= '9') {
+        char *end = nullptr;
+        long v = strtol(s + 5, &end, 10);
+        if (*end || v < 0 || v > 1024) {
+            set_err(st, SHIM_EINVAL, "bad device '%s' (expected cpu, cuda or cuda:N)", s);
+            return SHIM_EINVAL;
+        }
+        idx = (int)v;
+    } else {
+        set_err(st, SHIM_EINVAL, "bad device '%s' (expected cpu, cuda or cuda:N)", s);
+        return SHIM_EINVAL;
+    }
+    int n = shim_cuda_device_count();
+    if (n == 0) {
+        set_err(st, SHIM_ENODEV, "device '%s': this build's libtorch has no CUDA or no GPU is visible",
+                s);
+        return SHIM_ENODEV;
+    }
+    if (idx >= n) {
+        set_err(st, SHIM_ENODEV, "device '%s': only %d CUDA device(s) visible", s, n);
+        return SHIM_ENODEV;
+    }
+    *out = shim_device{SHIM_CUDA, idx};
+    return 0;
+}
+
+void shim_device_name(shim_device d, char *buf, size_t n)
+{
+    if (d.kind == SHIM_CUDA)
+        snprintf(buf, n, "cuda:%d", d.index);
+    else
+        snprintf(buf, n, "cpu");
+}
+
+int shim_dtype_parse(const char *s, shim_dtype *out, shim_status *st)
+{
+    static const struct {
+        const char *name;
+        shim_dtype d;
+    } names[] = {{"f32", SHIM_F32},     {"float32", SHIM_F32}, {"f16", SHIM_F16},
+                 {"float16", SHIM_F16}, {"bf16", SHIM_BF16},   {"bfloat16", SHIM_BF16}};
+    for (const auto &e : names) {
+        if (s && strcmp(s, e.name) == 0) {
+            *out = e.d;
+            return 0;
+        }
+    }
+    set_err(st, SHIM_EINVAL, "bad dtype '%s' (expected f32, f16 or bf16)", s ? s : "");
+    return SHIM_EINVAL;
+}
+
+const char *shim_dtype_name(shim_dtype d)
+{
+    switch (d) {
+    case SHIM_F32: return "f32";
+    case SHIM_F16: return "f16";
+    case SHIM_BF16: return "bf16";
+    case SHIM_I64: return "i64";
+    }
+    return "?";
+}
+
+size_t shim_dtype_size(shim_dtype d)
+{
+    switch (d) {
+    case SHIM_F32: return 4;
+    case SHIM_F16: return 2;
+    case SHIM_BF16: return 2;
+    case SHIM_I64: return 8;
+    }
+    return 0;
+}
+
+void shim_set_threads(int n)
+{
+    if (n > 0)
+        at::set_num_threads(n);
+}
+
+int shim_get_threads(void)
+{
+    return at::get_num_threads();
+}
+
+const char *shim_torch_version(void)
+{
+    return TORCH_VERSION;
+}
+
+void shim_synchronize(shim_device d, shim_status *st)
+{
+    if (d.kind != SHIM_CUDA)
+        return;
+    SHIM_GUARD(st, , {
+        // A tiny device-to-host copy waits for all queued work on the stream.
+        at::Tensor z = at::zeros({1}, at::TensorOptions().device(to_device(d)));
+        (void)z.cpu();
+        return;
+    });
+}
+
+shim_tensor *shim_from_host(const void *data, shim_dtype src, const int64_t *shape, int ndim,
+                            shim_device dev, shim_dtype dst, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        if (ndim < 0 || ndim > SHIM_MAX_DIMS) {
+            set_err(st, SHIM_EINVAL, "from_host: bad rank %d", ndim);
+            return nullptr;
+        }
+        std::vector<int64_t> sz(shape, shape + ndim);
+        // Copy into an owned, aligned host tensor first: data may be an
+        // unaligned pointer into a mapped file.
+        at::Tensor host = at::empty(sz, at::TensorOptions().dtype(to_scalar(src)));
+        if (host.nbytes())
+            memcpy(host.data_ptr(), data, host.nbytes());
+        at::Tensor t = host.to(to_device(dev), to_scalar(dst));
+        return wrap(std::move(t));
+    });
+}
+
+int shim_to_host_f32(const shim_tensor *t, float *out, size_t n, shim_status *st)
+{
+    SHIM_GUARD(st, st ? st->code : SHIM_EINVAL, {
+        if ((size_t)t->t.numel() != n) {
+            set_err(st, SHIM_EINVAL, "to_host: tensor has %lld elements, buffer %zu",
+                    (long long)t->t.numel(), n);
+            return SHIM_EINVAL;
+        }
+        at::Tensor c = t->t.to(at::kCPU, at::kFloat).contiguous();
+        if (n)
+            memcpy(out, c.data_ptr<float>(), n * sizeof(float));
+        return 0;
+    });
+}
+
+void shim_free(shim_tensor *t)
+{
+    delete t;
+}
+
+int shim_ndim(const shim_tensor *t)
+{
+    return (int)t->t.dim();
+}
+
+int64_t shim_dim(const shim_tensor *t, int i)
+{
+    int nd = (int)t->t.dim();
+    if (i < 0)
+        i += nd;
+    if (i < 0 || i >= nd)
+        return -1;
+    return t->t.size(i);
+}
+
+int64_t shim_numel(const shim_tensor *t)
+{
+    return t->t.numel();
+}
+
+shim_dtype shim_dtype_of(const shim_tensor *t)
+{
+    return from_scalar(t->t.scalar_type());
+}
+
+size_t shim_nbytes(const shim_tensor *t)
+{
+    return (size_t)t->t.numel() * t->t.element_size();
+}
+
+shim_tensor *shim_reshape(const shim_tensor *t, const int64_t *shape, int ndim, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        std::vector<int64_t> sz(shape, shape + ndim);
+        return wrap(t->t.reshape(sz));
+    });
+}
+
+shim_tensor *shim_narrow(const shim_tensor *t, int dim, int64_t start, int64_t len, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, { return wrap(t->t.narrow(dim, start, len)); });
+}
+
+shim_tensor *shim_cat(shim_tensor *const *ts, int n, int dim, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        std::vector<at::Tensor> v;
+        v.reserve((size_t)n);
+        for (int i = 0; i < n; i++)
+            v.push_back(ts[i]->t);
+        return wrap(at::cat(v, dim));
+    });
+}
+
+shim_tensor *shim_take_rows(const shim_tensor *t, const int64_t *idx, int64_t n, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        at::Tensor i = at::from_blob(const_cast<int64_t *>(idx), {n}, at::kLong)
+                           .to(t->t.device());
+        return wrap(t->t.index_select(0, i));
+    });
+}
+
+shim_tensor *shim_embed(const shim_tensor *wte, const shim_tensor *wpe, const int64_t *ids,
+                        int64_t B, int64_t T, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        const at::Tensor &E = wte->t; // (V, C)
+        const at::Tensor &P = wpe->t; // (Pmax, C)
+        if (T > P.size(0)) {
+            set_err(st, SHIM_EINVAL, "embed: %lld tokens but only %lld positions", (long long)T,
+                    (long long)P.size(0));
+            return nullptr;
+        }
+        for (int64_t i = 0; i < B * T; i++) {
+            if (ids[i] < 0 || ids[i] >= E.size(0)) {
+                set_err(st, SHIM_EINVAL, "embed: token id %lld outside vocabulary of %lld",
+                        (long long)ids[i], (long long)E.size(0));
+                return nullptr;
+            }
+        }
+        at::Tensor idx = at::from_blob(const_cast<int64_t *>(ids), {B * T}, at::kLong)
+                             .to(E.device());
+        at::Tensor tok = E.index_select(0, idx).view({B, T, E.size(1)}); // (B, T, C)
+        return wrap(tok + P.narrow(0, 0, T).unsqueeze(0));
+    });
+}
+
+shim_tensor *shim_layernorm(const shim_tensor *x, const shim_tensor *w, const shim_tensor *b,
+                            double eps, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        return wrap(at::layer_norm(x->t, {x->t.size(-1)}, w->t, b->t, eps));
+    });
+}
+
+shim_tensor *shim_linear(const shim_tensor *x, const shim_tensor *w, const shim_tensor *b,
+                         shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        const at::Tensor &X = x->t; // (..., in)
+        int64_t in = w->t.size(0), out = w->t.size(1);
+        if (X.size(-1) != in) {
+            set_err(st, SHIM_EINVAL, "linear: input width %lld, weight expects %lld",
+                    (long long)X.size(-1), (long long)in);
+            return nullptr;
+        }
+        std::vector<int64_t> osz(X.sizes().begin(), X.sizes().end());
+        osz.back() = out;
+        at::Tensor y = at::addmm(b->t, X.reshape({-1, in}), w->t); // (N, out)
+        return wrap(y.view(osz));
+    });
+}
+
+shim_tensor *shim_gelu(const shim_tensor *x, int tanh_approx, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, { return wrap(at::gelu(x->t, tanh_approx ? "tanh" : "none")); });
+}
+
+shim_tensor *shim_add(const shim_tensor *a, const shim_tensor *b, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, { return wrap(a->t + b->t); });
+}
+
+shim_tensor *shim_sub(const shim_tensor *a, const shim_tensor *b, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, { return wrap(a->t - b->t); });
+}
+
+shim_tensor *shim_attention(const shim_tensor *q, const shim_tensor *k, const shim_tensor *v,
+                            int n_head, double scale_div, shim_tensor **probs, shim_status *st)
+{
+    if (probs)
+        *probs = nullptr;
+    SHIM_GUARD(st, nullptr, {
+        const at::Tensor &Q = q->t; // (B, T, H*D)
+        if (Q.dim() != 3 || n_head <= 0 || Q.size(2) % n_head) {
+            set_err(st, SHIM_EINVAL, "attention: q must be (B, T, H*D) with H=%d", n_head);
+            return nullptr;
+        }
+        int64_t B = Q.size(0), T = Q.size(1), C = Q.size(2), D = C / n_head;
+        auto heads = [&](const at::Tensor &x) { // (B, T, C) -> (B, H, T, D)
+            return x.view({B, T, n_head, D}).transpose(1, 2);
+        };
+        at::Tensor qh = heads(Q), kh = heads(k->t), vh = heads(v->t);
+        at::Tensor s = at::matmul(qh, kh.transpose(-1, -2)); // (B, H, T, T)
+        if (scale_div != 1.0)
+            s = s / scale_div;
+        at::Tensor mask = at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(Q.device()))
+                              .triu(1);
+        at::Tensor p = s.to(at::kFloat).masked_fill(mask, -INFINITY).softmax(-1);
+        at::Tensor y = at::matmul(p.to(Q.scalar_type()), vh); // (B, H, T, D)
+        if (probs)
+            *probs = wrap(p);
+        return wrap(y.transpose(1, 2).reshape({B, T, C}));
+    });
+}
+
+shim_tensor *shim_matmul_nt(const shim_tensor *x, const shim_tensor *w, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, { return wrap(at::matmul(x->t, w->t.t())); });
+}
+
+} // extern "C"

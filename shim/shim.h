@@ -1,0 +1,142 @@
+/* shim.h - the project's only door to libtorch: a small C API over the
+ * handful of tensor operations GPT-2 needs.
+ *
+ * Everything here is plain C. Tensors are opaque handles; no C++ type or
+ * exception crosses this header. Every call that can fail takes a
+ * shim_status: on failure it sets st->code < 0 and a message, and returns
+ * NULL (or a negative code). The status is sticky: an operation called with
+ * st->code != 0 does nothing and returns NULL, so a sequence of operations
+ * can be written straight and checked once at the end:
+ *
+ *     shim_status st = {0};
+ *     shim_tensor *h = shim_layernorm(x, w, b, 1e-5, &st);   // (B, T, C)
+ *     shim_tensor *y = shim_linear(h, W, bias, &st);         // (B, T, 3C)
+ *     shim_free(h);
+ *     if (st.code) { report(st.msg); }
+ *
+ * Ownership: every function returning shim_tensor * returns a NEW handle
+ * the caller must release with shim_free(). Arguments are borrowed.
+ * Handles may be used from any thread; one handle must not be freed while
+ * another thread uses it. All operations run without autograd.
+ */
+#ifndef NPP_SHIM_H
+#define NPP_SHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct shim_tensor shim_tensor;
+
+typedef enum {
+    SHIM_F32 = 0,
+    SHIM_F16 = 1,
+    SHIM_BF16 = 2,
+    SHIM_I64 = 3,
+} shim_dtype;
+
+typedef enum { SHIM_CPU = 0, SHIM_CUDA = 1 } shim_device_kind;
+
+typedef struct {
+    shim_device_kind kind;
+    int index; /* CUDA ordinal; 0 for the CPU */
+} shim_device;
+
+enum {
+    SHIM_OK = 0,
+    SHIM_EINVAL = -1, /* bad argument (shape, dtype, device string) */
+    SHIM_ENOMEM = -2, /* allocation failed (host or device) */
+    SHIM_ETORCH = -3, /* libtorch raised an error; see msg */
+    SHIM_ENODEV = -4, /* device not available in this build or machine */
+};
+
+typedef struct {
+    int code;      /* 0 = ok, else one of the SHIM_E* codes */
+    char msg[512]; /* human-readable reason when code != 0 */
+} shim_status;
+
+#define SHIM_MAX_DIMS 8
+
+/* ---- library-wide ---------------------------------------------------- */
+
+/* Parses "cpu", "cuda" or "cuda:N". Fails with SHIM_ENODEV if the
+ * libtorch in use has no CUDA or the ordinal does not exist. */
+int shim_device_parse(const char *s, shim_device *out, shim_status *st);
+/* Writes "cpu" or "cuda:N" into buf (at least 16 bytes). */
+void shim_device_name(shim_device d, char *buf, size_t n);
+/* Number of CUDA devices usable by this libtorch (0 in CPU builds). */
+int shim_cuda_device_count(void);
+/* Parses "f32" | "f16" | "bf16" (also "float32", "float16", "bfloat16"). */
+int shim_dtype_parse(const char *s, shim_dtype *out, shim_status *st);
+const char *shim_dtype_name(shim_dtype d); /* "f32", "f16", ... (static) */
+size_t shim_dtype_size(shim_dtype d);
+/* Intra-op thread count of the calling thread (and the global pool). */
+void shim_set_threads(int n);
+int shim_get_threads(void);
+/* Version string of the linked libtorch (static storage). */
+const char *shim_torch_version(void);
+/* Blocks until queued device work is done (no-op on CPU). */
+void shim_synchronize(shim_device d, shim_status *st);
+
+/* ---- tensors --------------------------------------------------------- */
+
+/* Copies n = prod(shape) elements of dtype src from host memory (any
+ * alignment) into a new tensor of dtype dst on dev. */
+shim_tensor *shim_from_host(const void *data, shim_dtype src, const int64_t *shape, int ndim,
+                            shim_device dev, shim_dtype dst, shim_status *st);
+/* Copies the tensor, converted to float32, into out (n floats, n must
+ * equal the tensor's numel). Works from any device and dtype. */
+int shim_to_host_f32(const shim_tensor *t, float *out, size_t n, shim_status *st);
+void shim_free(shim_tensor *t); /* NULL is fine */
+
+int shim_ndim(const shim_tensor *t);
+int64_t shim_dim(const shim_tensor *t, int i); /* negative i counts from the end */
+int64_t shim_numel(const shim_tensor *t);
+shim_dtype shim_dtype_of(const shim_tensor *t);
+/* Bytes held by the tensor's elements (numel * element size). */
+size_t shim_nbytes(const shim_tensor *t);
+
+/* ---- shape ----------------------------------------------------------- */
+
+/* A view or copy with a new shape (numel must match). */
+shim_tensor *shim_reshape(const shim_tensor *t, const int64_t *shape, int ndim, shim_status *st);
+/* The slice [start, start+len) along dim. */
+shim_tensor *shim_narrow(const shim_tensor *t, int dim, int64_t start, int64_t len, shim_status *st);
+/* Concatenation of n tensors along dim. */
+shim_tensor *shim_cat(shim_tensor *const *ts, int n, int dim, shim_status *st);
+/* Rows idx[0..n) of t along dim 0 (idx on the host). */
+shim_tensor *shim_take_rows(const shim_tensor *t, const int64_t *idx, int64_t n, shim_status *st);
+
+/* ---- GPT-2 operations ------------------------------------------------ */
+
+/* Token + position embedding: wte[ids[b][t]] + wpe[t].
+ * ids: host, B*T int64 row-major. wte (V, C), wpe (P, C) -> (B, T, C). */
+shim_tensor *shim_embed(const shim_tensor *wte, const shim_tensor *wpe, const int64_t *ids,
+                        int64_t B, int64_t T, shim_status *st);
+/* Layer norm over the last dim: (..., C) -> (..., C). */
+shim_tensor *shim_layernorm(const shim_tensor *x, const shim_tensor *w, const shim_tensor *b,
+                            double eps, shim_status *st);
+/* Conv1D as GPT-2 stores it: x (..., in) @ w (in, out) + b (out). */
+shim_tensor *shim_linear(const shim_tensor *x, const shim_tensor *w, const shim_tensor *b,
+                         shim_status *st);
+/* GELU; tanh_approx selects GPT-2's "gelu_new". */
+shim_tensor *shim_gelu(const shim_tensor *x, int tanh_approx, shim_status *st);
+shim_tensor *shim_add(const shim_tensor *a, const shim_tensor *b, shim_status *st);
+/* a - b */
+shim_tensor *shim_sub(const shim_tensor *a, const shim_tensor *b, shim_status *st);
+/* Causal multi-head attention core.
+ * q, k, v: (B, T, H*D) holding H heads side by side -> (B, T, H*D).
+ * scores = q·k / scale_div, causal mask, softmax in float32.
+ * If probs is not NULL it receives a new (B, H, T, T) float32 tensor. */
+shim_tensor *shim_attention(const shim_tensor *q, const shim_tensor *k, const shim_tensor *v,
+                            int n_head, double scale_div, shim_tensor **probs, shim_status *st);
+/* x (N, C) · w (V, C)^T -> (N, V), computed in x's dtype. */
+shim_tensor *shim_matmul_nt(const shim_tensor *x, const shim_tensor *w, shim_status *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
