@@ -66,12 +66,13 @@ static int cmd_make_model(int argc, char **argv)
 {
     mkmodel_opts o = {.layers = 2, .heads = 4, .embd = 64, .positions = 128, .dtype = "f32"};
     o.vocab_dir = getenv("NPP_VOCAB_DIR") ? getenv("NPP_VOCAB_DIR") : NPP_VOCAB_DIR;
-    static const struct option opts[] = {
-        {"out", 1, 0, 'o'},    {"layers", 1, 0, 'l'},    {"heads", 1, 0, 'h'},
-        {"embd", 1, 0, 'e'},   {"positions", 1, 0, 'p'}, {"inner", 1, 0, 'i'},
-        {"seed", 1, 0, 's'},   {"dtype", 1, 0, 'd'},     {"init-std", 1, 0, 'x'},
-        {"prefix", 1, 0, 'P'}, {"untied", 0, 0, 'u'},    {"vocab-dir", 1, 0, 'v'},
-        {"help", 0, 0, 'H'},   {0, 0, 0, 0}};
+    static const struct option opts[] = {{"out", 1, 0, 'o'},       {"layers", 1, 0, 'l'},
+                                         {"heads", 1, 0, 'h'},     {"embd", 1, 0, 'e'},
+                                         {"positions", 1, 0, 'p'}, {"inner", 1, 0, 'i'},
+                                         {"seed", 1, 0, 's'},      {"dtype", 1, 0, 'd'},
+                                         {"init-std", 1, 0, 'x'},  {"prefix", 1, 0, 'P'},
+                                         {"untied", 0, 0, 'u'},    {"vocab-dir", 1, 0, 'v'},
+                                         {"help", 0, 0, 'H'},      {0, 0, 0, 0}};
     int c;
     long v;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -84,7 +85,11 @@ static int cmd_make_model(int argc, char **argv)
         case 'i':
             if ((v = parse_long(optarg, 1, 1 << 20)) < 0)
                 return usage_error("make-model", "numeric options take a positive integer");
-            *(c == 'l' ? &o.layers : c == 'h' ? &o.heads : c == 'e' ? &o.embd : c == 'p' ? &o.positions : &o.inner) = (int)v;
+            *(c == 'l'   ? &o.layers
+              : c == 'h' ? &o.heads
+              : c == 'e' ? &o.embd
+              : c == 'p' ? &o.positions
+                         : &o.inner) = (int)v;
             break;
         case 's': o.seed = strtoull(optarg, NULL, 10); break;
         case 'd': o.dtype = optarg; break;
@@ -113,10 +118,9 @@ typedef struct {
 } run_args;
 
 static const struct option RUN_OPTS[] = {
-    {"model", 1, 0, 'm'},   {"device", 1, 0, 'D'},     {"dtype", 1, 0, 'd'},
-    {"json", 0, 0, 'j'},    {"top-k", 1, 0, 'k'},      {"threads", 1, 0, 't'},
-    {"ids", 1, 0, 'i'},     {"logits-out", 1, 0, 'L'}, {"repeat", 1, 0, 'r'},
-    {"help", 0, 0, 'H'},    {0, 0, 0, 0}};
+    {"model", 1, 0, 'm'},  {"device", 1, 0, 'D'},  {"dtype", 1, 0, 'd'}, {"json", 0, 0, 'j'},
+    {"top-k", 1, 0, 'k'},  {"threads", 1, 0, 't'}, {"ids", 1, 0, 'i'},   {"logits-out", 1, 0, 'L'},
+    {"repeat", 1, 0, 'r'}, {"help", 0, 0, 'H'},    {0, 0, 0, 0}};
 
 static int parse_run_args(const char *cmd, const char *help, int argc, char **argv, run_args *a)
 {
@@ -221,7 +225,8 @@ static int cmd_tokenize(int argc, char **argv)
     tok *t = NULL;
     int32_t *ids = NULL;
     size_t n = 0;
-    if (model_tok_load(a.model_dir, &t, &e) || tok_encode(t, a.text, strlen(a.text), &ids, &n, &e)) {
+    if (model_tok_load(a.model_dir, &t, &e) ||
+        tok_encode(t, a.text, strlen(a.text), &ids, &n, &e)) {
         tok_free(t);
         return die_err(&e);
     }

@@ -27,8 +27,8 @@ shim_tensor *gpt2_attn(const model *m, int layer, const shim_tensor *x, shim_ten
     shim_tensor *k = shim_narrow(qkv, 2, C, C, st);
     shim_tensor *v = shim_narrow(qkv, 2, 2 * C, C, st);
     shim_tensor *z = shim_attention(q, k, v, m->cfg.n_head, gpt2_attn_scale(m, layer), probs,
-                                    st);                                         /* (B, T, C) */
-    shim_tensor *y = shim_linear(z, b->proj_w, b->proj_b, st);                  /* (B, T, C) */
+                                    st);                       /* (B, T, C) */
+    shim_tensor *y = shim_linear(z, b->proj_w, b->proj_b, st); /* (B, T, C) */
     shim_free(h);
     shim_free(qkv);
     shim_free(q);
@@ -86,7 +86,8 @@ int gpt2_forward(const model *m, const int64_t *ids, int64_t B, int64_t T, shim_
                         (long long)T, m->cfg.n_positions);
     for (int64_t i = 0; i < B * T; i++)
         if (ids[i] < 0 || ids[i] >= m->cfg.vocab_size)
-            return npp_fail(e, NPP_EINVAL, "tokens", "token id %lld at index %lld is outside the vocabulary (0..%d)",
+            return npp_fail(e, NPP_EINVAL, "tokens",
+                            "token id %lld at index %lld is outside the vocabulary (0..%d)",
                             (long long)ids[i], (long long)i, m->cfg.vocab_size - 1);
     shim_status st = {0};
     shim_tensor *x = gpt2_embed(m, ids, B, T, &st); /* (B, T, C) */

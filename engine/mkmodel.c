@@ -92,8 +92,7 @@ typedef struct {
 } tlist;
 
 /* Adds a tensor of shape (d0[, d1]) filled with mean + std * N(0, 1). */
-static int add(tlist *l, rng *r, const char *name, int64_t d0, int64_t d1, double mean,
-               double std)
+static int add(tlist *l, rng *r, const char *name, int64_t d0, int64_t d1, double mean, double std)
 {
     if (l->n == l->cap) {
         size_t c = l->cap ? 2 * l->cap : 64;
@@ -174,10 +173,10 @@ static int build_tensors(const mkmodel_opts *o, tlist *l)
             int64_t d0, d1;
             double mean, std;
         } parts[] = {
-            {"ln_1.weight", C, 0, 1, 0.1},      {"ln_1.bias", C, 0, 0, 0.02},
+            {"ln_1.weight", C, 0, 1, 0.1},          {"ln_1.bias", C, 0, 0, 0.02},
             {"attn.c_attn.weight", C, 3 * C, 0, s}, {"attn.c_attn.bias", 3 * C, 0, 0, s},
             {"attn.c_proj.weight", C, C, 0, sp},    {"attn.c_proj.bias", C, 0, 0, s},
-            {"ln_2.weight", C, 0, 1, 0.1},      {"ln_2.bias", C, 0, 0, 0.02},
+            {"ln_2.weight", C, 0, 1, 0.1},          {"ln_2.bias", C, 0, 0, 0.02},
             {"mlp.c_fc.weight", C, I, 0, s},        {"mlp.c_fc.bias", I, 0, 0, s},
             {"mlp.c_proj.weight", I, C, 0, sp},     {"mlp.c_proj.bias", C, 0, 0, s},
         };
@@ -200,7 +199,9 @@ static int build_tensors(const mkmodel_opts *o, tlist *l)
 
 static int write_config(const mkmodel_opts *o, const char *path, npp_err *e)
 {
-    const char *td = !strcmp(o->dtype, "f16") ? "float16" : !strcmp(o->dtype, "bf16") ? "bfloat16" : "float32";
+    const char *td = !strcmp(o->dtype, "f16")    ? "float16"
+                     : !strcmp(o->dtype, "bf16") ? "bfloat16"
+                                                 : "float32";
     json_t *c = json_object();
     json_object_set_new(c, "activation_function", json_string("gelu_new"));
     json_object_set_new(c, "architectures", json_pack("[s]", "GPT2LMHeadModel"));
@@ -265,6 +266,22 @@ static void pick(char *buf, size_t n, const char *dir, const char *a, const char
         snprintf(buf, n, "%s/%s", dir, b);
 }
 
+/* mkdir -p; 0 on success (or if it exists). */
+static int mkdir_p(const char *dir)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s", dir);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/')
+            continue;
+        *s = 0;
+        if (mkdir(p, 0755) && errno != EEXIST)
+            return -1;
+        *s = '/';
+    }
+    return mkdir(p, 0755) && errno != EEXIST ? -1 : 0;
+}
+
 int mkmodel_write(const mkmodel_opts *o, npp_err *e)
 {
     char p[4096], src[4096];
@@ -285,7 +302,7 @@ int mkmodel_write(const mkmodel_opts *o, npp_err *e)
     else
         return npp_fail(e, NPP_EINVAL, "dtype", "dtype '%s' (expected f32, f16 or bf16)", dt);
     l.prefix = o->prefix ? o->prefix : "";
-    if (mkdir(o->out_dir, 0755) && errno != EEXIST)
+    if (mkdir_p(o->out_dir))
         return npp_fail(e, NPP_EIO, o->out_dir, "%s: cannot create: %s", o->out_dir,
                         strerror(errno));
     mkmodel_opts oo = *o;

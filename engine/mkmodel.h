@@ -19,12 +19,12 @@ typedef struct {
     const char *out_dir;   /* created if missing */
     const char *vocab_dir; /* holds encoder.json + vocab.bpe (or vocab.json + merges.txt) */
     int layers, heads, embd, positions; /* required, > 0 */
-    int inner;             /* 0: 4 x embd, written as "n_inner": null */
+    int inner;                          /* 0: 4 x embd, written as "n_inner": null */
     uint64_t seed;
-    const char *dtype;     /* "f32" (default), "f16" or "bf16" on disk */
-    const char *prefix;    /* tensor name prefix, "" (default) or "transformer." */
-    double init_std;       /* 0: 0.02 */
-    int untied;            /* write lm_head.weight as its own random tensor */
+    const char *dtype;  /* "f32" (default), "f16" or "bf16" on disk */
+    const char *prefix; /* tensor name prefix, "" (default) or "transformer." */
+    double init_std;    /* 0: 0.02 */
+    int untied;         /* write lm_head.weight as its own random tensor */
 } mkmodel_opts;
 
 int mkmodel_write(const mkmodel_opts *o, npp_err *e);

@@ -9,11 +9,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "gpt2.h"
 #include "st.h"
 
 enum { G_WTE, G_WPE, G_LNF_W, G_LNF_B, G_LM_HEAD, N_GLOBAL };
-static const char *GLOBAL_NAMES[N_GLOBAL] = {"wte.weight", "wpe.weight", "ln_f.weight",
-                                             "ln_f.bias", "lm_head.weight"};
+static const char *GLOBAL_NAMES[N_GLOBAL] = {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias",
+                                             "lm_head.weight"};
 enum { N_PART = 12 };
 static const char *PART_NAMES[N_PART] = {
     "ln_1.weight",        "ln_1.bias",        "attn.c_attn.weight", "attn.c_attn.bias",
@@ -40,8 +41,7 @@ static int get_int(json_t *root, const char *key, int def, int lo, int hi, int *
     return 0;
 }
 
-static int get_bool(json_t *root, const char *key, int def, int *out, const char *path,
-                    npp_err *e)
+static int get_bool(json_t *root, const char *key, int def, int *out, const char *path, npp_err *e)
 {
     json_t *v = json_object_get(root, key);
     if (!v || json_is_null(v)) {
@@ -82,8 +82,7 @@ int model_config_load(const char *path, model_config *c, npp_err *e)
                       path, e)) ||
         (rc = get_int(root, "n_inner", 0, 1, 1 << 20, &c->n_inner, path, e)) ||
         (rc = get_bool(root, "scale_attn_weights", 1, &c->scale_attn_weights, path, e)) ||
-        (rc = get_bool(root, "scale_attn_by_inverse_layer_idx", 0, &c->scale_by_layer, path,
-                       e)) ||
+        (rc = get_bool(root, "scale_attn_by_inverse_layer_idx", 0, &c->scale_by_layer, path, e)) ||
         (rc = get_bool(root, "reorder_and_upcast_attn", 0, &reorder, path, e)) ||
         (rc = get_bool(root, "add_cross_attention", 0, &cross, path, e)))
         goto fail;
@@ -162,8 +161,7 @@ static int slot_of(const model_config *c, const char *name)
         if (!strcmp(name, GLOBAL_NAMES[g]))
             return g;
     int layer, off = 0;
-    if (sscanf(name, "h.%d.%n", &layer, &off) != 1 || off == 0 || layer < 0 ||
-        layer >= c->n_layer)
+    if (sscanf(name, "h.%d.%n", &layer, &off) != 1 || off == 0 || layer < 0 || layer >= c->n_layer)
         return -2;
     char canon[32];
     snprintf(canon, sizeof canon, "h.%d.", layer);
@@ -188,9 +186,9 @@ static shim_tensor **slot_ptr(model *m, int slot)
     case G_LM_HEAD: return &m->lm_head;
     }
     model_block *b = &m->blocks[(slot - N_GLOBAL) / N_PART];
-    shim_tensor **parts[N_PART] = {&b->ln_1_w,  &b->ln_1_b,  &b->attn_w,  &b->attn_b,
-                                   &b->proj_w,  &b->proj_b,  &b->ln_2_w,  &b->ln_2_b,
-                                   &b->fc_w,    &b->fc_b,    &b->mproj_w, &b->mproj_b};
+    shim_tensor **parts[N_PART] = {&b->ln_1_w, &b->ln_1_b, &b->attn_w,  &b->attn_b,
+                                   &b->proj_w, &b->proj_b, &b->ln_2_w,  &b->ln_2_b,
+                                   &b->fc_w,   &b->fc_b,   &b->mproj_w, &b->mproj_b};
     return parts[(slot - N_GLOBAL) % N_PART];
 }
 
@@ -255,8 +253,8 @@ static int load_weights(model *m, const char *path, npp_err *e)
             continue;
         if (slot == -2) {
             rc = npp_fail(e, NPP_EFORMAT, file,
-                          "%s: tensor '%s' is not part of a %d-layer GPT-2 (unexpected name)",
-                          file, t->name, m->cfg.n_layer);
+                          "%s: tensor '%s' is not part of a %d-layer GPT-2 (unexpected name)", file,
+                          t->name, m->cfg.n_layer);
             goto fail;
         }
         if (seen[slot]) {
@@ -322,8 +320,8 @@ int model_tok_load(const char *dir, tok **out, npp_err *e)
     if (!vp || !mp)
         rc = npp_fail(e, NPP_ENOMEM, dir, "out of memory");
     else if (!exists(vp) || !exists(mp))
-        rc = npp_fail(e, NPP_EIO, dir, "%s: the tokenizer files vocab.json and merges.txt are missing",
-                      dir);
+        rc = npp_fail(e, NPP_EIO, dir,
+                      "%s: the tokenizer files vocab.json and merges.txt are missing", dir);
     else
         rc = tok_load(vp, mp, out, e);
     free(vp);
@@ -339,6 +337,25 @@ static int load_tokenizer(model *m, npp_err *e)
                       "vocab.json: %d tokens but config.json's vocab_size is %d",
                       tok_vocab_size(m->tok), m->cfg.vocab_size);
     return rc;
+}
+
+/* One token through the whole model, so that a device or dtype the
+ * linked libtorch cannot run (f16 on some CPUs) fails here, at load, with
+ * a clear message rather than inside the first job. */
+static int smoke_test(model *m, npp_err *e)
+{
+    int64_t id = 0;
+    shim_tensor *logits = NULL;
+    npp_err inner = {0};
+    int rc = gpt2_forward(m, &id, 1, 1, NULL, &logits, &inner);
+    shim_free(logits);
+    if (rc) {
+        char dev[16];
+        shim_device_name(m->device, dev, sizeof dev);
+        return npp_fail(e, rc, "dtype", "the model loaded but cannot run on %s in %s: %s", dev,
+                        shim_dtype_name(m->dtype), inner.message);
+    }
+    return 0;
 }
 
 int model_load(const char *dir, const model_opts *opts, model **out, npp_err *e)
@@ -380,6 +397,8 @@ int model_load(const char *dir, const model_opts *opts, model **out, npp_err *e)
         goto fail;
     if (!m->lm_head)
         m->lm_head = m->wte; /* tied, as in GPT2LMHeadModel */
+    if ((rc = smoke_test(m, e)))
+        goto fail;
     free(cfg_path);
     free(st_path);
     *out = m;

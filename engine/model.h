@@ -24,22 +24,22 @@
 #include "tok.h"
 
 #define MODEL_MAX_LAYERS 256
-#define MODEL_MAX_HEADS 256
+#define MODEL_MAX_HEADS  256
 
 typedef struct {
     int n_layer, n_head, n_embd, n_positions, vocab_size, n_inner;
     double ln_eps;
-    int gelu_tanh;            /* 1 for gelu_new / gelu_pytorch_tanh, 0 for exact gelu */
-    int scale_attn_weights;   /* divide scores by sqrt(head dim) (default 1) */
-    int scale_by_layer;       /* scale_attn_by_inverse_layer_idx (default 0) */
+    int gelu_tanh;          /* 1 for gelu_new / gelu_pytorch_tanh, 0 for exact gelu */
+    int scale_attn_weights; /* divide scores by sqrt(head dim) (default 1) */
+    int scale_by_layer;     /* scale_attn_by_inverse_layer_idx (default 0) */
 } model_config;
 
 typedef struct {
-    shim_tensor *ln_1_w, *ln_1_b;  /* (C) */
-    shim_tensor *attn_w, *attn_b;  /* (C, 3C), (3C): q | k | v side by side */
-    shim_tensor *proj_w, *proj_b;  /* (C, C), (C) */
-    shim_tensor *ln_2_w, *ln_2_b;  /* (C) */
-    shim_tensor *fc_w, *fc_b;      /* (C, I), (I) */
+    shim_tensor *ln_1_w, *ln_1_b;   /* (C) */
+    shim_tensor *attn_w, *attn_b;   /* (C, 3C), (3C): q | k | v side by side */
+    shim_tensor *proj_w, *proj_b;   /* (C, C), (C) */
+    shim_tensor *ln_2_w, *ln_2_b;   /* (C) */
+    shim_tensor *fc_w, *fc_b;       /* (C, I), (I) */
     shim_tensor *mproj_w, *mproj_b; /* (I, C), (C) */
 } model_block;
 
@@ -48,13 +48,13 @@ typedef struct {
     model_config cfg;
     shim_device device;
     shim_dtype dtype;
-    shim_tensor *wte;              /* (V, C) */
-    shim_tensor *wpe;              /* (P, C) */
-    shim_tensor *ln_f_w, *ln_f_b;  /* (C) */
-    shim_tensor *lm_head;          /* (V, C); == wte (borrowed) when tied */
-    model_block *blocks;           /* n_layer of them */
+    shim_tensor *wte;             /* (V, C) */
+    shim_tensor *wpe;             /* (P, C) */
+    shim_tensor *ln_f_w, *ln_f_b; /* (C) */
+    shim_tensor *lm_head;         /* (V, C); == wte (borrowed) when tied */
+    model_block *blocks;          /* n_layer of them */
     tok *tok;
-    size_t param_bytes;            /* device memory held by the weights */
+    size_t param_bytes; /* device memory held by the weights */
 } model;
 
 typedef struct {

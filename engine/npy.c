@@ -6,8 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-int npy_write_f32(const char *path, const float *data, const int64_t *shape, int ndim,
-                  npp_err *e)
+int npy_write_f32(const char *path, const float *data, const int64_t *shape, int ndim, npp_err *e)
 {
     char dict[256];
     int n = snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': (");
@@ -25,8 +24,8 @@ int npy_write_f32(const char *path, const float *data, const int64_t *shape, int
     FILE *fp = fopen(path, "wb");
     if (!fp)
         return npp_fail(e, NPP_EIO, path, "%s: cannot create: %s", path, strerror(errno));
-    unsigned char head[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hl & 0xff),
-                              (unsigned char)(hl >> 8)};
+    unsigned char head[10] = {
+        0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hl & 0xff), (unsigned char)(hl >> 8)};
     int bad = fwrite(head, 1, 10, fp) != 10 || fwrite(dict, 1, (size_t)n, fp) != (size_t)n;
     for (size_t i = 0; i < pad && !bad; i++)
         bad = fputc(' ', fp) == EOF;

@@ -9,7 +9,6 @@
 #include "err.h"
 
 /* Writes prod(shape) floats from data as an array of the given shape. */
-int npy_write_f32(const char *path, const float *data, const int64_t *shape, int ndim,
-                  npp_err *e);
+int npy_write_f32(const char *path, const float *data, const int64_t *shape, int ndim, npp_err *e);
 
 #endif

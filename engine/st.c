@@ -27,9 +27,10 @@ static const struct {
     st_dtype d;
     size_t size;
 } dtypes[] = {
-    {"BOOL", ST_BOOL, 1}, {"U8", ST_U8, 1},   {"I8", ST_I8, 1},           {"I16", ST_I16, 2},
-    {"U16", ST_U16, 2},   {"F16", ST_F16, 2}, {"BF16", ST_BF16, 2},       {"I32", ST_I32, 4},
-    {"U32", ST_U32, 4},   {"F32", ST_F32, 4}, {"F64", ST_F64, 8},         {"I64", ST_I64, 8},
+    {"BOOL", ST_BOOL, 1}, {"U8", ST_U8, 1},           {"I8", ST_I8, 1},
+    {"I16", ST_I16, 2},   {"U16", ST_U16, 2},         {"F16", ST_F16, 2},
+    {"BF16", ST_BF16, 2}, {"I32", ST_I32, 4},         {"U32", ST_U32, 4},
+    {"F32", ST_F32, 4},   {"F64", ST_F64, 8},         {"I64", ST_I64, 8},
     {"U64", ST_U64, 8},   {"F8_E4M3", ST_F8_E4M3, 1}, {"F8_E5M2", ST_F8_E5M2, 1},
 };
 
@@ -94,8 +95,8 @@ void st_close(st_file *f)
 
 /* One header entry -> t (shape, dtype, byte range). begin/end are
  * returned for the tiling check. */
-static int parse_entry(const st_file *f, const char *name, json_t *v, st_tensor *t,
-                       uint64_t *begin, uint64_t *end, uint64_t data_size, npp_err *e)
+static int parse_entry(const st_file *f, const char *name, json_t *v, st_tensor *t, uint64_t *begin,
+                       uint64_t *end, uint64_t data_size, npp_err *e)
 {
     const char *L = f->label;
     if (!json_is_object(v))
@@ -115,8 +116,8 @@ static int parse_entry(const st_file *f, const char *name, json_t *v, st_tensor 
     if (json_array_size(js) > ST_MAX_DIMS)
         return npp_fail(e, NPP_EFORMAT, L, "%s: tensor '%s': rank %zu over the limit of %d", L,
                         name, json_array_size(js), ST_MAX_DIMS);
-    if (!json_is_array(jo) || json_array_size(jo) != 2 ||
-        !json_is_integer(json_array_get(jo, 0)) || !json_is_integer(json_array_get(jo, 1)))
+    if (!json_is_array(jo) || json_array_size(jo) != 2 || !json_is_integer(json_array_get(jo, 0)) ||
+        !json_is_integer(json_array_get(jo, 1)))
         return npp_fail(e, NPP_EFORMAT, L,
                         "%s: tensor '%s': \"data_offsets\" must be [begin, end] integers", L, name);
     json_int_t b = json_integer_value(json_array_get(jo, 0));
@@ -227,7 +228,8 @@ static int parse_header(st_file *f, const char *hdr, size_t hlen, npp_err *e)
     uint64_t data_size = f->size - 8 - hlen;
     const char *key;
     json_t *v;
-    json_object_foreach(root, key, v) {
+    json_object_foreach(root, key, v)
+    {
         if (strcmp(key, "__metadata__") == 0) {
             const char *mk;
             json_t *mv;
@@ -235,7 +237,8 @@ static int parse_header(st_file *f, const char *hdr, size_t hlen, npp_err *e)
                 rc = npp_fail(e, NPP_EFORMAT, L, "%s: \"__metadata__\" is not an object", L);
                 goto fail;
             }
-            json_object_foreach(v, mk, mv) {
+            json_object_foreach(v, mk, mv)
+            {
                 if (!json_is_string(mv)) {
                     rc = npp_fail(e, NPP_EFORMAT, L,
                                   "%s: \"__metadata__\" value of '%s' is not a string", L, mk);

@@ -19,12 +19,25 @@
 
 #include "err.h"
 
-#define ST_MAX_DIMS 8
+#define ST_MAX_DIMS   8
 #define ST_MAX_HEADER (100u << 20) /* refuse headers over 100 MiB */
 
 typedef enum {
-    ST_BOOL, ST_U8, ST_I8, ST_I16, ST_U16, ST_F16, ST_BF16,
-    ST_I32, ST_U32, ST_F32, ST_F64, ST_I64, ST_U64, ST_F8_E4M3, ST_F8_E5M2,
+    ST_BOOL,
+    ST_U8,
+    ST_I8,
+    ST_I16,
+    ST_U16,
+    ST_F16,
+    ST_BF16,
+    ST_I32,
+    ST_U32,
+    ST_F32,
+    ST_F64,
+    ST_I64,
+    ST_U64,
+    ST_F8_E4M3,
+    ST_F8_E5M2,
 } st_dtype;
 
 typedef struct {
@@ -46,7 +59,7 @@ int st_open(const char *path, const char *label, st_file **out, npp_err *e);
 void st_close(st_file *f); /* NULL is fine */
 
 size_t st_count(const st_file *f);
-const st_tensor *st_at(const st_file *f, size_t i);          /* borrowed */
+const st_tensor *st_at(const st_file *f, size_t i);           /* borrowed */
 const st_tensor *st_find(const st_file *f, const char *name); /* borrowed, NULL if absent */
 const char *st_dtype_name(st_dtype d);
 size_t st_dtype_size(st_dtype d);

@@ -15,7 +15,9 @@
 
 /* ECMAScript's \s, spelled out so PCRE2's Unicode tables cannot differ
  * from it (gpt-3-encoder runs this pattern in JavaScript). */
-#define WS "\\t\\n\\x{0B}\\f\\r \\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}\\x{FEFF}"
+#define WS                                                                                         \
+    "\\t\\n\\x{0B}\\f\\r "                                                                         \
+    "\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}\\x{FEFF}"
 static const char PATTERN[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS
                               "\\p{L}\\p{N}]+|[" WS "]+(?![^" WS "])|[" WS "]+";
 
@@ -26,12 +28,12 @@ typedef struct {
 } merge_slot;
 
 struct tok {
-    int nvocab;          /* max id + 1 */
-    char **tokens;       /* id -> byte-level string (owned), NULL for holes */
-    int32_t *str_slots;  /* open-addressed hash of tokens: id or -1 */
-    size_t str_cap;      /* power of two */
-    merge_slot *merges;  /* open-addressed; rank UINT32_MAX = empty */
-    size_t merge_cap;    /* power of two */
+    int nvocab;           /* max id + 1 */
+    char **tokens;        /* id -> byte-level string (owned), NULL for holes */
+    int32_t *str_slots;   /* open-addressed hash of tokens: id or -1 */
+    size_t str_cap;       /* power of two */
+    merge_slot *merges;   /* open-addressed; rank UINT32_MAX = empty */
+    size_t merge_cap;     /* power of two */
     unsigned char *bytes; /* decoded bytes of every token, concatenated */
     size_t *byte_off;     /* id -> offset in bytes; byte_off[nvocab] = end */
     int32_t byte_id[256]; /* id of the one-byte token for each byte */
@@ -209,14 +211,14 @@ static int load_vocab(tok *t, const char *path, npp_err *e)
         return npp_fail(e, NPP_EFORMAT, path, "%s: not valid JSON: %s (line %d)", path, je.text,
                         je.line);
     if (!json_is_object(root) || json_object_size(root) == 0) {
-        rc = npp_fail(e, NPP_EFORMAT, path, "%s: expected a non-empty object of token -> id",
-                      path);
+        rc = npp_fail(e, NPP_EFORMAT, path, "%s: expected a non-empty object of token -> id", path);
         goto fail;
     }
     const char *k;
     json_t *v;
     json_int_t maxid = -1;
-    json_object_foreach(root, k, v) {
+    json_object_foreach(root, k, v)
+    {
         if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 10000000) {
             rc = npp_fail(e, NPP_EFORMAT, path, "%s: token '%s' has no valid id", path, k);
             goto fail;
@@ -233,7 +235,8 @@ static int load_vocab(tok *t, const char *path, npp_err *e)
         goto fail;
     }
     memset(t->str_slots, 0xff, t->str_cap * sizeof *t->str_slots);
-    json_object_foreach(root, k, v) {
+    json_object_foreach(root, k, v)
+    {
         int32_t id = (int32_t)json_integer_value(v);
         if (t->tokens[id]) {
             rc = npp_fail(e, NPP_EFORMAT, path, "%s: id %d given to both '%s' and '%s'", path, id,
@@ -353,8 +356,7 @@ static int load_merges(tok *t, const char *path, npp_err *e)
             goto fail;
         }
         if (rank >= t->merge_cap / 2) {
-            rc = npp_fail(e, NPP_EFORMAT, path, "%s: more merges than the vocabulary allows",
-                          path);
+            rc = npp_fail(e, NPP_EFORMAT, path, "%s: more merges than the vocabulary allows", path);
             goto fail;
         }
         *sp = 0;
@@ -556,8 +558,9 @@ int tok_decode_bytes(const tok *t, const int32_t *ids, size_t n, char **out, siz
     *len = 0;
     for (size_t i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= t->nvocab || !t->tokens[ids[i]])
-            return npp_fail(e, NPP_EINVAL, "ids", "token id %d at index %zu is not in the vocabulary (0..%d)",
-                            ids[i], i, t->nvocab - 1);
+            return npp_fail(e, NPP_EINVAL, "ids",
+                            "token id %d at index %zu is not in the vocabulary (0..%d)", ids[i], i,
+                            t->nvocab - 1);
         total += t->byte_off[ids[i] + 1] - t->byte_off[ids[i]];
     }
     char *o = malloc(total + 1);

@@ -21,7 +21,8 @@ struct shim_tensor {
     at::Tensor t;
 };
 
-namespace {
+namespace
+{
 
 void set_err(shim_status *st, int code, const char *fmt, ...)
 {
@@ -145,8 +146,8 @@ int shim_device_parse(const char *s, shim_device *out, shim_status *st)
     }
     int n = shim_cuda_device_count();
     if (n == 0) {
-        set_err(st, SHIM_ENODEV, "device '%s': this build's libtorch has no CUDA or no GPU is visible",
-                s);
+        set_err(st, SHIM_ENODEV,
+                "device '%s': this build's libtorch has no CUDA or no GPU is visible", s);
         return SHIM_ENODEV;
     }
     if (idx >= n) {
@@ -328,8 +329,7 @@ shim_tensor *shim_cat(shim_tensor *const *ts, int n, int dim, shim_status *st)
 shim_tensor *shim_take_rows(const shim_tensor *t, const int64_t *idx, int64_t n, shim_status *st)
 {
     SHIM_GUARD(st, nullptr, {
-        at::Tensor i = at::from_blob(const_cast<int64_t *>(idx), {n}, at::kLong)
-                           .to(t->t.device());
+        at::Tensor i = at::from_blob(const_cast<int64_t *>(idx), {n}, at::kLong).to(t->t.device());
         return wrap(t->t.index_select(0, i));
     });
 }
@@ -352,8 +352,8 @@ shim_tensor *shim_embed(const shim_tensor *wte, const shim_tensor *wpe, const in
                 return nullptr;
             }
         }
-        at::Tensor idx = at::from_blob(const_cast<int64_t *>(ids), {B * T}, at::kLong)
-                             .to(E.device());
+        at::Tensor idx =
+            at::from_blob(const_cast<int64_t *>(ids), {B * T}, at::kLong).to(E.device());
         at::Tensor tok = E.index_select(0, idx).view({B, T, E.size(1)}); // (B, T, C)
         return wrap(tok + P.narrow(0, 0, T).unsqueeze(0));
     });
@@ -362,9 +362,8 @@ shim_tensor *shim_embed(const shim_tensor *wte, const shim_tensor *wpe, const in
 shim_tensor *shim_layernorm(const shim_tensor *x, const shim_tensor *w, const shim_tensor *b,
                             double eps, shim_status *st)
 {
-    SHIM_GUARD(st, nullptr, {
-        return wrap(at::layer_norm(x->t, {x->t.size(-1)}, w->t, b->t, eps));
-    });
+    SHIM_GUARD(st, nullptr,
+               { return wrap(at::layer_norm(x->t, {x->t.size(-1)}, w->t, b->t, eps)); });
 }
 
 shim_tensor *shim_linear(const shim_tensor *x, const shim_tensor *w, const shim_tensor *b,
@@ -419,8 +418,8 @@ shim_tensor *shim_attention(const shim_tensor *q, const shim_tensor *k, const sh
         at::Tensor s = at::matmul(qh, kh.transpose(-1, -2)); // (B, H, T, T)
         if (scale_div != 1.0)
             s = s / scale_div;
-        at::Tensor mask = at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(Q.device()))
-                              .triu(1);
+        at::Tensor mask =
+            at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(Q.device())).triu(1);
         at::Tensor p = s.to(at::kFloat).masked_fill(mask, -INFINITY).softmax(-1);
         at::Tensor y = at::matmul(p.to(Q.scalar_type()), vh); // (B, H, T, D)
         if (probs)

@@ -104,7 +104,8 @@ size_t shim_nbytes(const shim_tensor *t);
 /* A view or copy with a new shape (numel must match). */
 shim_tensor *shim_reshape(const shim_tensor *t, const int64_t *shape, int ndim, shim_status *st);
 /* The slice [start, start+len) along dim. */
-shim_tensor *shim_narrow(const shim_tensor *t, int dim, int64_t start, int64_t len, shim_status *st);
+shim_tensor *shim_narrow(const shim_tensor *t, int dim, int64_t start, int64_t len,
+                         shim_status *st);
 /* Concatenation of n tensors along dim. */
 shim_tensor *shim_cat(shim_tensor *const *ts, int n, int dim, shim_status *st);
 /* Rows idx[0..n) of t along dim 0 (idx on the host). */

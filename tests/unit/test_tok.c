@@ -28,7 +28,8 @@ static void check_corpus(const tok *t, json_t *cases)
 {
     size_t i;
     json_t *c;
-    json_array_foreach(cases, i, c) {
+    json_array_foreach(cases, i, c)
+    {
         json_t *jt = json_object_get(c, "text"), *jids = json_object_get(c, "ids");
         const char *text = json_string_value(jt);
         size_t len = json_string_length(jt), n = 0;

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on Debian 12 (apt), as root or
+# through sudo. Safe to run again.
+set -euo pipefail
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+pkgs=(
+  cmake make g++ pkg-config git ca-certificates clang-format
+  libtorch-dev libopenblas0-openmp   # libtorch; OpenBLAS, else matmuls are ~25x slower
+  libjansson-dev libpcre2-dev        # JSON, the tokenizer's pattern
+  python3-torch python3-numpy python3-pytest   # the independent reference (tests)
+  wamerican                          # word list used by tools/train_induction.py
+)
+command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "install-deps: all Debian packages present"
