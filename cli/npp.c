@@ -16,6 +16,8 @@
 #include "../engine/mkmodel.h"
 #include "../engine/model.h"
 #include "../engine/npy.h"
+#include "../engine/run.h"
+#include "../engine/svg.h"
 #include "../engine/tok.h"
 
 #ifndef NPP_VOCAB_DIR
@@ -413,6 +415,106 @@ fail:
     return rc;
 }
 
+/* ---- run ---------------------------------------------------------------- */
+
+static const char RUN_HELP[] =
+    "usage: npp run --model DIR JOB.json [--svg FILE] [--npy-dir DIR] [--cache-mb N]\n"
+    "               [--max-values N] [--repeat N] [--device cpu|cuda:N] [--dtype f32|f16|bf16]\n"
+    "               [--threads N]\n"
+    "Runs a path-patching job (JSON; '-' reads stdin) in-process and prints the result\n"
+    "JSON. --svg writes the path graph; --npy-dir writes tensors as .npy files instead\n"
+    "of base64. --repeat N runs the job N times on one cache (the last result is\n"
+    "printed: its stats show what the cache saved). Job format: docs/jobs.md.\n";
+
+static json_t *load_job(const char *path, npp_err *e)
+{
+    json_error_t je;
+    json_t *doc = strcmp(path, "-") ? json_load_file(path, JSON_REJECT_DUPLICATES, &je)
+                                    : json_loadf(stdin, JSON_REJECT_DUPLICATES, &je);
+    if (!doc)
+        npp_fail(e, NPP_EINVAL, path, "%s: not valid JSON: %s (line %d, column %d)", path, je.text,
+                 je.line, je.column);
+    return doc;
+}
+
+static int cmd_run(int argc, char **argv)
+{
+    static const struct option opts[] = {{"model", 1, 0, 'm'},
+                                         {"svg", 1, 0, 's'},
+                                         {"npy-dir", 1, 0, 'n'},
+                                         {"cache-mb", 1, 0, 'c'},
+                                         {"max-values", 1, 0, 'x'},
+                                         {"repeat", 1, 0, 'r'},
+                                         {"device", 1, 0, 'D'},
+                                         {"dtype", 1, 0, 'd'},
+                                         {"threads", 1, 0, 't'},
+                                         {"help", 0, 0, 'H'},
+                                         {0, 0, 0, 0}};
+    const char *model_dir = getenv("NPP_MODEL"), *svg = NULL, *npy_dir = NULL;
+    model_opts mo = {NULL, NULL};
+    long cache_mb = 1024, max_values = 50000, repeat = 1, v;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model_dir = optarg; break;
+        case 's': svg = optarg; break;
+        case 'n': npy_dir = optarg; break;
+        case 'D': mo.device = optarg; break;
+        case 'd': mo.dtype = optarg; break;
+        case 'c':
+        case 'x':
+        case 'r':
+        case 't':
+            if ((v = parse_long(optarg, c == 'c' ? 0 : 1, 100000000)) < 0)
+                return usage_error("run", "numeric options take a non-negative integer");
+            if (c == 't')
+                shim_set_threads((int)v);
+            *(c == 'c' ? &cache_mb : c == 'x' ? &max_values : c == 'r' ? &repeat : &v) = v;
+            break;
+        case 'H': fputs(RUN_HELP, stdout); return 0;
+        default: return usage_error("run", "unknown option");
+        }
+    }
+    if (!model_dir)
+        return usage_error("run", "--model DIR is required (or set NPP_MODEL)");
+    if (optind + 1 != argc)
+        return usage_error("run", "give exactly one JOB.json");
+    npp_err e = {0};
+    model *m = NULL;
+    cache *ca = NULL;
+    run_output *r = NULL;
+    json_t *doc = NULL;
+    int rc = 0;
+    if (!(doc = load_job(argv[optind], &e)) || (rc = model_load(model_dir, &mo, &m, &e)))
+        goto fail;
+    if (!(ca = cache_new((size_t)cache_mb << 20))) {
+        rc = npp_fail(&e, NPP_ENOMEM, "", "out of memory");
+        goto fail;
+    }
+    run_opts ro = {ca, NULL, NULL, NULL, (size_t)max_values, npy_dir, model_dir};
+    for (long i = 0; i < repeat; i++) {
+        run_output_free(r);
+        r = NULL;
+        if ((rc = run_job(m, doc, &ro, &r, &e)))
+            goto fail;
+    }
+    if (svg && (rc = svg_write_file(&r->plan, r->job, svg, &e)))
+        goto fail;
+    json_dumpf(r->result, stdout, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    putchar('\n');
+fail:
+    if (e.code) {
+        fprintf(stderr, "%s: error%s%s%s: %s\n", prog, e.field[0] ? " in '" : "", e.field,
+                e.field[0] ? "'" : "", e.message);
+        rc = 1;
+    }
+    run_output_free(r);
+    cache_free(ca);
+    model_free(m);
+    json_decref(doc);
+    return rc;
+}
+
 /* ---- main -------------------------------------------------------------- */
 
 static const char MAIN_HELP[] =
@@ -440,6 +542,8 @@ int main(int argc, char **argv)
         return cmd_tokenize(argc, argv);
     if (!strcmp(cmd, "forward"))
         return cmd_forward(argc, argv);
+    if (!strcmp(cmd, "run"))
+        return cmd_run(argc, argv);
     if (!strcmp(cmd, "version")) {
         printf("npp %s (libtorch %s, %d CUDA device(s))\n", NPP_VERSION, shim_torch_version(),
                shim_cuda_device_count());

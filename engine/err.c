@@ -34,6 +34,7 @@ const char *npp_err_name(int code)
     case NPP_ETORCH: return "torch";
     case NPP_ELIMIT: return "limit";
     case NPP_ENODEV: return "nodev";
+    case NPP_ECANCELED: return "cancelled";
     }
     return "unknown";
 }

@@ -10,13 +10,14 @@
 
 enum {
     NPP_OK = 0,
-    NPP_EINVAL = -1,  /* the request or arguments are wrong */
-    NPP_EIO = -2,     /* a file could not be read or written */
-    NPP_EFORMAT = -3, /* a file's content is malformed */
-    NPP_ENOMEM = -4,  /* out of memory */
-    NPP_ETORCH = -5,  /* the tensor library failed */
-    NPP_ELIMIT = -6,  /* a configured limit was exceeded */
-    NPP_ENODEV = -7,  /* the device is not available */
+    NPP_EINVAL = -1,    /* the request or arguments are wrong */
+    NPP_EIO = -2,       /* a file could not be read or written */
+    NPP_EFORMAT = -3,   /* a file's content is malformed */
+    NPP_ENOMEM = -4,    /* out of memory */
+    NPP_ETORCH = -5,    /* the tensor library failed */
+    NPP_ELIMIT = -6,    /* a configured limit was exceeded */
+    NPP_ENODEV = -7,    /* the device is not available */
+    NPP_ECANCELED = -8, /* the job was cancelled */
 };
 
 typedef struct {

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "gpt2.h"
+#include "sha256.h"
 #include "st.h"
 
 enum { G_WTE, G_WPE, G_LNF_W, G_LNF_B, G_LM_HEAD, N_GLOBAL };
@@ -233,6 +234,29 @@ static int load_tensor(model *m, const st_tensor *t, int slot, const char *file,
     return 0;
 }
 
+/* The model's name in content keys: config.json, the tensor index (names,
+ * dtypes, shapes, offsets) and the compute dtype. The weights' bytes are
+ * not hashed (too slow for large models); caches belong to one loaded model,
+ * so this only has to tell models apart within one process. */
+static void fingerprint(model *m, const st_file *f)
+{
+    sha256_ctx c;
+    size_t hl;
+    const void *hdr = st_header(f, &hl);
+    char path[4096], buf[4096];
+    snprintf(path, sizeof path, "%s/config.json", m->dir);
+    sha256_init(&c);
+    FILE *fp = fopen(path, "rb");
+    size_t n;
+    while (fp && (n = fread(buf, 1, sizeof buf, fp)) > 0)
+        sha256_update(&c, buf, n);
+    if (fp)
+        fclose(fp);
+    sha256_update(&c, hdr, hl);
+    sha256_update(&c, shim_dtype_name(m->dtype), strlen(shim_dtype_name(m->dtype)));
+    sha256_final(&c, m->fingerprint);
+}
+
 static int load_weights(model *m, const char *path, npp_err *e)
 {
     const char *file = "model.safetensors";
@@ -243,6 +267,7 @@ static int load_weights(model *m, const char *path, npp_err *e)
         return npp_fail(e, NPP_ENOMEM, file, "out of memory");
     if ((rc = st_open(path, file, &f, e)))
         goto fail;
+    fingerprint(m, f);
     for (size_t i = 0; i < st_count(f); i++) {
         const st_tensor *t = st_at(f, i);
         const char *name = t->name;

@@ -55,6 +55,9 @@ typedef struct {
     model_block *blocks;          /* n_layer of them */
     tok *tok;
     size_t param_bytes; /* device memory held by the weights */
+    /* SHA-256 of config.json, the safetensors header and the compute dtype:
+     * names this model in content keys (plan.h). */
+    unsigned char fingerprint[32];
 } model;
 
 typedef struct {

@@ -61,6 +61,16 @@ static int dtype_parse(const char *s, st_dtype *out)
     return -1;
 }
 
+const void *st_header(const st_file *f, size_t *len)
+{
+    const unsigned char *p = f->map;
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | p[i];
+    *len = 8 + (size_t)hlen;
+    return p;
+}
+
 size_t st_count(const st_file *f)
 {
     return f->n;

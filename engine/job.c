@@ -1,0 +1,721 @@
+/* job.c - parsing and validating a job document, and compiling presets
+ * into rules; see job.h. Every refusal names its field. */
+#include "job.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tok.h"
+
+/* ---- inputs --------------------------------------------------------------- */
+
+static int all_of(json_t *a, int (*pred)(const json_t *))
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(a, i, v) if (!pred(v)) return 0;
+    return 1;
+}
+
+static int is_int(const json_t *v)
+{
+    return json_is_integer(v);
+}
+static int is_str(const json_t *v)
+{
+    return json_is_string(v);
+}
+static int is_arr(const json_t *v)
+{
+    return json_is_array(v);
+}
+
+/* Token ids of one example (a text or an id list) into *ids (new). */
+static int example_ids(const model *m, json_t *v, const char *field, int64_t **ids, int *n,
+                       npp_err *e)
+{
+    if (json_is_string(v)) {
+        int32_t *t;
+        size_t k;
+        npp_err te = {0};
+        if (tok_encode(m->tok, json_string_value(v), json_string_length(v), &t, &k, &te))
+            return npp_fail(e, te.code, field, "%s: %s", field, te.message);
+        *ids = malloc((k ? k : 1) * sizeof **ids);
+        for (size_t i = 0; *ids && i < k; i++)
+            (*ids)[i] = t[i];
+        free(t);
+        *n = (int)k;
+        return *ids ? 0 : npp_fail(e, NPP_ENOMEM, field, "out of memory");
+    }
+    size_t k = json_array_size(v);
+    *ids = malloc((k ? k : 1) * sizeof **ids);
+    if (!*ids)
+        return npp_fail(e, NPP_ENOMEM, field, "out of memory");
+    for (size_t i = 0; i < k; i++) {
+        json_t *x = json_array_get(v, i);
+        if (!json_is_integer(x) || json_integer_value(x) < 0 ||
+            json_integer_value(x) >= m->cfg.vocab_size)
+            return npp_fail(e, NPP_EINVAL, field, "%s[%zu]: not a token id in 0..%d", field, i,
+                            m->cfg.vocab_size - 1);
+        (*ids)[i] = json_integer_value(x);
+    }
+    *n = (int)k;
+    return 0;
+}
+
+static int parse_inputs(const model *m, json_t *in, job *j, npp_err *e)
+{
+    char f[64], f0[96] = "";
+    if (!json_is_array(in) || json_array_size(in) == 0)
+        return npp_fail(e, NPP_EINVAL, "inputs", "inputs: must be a non-empty array");
+    if (json_array_size(in) > JOB_MAX_INPUTS)
+        return npp_fail(e, NPP_EINVAL, "inputs", "inputs: %zu inputs, at most %d",
+                        json_array_size(in), JOB_MAX_INPUTS);
+    j->n_inputs = (int)json_array_size(in);
+    for (int i = 0; i < j->n_inputs; i++) {
+        json_t *x = json_array_get(in, (size_t)i);
+        json_t *examples;
+        int batch = 0;
+        snprintf(f, sizeof f, "inputs[%d]", i);
+        if (json_is_string(x) || (json_is_array(x) && json_array_size(x) && all_of(x, is_int))) {
+            examples = json_pack("[O]", x);
+        } else if (json_is_array(x) && json_array_size(x) &&
+                   (all_of(x, is_str) || all_of(x, is_arr))) {
+            examples = json_incref(x);
+            batch = 1;
+        } else {
+            return npp_fail(e, NPP_EINVAL, f,
+                            "%s: expected a text, a list of token ids, or a "
+                            "non-empty batch (a list of texts or of id lists)",
+                            f);
+        }
+        int B = (int)json_array_size(examples);
+        for (int b = 0; b < B; b++) {
+            char fb[80];
+            int64_t *ids = NULL;
+            int n = 0;
+            snprintf(fb, sizeof fb, batch ? "%s[%d]" : "%s", f, b);
+            int rc = example_ids(m, json_array_get(examples, (size_t)b), fb, &ids, &n, e);
+            if (rc) {
+                json_decref(examples);
+                return rc;
+            }
+            if (i == 0 && b == 0) {
+                if (n == 0) {
+                    free(ids);
+                    json_decref(examples);
+                    return npp_fail(e, NPP_EINVAL, fb, "%s: has no tokens", fb);
+                }
+                if (n > m->cfg.n_positions) {
+                    free(ids);
+                    json_decref(examples);
+                    return npp_fail(e, NPP_EINVAL, fb,
+                                    "%s: %d tokens, over the model's context of %d", fb, n,
+                                    m->cfg.n_positions);
+                }
+                j->T = n, j->B = B;
+                snprintf(f0, sizeof f0, "%s", fb);
+                j->ids = malloc((size_t)j->n_inputs * B * n * sizeof *j->ids);
+                if (!j->ids) {
+                    free(ids);
+                    json_decref(examples);
+                    return npp_fail(e, NPP_ENOMEM, "inputs", "out of memory");
+                }
+            }
+            if (B != j->B || n != j->T) {
+                free(ids);
+                json_decref(examples);
+                if (B != j->B)
+                    return npp_fail(e, NPP_EINVAL, f,
+                                    "%s: batch of %d but inputs[0] has %d (all inputs must have "
+                                    "the same batch size)",
+                                    f, B, j->B);
+                return npp_fail(e, NPP_EINVAL, fb,
+                                "%s: %d tokens but %s has %d (all inputs must have the same "
+                                "token length)",
+                                fb, n, f0, j->T);
+            }
+            memcpy(j->ids + ((size_t)i * B + b) * n, ids, (size_t)n * sizeof *ids);
+            free(ids);
+        }
+        json_decref(examples);
+    }
+    return 0;
+}
+
+/* ---- small typed getters ----------------------------------------------------- */
+
+static int get_token(const model *m, json_t *v, const char *field, int64_t *out, npp_err *e)
+{
+    if (json_is_integer(v)) {
+        if (json_integer_value(v) < 0 || json_integer_value(v) >= m->cfg.vocab_size)
+            return npp_fail(e, NPP_EINVAL, field, "%s: token id outside 0..%d", field,
+                            m->cfg.vocab_size - 1);
+        *out = json_integer_value(v);
+        return 0;
+    }
+    if (!json_is_string(v))
+        return npp_fail(e, NPP_EINVAL, field, "%s: expected a token (a text or an id)", field);
+    int32_t *t;
+    size_t n;
+    npp_err te = {0};
+    if (tok_encode(m->tok, json_string_value(v), json_string_length(v), &t, &n, &te))
+        return npp_fail(e, te.code, field, "%s: %s", field, te.message);
+    int64_t id = n ? t[0] : -1;
+    free(t);
+    if (n != 1)
+        return npp_fail(e, NPP_EINVAL, field,
+                        "%s: \"%s\" is %zu tokens; give a text that is one token (mind the "
+                        "leading space) or a token id",
+                        field, json_string_value(v), n);
+    *out = id;
+    return 0;
+}
+
+static int get_position(json_t *v, int T, const char *field, int *out, npp_err *e)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < -T || json_integer_value(v) >= T)
+        return npp_fail(e, NPP_EINVAL, field,
+                        "%s: a position in %d..%d (negative counts from the end)", field, -T,
+                        T - 1);
+    int p = (int)json_integer_value(v);
+    *out = p < 0 ? p + T : p;
+    return 0;
+}
+
+static int check_keys(json_t *obj, const char *field, const char *const *known, npp_err *e)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(obj, k, v)
+    {
+        int ok = 0;
+        for (int i = 0; known[i]; i++)
+            ok |= !strcmp(k, known[i]);
+        if (!ok)
+            return npp_fail(e, NPP_EINVAL, field, "%s: unknown key \"%s\"", field, k);
+    }
+    return 0;
+}
+
+static int get_bool(json_t *obj, const char *key, const char *field, int *out, npp_err *e)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v)
+        return 0;
+    if (!json_is_boolean(v))
+        return npp_fail(e, NPP_EINVAL, field, "%s.%s: must be true or false", field, key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* ---- outputs and metric ------------------------------------------------------- */
+
+static int parse_outputs(const model *m, json_t *o, job *j, npp_err *e)
+{
+    static const char *const known[] = {"positions",     "top_k",          "logits",
+                                        "hidden_states", "token_logprobs", "attention",
+                                        "baselines",     "trace",          NULL};
+    char f[64];
+    j->top_k = 5;
+    if (!o || json_is_null(o)) {
+        o = NULL;
+    } else if (!json_is_object(o)) {
+        return npp_fail(e, NPP_EINVAL, "outputs", "outputs: must be an object");
+    }
+    if (o && check_keys(o, "outputs", known, e))
+        return NPP_EINVAL;
+    json_t *pos = o ? json_object_get(o, "positions") : NULL;
+    if (!pos || (json_is_string(pos) && !strcmp(json_string_value(pos), "last"))) {
+        j->npos = 1;
+        if (!(j->positions = malloc(sizeof *j->positions)))
+            return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
+        j->positions[0] = j->T - 1;
+    } else if (json_is_string(pos) && !strcmp(json_string_value(pos), "all")) {
+        j->npos = j->T;
+        if (!(j->positions = malloc((size_t)j->T * sizeof *j->positions)))
+            return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
+        for (int t = 0; t < j->T; t++)
+            j->positions[t] = t;
+    } else if (json_is_array(pos) && json_array_size(pos) > 0) {
+        j->npos = (int)json_array_size(pos);
+        if (!(j->positions = malloc((size_t)j->npos * sizeof *j->positions)))
+            return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
+        for (int i = 0; i < j->npos; i++) {
+            snprintf(f, sizeof f, "outputs.positions[%d]", i);
+            if (get_position(json_array_get(pos, (size_t)i), j->T, f, &j->positions[i], e))
+                return NPP_EINVAL;
+        }
+    } else {
+        return npp_fail(e, NPP_EINVAL, "outputs.positions",
+                        "outputs.positions: \"last\", \"all\" or a non-empty list of positions");
+    }
+    json_t *k = o ? json_object_get(o, "top_k") : NULL;
+    if (k) {
+        if (!json_is_integer(k) || json_integer_value(k) < 0 || json_integer_value(k) > 1000)
+            return npp_fail(e, NPP_EINVAL, "outputs.top_k", "outputs.top_k: an integer in 0..1000");
+        j->top_k = (int)json_integer_value(k);
+    }
+    if (o && (get_bool(o, "logits", "outputs", &j->want_logits, e) ||
+              get_bool(o, "hidden_states", "outputs", &j->want_hidden, e) ||
+              get_bool(o, "baselines", "outputs", &j->want_baselines, e) ||
+              get_bool(o, "trace", "outputs", &j->want_trace, e)))
+        return NPP_EINVAL;
+    json_t *tl = o ? json_object_get(o, "token_logprobs") : NULL;
+    if (tl) {
+        if (!json_is_array(tl))
+            return npp_fail(e, NPP_EINVAL, "outputs.token_logprobs",
+                            "outputs.token_logprobs: a list of tokens (texts or ids)");
+        j->ntoklp = (int)json_array_size(tl);
+        if (!(j->toklp = malloc(((size_t)j->ntoklp + 1) * sizeof *j->toklp)))
+            return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
+        for (int i = 0; i < j->ntoklp; i++) {
+            snprintf(f, sizeof f, "outputs.token_logprobs[%d]", i);
+            if (get_token(m, json_array_get(tl, (size_t)i), f, &j->toklp[i], e))
+                return NPP_EINVAL;
+        }
+    }
+    json_t *at = o ? json_object_get(o, "attention") : NULL;
+    if (at) {
+        if (!json_is_array(at))
+            return npp_fail(e, NPP_EINVAL, "outputs.attention",
+                            "outputs.attention: a list of layer indices");
+        j->nattn = (int)json_array_size(at);
+        if (!(j->attn_layers = malloc(((size_t)j->nattn + 1) * sizeof *j->attn_layers)))
+            return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
+        for (int i = 0; i < j->nattn; i++) {
+            json_t *l = json_array_get(at, (size_t)i);
+            if (!json_is_integer(l) || json_integer_value(l) < 0 ||
+                json_integer_value(l) >= m->cfg.n_layer)
+                return npp_fail(e, NPP_EINVAL, "outputs.attention",
+                                "outputs.attention[%d]: a layer in 0..%d", i, m->cfg.n_layer - 1);
+            j->attn_layers[i] = (int)json_integer_value(l);
+        }
+    }
+    return 0;
+}
+
+static int parse_metric(const model *m, json_t *mt, job *j, npp_err *e)
+{
+    static const char *const known[] = {"type", "target", "baseline", "token", "position", NULL};
+    if (!mt || json_is_null(mt))
+        return 0;
+    if (!json_is_object(mt))
+        return npp_fail(e, NPP_EINVAL, "metric", "metric: must be an object");
+    if (check_keys(mt, "metric", known, e))
+        return NPP_EINVAL;
+    json_t *t = json_object_get(mt, "type");
+    const char *ty = json_is_string(t) ? json_string_value(t) : "";
+    if (!strcmp(ty, "logit_diff"))
+        j->metric = METRIC_LOGIT_DIFF;
+    else if (!strcmp(ty, "logprob"))
+        j->metric = METRIC_LOGPROB;
+    else if (!strcmp(ty, "prob"))
+        j->metric = METRIC_PROB;
+    else if (!strcmp(ty, "kl"))
+        j->metric = METRIC_KL;
+    else
+        return npp_fail(e, NPP_EINVAL, "metric.type",
+                        "metric.type: one of \"logit_diff\", \"logprob\", \"prob\", \"kl\"");
+    j->m_pos = j->T - 1;
+    json_t *p = json_object_get(mt, "position");
+    if (p && get_position(p, j->T, "metric.position", &j->m_pos, e))
+        return NPP_EINVAL;
+    if (j->metric == METRIC_LOGIT_DIFF) {
+        json_t *a = json_object_get(mt, "target"), *b = json_object_get(mt, "baseline");
+        if (!a || !b)
+            return npp_fail(e, NPP_EINVAL, a ? "metric.baseline" : "metric.target",
+                            "metric: logit_diff needs \"target\" and \"baseline\" tokens");
+        if (get_token(m, a, "metric.target", &j->m_target, e) ||
+            get_token(m, b, "metric.baseline", &j->m_baseline, e))
+            return NPP_EINVAL;
+    } else if (j->metric != METRIC_KL) {
+        json_t *a = json_object_get(mt, "token");
+        if (!a)
+            return npp_fail(e, NPP_EINVAL, "metric.token", "metric: %s needs \"token\"", ty);
+        if (get_token(m, a, "metric.token", &j->m_target, e))
+            return NPP_EINVAL;
+    }
+    return 0;
+}
+
+/* ---- presets ------------------------------------------------------------------ */
+
+typedef struct {
+    gkind kind;
+    int layer, idx, comp; /* comp: 0 q, 1 k, 2 v, -1 none */
+    char name[48];
+} pnode;
+
+/* Parses a preset node name into kind/layer/index; `what` limits kinds. */
+static int preset_node(const graph_dims *g, json_t *v, const char *field, pnode *n, npp_err *e)
+{
+    if (!json_is_string(v))
+        return npp_fail(e, NPP_EINVAL, field, "%s: a node name such as \"a1.head3\"", field);
+    int s = graph_parse(g, json_string_value(v));
+    if (s < 0)
+        return npp_fail(e, NPP_EINVAL, field,
+                        "%s: \"%s\" is not a node of this model (%d layers, %d heads)", field,
+                        json_string_value(v), g->L, g->H);
+    gnode d = graph_node(g, s);
+    n->kind = d.kind, n->layer = d.layer, n->idx = d.idx, n->comp = -1;
+    if (d.kind == G_Q || d.kind == G_K || d.kind == G_V)
+        n->comp = d.kind - G_Q;
+    snprintf(n->name, sizeof n->name, "%s", json_string_value(v));
+    return 0;
+}
+
+static json_t *rule_match(const char *pat, const char *key, json_t *val)
+{
+    return json_pack("{s:s,s:o}", "match", pat, key, val);
+}
+
+static int preset_from_into(json_t *p, int n_inputs, int *from, int *into, npp_err *e)
+{
+    json_t *f = json_object_get(p, "from"), *i = json_object_get(p, "into");
+    *from = 1, *into = 0;
+    if (f &&
+        (!json_is_integer(f) || json_integer_value(f) < 0 || json_integer_value(f) >= n_inputs))
+        return npp_fail(e, NPP_EINVAL, "preset.from", "preset.from: an input index in 0..%d",
+                        n_inputs - 1);
+    if (i &&
+        (!json_is_integer(i) || json_integer_value(i) < 0 || json_integer_value(i) >= n_inputs))
+        return npp_fail(e, NPP_EINVAL, "preset.into", "preset.into: an input index in 0..%d",
+                        n_inputs - 1);
+    if (f)
+        *from = (int)json_integer_value(f);
+    if (i)
+        *into = (int)json_integer_value(i);
+    if (*from >= n_inputs)
+        return npp_fail(e, NPP_EINVAL, "preset.from",
+                        "preset.from: defaults to input 1, but the job has one input");
+    return 0;
+}
+
+/* Activation patching of one node: the node's value (attention or MLP
+ * output, a head's output, one of its q/k/v inputs, or the embedding) is
+ * computed from input `from`, everything else from `into`, and everything
+ * downstream recomputes. positions (attention and MLP only): only the
+ * sublayer's input at those positions comes from `from`. */
+static int preset_activation(const job *j, json_t *p, json_t *br, json_t *wh, npp_err *e)
+{
+    static const char *const known[] = {"type", "node", "from", "into", "positions", NULL};
+    pnode n;
+    int from, into;
+    char pat[160];
+    if (check_keys(p, "preset", known, e) ||
+        preset_node(&j->g, json_object_get(p, "node"), "preset.node", &n, e) ||
+        preset_from_into(p, j->n_inputs, &from, &into, e))
+        return NPP_EINVAL;
+    json_t *pos = json_object_get(p, "positions");
+    int L = n.layer;
+    if (pos && n.kind != G_AHEAD && n.kind != G_FHEAD)
+        return npp_fail(e, NPP_EINVAL, "preset.positions",
+                        "preset.positions: only for a{i}.head (the attention's input at those "
+                        "positions) and f{i}.head (the MLP at those positions)");
+    json_t *pm = NULL;
+    switch (n.kind) {
+    case G_EMB: snprintf(pat, sizeof pat, "**/emb"); break;
+    case G_AHEAD:
+    case G_FHEAD: {
+        char c = n.kind == G_AHEAD ? 'a' : 'f';
+        snprintf(pat, sizeof pat, "**/%c%d", c, L);
+        json_array_append_new(br, rule_match(pat, "split", json_true()));
+        if (!pos) {
+            snprintf(pat, sizeof pat, "**/%c%d/%c%d.head/**", c, L, c, L);
+            break;
+        }
+        if (!json_is_array(pos) || !json_array_size(pos))
+            return npp_fail(e, NPP_EINVAL, "preset.positions",
+                            "preset.positions: a non-empty list of positions");
+        snprintf(pat, sizeof pat, "**/%c%d/%c%d.head", c, L, c, L);
+        json_array_append_new(br, rule_match(pat, "split", json_string("positions")));
+        pm = json_array();
+        for (size_t i = 0; i < json_array_size(pos); i++) {
+            int t;
+            char f[48];
+            snprintf(f, sizeof f, "preset.positions[%zu]", i);
+            if (get_position(json_array_get(pos, i), j->T, f, &t, e)) {
+                json_decref(pm);
+                return NPP_EINVAL;
+            }
+            snprintf(pat, sizeof pat, "**/%c%d.head/%c%d.head.pos%d/**", c, L, c, L, t);
+            json_array_append_new(pm, json_string(pat));
+        }
+        break;
+    }
+    case G_HEAD:
+    case G_Q:
+    case G_K:
+    case G_V:
+        snprintf(pat, sizeof pat, "**/a%d", L);
+        json_array_append_new(br, rule_match(pat, "split", json_true()));
+        snprintf(pat, sizeof pat, "**/a%d/a%d.head", L, L);
+        json_array_append_new(br, rule_match(pat, "split", json_string("heads")));
+        if (n.comp < 0) {
+            snprintf(pat, sizeof pat, "**/a%d.head/a%d.head%d/**", L, L, n.idx);
+        } else {
+            snprintf(pat, sizeof pat, "**/a%d.head/a%d.head%d", L, L, n.idx);
+            json_array_append_new(br, rule_match(pat, "split", json_true()));
+            snprintf(pat, sizeof pat, "**/a%d.head%d/a%d.head%d.%c/**", L, n.idx, L, n.idx,
+                     "qkv"[n.comp]);
+        }
+        break;
+    default:
+        return npp_fail(e, NPP_EINVAL, "preset.node",
+                        "preset.node: \"%s\" cannot be patched; use emb, a{i}.head, "
+                        "a{i}.head{h}, a{i}.head{h}.q|k|v or f{i}.head",
+                        n.name);
+    }
+    if (pm)
+        json_array_append_new(wh, json_pack("{s:o,s:i}", "any", pm, "input", from));
+    else
+        json_array_append_new(wh, rule_match(pat, "input", json_integer(from)));
+    if (into)
+        json_array_append_new(wh, rule_match("**", "input", json_integer(into)));
+    return 0;
+}
+
+/* Path from a residual node down to a sender's output. */
+static int sender_path(const pnode *s, char *buf, size_t n)
+{
+    switch (s->kind) {
+    case G_EMB: return snprintf(buf, n, "emb"), 0;
+    case G_AHEAD: return snprintf(buf, n, "a%d/a%d.head", s->layer, s->layer), 0;
+    case G_HEAD:
+        return snprintf(buf, n, "a%d/a%d.head/a%d.head%d", s->layer, s->layer, s->layer, s->idx), 0;
+    case G_FHEAD: return snprintf(buf, n, "f%d/f%d.head", s->layer, s->layer), 0;
+    default: return -1;
+    }
+}
+
+/* Position of a node's output in the residual stream order: emb 0, the
+ * attention of layer i 2i+1, its MLP 2i+2. */
+static int out_order(const pnode *s)
+{
+    return s->kind == G_EMB ? 0 : s->kind == G_FHEAD ? 2 * s->layer + 2 : 2 * s->layer + 1;
+}
+
+/* Path patching (Wang et al. 2022), direct paths only: each receiver's
+ * input is the clean residual with the senders' outputs taken from input
+ * `from`, reaching it through the residual stream alone (every a{i}, f{i}
+ * split); everything else reads `into`, and everything downstream of the
+ * receivers recomputes. */
+static int preset_path(const job *j, json_t *p, json_t *br, json_t *wh, npp_err *e)
+{
+    static const char *const known[] = {"type", "senders", "receivers", "from", "into", NULL};
+    int from, into;
+    char f[64], pat[256], sp[96];
+    const graph_dims *g = &j->g;
+    json_t *snd = json_object_get(p, "senders"), *rcv = json_object_get(p, "receivers");
+    if (check_keys(p, "preset", known, e) || preset_from_into(p, j->n_inputs, &from, &into, e))
+        return NPP_EINVAL;
+    if (!json_is_array(snd) || !json_array_size(snd))
+        return npp_fail(e, NPP_EINVAL, "preset.senders",
+                        "preset.senders: a non-empty list of "
+                        "nodes (a{i}.head{h}, a{i}.head, f{i}.head or emb)");
+    if (!json_is_array(rcv) || !json_array_size(rcv))
+        return npp_fail(e, NPP_EINVAL, "preset.receivers",
+                        "preset.receivers: a non-empty list of "
+                        "nodes (ln_final, a{i}.head{h}[.q|.k|.v], a{i}.head or f{i}.head)");
+    /* Split every residual node so that direct paths exist. */
+    json_t *alts = json_array();
+    char *all = malloc((size_t)g->L * 16 + 16);
+    if (!all)
+        return json_decref(alts), npp_fail(e, NPP_ENOMEM, "preset", "out of memory");
+    int w = sprintf(all, "**/{");
+    for (int i = 0; i < g->L; i++)
+        w += sprintf(all + w, "%sa%d,f%d", i ? "," : "", i, i);
+    sprintf(all + w, "}");
+    json_array_append_new(br, rule_match(all, "split", json_true()));
+    free(all);
+    json_t *heads = json_array(); /* "split": "heads" at these layers */
+    int *heads_done = calloc((size_t)g->L, sizeof *heads_done);
+    pnode *S = calloc(json_array_size(snd), sizeof *S);
+    int rc = 0;
+    if (!heads_done || !S) {
+        rc = npp_fail(e, NPP_ENOMEM, "preset", "out of memory");
+        goto done;
+    }
+    for (size_t s = 0; s < json_array_size(snd); s++) {
+        snprintf(f, sizeof f, "preset.senders[%zu]", s);
+        if ((rc = preset_node(g, json_array_get(snd, s), f, &S[s], e)))
+            goto done;
+        if (sender_path(&S[s], sp, sizeof sp)) {
+            rc = npp_fail(e, NPP_EINVAL, f,
+                          "%s: \"%s\" cannot send; use a{i}.head{h}, "
+                          "a{i}.head, f{i}.head or emb",
+                          f, S[s].name);
+            goto done;
+        }
+        if (S[s].kind == G_HEAD && !heads_done[S[s].layer]++) {
+            snprintf(pat, sizeof pat, "**/a%d/a%d.head", S[s].layer, S[s].layer);
+            json_array_append_new(heads, json_string(pat));
+        }
+    }
+    for (size_t r = 0; r < json_array_size(rcv); r++) {
+        pnode R;
+        char rp[128];
+        int order;
+        snprintf(f, sizeof f, "preset.receivers[%zu]", r);
+        if ((rc = preset_node(g, json_array_get(rcv, r), f, &R, e)))
+            goto done;
+        switch (R.kind) {
+        case G_LN_FINAL: snprintf(rp, sizeof rp, "ln_final"), order = 2 * g->L + 1; break;
+        case G_AHEAD:
+            snprintf(rp, sizeof rp, "**/a%d/a%d.head", R.layer, R.layer), order = 2 * R.layer + 1;
+            break;
+        case G_FHEAD:
+            snprintf(rp, sizeof rp, "**/f%d/f%d.head", R.layer, R.layer), order = 2 * R.layer + 2;
+            break;
+        case G_HEAD:
+        case G_Q:
+        case G_K:
+        case G_V:
+            order = 2 * R.layer + 1;
+            if (!heads_done[R.layer]++) {
+                snprintf(pat, sizeof pat, "**/a%d/a%d.head", R.layer, R.layer);
+                json_array_append_new(heads, json_string(pat));
+            }
+            if (R.comp < 0) {
+                snprintf(rp, sizeof rp, "**/a%d.head/a%d.head%d", R.layer, R.layer, R.idx);
+            } else {
+                snprintf(pat, sizeof pat, "**/a%d.head/a%d.head%d", R.layer, R.layer, R.idx);
+                json_array_append_new(br, rule_match(pat, "split", json_true()));
+                snprintf(rp, sizeof rp, "**/a%d.head%d/a%d.head%d.%c", R.layer, R.idx, R.layer,
+                         R.idx, "qkv"[R.comp]);
+            }
+            break;
+        default:
+            rc = npp_fail(e, NPP_EINVAL, f,
+                          "%s: \"%s\" cannot receive; use ln_final, "
+                          "a{i}.head{h}[.q|.k|.v], a{i}.head or f{i}.head",
+                          f, R.name);
+            goto done;
+        }
+        for (size_t s = 0; s < json_array_size(snd); s++) {
+            if (out_order(&S[s]) >= order) {
+                rc = npp_fail(e, NPP_EINVAL, "preset.senders",
+                              "preset: sender \"%s\" is not upstream of receiver \"%s\"", S[s].name,
+                              R.name);
+                goto done;
+            }
+            sender_path(&S[s], sp, sizeof sp);
+            snprintf(pat, sizeof pat, "%s/%s/**", rp, sp);
+            if (S[s].kind == G_EMB)
+                snprintf(pat, sizeof pat, "%s/emb", rp);
+            json_array_append_new(wh, rule_match(pat, "input", json_integer(from)));
+        }
+    }
+    if (json_array_size(heads))
+        json_array_append_new(br, json_pack("{s:O,s:s}", "any", heads, "split", "heads"));
+    if (into)
+        json_array_append_new(wh, rule_match("**", "input", json_integer(into)));
+done:
+    json_decref(heads);
+    free(heads_done);
+    free(S);
+    return rc;
+}
+
+static int compile_preset(job *j, json_t *p, json_t **br, json_t **wh, npp_err *e)
+{
+    if (!json_is_object(p))
+        return npp_fail(e, NPP_EINVAL, "preset", "preset: must be an object with a \"type\"");
+    json_t *t = json_object_get(p, "type");
+    const char *ty = json_is_string(t) ? json_string_value(t) : "";
+    *br = json_array(), *wh = json_array();
+    if (!strcmp(ty, "activation_patch"))
+        return preset_activation(j, p, *br, *wh, e);
+    if (!strcmp(ty, "path_patch"))
+        return preset_path(j, p, *br, *wh, e);
+    return npp_fail(e, NPP_EINVAL, "preset.type",
+                    "preset.type: \"%s\" is not a preset (activation_patch, path_patch)", ty);
+}
+
+/* ---- the document -------------------------------------------------------------- */
+
+int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp_err *e)
+{
+    static const char *const known[] = {"inputs", "branch", "which",   "preset", "outputs",
+                                        "metric", "limits", "comment", NULL};
+    json_t *br = NULL, *wh = NULL;
+    int rc = NPP_EINVAL;
+    *out = NULL;
+    if (!json_is_object(doc))
+        return npp_fail(e, NPP_EINVAL, "", "the job must be a JSON object");
+    if (check_keys(doc, "job", known, e))
+        return NPP_EINVAL;
+    job *j = calloc(1, sizeof *j);
+    if (!j)
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    j->max_values = lim && lim->max_values ? lim->max_values : 50000;
+    if ((rc = parse_inputs(m, json_object_get(doc, "inputs"), j, e)))
+        goto fail;
+    graph_dims_init(&j->g, m->cfg.n_layer, m->cfg.n_head, j->T);
+    json_t *preset = json_object_get(doc, "preset");
+    if (preset && (json_object_get(doc, "branch") || json_object_get(doc, "which"))) {
+        rc =
+            npp_fail(e, NPP_EINVAL, "preset", "preset: give either a preset or branch/which rules");
+        goto fail;
+    }
+    if (preset) {
+        if ((rc = compile_preset(j, preset, &br, &wh, e)))
+            goto fail;
+    } else {
+        br = json_incref(json_object_get(doc, "branch"));
+        wh = json_incref(json_object_get(doc, "which"));
+    }
+    if ((rc = rules_parse(br, wh, &j->g, j->n_inputs, &j->rules, e)))
+        goto fail;
+    j->compiled = json_pack("{s:o,s:o}", "branch", br ? json_incref(br) : json_array(), "which",
+                            wh ? json_incref(wh) : json_array());
+    if (!j->compiled) {
+        rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
+        goto fail;
+    }
+    json_t *lm = json_object_get(doc, "limits");
+    if (lm) {
+        json_t *mv = json_object_get(lm, "max_values");
+        static const char *const lk[] = {"max_values", NULL};
+        if (!json_is_object(lm) || check_keys(lm, "limits", lk, e)) {
+            rc = npp_fail(e, NPP_EINVAL, "limits", "limits: an object with \"max_values\"");
+            goto fail;
+        }
+        if (mv && (!json_is_integer(mv) || json_integer_value(mv) < 1 ||
+                   (size_t)json_integer_value(mv) > j->max_values)) {
+            rc = npp_fail(e, NPP_EINVAL, "limits.max_values",
+                          "limits.max_values: an integer in 1..%zu (the server's ceiling)",
+                          j->max_values);
+            goto fail;
+        }
+        if (mv)
+            j->max_values = (size_t)json_integer_value(mv);
+    }
+    if ((rc = parse_outputs(m, json_object_get(doc, "outputs"), j, e)) ||
+        (rc = parse_metric(m, json_object_get(doc, "metric"), j, e)))
+        goto fail;
+    json_decref(br);
+    json_decref(wh);
+    *out = j;
+    return 0;
+fail:
+    json_decref(br);
+    json_decref(wh);
+    job_free(j);
+    return rc ? rc : NPP_EINVAL;
+}
+
+void job_free(job *j)
+{
+    if (!j)
+        return;
+    free(j->ids);
+    rules_free(j->rules);
+    json_decref(j->compiled);
+    free(j->positions);
+    free(j->toklp);
+    free(j->attn_layers);
+    free(j);
+}

@@ -1,0 +1,66 @@
+// job.h - the job document (JSON) the CLI runs and the service accepts.
+//
+//   {
+//     "inputs":  ["The capital of Spain is", "The capital of Italy is"],
+//     "branch":  [{"match": "**/a1", "split": true}],
+//     "which":   [{"match": "**/a1/**", "input": 1}],
+//     "outputs": {"positions": [-1], "top_k": 5, "logits": false,
+//                 "hidden_states": false, "token_logprobs": [" Madrid"],
+//                 "attention": [0, 1], "baselines": true, "trace": false},
+//     "metric":  {"type": "logit_diff", "target": " Madrid", "baseline": " Rome"},
+//     "limits":  {"max_values": 50000}
+//   }
+//
+// inputs: 1..32 items; each a text, a list of token ids, or a batch (a list
+// of texts or of id lists). All inputs must have one token length and one
+// batch size. Instead of branch/which, "preset" compiles the common
+// experiments into rules (see job.c and docs): activation_patch (node,
+// from, into, positions) and path_patch (senders, receivers, from, into).
+// metric types: logit_diff (target, baseline), logprob, prob (token), kl
+// (from the unpatched run of input 0); "position" defaults to the last.
+// Errors name the field: "inputs[1]", "branch[0].match", "preset.node".
+#ifndef NPP_JOB_H
+#define NPP_JOB_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "model.h"
+#include "rules.h"
+
+#define JOB_MAX_INPUTS 32
+
+enum { METRIC_NONE, METRIC_LOGIT_DIFF, METRIC_LOGPROB, METRIC_PROB, METRIC_KL };
+
+typedef struct {
+    int n_inputs, B, T;
+    int64_t *ids; /* n_inputs x B x T */
+    graph_dims g;
+    ruleset *rules;
+    json_t *compiled; /* {"branch": [...], "which": [...]} as run (new ref) */
+    /* outputs */
+    int npos;
+    int *positions; /* resolved, 0..T-1 */
+    int top_k;
+    int want_logits, want_hidden, want_trace, want_baselines;
+    int ntoklp;
+    int64_t *toklp; /* token ids for token_logprobs */
+    int nattn;
+    int *attn_layers;
+    /* metric */
+    int metric;
+    int64_t m_target, m_baseline;
+    int m_pos; /* resolved position */
+    size_t max_values;
+} job;
+
+typedef struct {
+    size_t max_values; /* ceiling for limits.max_values (and its default) */
+} job_limits;
+
+/* Parses doc against model m. *out is new (job_free). */
+int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp_err *e);
+void job_free(job *j);
+
+#endif

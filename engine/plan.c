@@ -1,0 +1,511 @@
+/* plan.c - the planner; see plan.h. Residual nodes are numbered j = 0
+ * (emb), 2i+1 (a{i}), 2i+2 (f{i}); node_resid(prefix, j) is the value of
+ * residual node j reached from a path whose state is prefix. */
+#include "plan.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "sha256.h"
+
+/* Execution ranks: fixed for the heavy ops so that every attention (or
+ * MLP) of one layer lands in one batch; max(inputs) + 1 for the light
+ * ones. Every input's rank is below its consumer's (see exec.c). */
+#define RANK_ATTN(i) (12 * (i) + 4)
+#define RANK_MLP(i)  (12 * (i) + 10)
+#define RANK_LNF(L)  (12 * (L) + 20)
+
+const char *plan_op_name(plan_op op)
+{
+    static const char *n[] = {"emb", "add", "mix", "attn", "mlp", "ln_f"};
+    return n[op];
+}
+
+void plan_init(plan *p, const model *m, int n_inputs, int B, int T, const int64_t *ids,
+               size_t max_values)
+{
+    memset(p, 0, sizeof *p);
+    p->m = m;
+    graph_dims_init(&p->g, m->cfg.n_layer, m->cfg.n_head, T);
+    p->n_inputs = n_inputs, p->B = B, p->T = T, p->ids = ids;
+    p->max_values = max_values;
+    p->root_node = -1;
+}
+
+void plan_free(plan *p)
+{
+    free(p->v);
+    free(p->nodes);
+    free(p->pool);
+    free(p->vslots);
+    free(p->nslots);
+    free(p->states);
+    memset(p, 0, sizeof *p);
+}
+
+/* ---- storage ------------------------------------------------------------- */
+
+static int32_t *pool_take(plan *p, size_t n)
+{
+    if (p->npool + n > p->cappool) {
+        size_t c = p->cappool ? p->cappool : 1024;
+        while (c < p->npool + n)
+            c *= 2;
+        int32_t *np = realloc(p->pool, c * sizeof *np);
+        if (!np)
+            return NULL;
+        /* Re-point stored arrays into the moved pool. */
+        for (int32_t i = 0; i < p->nv; i++)
+            if (p->v[i].in)
+                p->v[i].in = np + (p->v[i].in - p->pool);
+        for (int32_t i = 0; i < p->nn; i++)
+            if (p->nodes[i].kids)
+                p->nodes[i].kids = np + (p->nodes[i].kids - p->pool);
+        p->pool = np, p->cappool = c;
+    }
+    int32_t *r = p->pool + p->npool;
+    p->npool += n;
+    return r;
+}
+
+static uint64_t hash_bytes(const void *d, size_t n, uint64_t h)
+{
+    const unsigned char *s = d;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ s[i]) * 1099511628211ull;
+    return h ^ (h >> 29);
+}
+
+static int grow_table(int32_t **slots, size_t *cap, size_t used)
+{
+    if (*slots && used * 2 < *cap)
+        return 0;
+    size_t c = *cap ? *cap * 2 : 1024;
+    int32_t *ns = malloc(c * sizeof *ns);
+    if (!ns)
+        return -1;
+    memset(ns, 0xff, c * sizeof *ns);
+    free(*slots);
+    *slots = ns, *cap = c;
+    return 1; /* caller rehashes */
+}
+
+static uint64_t vhash(const uint8_t *key)
+{
+    uint64_t h;
+    memcpy(&h, key, 8); /* a SHA-256 prefix is as good as any hash */
+    return h;
+}
+
+static int vtable_insert(plan *p, int32_t idx)
+{
+    size_t m = p->vcap - 1, i = vhash(p->v[idx].key) & m;
+    while (p->vslots[i] >= 0)
+        i = (i + 1) & m;
+    p->vslots[i] = idx;
+    return 0;
+}
+
+static uint64_t nhash(const plan *p, int sym, const uint64_t *st)
+{
+    return hash_bytes(st, (size_t)p->words * 8, 1469598103934665603ull ^ (uint64_t)sym);
+}
+
+static void ntable_insert(plan *p, int32_t idx)
+{
+    size_t m = p->ncap - 1, i = nhash(p, p->nodes[idx].sym, p->states + (size_t)idx * p->words) & m;
+    while (p->nslots[i] >= 0)
+        i = (i + 1) & m;
+    p->nslots[i] = idx;
+}
+
+/* ---- values ---------------------------------------------------------------- */
+
+static int32_t too_many(plan *p)
+{
+    npp_fail(p->err, NPP_ELIMIT, "limits.max_values",
+             "the plan needs more than %zu values (the limit); split fewer nodes or raise "
+             "limits.max_values",
+             p->max_values);
+    return -1;
+}
+
+/* Finds or adds the value with this key; in/nin are copied. */
+static int32_t intern(plan *p, const uint8_t key[32], plan_op op, int layer, int rank,
+                      const int32_t *in, int nin)
+{
+    if (p->vcap) {
+        size_t m = p->vcap - 1;
+        for (size_t i = vhash(key) & m; p->vslots[i] >= 0; i = (i + 1) & m)
+            if (!memcmp(p->v[p->vslots[i]].key, key, 32))
+                return p->vslots[i];
+    }
+    if ((size_t)p->nv >= p->max_values)
+        return too_many(p);
+    if (p->nv == p->capv) {
+        int32_t c = p->capv ? 2 * p->capv : 256;
+        plan_value *nv = realloc(p->v, (size_t)c * sizeof *nv);
+        if (!nv)
+            return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+        p->v = nv, p->capv = c;
+    }
+    int32_t *copy = nin ? pool_take(p, (size_t)nin) : NULL;
+    if (nin && !copy)
+        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+    if (nin)
+        memcpy(copy, in, (size_t)nin * sizeof *in);
+    int32_t idx = p->nv++;
+    plan_value *v = &p->v[idx];
+    *v = (plan_value){op, layer, rank, nin, copy, {0}};
+    memcpy(v->key, key, 32);
+    int g = grow_table(&p->vslots, &p->vcap, (size_t)p->nv);
+    if (g < 0)
+        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+    if (g > 0)
+        for (int32_t i = 0; i < p->nv; i++)
+            vtable_insert(p, i);
+    else
+        vtable_insert(p, idx);
+    return idx;
+}
+
+static void put_u32(sha256_ctx *c, uint32_t x)
+{
+    unsigned char b[4] = {(unsigned char)x, (unsigned char)(x >> 8), (unsigned char)(x >> 16),
+                          (unsigned char)(x >> 24)};
+    sha256_update(c, b, 4);
+}
+
+static int32_t val_op(plan *p, plan_op op, int layer, const int32_t *in, int nin)
+{
+    if (op == OP_MIX) { /* a mix of one value is that value */
+        int same = 1;
+        for (int i = 1; i < nin && same; i++)
+            same = in[i] == in[0];
+        if (same)
+            return in[0];
+    }
+    sha256_ctx c;
+    uint8_t key[32];
+    int rank = 0;
+    sha256_init(&c);
+    put_u32(&c, 0x6e707001u); /* key format version */
+    put_u32(&c, (uint32_t)op);
+    put_u32(&c, (uint32_t)layer);
+    put_u32(&c, (uint32_t)nin);
+    for (int i = 0; i < nin; i++) {
+        sha256_update(&c, p->v[in[i]].key, 32);
+        if (p->v[in[i]].rank > rank)
+            rank = p->v[in[i]].rank;
+    }
+    sha256_final(&c, key);
+    switch (op) {
+    case OP_ATTN: rank = RANK_ATTN(layer); break;
+    case OP_MLP: rank = RANK_MLP(layer); break;
+    case OP_LNF: rank = RANK_LNF(p->g.L); break;
+    default: rank += 1; break;
+    }
+    return intern(p, key, op, layer, rank, in, nin);
+}
+
+static int32_t val_emb(plan *p, int k)
+{
+    sha256_ctx c;
+    uint8_t key[32];
+    size_t n = (size_t)p->B * (size_t)p->T;
+    const int64_t *ids = p->ids + (size_t)k * n;
+    sha256_init(&c);
+    put_u32(&c, 0x6e707001u);
+    put_u32(&c, OP_EMB);
+    sha256_update(&c, p->m->fingerprint, 32);
+    put_u32(&c, (uint32_t)p->B);
+    put_u32(&c, (uint32_t)p->T);
+    for (size_t i = 0; i < n; i++)
+        put_u32(&c, (uint32_t)ids[i]);
+    sha256_final(&c, key);
+    return intern(p, key, OP_EMB, k, 0, NULL, 0);
+}
+
+/* The value of a sublayer (attention of layer i or its MLP) given, per
+ * head, the q/k/v inputs (attention) or the input (MLP). */
+static int32_t val_attn(plan *p, int layer, const int32_t *src3h)
+{
+    return val_op(p, OP_ATTN, layer, src3h, 3 * p->g.H);
+}
+
+static int32_t val_attn_shared(plan *p, int layer, int32_t x)
+{
+    int n = 3 * p->g.H;
+    int32_t *src = malloc((size_t)n * sizeof *src);
+    if (!src)
+        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+    for (int i = 0; i < n; i++)
+        src[i] = x;
+    int32_t r = val_attn(p, layer, src);
+    free(src);
+    return r;
+}
+
+/* Residual after sublayer j (odd: attention, even: MLP) on input x. */
+static int32_t val_block_step(plan *p, int j, int32_t x)
+{
+    int32_t sub =
+        (j % 2) ? val_attn_shared(p, (j - 1) / 2, x) : val_op(p, OP_MLP, (j - 2) / 2, &x, 1);
+    if (sub < 0)
+        return -1;
+    int32_t in[2] = {x, sub};
+    return val_op(p, OP_ADD, -1, in, 2);
+}
+
+int32_t plan_plain(plan *p, int k, npp_err *e)
+{
+    p->err = e;
+    int32_t x = val_emb(p, k);
+    for (int j = 1; j <= 2 * p->g.L && x >= 0; j++)
+        x = val_block_step(p, j, x);
+    return x < 0 ? -1 : val_op(p, OP_LNF, -1, &x, 1);
+}
+
+/* ---- the walk ----------------------------------------------------------------- */
+
+static int resid_sym(const plan *p, int j)
+{
+    if (j == 0)
+        return graph_sym(&p->g, G_EMB, -1, -1);
+    return graph_sym(&p->g, j % 2 ? G_A : G_F, (j - 1) / 2, -1);
+}
+
+/* Looks up (sym, parent state) in the memo; -1 if absent. The key is the
+ * state *before* the node: a split residual node's skip branch continues
+ * from it, so the state after the node would not tell two paths apart. */
+static int32_t memo_find(plan *p, int sym, const uint64_t *st)
+{
+    if (!p->ncap)
+        return -1;
+    size_t m = p->ncap - 1;
+    for (size_t i = nhash(p, sym, st) & m; p->nslots[i] >= 0; i = (i + 1) & m) {
+        int32_t n = p->nslots[i];
+        if (p->nodes[n].sym == sym &&
+            !memcmp(p->states + (size_t)n * p->words, st, (size_t)p->words * 8))
+            return n;
+    }
+    return -1;
+}
+
+/* Adds a node (after its children, so indices are topological). */
+static int32_t node_add(plan *p, int sym, const uint64_t *st, int32_t value, const int32_t *kids,
+                        int nkids, int decision, int rule)
+{
+    if (p->nn >= PLAN_MAX_NODES)
+        return npp_fail(p->err, NPP_ELIMIT, "branch",
+                        "the path tree has more than %d distinct nodes; split fewer nodes",
+                        PLAN_MAX_NODES),
+               -1;
+    if (p->nn == p->capn) {
+        int32_t c = p->capn ? 2 * p->capn : 256;
+        plan_node *nn = realloc(p->nodes, (size_t)c * sizeof *nn);
+        uint64_t *ns = nn ? realloc(p->states, (size_t)c * (size_t)p->words * 8 + 8) : NULL;
+        if (nn)
+            p->nodes = nn;
+        if (!nn || !ns)
+            return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+        p->states = ns, p->capn = c;
+    }
+    int32_t *kc = nkids ? pool_take(p, (size_t)nkids) : NULL;
+    if (nkids && !kc)
+        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+    uint32_t reads = 0;
+    for (int i = 0; i < nkids; i++) {
+        kc[i] = kids[i];
+        reads |= p->nodes[kids[i]].reads;
+    }
+    if (sym == graph_sym(&p->g, G_EMB, -1, -1))
+        reads = 1u << decision;
+    int32_t idx = p->nn++;
+    p->nodes[idx] = (plan_node){sym, value, nkids, kc, reads, decision, rule};
+    memcpy(p->states + (size_t)idx * p->words, st, (size_t)p->words * 8);
+    int g = grow_table(&p->nslots, &p->ncap, (size_t)p->nn);
+    if (g < 0)
+        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+    if (g > 0)
+        for (int32_t i = 0; i < p->nn; i++)
+            ntable_insert(p, i);
+    else
+        ntable_insert(p, idx);
+    return idx;
+}
+
+static int32_t node_resid(plan *p, const uint64_t *prefix, int j);
+
+/* A node whose value is the residual j reached through it: q/k/v and
+ * position nodes. */
+static int32_t node_input(plan *p, const uint64_t *parent, int sym, int j)
+{
+    uint64_t *st = malloc((size_t)p->words * 8 + 8);
+    int32_t n = -1;
+    if (!st)
+        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+    rules_step(p->rules, parent, sym, st);
+    if ((n = memo_find(p, sym, parent)) < 0) {
+        int32_t kid = node_resid(p, st, j);
+        if (kid >= 0)
+            n = node_add(p, sym, parent, p->nodes[kid].value, &kid, 1, SPLIT_NO, -1);
+    }
+    free(st);
+    return n;
+}
+
+/* Head h of attention layer i (j = 2i+1); fills its q, k, v sources. */
+static int32_t node_head(plan *p, const uint64_t *parent, int j, int h, int32_t src[3])
+{
+    int i = (j - 1) / 2, sym = graph_sym(&p->g, G_HEAD, i, h), rule;
+    uint64_t *st = malloc((size_t)p->words * 8 + 8);
+    int32_t n = -1, kids[3];
+    if (!st)
+        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+    rules_step(p->rules, parent, sym, st);
+    int split = rules_branch(p->rules, st, &rule) != SPLIT_NO;
+    if ((n = memo_find(p, sym, parent)) >= 0) {
+        for (int c = 0; c < 3; c++)
+            src[c] = split ? p->nodes[p->nodes[n].kids[c]].value : p->nodes[n].value;
+        goto done;
+    }
+    if (split) {
+        for (int c = 0; c < 3; c++) {
+            kids[c] = node_input(p, st, graph_sym(&p->g, (gkind)(G_Q + c), i, h), j - 1);
+            if (kids[c] < 0)
+                goto done;
+            src[c] = p->nodes[kids[c]].value;
+        }
+        n = node_add(p, sym, parent, -1, kids, 3, SPLIT_YES, rule);
+    } else {
+        kids[0] = node_resid(p, st, j - 1);
+        if (kids[0] < 0)
+            goto done;
+        src[0] = src[1] = src[2] = p->nodes[kids[0]].value;
+        n = node_add(p, sym, parent, src[0], kids, 1, SPLIT_NO, rule);
+    }
+done:
+    free(st);
+    return n;
+}
+
+/* The sublayer of residual node j (a{i}.head or f{i}.head), reached from
+ * the split node's state. */
+static int32_t node_sub(plan *p, const uint64_t *parent, int j)
+{
+    int attn = j % 2, i = attn ? (j - 1) / 2 : (j - 2) / 2, H = p->g.H, T = p->g.T, rule;
+    int sym = graph_sym(&p->g, attn ? G_AHEAD : G_FHEAD, i, -1);
+    int32_t n = -1, value = -1, nk = 0;
+    uint64_t *st = malloc((size_t)p->words * 8 + 8);
+    int32_t *kids = malloc((size_t)(H > T ? H : T) * sizeof *kids + 8);
+    int32_t *src = malloc((size_t)(3 * H > T ? 3 * H : T) * sizeof *src + 8);
+    if (!st || !kids || !src) {
+        npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning");
+        goto done;
+    }
+    rules_step(p->rules, parent, sym, st);
+    if ((n = memo_find(p, sym, parent)) >= 0)
+        goto done;
+    int d = rules_branch(p->rules, st, &rule);
+    /* a{i}.head: true or "heads" splits heads; f{i}.head: true or
+     * "positions" splits positions (the only way an MLP splits). */
+    if (attn && (d == SPLIT_YES || d == SPLIT_HEADS)) {
+        d = SPLIT_HEADS;
+        for (int h = 0; h < H; h++)
+            if ((kids[nk++] = node_head(p, st, j, h, &src[3 * h])) < 0)
+                goto done;
+        value = val_attn(p, i, src);
+    } else if (d == SPLIT_POSITIONS || (!attn && d == SPLIT_YES)) {
+        d = SPLIT_POSITIONS;
+        for (int t = 0; t < T; t++) {
+            kids[nk] = node_input(p, st, graph_sym(&p->g, attn ? G_APOS : G_FPOS, i, t), j - 1);
+            if (kids[nk] < 0)
+                goto done;
+            src[t] = p->nodes[kids[nk++]].value;
+        }
+        int32_t mix = val_op(p, OP_MIX, -1, src, T);
+        value = mix < 0 ? -1 : attn ? val_attn_shared(p, i, mix) : val_op(p, OP_MLP, i, &mix, 1);
+    } else {
+        d = SPLIT_NO;
+        if ((kids[nk++] = node_resid(p, st, j - 1)) < 0)
+            goto done;
+        int32_t x = p->nodes[kids[0]].value;
+        value = attn ? val_attn_shared(p, i, x) : val_op(p, OP_MLP, i, &x, 1);
+    }
+    if (value >= 0)
+        n = node_add(p, sym, parent, value, kids, nk, d, rule);
+done:
+    free(st);
+    free(kids);
+    free(src);
+    return n;
+}
+
+static int32_t node_resid(plan *p, const uint64_t *prefix, int j)
+{
+    int sym = resid_sym(p, j), rule;
+    int32_t n = -1, kids[2], value = -1;
+    uint64_t *st = malloc((size_t)p->words * 8 + 8);
+    if (!st)
+        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+    rules_step(p->rules, prefix, sym, st);
+    if ((n = memo_find(p, sym, prefix)) >= 0)
+        goto done;
+    if (j == 0) {
+        int k = rules_which(p->rules, st, &rule);
+        if ((value = val_emb(p, k)) >= 0)
+            n = node_add(p, sym, prefix, value, NULL, 0, k, rule);
+        goto done;
+    }
+    int split = rules_branch(p->rules, st, &rule) != SPLIT_NO;
+    if (split) {
+        /* The skip branch continues with the path without this node. */
+        if ((kids[0] = node_resid(p, prefix, j - 1)) < 0 || (kids[1] = node_sub(p, st, j)) < 0)
+            goto done;
+        int32_t in[2] = {p->nodes[kids[0]].value, p->nodes[kids[1]].value};
+        if ((value = val_op(p, OP_ADD, -1, in, 2)) >= 0)
+            n = node_add(p, sym, prefix, value, kids, 2, SPLIT_YES, rule);
+    } else {
+        /* Residual and sublayer read one input, through this node. */
+        if ((kids[0] = node_resid(p, st, j - 1)) < 0)
+            goto done;
+        if ((value = val_block_step(p, j, p->nodes[kids[0]].value)) >= 0)
+            n = node_add(p, sym, prefix, value, kids, 1, SPLIT_NO, rule);
+    }
+done:
+    free(st);
+    return n;
+}
+
+int plan_patched(plan *p, const ruleset *r, int32_t *root, npp_err *e)
+{
+    p->err = e;
+    p->rules = r;
+    p->words = rules_state_words(r);
+    *root = -1;
+    uint64_t *st0 = malloc((size_t)p->words * 8 + 8), *st = malloc((size_t)p->words * 8 + 8);
+    int rc = NPP_ENOMEM;
+    if (!st0 || !st) {
+        npp_fail(e, NPP_ENOMEM, "", "out of memory planning");
+        goto done;
+    }
+    int sym = graph_sym(&p->g, G_LN_FINAL, -1, -1);
+    rules_start(r, st0);
+    rules_step(r, st0, sym, st);
+    int32_t kid = node_resid(p, st, 2 * p->g.L);
+    if (kid < 0)
+        goto fail;
+    int32_t x = p->nodes[kid].value, v = val_op(p, OP_LNF, -1, &x, 1);
+    if (v < 0 || (p->root_node = node_add(p, sym, st0, v, &kid, 1, SPLIT_NO, -1)) < 0)
+        goto fail;
+    *root = v;
+    rc = 0;
+    goto done;
+fail:
+    rc = e && e->code ? e->code : NPP_ELIMIT;
+done:
+    free(st0);
+    free(st);
+    return rc;
+}

@@ -1,0 +1,536 @@
+/* run.c - a job end to end; see run.h. Logits are computed only at the
+ * requested positions, and only for the token columns a logit-difference
+ * metric needs when nothing asks for the full vocabulary. */
+#include "run.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gpt2.h"
+#include "npy.h"
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+json_t *run_json_num(double x)
+{
+    if (isnan(x))
+        return json_string("NaN");
+    if (isinf(x))
+        return json_string(x > 0 ? "Infinity" : "-Infinity");
+    return json_real(x);
+}
+
+char *run_base64_f32(const float *x, size_t n)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const unsigned char *b = (const unsigned char *)x; /* little-endian host (checked at build) */
+    size_t len = n * 4, o = 0;
+    char *s = malloc((len + 2) / 3 * 4 + 1);
+    if (!s)
+        return NULL;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)b[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)b[i + 1] << 8;
+        if (i + 2 < len)
+            v |= b[i + 2];
+        s[o++] = tab[v >> 18 & 63];
+        s[o++] = tab[v >> 12 & 63];
+        s[o++] = i + 1 < len ? tab[v >> 6 & 63] : '=';
+        s[o++] = i + 2 < len ? tab[v & 63] : '=';
+    }
+    s[o] = 0;
+    return s;
+}
+
+typedef struct {
+    const model *m;
+    const job *j;
+    const run_opts *o;
+    npp_err *e;
+    int nfiles;
+} ctx;
+
+/* A tensor for the result: base64 or an .npy file. */
+static json_t *tensor_json(ctx *c, const char *name, const float *x, const int64_t *shape, int nd)
+{
+    size_t n = 1;
+    json_t *sh = json_array();
+    for (int i = 0; i < nd; i++) {
+        n *= (size_t)shape[i];
+        json_array_append_new(sh, json_integer(shape[i]));
+    }
+    if (c->o->npy_dir) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s.npy", c->o->npy_dir, name);
+        if (npy_write_f32(path, x, shape, nd, c->e)) {
+            json_decref(sh);
+            return NULL;
+        }
+        return json_pack("{s:s,s:o,s:s}", "dtype", "float32", "shape", sh, "npy", path);
+    }
+    char *b64 = run_base64_f32(x, n);
+    if (!b64) {
+        json_decref(sh);
+        npp_fail(c->e, NPP_ENOMEM, "", "out of memory");
+        return NULL;
+    }
+    json_t *r = json_pack("{s:s,s:o,s:s}", "dtype", "float32", "shape", sh, "data", b64);
+    free(b64);
+    return r;
+}
+
+static json_t *token_json(const model *m, int64_t id)
+{
+    int32_t i = (int32_t)id;
+    char *s = NULL;
+    size_t len;
+    json_t *j = NULL;
+    if (!tok_decode(m->tok, &i, 1, &s, &len, NULL))
+        j = json_stringn(s, len);
+    free(s);
+    return j ? j : json_null();
+}
+
+static int shim_err(ctx *c, const shim_status *st)
+{
+    return npp_fail(c->e, st->code == SHIM_ENOMEM ? NPP_ENOMEM : NPP_ETORCH, "", "%s", st->msg);
+}
+
+/* Rows of hidden (B, T, C) at positions pos[0..np) -> (B*np, C). */
+static shim_tensor *rows_at(const model *m, const shim_tensor *hidden, const int *pos, int np,
+                            shim_status *st)
+{
+    int64_t B = shim_dim(hidden, 0), C = m->cfg.n_embd;
+    shim_tensor **parts = calloc((size_t)np, sizeof *parts);
+    if (!parts) {
+        st->code = SHIM_ENOMEM;
+        return NULL;
+    }
+    for (int i = 0; i < np; i++)
+        parts[i] = shim_narrow(hidden, 1, pos[i], 1, st); /* (B, 1, C) */
+    shim_tensor *cat = shim_cat(parts, np, 1, st);        /* (B, np, C) */
+    int64_t shape[2] = {B * np, C};
+    shim_tensor *r = shim_reshape(cat, shape, 2, st);
+    for (int i = 0; i < np; i++)
+        shim_free(parts[i]);
+    free(parts);
+    shim_free(cat);
+    return r;
+}
+
+/* Full-vocabulary logits (B*np, V) on the host, as float. */
+static float *logits_at(ctx *c, const shim_tensor *hidden, const int *pos, int np)
+{
+    shim_status st = {0};
+    int64_t B = shim_dim(hidden, 0), V = c->m->cfg.vocab_size;
+    shim_tensor *rows = rows_at(c->m, hidden, pos, np, &st);
+    shim_tensor *lg = gpt2_unembed(c->m, rows, &st); /* (B*np, V) */
+    float *h = st.code ? NULL : malloc((size_t)(B * np * V) * sizeof *h);
+    if (h && shim_to_host_f32(lg, h, (size_t)(B * np * V), &st)) {
+        free(h);
+        h = NULL;
+    }
+    shim_free(rows);
+    shim_free(lg);
+    if (!h)
+        shim_err(c, st.code ? &st : &(shim_status){SHIM_ENOMEM, "out of memory"});
+    return h;
+}
+
+/* log-softmax of each row, in place (double accumulation). */
+static void log_softmax(float *x, size_t rows, size_t V)
+{
+    for (size_t r = 0; r < rows; r++) {
+        float *v = x + r * V;
+        double mx = -INFINITY, s = 0;
+        for (size_t i = 0; i < V; i++)
+            mx = v[i] > mx ? v[i] : mx;
+        for (size_t i = 0; i < V; i++)
+            s += exp((double)v[i] - mx);
+        double lse = mx + log(s);
+        for (size_t i = 0; i < V; i++)
+            v[i] = (float)((double)v[i] - lse);
+    }
+}
+
+static json_t *top_k_json(const model *m, const float *lp, size_t V, int k)
+{
+    json_t *arr = json_array();
+    int *best = malloc((size_t)k * sizeof *best);
+    int nb = 0;
+    if (!best)
+        return arr;
+    for (size_t i = 0; i < V; i++) { /* insertion into a sorted top-k */
+        if (nb == k && !(lp[i] > lp[best[nb - 1]]))
+            continue;
+        int p = nb < k ? nb++ : nb - 1;
+        while (p > 0 && lp[i] > lp[best[p - 1]]) {
+            best[p] = best[p - 1];
+            p--;
+        }
+        best[p] = (int)i;
+    }
+    for (int i = 0; i < nb; i++)
+        json_array_append_new(arr, json_pack("{s:i,s:o,s:o}", "id", best[i], "token",
+                                             token_json(m, best[i]), "logprob",
+                                             run_json_num(lp[best[i]])));
+    free(best);
+    return arr;
+}
+
+/* The metric of one run, per example; kl_ref is input 0's plain run
+ * hidden state (for "kl"). Returns {"per_example", "mean"}. */
+static json_t *metric_json(ctx *c, const shim_tensor *hidden, const shim_tensor *kl_ref)
+{
+    const job *j = c->j;
+    int64_t B = j->B, V = c->m->cfg.vocab_size;
+    double *val = calloc((size_t)B, sizeof *val);
+    float *lg = NULL, *ref = NULL;
+    json_t *r = NULL;
+    if (!val)
+        return npp_fail(c->e, NPP_ENOMEM, "", "out of memory"), NULL;
+    if (j->metric == METRIC_LOGIT_DIFF) {
+        /* Only the two columns: (B, C) x (2, C)^T. */
+        shim_status st = {0};
+        int64_t cols[2] = {j->m_target, j->m_baseline};
+        shim_tensor *rows = rows_at(c->m, hidden, &j->m_pos, 1, &st);
+        shim_tensor *w = shim_take_rows(c->m->lm_head, cols, 2, &st);
+        shim_tensor *l2 = shim_matmul_nt(rows, w, &st); /* (B, 2) */
+        float *h = malloc((size_t)B * 2 * sizeof *h);
+        if (!st.code && h && !shim_to_host_f32(l2, h, (size_t)B * 2, &st))
+            for (int64_t b = 0; b < B; b++)
+                val[b] = (double)h[2 * b] - (double)h[2 * b + 1];
+        free(h);
+        shim_free(rows);
+        shim_free(w);
+        shim_free(l2);
+        if (st.code) {
+            shim_err(c, &st);
+            goto done;
+        }
+    } else {
+        if (!(lg = logits_at(c, hidden, &j->m_pos, 1)))
+            goto done;
+        log_softmax(lg, (size_t)B, (size_t)V);
+        if (j->metric == METRIC_KL) {
+            if (!(ref = logits_at(c, kl_ref, &j->m_pos, 1)))
+                goto done;
+            log_softmax(ref, (size_t)B, (size_t)V);
+        }
+        for (int64_t b = 0; b < B; b++) {
+            const float *p = lg + b * V;
+            if (j->metric == METRIC_LOGPROB) {
+                val[b] = p[j->m_target];
+            } else if (j->metric == METRIC_PROB) {
+                val[b] = exp(p[j->m_target]);
+            } else { /* KL(clean || patched) */
+                double kl = 0;
+                const float *q = ref + b * V;
+                for (int64_t i = 0; i < V; i++)
+                    kl += exp((double)q[i]) * ((double)q[i] - (double)p[i]);
+                val[b] = kl;
+            }
+        }
+    }
+    json_t *pe = json_array();
+    double mean = 0;
+    for (int64_t b = 0; b < B; b++) {
+        json_array_append_new(pe, run_json_num(val[b]));
+        mean += val[b] / (double)B;
+    }
+    r = json_pack("{s:o,s:o}", "per_example", pe, "mean", run_json_num(mean));
+done:
+    free(val);
+    free(lg);
+    free(ref);
+    return r;
+}
+
+/* outputs{} of one run (hidden (B, T, C)); tag names .npy files. */
+static json_t *outputs_json(ctx *c, const shim_tensor *hidden, const char *tag, int full)
+{
+    const job *j = c->j;
+    int64_t B = j->B, V = c->m->cfg.vocab_size, np = j->npos;
+    json_t *o = json_object(), *pos = json_array();
+    float *lp = NULL;
+    char name[64];
+    for (int i = 0; i < j->npos; i++)
+        json_array_append_new(pos, json_integer(j->positions[i]));
+    json_object_set_new(o, "positions", pos);
+    int need = j->top_k > 0 || (full && (j->want_logits || j->ntoklp));
+    if (need) {
+        float *raw = logits_at(c, hidden, j->positions, j->npos);
+        if (!raw)
+            goto fail;
+        if (full && j->want_logits) {
+            int64_t shape[3] = {B, np, V};
+            snprintf(name, sizeof name, "%s_logits", tag);
+            json_t *t = tensor_json(c, name, raw, shape, 3);
+            if (!t) {
+                free(raw);
+                goto fail;
+            }
+            json_object_set_new(o, "logits", t);
+        }
+        log_softmax(raw, (size_t)(B * np), (size_t)V);
+        lp = raw;
+    }
+    if (j->top_k > 0) {
+        json_t *tk = json_array();
+        for (int64_t b = 0; b < B; b++) {
+            json_t *ex = json_array();
+            for (int64_t p = 0; p < np; p++)
+                json_array_append_new(
+                    ex, json_pack("{s:i,s:o}", "position", j->positions[p], "tokens",
+                                  top_k_json(c->m, lp + (b * np + p) * V, (size_t)V, j->top_k)));
+            json_array_append_new(tk, ex);
+        }
+        json_object_set_new(o, "top_k", tk);
+    }
+    if (full && j->ntoklp) {
+        json_t *toks = json_array(), *vals = json_array();
+        for (int t = 0; t < j->ntoklp; t++)
+            json_array_append_new(toks, json_pack("{s:I,s:o}", "id", (json_int_t)j->toklp[t],
+                                                  "token", token_json(c->m, j->toklp[t])));
+        for (int64_t b = 0; b < B; b++) {
+            json_t *ex = json_array();
+            for (int64_t p = 0; p < np; p++) {
+                json_t *row = json_array();
+                for (int t = 0; t < j->ntoklp; t++)
+                    json_array_append_new(row, run_json_num(lp[(b * np + p) * V + j->toklp[t]]));
+                json_array_append_new(ex, row);
+            }
+            json_array_append_new(vals, ex);
+        }
+        json_object_set_new(o, "token_logprobs",
+                            json_pack("{s:o,s:o}", "tokens", toks, "values", vals));
+    }
+    if (full && j->want_hidden) {
+        int64_t T = j->T, C = c->m->cfg.n_embd, shape[3] = {B, T, C};
+        float *h = malloc((size_t)(B * T * C) * sizeof *h);
+        shim_status st = {0};
+        if (!h || shim_to_host_f32(hidden, h, (size_t)(B * T * C), &st)) {
+            free(h);
+            shim_err(c, st.code ? &st : &(shim_status){SHIM_ENOMEM, "out of memory"});
+            goto fail;
+        }
+        snprintf(name, sizeof name, "%s_hidden_states", tag);
+        json_t *t = tensor_json(c, name, h, shape, 3);
+        free(h);
+        if (!t)
+            goto fail;
+        json_object_set_new(o, "hidden_states", t);
+    }
+    free(lp);
+    return o;
+fail:
+    free(lp);
+    json_decref(o);
+    return NULL;
+}
+
+/* Attention patterns of each input's plain run at the requested layers. */
+static json_t *attention_json(ctx *c)
+{
+    const job *j = c->j;
+    const model *m = c->m;
+    json_t *arr = json_array();
+    for (int k = 0; k < j->n_inputs; k++) {
+        shim_status st = {0};
+        const int64_t *ids = j->ids + (size_t)k * j->B * j->T;
+        shim_tensor *x = gpt2_embed(m, ids, j->B, j->T, &st);
+        for (int l = 0; l < m->cfg.n_layer && !st.code; l++) {
+            int want = 0;
+            for (int i = 0; i < j->nattn; i++)
+                want |= j->attn_layers[i] == l;
+            shim_tensor *probs = NULL;
+            shim_tensor *a = gpt2_attn(m, l, x, want ? &probs : NULL, &st);
+            shim_tensor *x2 = shim_add(x, a, &st);
+            shim_tensor *f = gpt2_mlp(m, l, x2, &st);
+            shim_tensor *x3 = shim_add(x2, f, &st);
+            shim_free(a);
+            shim_free(x2);
+            shim_free(f);
+            shim_free(x);
+            x = x3;
+            if (probs && !st.code) {
+                int64_t H = m->cfg.n_head, T = j->T, shape[4] = {j->B, H, T, T};
+                size_t n = (size_t)(j->B * H * T * T);
+                float *h = malloc(n * sizeof *h);
+                char name[64];
+                snprintf(name, sizeof name, "attention_input%d_layer%d", k, l);
+                json_t *t = NULL;
+                if (h && !shim_to_host_f32(probs, h, n, &st))
+                    t = tensor_json(c, name, h, shape, 4);
+                free(h);
+                if (t)
+                    json_array_append_new(
+                        arr, json_pack("{s:i,s:i,s:o}", "input", k, "layer", l, "probs", t));
+                else if (!st.code)
+                    st.code = SHIM_ENOMEM;
+            }
+            shim_free(probs);
+        }
+        shim_free(x);
+        if (st.code) {
+            json_decref(arr);
+            shim_err(c, &st);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+static json_t *inputs_json(const job *j)
+{
+    json_t *a = json_array();
+    for (int k = 0; k < j->n_inputs; k++) {
+        json_t *batch = json_array();
+        for (int b = 0; b < j->B; b++) {
+            json_t *ids = json_array();
+            for (int t = 0; t < j->T; t++)
+                json_array_append_new(ids, json_integer(j->ids[((size_t)k * j->B + b) * j->T + t]));
+            json_array_append_new(batch, ids);
+        }
+        json_array_append_new(a, batch);
+    }
+    return a;
+}
+
+static int build_result(ctx *c, run_output *r, shim_tensor **hs, int nroots, double t_plan,
+                        double t_exec, json_t *trace)
+{
+    const job *j = c->j;
+    json_t *res = json_object();
+    json_object_set_new(res, "model", json_string(c->o->model_name ? c->o->model_name : c->m->dir));
+    json_object_set_new(res, "batch", json_integer(j->B));
+    json_object_set_new(res, "tokens", json_integer(j->T));
+    json_object_set_new(res, "inputs", inputs_json(j));
+    json_object_set_new(res, "rules", json_incref(j->compiled));
+    json_t *o = outputs_json(c, hs[0], "patched", 1);
+    if (!o)
+        goto fail;
+    json_object_set_new(res, "outputs", o);
+    if (j->nattn) {
+        json_t *a = attention_json(c);
+        if (!a)
+            goto fail;
+        json_object_set_new(o, "attention", a);
+    }
+    if (j->metric) {
+        static const char *names[] = {"", "logit_diff", "logprob", "prob", "kl"};
+        json_t *mt = metric_json(c, hs[0], j->metric == METRIC_KL ? hs[1] : NULL);
+        if (!mt)
+            goto fail;
+        json_object_set_new(mt, "type", json_string(names[j->metric]));
+        json_object_set_new(mt, "position", json_integer(j->m_pos));
+        json_object_set_new(res, "metric", mt);
+    }
+    if (j->want_baselines) {
+        json_t *bl = json_array();
+        json_object_set_new(res, "baselines", bl);
+        for (int k = 0; k < j->n_inputs; k++) {
+            char tag[32];
+            snprintf(tag, sizeof tag, "input%d", k);
+            const shim_tensor *h = hs[nroots - j->n_inputs + k];
+            json_t *b = json_pack("{s:i}", "input", k);
+            json_array_append_new(bl, b);
+            if (j->top_k) {
+                json_t *ob = outputs_json(c, h, tag, 0);
+                if (!ob)
+                    goto fail;
+                json_object_set_new(b, "top_k", json_incref(json_object_get(ob, "top_k")));
+                json_decref(ob);
+            }
+            if (j->metric) {
+                json_t *mt = metric_json(c, h, j->metric == METRIC_KL ? hs[1] : NULL);
+                if (!mt)
+                    goto fail;
+                json_object_set_new(b, "metric", mt);
+            }
+        }
+    }
+    json_object_set_new(
+        res, "stats",
+        json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f}", "values_planned",
+                  (json_int_t)r->stats.planned, "values_needed", (json_int_t)r->stats.needed,
+                  "values_computed", (json_int_t)r->stats.computed, "values_cached",
+                  (json_int_t)r->stats.cached, "values_waited", (json_int_t)r->stats.waited,
+                  "batches", (json_int_t)r->stats.batches, "path_nodes", (json_int_t)r->plan.nn,
+                  "plan_ms", t_plan, "exec_ms", t_exec));
+    if (trace)
+        json_object_set_new(res, "trace", json_incref(trace));
+    r->result = res;
+    return 0;
+fail:
+    json_decref(res);
+    return c->e && c->e->code ? c->e->code : NPP_ENOMEM;
+}
+
+int run_job(const model *m, json_t *doc, const run_opts *o, run_output **out, npp_err *e)
+{
+    int rc;
+    job_limits lim = {o->max_values};
+    json_t *trace = NULL;
+    shim_tensor *hs[2 + JOB_MAX_INPUTS] = {0};
+    int32_t roots[2 + JOB_MAX_INPUTS];
+    int nroots = 0;
+    *out = NULL;
+    run_output *r = calloc(1, sizeof *r);
+    if (!r)
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    double t0 = now_ms();
+    if ((rc = job_parse(m, doc, &lim, &r->job, e)))
+        goto fail;
+    job *j = r->job;
+    plan_init(&r->plan, m, j->n_inputs, j->B, j->T, j->ids, j->max_values);
+    if ((rc = plan_patched(&r->plan, j->rules, &roots[nroots++], e)))
+        goto fail;
+    if (j->metric == METRIC_KL && (roots[nroots++] = plan_plain(&r->plan, 0, e)) < 0)
+        goto fail_rc;
+    for (int k = 0; j->want_baselines && k < j->n_inputs; k++)
+        if ((roots[nroots++] = plan_plain(&r->plan, k, e)) < 0)
+            goto fail_rc;
+    double t1 = now_ms();
+    if (j->want_trace)
+        trace = json_array();
+    exec_opts eo = {o->cancel, o->progress, o->ud, trace};
+    if ((rc = exec_run(&r->plan, o->cache, roots, nroots, hs, &eo, &r->stats, e)))
+        goto fail;
+    double t2 = now_ms();
+    ctx c = {m, j, o, e, 0};
+    if ((rc = build_result(&c, r, hs, nroots, t1 - t0, t2 - t1, trace)))
+        goto fail;
+    for (int i = 0; i < nroots; i++)
+        shim_free(hs[i]);
+    json_decref(trace);
+    *out = r;
+    return 0;
+fail_rc:
+    rc = e && e->code ? e->code : NPP_ENOMEM;
+fail:
+    for (int i = 0; i < nroots; i++)
+        shim_free(hs[i]);
+    json_decref(trace);
+    run_output_free(r);
+    return rc;
+}
+
+void run_output_free(run_output *r)
+{
+    if (!r)
+        return;
+    json_decref(r->result);
+    plan_free(&r->plan);
+    job_free(r->job);
+    free(r);
+}

@@ -1,0 +1,57 @@
+/* run.h - one job end to end: parse, plan, execute against a cache,
+ * compute the requested outputs and metrics, and build the result JSON.
+ * This is what `npp run` does in-process and what the service's workers
+ * call.
+ *
+ *     run_opts o = {.cache = c};
+ *     run_output *r;
+ *     if (run_job(m, doc, &o, &r, &err)) { report err.field, err.message }
+ *     print(r->result); ... run_svg(r, &svg, &len, &err) ...
+ *     run_output_free(r);
+ *
+ * Result JSON (see docs/jobs.md for every field):
+ *   {"model", "batch", "tokens", "inputs": [[[ids]]], "rules": {...},
+ *    "outputs": {"positions", "top_k", "token_logprobs", "logits",
+ *                "hidden_states", "attention"},
+ *    "metric": {"type", "position", "per_example", "mean"},
+ *    "baselines": [...], "stats": {...}, "trace": [...]}
+ * Tensors are {"dtype": "float32", "shape": [...], "data": base64 of
+ * little-endian float32} or, with npy_dir, {"npy": "file.npy", ...}.
+ * Non-finite numbers are the strings "NaN", "Infinity", "-Infinity". */
+#ifndef NPP_RUN_H
+#define NPP_RUN_H
+
+#include <jansson.h>
+
+#include "cache.h"
+#include "exec.h"
+#include "job.h"
+#include "model.h"
+#include "plan.h"
+
+typedef struct {
+    cache *cache;               /* required */
+    const volatile int *cancel; /* optional */
+    void (*progress)(void *ud, long done, long total);
+    void *ud;
+    size_t max_values;      /* ceiling for limits.max_values; 0: 50000 */
+    const char *npy_dir;    /* write tensors as .npy files there */
+    const char *model_name; /* shown in the result */
+} run_opts;
+
+typedef struct {
+    json_t *result; /* new reference */
+    job *job;
+    plan plan; /* kept for run_svg */
+    exec_stats stats;
+} run_output;
+
+int run_job(const model *m, json_t *doc, const run_opts *o, run_output **out, npp_err *e);
+void run_output_free(run_output *r);
+
+/* Encodes n floats as base64 of little-endian float32 (new string). */
+char *run_base64_f32(const float *x, size_t n);
+/* json_real, or a string for NaN and infinities (new reference). */
+json_t *run_json_num(double x);
+
+#endif
