@@ -35,6 +35,16 @@ static int die_err(const npp_err *e)
     return 1;
 }
 
+/* A job's error: names the field, as the service's error body does. */
+static int job_error(const npp_err *e)
+{
+    if (e->field[0])
+        fprintf(stderr, "%s: error in '%s': %s\n", prog, e->field, e->message);
+    else
+        fprintf(stderr, "%s: error: %s\n", prog, e->message);
+    return 1;
+}
+
 static int usage_error(const char *cmd, const char *msg)
 {
     fprintf(stderr, "%s %s: %s (see '%s %s --help')\n", prog, cmd, msg, prog, cmd);
@@ -503,15 +513,98 @@ static int cmd_run(int argc, char **argv)
     json_dumpf(r->result, stdout, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
     putchar('\n');
 fail:
-    if (e.code) {
-        fprintf(stderr, "%s: error%s%s%s: %s\n", prog, e.field[0] ? " in '" : "", e.field,
-                e.field[0] ? "'" : "", e.message);
-        rc = 1;
-    }
+    if (e.code)
+        rc = job_error(&e);
     run_output_free(r);
     cache_free(ca);
     model_free(m);
     json_decref(doc);
+    return rc;
+}
+
+/* ---- plan ---------------------------------------------------------------- */
+
+static const char PLAN_HELP[] =
+    "usage: npp plan --model DIR [--max-values N] JOB.json...\n"
+    "Plans each job without computing anything and prints, per job, the number of\n"
+    "values and path-tree nodes and the planning time, then the size of the union\n"
+    "of all the jobs' values (what a sweep of these jobs computes at most).\n";
+
+static int cmp_key(const void *a, const void *b)
+{
+    return memcmp(a, b, 32);
+}
+
+static int cmd_plan(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", 1, 0, 'm'}, {"max-values", 1, 0, 'x'}, {"help", 0, 0, 'H'}, {0, 0, 0, 0}};
+    const char *model_dir = getenv("NPP_MODEL");
+    long max_values = 1000000;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model_dir = optarg; break;
+        case 'x':
+            if ((max_values = parse_long(optarg, 1, 100000000)) < 0)
+                return usage_error("plan", "--max-values takes a positive integer");
+            break;
+        case 'H': fputs(PLAN_HELP, stdout); return 0;
+        default: return usage_error("plan", "unknown option");
+        }
+    }
+    if (!model_dir || optind >= argc)
+        return usage_error("plan", "--model DIR and at least one JOB.json are required");
+    npp_err e = {0};
+    model *m = NULL;
+    unsigned char *keys = NULL;
+    size_t nkeys = 0;
+    double total = 0;
+    int rc = 0;
+    if ((rc = model_load(model_dir, NULL, &m, &e)))
+        goto fail;
+    for (int i = optind; i < argc; i++) {
+        job_limits lim = {(size_t)max_values};
+        job *j = NULL;
+        plan p;
+        int32_t root;
+        json_t *doc = load_job(argv[i], &e);
+        double t0 = now_ms();
+        if (!doc || (rc = job_parse(m, doc, &lim, &j, &e))) {
+            json_decref(doc);
+            goto fail;
+        }
+        plan_init(&p, m, j->n_inputs, j->B, j->T, j->ids, j->max_values);
+        rc = plan_patched(&p, j->rules, &root, &e);
+        double ms = now_ms() - t0;
+        total += ms;
+        if (!rc) {
+            unsigned char *nk = realloc(keys, (nkeys + (size_t)p.nv) * 32);
+            if (nk) {
+                keys = nk;
+                for (int32_t v = 0; v < p.nv; v++)
+                    memcpy(keys + 32 * nkeys++, p.v[v].key, 32);
+            }
+            printf("{\"job\": \"%s\", \"values\": %d, \"path_nodes\": %d, \"plan_ms\": %.3f}\n",
+                   argv[i], p.nv, p.nn, ms);
+        }
+        plan_free(&p);
+        job_free(j);
+        json_decref(doc);
+        if (rc)
+            goto fail;
+    }
+    qsort(keys, nkeys, 32, cmp_key);
+    size_t uniq = 0;
+    for (size_t k = 0; k < nkeys; k++)
+        uniq += k == 0 || memcmp(keys + 32 * k, keys + 32 * (k - 1), 32) != 0;
+    printf("{\"jobs\": %d, \"union_values\": %zu, \"sum_values\": %zu, \"total_plan_ms\": %.3f}\n",
+           argc - optind, uniq, nkeys, total);
+fail:
+    if (e.code)
+        rc = job_error(&e);
+    free(keys);
+    model_free(m);
     return rc;
 }
 
@@ -544,6 +637,8 @@ int main(int argc, char **argv)
         return cmd_forward(argc, argv);
     if (!strcmp(cmd, "run"))
         return cmd_run(argc, argv);
+    if (!strcmp(cmd, "plan"))
+        return cmd_plan(argc, argv);
     if (!strcmp(cmd, "version")) {
         printf("npp %s (libtorch %s, %d CUDA device(s))\n", NPP_VERSION, shim_torch_version(),
                shim_cuda_device_count());

@@ -121,13 +121,31 @@ static void ntable_insert(plan *p, int32_t idx)
 
 /* ---- values ---------------------------------------------------------------- */
 
+/* Planning goes on past max_values (so the refusal can say how big the
+ * plan is) up to this bound on planning memory. */
+static size_t plan_hard_max(const plan *p)
+{
+    return p->max_values * 4 > 1000000 ? p->max_values * 4 : 1000000;
+}
+
 static int32_t too_many(plan *p)
 {
     npp_fail(p->err, NPP_ELIMIT, "limits.max_values",
-             "the plan needs more than %zu values (the limit); split fewer nodes or raise "
-             "limits.max_values",
-             p->max_values);
+             "the plan needs more than %zu values, over the limit of %zu; split fewer nodes or "
+             "use fewer inputs",
+             plan_hard_max(p), p->max_values);
     return -1;
+}
+
+/* Refuses a finished plan over the limit, with its size. */
+static int check_size(plan *p)
+{
+    if ((size_t)p->nv <= p->max_values)
+        return 0;
+    return npp_fail(p->err, NPP_ELIMIT, "limits.max_values",
+                    "the plan needs %d values, over the limit of %zu; split fewer nodes or use "
+                    "fewer inputs",
+                    p->nv, p->max_values);
 }
 
 /* Finds or adds the value with this key; in/nin are copied. */
@@ -140,7 +158,7 @@ static int32_t intern(plan *p, const uint8_t key[32], plan_op op, int layer, int
             if (!memcmp(p->v[p->vslots[i]].key, key, 32))
                 return p->vslots[i];
     }
-    if ((size_t)p->nv >= p->max_values)
+    if ((size_t)p->nv >= plan_hard_max(p))
         return too_many(p);
     if (p->nv == p->capv) {
         int32_t c = p->capv ? 2 * p->capv : 256;
@@ -263,7 +281,8 @@ int32_t plan_plain(plan *p, int k, npp_err *e)
     int32_t x = val_emb(p, k);
     for (int j = 1; j <= 2 * p->g.L && x >= 0; j++)
         x = val_block_step(p, j, x);
-    return x < 0 ? -1 : val_op(p, OP_LNF, -1, &x, 1);
+    x = x < 0 ? -1 : val_op(p, OP_LNF, -1, &x, 1);
+    return x < 0 || check_size(p) ? -1 : x;
 }
 
 /* ---- the walk ----------------------------------------------------------------- */
@@ -499,6 +518,8 @@ int plan_patched(plan *p, const ruleset *r, int32_t *root, npp_err *e)
     int32_t x = p->nodes[kid].value, v = val_op(p, OP_LNF, -1, &x, 1);
     if (v < 0 || (p->root_node = node_add(p, sym, st0, v, &kid, 1, SPLIT_NO, -1)) < 0)
         goto fail;
+    if ((rc = check_size(p)))
+        goto done;
     *root = v;
     rc = 0;
     goto done;

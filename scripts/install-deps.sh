@@ -8,6 +8,7 @@ pkgs=(
   cmake make g++ pkg-config git ca-certificates clang-format
   libtorch-dev libopenblas0-openmp   # libtorch; OpenBLAS, else matmuls are ~25x slower
   libjansson-dev libpcre2-dev        # JSON, the tokenizer's pattern
+  libgraphviz-dev                    # SVG path graphs (libgvc)
   python3-torch python3-numpy python3-pytest   # the independent reference (tests)
   wamerican                          # word list used by tools/train_induction.py
 )

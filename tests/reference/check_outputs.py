@@ -1,0 +1,161 @@
+#!/usr/bin/python3
+"""Outputs, metrics, cache behaviour and the SVG of `npp run`, checked
+against the independent reference and against each other.
+
+    check_outputs.py --npp BUILD/npp --model DIR
+"""
+import argparse
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpt2_ref  # noqa: E402
+
+A = None
+RESULTS = []
+
+
+def run(job, *extra):
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(job, f)
+    try:
+        p = subprocess.run([A.npp, "run", "--model", A.model, f.name, *extra],
+                           capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    if p.returncode:
+        raise RuntimeError(p.stderr)
+    return json.loads(p.stdout)
+
+
+def tensor(t):
+    if "npy" in t:
+        return np.load(t["npy"]).astype(np.float64)
+    return np.frombuffer(base64.b64decode(t["data"]), "<f4").reshape(t["shape"]).astype(np.float64)
+
+
+def check(name, ok, detail=""):
+    RESULTS.append(bool(ok))
+    print("%s %-60s %s" % ("ok  " if ok else "FAIL", name, detail))
+
+
+def main():
+    global A
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--npp", required=True)
+    ap.add_argument("--model", required=True)
+    A = ap.parse_args()
+    cfg, W = gpt2_ref.load(A.model, torch.float64)
+    texts = [["When Mary and John went to the store, John gave a drink to",
+              "When Tom and Anna went to the park, Anna gave a ball to"],
+             ["When Mary and John went to the store, Mary gave a drink to",
+              "When Tom and Anna went to the park, Tom gave a ball to"]]
+    patch = {"type": "activation_patch", "node": "a1.head", "from": 1, "into": 0}
+    job = {"inputs": texts, "preset": patch,
+           "outputs": {"positions": [-1, 3], "top_k": 5, "logits": True, "hidden_states": True,
+                       "token_logprobs": [" Mary", 1757], "baselines": True, "trace": True},
+           "metric": {"type": "logit_diff", "target": " Mary", "baseline": " John"}}
+    res = run(job)
+    T = res["tokens"]
+    ids = torch.tensor(res["inputs"][0])  # (B, T)
+    # reference: input 0 plain run
+    with torch.inference_mode():
+        _, lg0 = gpt2_ref.forward(cfg, W, ids)
+    lp0 = torch.log_softmax(lg0, -1).numpy()
+
+    # logits at positions [-1, 3] vs hidden states x lm_head (internal consistency)
+    L = tensor(res["outputs"]["logits"])  # (B, 2, V)
+    H = tensor(res["outputs"]["hidden_states"])  # (B, T, C)
+    wte = W["wte.weight"].numpy()
+    check("logits shape is [batch, positions, vocab]", L.shape == (2, 2, cfg["vocab_size"]),
+          str(L.shape))
+    err = np.max(np.abs(L - H[:, [T - 1, 3]] @ wte.T))
+    check("logits = hidden states x wte at the positions", err < 1e-4, "max err %.3g" % err)
+    # token_logprobs and top_k are log-softmax of those logits
+    lsm = L - np.log(np.exp(L - L.max(-1, keepdims=True)).sum(-1, keepdims=True)) - L.max(-1, keepdims=True)
+    tl = np.array(res["outputs"]["token_logprobs"]["values"])  # (B, P, 2)
+    mary = res["outputs"]["token_logprobs"]["tokens"][0]["id"]
+    err = max(np.max(np.abs(tl[..., 0] - lsm[..., mary])), np.max(np.abs(tl[..., 1] - lsm[..., 1757])))
+    check("token_logprobs = log-softmax of the logits", err < 1e-4, "max err %.3g" % err)
+    tk = res["outputs"]["top_k"]
+    best = np.argsort(-lsm[1, 0])[:5]
+    check("top_k ids and order match the logits", [t["id"] for t in tk[1][0]["tokens"]] == best.tolist())
+    # metric: logit difference from the two token columns only, vs the full logits
+    md = res["metric"]
+    out = subprocess.run([A.npp, "tokenize", "--model", A.model, "--json", " John"],
+                         capture_output=True, text=True, check=True).stdout
+    john = json.loads(out)[0]
+    want = L[:, 0, mary] - L[:, 0, john]
+    err = np.max(np.abs(np.array(md["per_example"]) - want))
+    check("logit_diff (two columns) = full-logit difference", err < 1e-4, "max err %.3g" % err)
+    check("metric mean is the mean of the examples",
+          abs(md["mean"] - float(np.mean(md["per_example"]))) < 1e-9)
+    # baselines: input 0's plain run vs the reference
+    b0 = res["baselines"][0]
+    want = lp0[:, -1, mary] - lp0[:, -1, john]
+    err = np.max(np.abs(np.array(b0["metric"]["per_example"]) - want))
+    check("baseline metric of input 0 = reference", err < 1e-4, "max err %.3g" % err)
+    check("baseline top_k of input 0 = reference argmax",
+          [b0["top_k"][b][0]["tokens"][0]["id"] for b in range(2)] == lp0[:, -1].argmax(-1).tolist())
+    # trace
+    ev = {t["event"] for t in res["trace"]}
+    check("trace lists computed values", "computed" in ev and len(res["trace"]) == res["stats"]["values_needed"])
+
+    # KL: zero for the unpatched run; matches the reference for the patched one
+    kl0 = run({"inputs": texts, "metric": {"type": "kl"}, "outputs": {"top_k": 0}})
+    check("KL of the unpatched run is 0", max(abs(x) for x in kl0["metric"]["per_example"]) < 1e-6,
+          str(kl0["metric"]["per_example"]))
+    klp = run({"inputs": texts, "preset": patch, "metric": {"type": "kl"},
+               "outputs": {"top_k": 0, "logits": True, "positions": [-1]}})
+    Lp = tensor(klp["outputs"]["logits"])[:, 0]
+    lpp = Lp - np.log(np.exp(Lp - Lp.max(-1, keepdims=True)).sum(-1, keepdims=True)) - Lp.max(-1, keepdims=True)
+    want = (np.exp(lp0[:, -1]) * (lp0[:, -1] - lpp)).sum(-1)
+    err = np.max(np.abs(np.array(klp["metric"]["per_example"]) - want))
+    check("KL(clean || patched) = reference", err < 1e-4 and want.min() > 1e-6, "max err %.3g" % err)
+    for ty in ("logprob", "prob"):
+        r = run({"inputs": texts, "metric": {"type": ty, "token": " Mary"}, "outputs": {"top_k": 0}})
+        want = lp0[:, -1, mary] if ty == "logprob" else np.exp(lp0[:, -1, mary])
+        err = np.max(np.abs(np.array(r["metric"]["per_example"]) - want))
+        check("%s metric = reference" % ty, err < 1e-5, "max err %.3g" % err)
+
+    # cache: a repeated job computes nothing; a cache too small changes nothing but speed
+    small = dict(job, outputs={"hidden_states": True, "top_k": 0})
+    r2 = run(small, "--repeat", "2")
+    s = r2["stats"]
+    check("repeated job computes 0 values (all from cache)",
+          s["values_computed"] == 0 and s["values_cached"] > 0, json.dumps(s))
+    r0 = run(small, "--cache-mb", "0", "--repeat", "2")
+    check("cache of 0 MB: the repeat recomputes", r0["stats"]["values_computed"] > 0,
+          "computed %d" % r0["stats"]["values_computed"])
+    same = np.array_equal(tensor(r0["outputs"]["hidden_states"]), tensor(r2["outputs"]["hidden_states"]))
+    check("cache too small gives identical results", same)
+
+    # npy files and the SVG
+    with tempfile.TemporaryDirectory() as d:
+        svg = os.path.join(d, "g.svg")
+        r = run(dict(job, outputs={"hidden_states": True, "top_k": 0}), "--npy-dir", d, "--svg", svg)
+        t = r["outputs"]["hidden_states"]
+        check("--npy-dir writes .npy with the tensor's shape",
+              list(np.load(t["npy"]).shape) == t["shape"] and "data" not in t)
+        root = ET.parse(svg).getroot()
+        texts_in = [e.text for e in root.iter("{http://www.w3.org/2000/svg}text")]
+        nodes = [g for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "node"]
+        check("SVG parses, one box per path node (+ legend)",
+              len(nodes) == r["stats"]["path_nodes"] + 3 and "ln_final" in texts_in
+              and "a1.head" in texts_in, "%d boxes, %d path nodes" % (len(nodes), r["stats"]["path_nodes"]))
+
+    n_ok = sum(RESULTS)
+    print("%d passed, %d failed" % (n_ok, len(RESULTS) - n_ok))
+    return 0 if all(RESULTS) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
