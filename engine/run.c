@@ -476,14 +476,10 @@ fail:
     return c->e && c->e->code ? c->e->code : NPP_ENOMEM;
 }
 
-int run_job(const model *m, json_t *doc, const run_opts *o, run_output **out, npp_err *e)
+int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out, npp_err *e)
 {
     int rc;
     job_limits lim = {o->max_values};
-    json_t *trace = NULL;
-    shim_tensor *hs[2 + JOB_MAX_INPUTS] = {0};
-    int32_t roots[2 + JOB_MAX_INPUTS];
-    int nroots = 0;
     *out = NULL;
     run_output *r = calloc(1, sizeof *r);
     if (!r)
@@ -493,35 +489,47 @@ int run_job(const model *m, json_t *doc, const run_opts *o, run_output **out, np
         goto fail;
     job *j = r->job;
     plan_init(&r->plan, m, j->n_inputs, j->B, j->T, j->ids, j->max_values);
-    if ((rc = plan_patched(&r->plan, j->rules, &roots[nroots++], e)))
+    if ((rc = plan_patched(&r->plan, j->rules, &r->roots[r->nroots++], e)))
         goto fail;
-    if (j->metric == METRIC_KL && (roots[nroots++] = plan_plain(&r->plan, 0, e)) < 0)
+    if (j->metric == METRIC_KL && (r->roots[r->nroots++] = plan_plain(&r->plan, 0, e)) < 0)
         goto fail_rc;
     for (int k = 0; j->want_baselines && k < j->n_inputs; k++)
-        if ((roots[nroots++] = plan_plain(&r->plan, k, e)) < 0)
+        if ((r->roots[r->nroots++] = plan_plain(&r->plan, k, e)) < 0)
             goto fail_rc;
-    double t1 = now_ms();
-    if (j->want_trace)
-        trace = json_array();
-    exec_opts eo = {o->cancel, o->progress, o->ud, trace};
-    if ((rc = exec_run(&r->plan, o->cache, roots, nroots, hs, &eo, &r->stats, e)))
-        goto fail;
-    double t2 = now_ms();
-    ctx c = {m, j, o, e, 0};
-    if ((rc = build_result(&c, r, hs, nroots, t1 - t0, t2 - t1, trace)))
-        goto fail;
-    for (int i = 0; i < nroots; i++)
-        shim_free(hs[i]);
-    json_decref(trace);
+    r->plan_ms = now_ms() - t0;
     *out = r;
     return 0;
 fail_rc:
     rc = e && e->code ? e->code : NPP_ENOMEM;
 fail:
-    for (int i = 0; i < nroots; i++)
+    run_output_free(r);
+    return rc;
+}
+
+int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
+{
+    int rc;
+    json_t *trace = r->job->want_trace ? json_array() : NULL;
+    shim_tensor *hs[2 + JOB_MAX_INPUTS] = {0};
+    double t1 = now_ms();
+    exec_opts eo = {o->cancel, o->progress, o->ud, trace};
+    if ((rc = exec_run(&r->plan, o->cache, r->roots, r->nroots, hs, &eo, &r->stats, e)) == 0) {
+        ctx c = {m, r->job, o, e, 0};
+        rc = build_result(&c, r, hs, r->nroots, r->plan_ms, now_ms() - t1, trace);
+    }
+    for (int i = 0; i < r->nroots; i++)
         shim_free(hs[i]);
     json_decref(trace);
-    run_output_free(r);
+    return rc;
+}
+
+int run_job(const model *m, json_t *doc, const run_opts *o, run_output **out, npp_err *e)
+{
+    int rc = run_prepare(m, doc, o, out, e);
+    if (!rc && (rc = run_execute(m, *out, o, e))) {
+        run_output_free(*out);
+        *out = NULL;
+    }
     return rc;
 }
 

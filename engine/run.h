@@ -40,13 +40,24 @@ typedef struct {
 } run_opts;
 
 typedef struct {
-    json_t *result; /* new reference */
+    json_t *result; /* new reference (after run_execute) */
     job *job;
-    plan plan; /* kept for run_svg */
+    plan plan; /* kept for the SVG */
     exec_stats stats;
+    int32_t roots[2 + JOB_MAX_INPUTS]; /* patched, [KL reference], [baselines] */
+    int nroots;
+    double plan_ms;
 } run_output;
 
 int run_job(const model *m, json_t *doc, const run_opts *o, run_output **out, npp_err *e);
+
+/* The same in two steps, so that a service can refuse a bad job before
+ * queueing it: run_prepare parses and plans (cheap; any refusal is the
+ * job's fault), run_execute computes and builds r->result. Each call's
+ * opts may differ (the cache and the cancel flag are used by run_execute).
+ * run_total gives the number of values the plan holds (progress total). */
+int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out, npp_err *e);
+int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e);
 void run_output_free(run_output *r);
 
 /* Encodes n floats as base64 of little-endian float32 (new string). */
