@@ -26,9 +26,9 @@ struct req {
     int uid;
     size_t bytes_out;
     double t0, deadline;
-    sjob *job;        /* a reference, for K_WAIT and K_SSE */
-    uint64_t seen;    /* the job version last reported (SSE) */
-    char *sse;        /* pending SSE bytes */
+    sjob *job;     /* a reference, for K_WAIT and K_SSE */
+    uint64_t seen; /* the job version last reported (SSE) */
+    char *sse;     /* pending SSE bytes */
     size_t sse_len, sse_off;
     req *prev, *next; /* the suspended list (under S.mu) */
 };
@@ -93,11 +93,9 @@ void http_resume_all(void)
 
 /* ---- responses ---------------------------------------------------------------- */
 
-static enum MHD_Result send_text(req *r, unsigned status, const char *ctype, char *text,
-                                 size_t len)
+static enum MHD_Result send_text(req *r, unsigned status, const char *ctype, char *text, size_t len)
 {
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
     if (!resp) {
         free(text);
         return MHD_NO;
@@ -263,10 +261,11 @@ static json_t *job_json(const sjob *j, int with_result)
     json_object_set_new(links, "events", json_string(link));
     json_object_set_new(o, "links", links);
     if (j->state == J_FAILED || j->state == J_CANCELLED)
-        json_object_set_new(o, "error",
-                            json_pack("{s:s,s:s,s:s}", "code",
-                                      j->state == J_CANCELLED ? "cancelled" : npp_err_name(j->err.code),
-                                      "message", j->err.message, "field", j->err.field));
+        json_object_set_new(
+            o, "error",
+            json_pack("{s:s,s:s,s:s}", "code",
+                      j->state == J_CANCELLED ? "cancelled" : npp_err_name(j->err.code), "message",
+                      j->err.message, "field", j->err.field));
     if (with_result && j->state == J_DONE && j->run && j->run->result)
         json_object_set_new(o, "result", json_incref(j->run->result));
     return o;
@@ -280,8 +279,8 @@ static enum MHD_Result get_models(req *r)
     pthread_mutex_lock(&S.mu);
     for (int i = 0; i < S.nmodels; i++) {
         srv_model *sm = &S.models[i];
-        json_t *o = json_pack("{s:s,s:s,s:b}", "name", sm->name, "path", sm->dir, "loaded",
-                              sm->m != NULL);
+        json_t *o =
+            json_pack("{s:s,s:s,s:b}", "name", sm->name, "path", sm->dir, "loaded", sm->m != NULL);
         if (sm->m) {
             const model_config *c = &sm->m->cfg;
             char dev[16];
@@ -295,16 +294,16 @@ static enum MHD_Result get_models(req *r)
                                           c->n_inner));
             json_object_set_new(o, "device", json_string(dev));
             json_object_set_new(o, "dtype", json_string(shim_dtype_name(sm->m->dtype)));
-            json_object_set_new(
-                o, "memory",
-                json_pack("{s:I,s:I,s:I}", "weights_bytes", (json_int_t)sm->m->param_bytes,
-                          "cache_bytes", (json_int_t)cs.bytes, "cache_max_bytes",
-                          (json_int_t)cs.max_bytes));
-            json_object_set_new(
-                o, "cache",
-                json_pack("{s:I,s:I,s:I,s:I}", "entries", (json_int_t)cs.entries, "hits",
-                          (json_int_t)cs.hits, "misses", (json_int_t)cs.misses, "evictions",
-                          (json_int_t)cs.evictions));
+            json_object_set_new(o, "memory",
+                                json_pack("{s:I,s:I,s:I}", "weights_bytes",
+                                          (json_int_t)sm->m->param_bytes, "cache_bytes",
+                                          (json_int_t)cs.bytes, "cache_max_bytes",
+                                          (json_int_t)cs.max_bytes));
+            json_object_set_new(o, "cache",
+                                json_pack("{s:I,s:I,s:I,s:I}", "entries", (json_int_t)cs.entries,
+                                          "hits", (json_int_t)cs.hits, "misses",
+                                          (json_int_t)cs.misses, "evictions",
+                                          (json_int_t)cs.evictions));
         }
         json_array_append_new(arr, o);
     }
@@ -340,8 +339,8 @@ static srv_model *doc_model(req *r, json_t *doc, enum MHD_Result *ret)
     }
     srv_model *m = find_model(mn ? json_string_value(mn) : NULL);
     if (!m) {
-        *ret = send_error(r, 404, "unknown_model", "model", "no model named \"%s\" (see /v1/models)",
-                          json_string_value(mn));
+        *ret = send_error(r, 404, "unknown_model", "model",
+                          "no model named \"%s\" (see /v1/models)", json_string_value(mn));
         return NULL;
     }
     if (!m->m) {
@@ -367,7 +366,8 @@ static enum MHD_Result post_tokenize(req *r)
         int32_t *ids;
         size_t n;
         npp_err e = {0};
-        if (tok_encode(m->m->tok, json_string_value(text), json_string_length(text), &ids, &n, &e)) {
+        if (tok_encode(m->m->tok, json_string_value(text), json_string_length(text), &ids, &n,
+                       &e)) {
             ret = send_error(r, 422, "invalid_request", "text", "text: %s", e.message);
         } else {
             json_t *a = json_array(), *t = json_array();
@@ -381,8 +381,8 @@ static enum MHD_Result post_tokenize(req *r)
                 }
             }
             free(ids);
-            ret = send_json(r, 200, json_pack("{s:s,s:o,s:o}", "model", m->name, "ids", a,
-                                              "tokens", t));
+            ret = send_json(r, 200,
+                            json_pack("{s:s,s:o,s:o}", "model", m->name, "ids", a, "tokens", t));
         }
     }
     json_decref(doc);
@@ -577,8 +577,8 @@ static enum MHD_Result job_route(req *r, const char *rest)
     id[n] = 0;
     int is_get = !strcmp(r->method, "GET"), is_del = !strcmp(r->method, "DELETE");
     if ((*sub && !is_get) || (!*sub && !is_get && !is_del))
-        return send_error_h(r, 405, "method_not_allowed", NULL, "Allow", *sub ? "GET" : "GET, DELETE",
-                            "%s is not allowed here", r->method);
+        return send_error_h(r, 405, "method_not_allowed", NULL, "Allow",
+                            *sub ? "GET" : "GET, DELETE", "%s is not allowed here", r->method);
     if (*sub && strcmp(sub, "graph.svg") && strcmp(sub, "events"))
         return send_error(r, 404, "not_found", NULL, "no such resource: %s", r->path);
     pthread_mutex_lock(&S.mu);
@@ -665,8 +665,8 @@ static enum MHD_Result route(req *r)
 /* ---- libmicrohttpd callbacks ----------------------------------------------------------- */
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_size, void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_size, void **con_cls)
 {
     (void)cls;
     (void)version;
@@ -726,10 +726,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r)
         return;
     double ms = (srv_now() - r->t0) * 1e3;
-    json_t *line = json_pack("{s:s,s:s,s:i,s:f,s:I,s:s,s:s}", "method", r->method, "path",
-                             r->path, "status", r->status, "ms", ms, "bytes",
-                             (json_int_t)r->bytes_out, "user", r->user, "end",
-                             toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "ok" : "aborted");
+    json_t *line =
+        json_pack("{s:s,s:s,s:i,s:f,s:I,s:s,s:s}", "method", r->method, "path", r->path, "status",
+                  r->status, "ms", ms, "bytes", (json_int_t)r->bytes_out, "user", r->user, "end",
+                  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "ok" : "aborted");
     char *s = json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (s) {
         fprintf(stderr, "%s\n", s);
@@ -796,9 +796,9 @@ int http_start(void)
     S.httpd = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)S.conn_timeout, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-        (unsigned)S.max_conn_per_ip, MHD_OPTION_CONNECTION_LIMIT, 1024u,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024, MHD_OPTION_END);
+        (unsigned)S.conn_timeout, MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)S.max_conn_per_ip,
+        MHD_OPTION_CONNECTION_LIMIT, 1024u, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
+        MHD_OPTION_END);
     if (!S.httpd) {
         fprintf(stderr, "nppd: cannot listen on %s (in use, or not an address of this host)\n",
                 S.listen);

@@ -126,26 +126,51 @@ static void load_tokens(const char *path)
 
 static void parse_options(int argc, char **argv)
 {
-    enum { O_DEVICE = 256, O_DTYPE, O_WORKERS, O_THREADS, O_CACHE, O_LISTEN, O_TOKENS, O_BODY,
-           O_QUEUE, O_INFLIGHT, O_VALUES, O_TTL, O_DRAIN, O_CONNTO, O_PERIP, O_MODEL, O_HELP };
-    static const struct option opts[] = {
-        {"model", 1, 0, O_MODEL},       {"device", 1, 0, O_DEVICE},
-        {"dtype", 1, 0, O_DTYPE},       {"workers", 1, 0, O_WORKERS},
-        {"threads", 1, 0, O_THREADS},   {"cache-mb", 1, 0, O_CACHE},
-        {"listen", 1, 0, O_LISTEN},     {"token-file", 1, 0, O_TOKENS},
-        {"max-body-kb", 1, 0, O_BODY},  {"queue-max", 1, 0, O_QUEUE},
-        {"max-inflight", 1, 0, O_INFLIGHT}, {"max-values", 1, 0, O_VALUES},
-        {"result-ttl", 1, 0, O_TTL},    {"drain-seconds", 1, 0, O_DRAIN},
-        {"conn-timeout", 1, 0, O_CONNTO}, {"max-conn-per-ip", 1, 0, O_PERIP},
-        {"help", 0, 0, O_HELP},         {0, 0, 0, 0}};
-    static const char *envs[] = {"NPP_MODEL", "NPP_DEVICE", "NPP_DTYPE", "NPP_WORKERS",
-                                 "NPP_THREADS", "NPP_CACHE_MB", "NPP_LISTEN", "NPP_TOKEN_FILE",
-                                 "NPP_MAX_BODY_KB", "NPP_QUEUE_MAX", "NPP_MAX_INFLIGHT",
-                                 "NPP_MAX_VALUES", "NPP_RESULT_TTL", "NPP_DRAIN_SECONDS",
-                                 "NPP_CONN_TIMEOUT", "NPP_MAX_CONN_PER_IP"};
-    static const int env_opt[] = {O_MODEL, O_DEVICE, O_DTYPE, O_WORKERS, O_THREADS, O_CACHE,
-                                  O_LISTEN, O_TOKENS, O_BODY, O_QUEUE, O_INFLIGHT, O_VALUES,
-                                  O_TTL, O_DRAIN, O_CONNTO, O_PERIP};
+    enum {
+        O_DEVICE = 256,
+        O_DTYPE,
+        O_WORKERS,
+        O_THREADS,
+        O_CACHE,
+        O_LISTEN,
+        O_TOKENS,
+        O_BODY,
+        O_QUEUE,
+        O_INFLIGHT,
+        O_VALUES,
+        O_TTL,
+        O_DRAIN,
+        O_CONNTO,
+        O_PERIP,
+        O_MODEL,
+        O_HELP
+    };
+    static const struct option opts[] = {{"model", 1, 0, O_MODEL},
+                                         {"device", 1, 0, O_DEVICE},
+                                         {"dtype", 1, 0, O_DTYPE},
+                                         {"workers", 1, 0, O_WORKERS},
+                                         {"threads", 1, 0, O_THREADS},
+                                         {"cache-mb", 1, 0, O_CACHE},
+                                         {"listen", 1, 0, O_LISTEN},
+                                         {"token-file", 1, 0, O_TOKENS},
+                                         {"max-body-kb", 1, 0, O_BODY},
+                                         {"queue-max", 1, 0, O_QUEUE},
+                                         {"max-inflight", 1, 0, O_INFLIGHT},
+                                         {"max-values", 1, 0, O_VALUES},
+                                         {"result-ttl", 1, 0, O_TTL},
+                                         {"drain-seconds", 1, 0, O_DRAIN},
+                                         {"conn-timeout", 1, 0, O_CONNTO},
+                                         {"max-conn-per-ip", 1, 0, O_PERIP},
+                                         {"help", 0, 0, O_HELP},
+                                         {0, 0, 0, 0}};
+    static const char *envs[] = {
+        "NPP_MODEL",       "NPP_DEVICE",        "NPP_DTYPE",        "NPP_WORKERS",
+        "NPP_THREADS",     "NPP_CACHE_MB",      "NPP_LISTEN",       "NPP_TOKEN_FILE",
+        "NPP_MAX_BODY_KB", "NPP_QUEUE_MAX",     "NPP_MAX_INFLIGHT", "NPP_MAX_VALUES",
+        "NPP_RESULT_TTL",  "NPP_DRAIN_SECONDS", "NPP_CONN_TIMEOUT", "NPP_MAX_CONN_PER_IP"};
+    static const int env_opt[] = {O_MODEL,  O_DEVICE, O_DTYPE,  O_WORKERS, O_THREADS,  O_CACHE,
+                                  O_LISTEN, O_TOKENS, O_BODY,   O_QUEUE,   O_INFLIGHT, O_VALUES,
+                                  O_TTL,    O_DRAIN,  O_CONNTO, O_PERIP};
     S.device = "cpu", S.dtype = "f32", S.listen = "127.0.0.1:8080";
     S.workers = 2, S.threads = 1, S.cache_mb = 1024, S.max_body_kb = 1024, S.queue_max = 256;
     S.max_inflight = 32, S.max_values = 50000, S.result_ttl = 600, S.drain_seconds = 30;
@@ -260,7 +285,8 @@ int main(int argc, char **argv)
     }
     if (http_start())
         return 1;
-    fprintf(stderr, "{\"event\": \"listening\", \"listen\": \"%s\", \"models\": %d, \"auth\": %s}\n",
+    fprintf(stderr,
+            "{\"event\": \"listening\", \"listen\": \"%s\", \"models\": %d, \"auth\": %s}\n",
             S.listen, S.nmodels, S.ntokens ? "true" : "false");
     pthread_create(&lt, NULL, loader, NULL);
     uv_run(&S.loop, UV_RUN_DEFAULT); /* returns once draining has finished */

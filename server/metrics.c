@@ -40,7 +40,7 @@ char *metrics_render(void)
 {
     static const char *states[] = {"queued", "running", "done", "failed", "cancelled"};
     static const char *le[] = {"0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",
-                               "1",     "2.5",  "5",     "10",   "30",  "60",  "300"};
+                               "1",     "2.5",  "5",     "10",   "30",  "60",   "300"};
     buf b = {0};
     int now[J_NSTATES] = {0};
     pthread_mutex_lock(&S.mu);
@@ -62,8 +62,7 @@ char *metrics_render(void)
     for (size_t i = 0; i < sizeof le / sizeof le[0]; i++)
         put(&b, "npp_job_duration_seconds_bucket{le=\"%s\"} %llu\n", le[i],
             (unsigned long long)S.lat_bucket[i]);
-    put(&b, "npp_job_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
-        (unsigned long long)S.lat_count);
+    put(&b, "npp_job_duration_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)S.lat_count);
     put(&b, "npp_job_duration_seconds_sum %.6f\nnpp_job_duration_seconds_count %llu\n", S.lat_sum,
         (unsigned long long)S.lat_count);
     put(&b, "# HELP npp_http_responses_total HTTP responses by status class.\n"
@@ -86,7 +85,7 @@ char *metrics_render(void)
                 continue;
             cache_stats cs;
             cache_get_stats(m->cache, &cs);
-            unsigned long long v[] = {cs.bytes, cs.max_bytes, cs.entries, cs.hits,
+            unsigned long long v[] = {cs.bytes,  cs.max_bytes, cs.entries,       cs.hits,
                                       cs.misses, cs.evictions, m->m->param_bytes};
             put(&b, "%s{model=\"%s\"} %llu\n", cache_metrics[k][0], m->name, v[k]);
         }

@@ -146,7 +146,7 @@ static void finish(sjob *j, jstate st)
     S.jobs_total[st]++;
     double lat = j->t_end - j->t_submit;
     static const double bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                                    1,     2.5,  5,     10,   30,  60,  300};
+                                    1,     2.5,  5,     10,   30,  60,   300};
     for (size_t i = 0; i < sizeof bounds / sizeof bounds[0]; i++)
         if (lat <= bounds[i])
             S.lat_bucket[i]++;
@@ -195,8 +195,8 @@ static void *worker_main(void *arg)
         sjob *j = w->job;
         pthread_mutex_unlock(&S.mu);
         npp_err e = {0};
-        run_opts o = {j->model->cache, &j->cancel, on_progress, j, (size_t)S.max_values, NULL,
-                      j->model->name};
+        run_opts o = {j->model->cache,      &j->cancel, on_progress,   j,
+                      (size_t)S.max_values, NULL,       j->model->name};
         int rc = run_execute(j->model->m, j->run, &o, &e);
         pthread_mutex_lock(&S.mu);
         S.nrunning--;

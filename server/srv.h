@@ -27,8 +27,8 @@
 #include "../engine/model.h"
 #include "../engine/run.h"
 
-#define SRV_MAX_MODELS 16
-#define SRV_MAX_TOKENS 256
+#define SRV_MAX_MODELS  16
+#define SRV_MAX_TOKENS  256
 #define SRV_MAX_WORKERS 64
 
 typedef enum { J_QUEUED, J_RUNNING, J_DONE, J_FAILED, J_CANCELLED, J_NSTATES } jstate;
@@ -46,20 +46,20 @@ typedef struct sjob {
     int refs;
     jstate state;
     srv_model *model;
-    run_output *run;   /* the prepared plan; ->result once done */
-    npp_err err;       /* why it failed or was cancelled */
+    run_output *run; /* the prepared plan; ->result once done */
+    npp_err err;     /* why it failed or was cancelled */
     volatile int cancel;
-    long done, total;  /* progress: values computed / to compute */
-    int user;          /* index into srv.users */
+    long done, total;                         /* progress: values computed / to compute */
+    int user;                                 /* index into srv.users */
     double t_submit, t_start, t_end, expires; /* monotonic seconds */
-    uint64_t version;  /* bumped on every change watchers care about */
-    struct sjob *next;      /* job table chain */
-    struct sjob *qnext;     /* its user's queue */
-    time_t created;         /* wall clock, for the API */
+    uint64_t version;                         /* bumped on every change watchers care about */
+    struct sjob *next;                        /* job table chain */
+    struct sjob *qnext;                       /* its user's queue */
+    time_t created;                           /* wall clock, for the API */
 } sjob;
 
 typedef struct {
-    char name[64];     /* token name, or the client's address without auth */
+    char name[64]; /* token name, or the client's address without auth */
     sjob *qhead, *qtail;
     int queued, running;
 } srv_user;
@@ -67,7 +67,7 @@ typedef struct {
 typedef struct {
     pthread_t th;
     pthread_cond_t cv;
-    sjob *job;  /* assigned by the loop thread; NULL when idle */
+    sjob *job; /* assigned by the loop thread; NULL when idle */
     int stop;
 } srv_worker;
 
