@@ -434,7 +434,8 @@ static const char RUN_HELP[] =
     "Runs a path-patching job (JSON; '-' reads stdin) in-process and prints the result\n"
     "JSON. --svg writes the path graph; --npy-dir writes tensors as .npy files instead\n"
     "of base64. --repeat N runs the job N times on one cache (the last result is\n"
-    "printed: its stats show what the cache saved). Job format: docs/jobs.md.\n";
+    "printed: its stats show what the cache saved). NPP_DEVICE and NPP_DTYPE set\n"
+    "the defaults of --device and --dtype. Job format: docs/jobs.md.\n";
 
 static json_t *load_job(const char *path, npp_err *e)
 {
@@ -461,7 +462,7 @@ static int cmd_run(int argc, char **argv)
                                          {"help", 0, 0, 'H'},
                                          {0, 0, 0, 0}};
     const char *model_dir = getenv("NPP_MODEL"), *svg = NULL, *npy_dir = NULL;
-    model_opts mo = {NULL, NULL};
+    model_opts mo = {getenv("NPP_DEVICE"), getenv("NPP_DTYPE")};
     long cache_mb = 1024, max_values = 50000, repeat = 1, v;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {

@@ -2,11 +2,24 @@
 #include "svg.h"
 
 #include <errno.h>
-#include <graphviz/gvc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef NPP_NO_GRAPHVIZ
+/* Built with -DNPP_WITH_GRAPHVIZ=OFF (e.g. on a GPU machine without
+ * Graphviz): everything but the picture works. */
+int svg_render(const plan *p, const job *j, char **out, size_t *len, npp_err *e)
+{
+    (void)p;
+    (void)j;
+    *out = NULL;
+    *len = 0;
+    return npp_fail(e, NPP_EINVAL, "", "this build has no Graphviz: no SVG path graphs");
+}
+#else
+#include <graphviz/gvc.h>
 
 static pthread_mutex_t gv_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -123,13 +136,15 @@ done:
     return rc;
 }
 
+#endif
+
 int svg_write_file(const plan *p, const job *j, const char *path, npp_err *e)
 {
     char *s;
     size_t n;
     int rc = svg_render(p, j, &s, &n, e);
-    if (rc)
-        return rc;
+    if (rc || !s)
+        return rc ? rc : NPP_ENOMEM;
     FILE *fp = fopen(path, "wb");
     if (!fp || fwrite(s, 1, n, fp) != n) {
         rc = npp_fail(e, NPP_EIO, path, "%s: cannot write: %s", path, strerror(errno));

@@ -7,8 +7,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/core/InferenceMode.h>
+#include <torch/cuda.h>
 #include <torch/version.h>
 
 #include <cstdarg>
@@ -111,9 +111,7 @@ extern "C" {
 int shim_cuda_device_count(void)
 {
     try {
-        if (!at::detail::getCUDAHooks().hasCUDA())
-            return 0;
-        return at::detail::getCUDAHooks().getNumGPUs();
+        return torch::cuda::is_available() ? (int)torch::cuda::device_count() : 0;
     } catch (...) {
         return 0;
     }

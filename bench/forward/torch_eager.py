@@ -25,7 +25,7 @@ def forward(cfg, W, ids):
     D, eps = C // H, cfg.get("layer_norm_epsilon", 1e-5)
     B, T = ids.shape
     x = F.embedding(ids, W["wte.weight"]) + W["wpe.weight"][:T]
-    mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+    mask = torch.ones(T, T, dtype=torch.bool, device=ids.device).triu(1)
     for l in range(L):
         p = "h.%d." % l
         h = F.layer_norm(x, (C,), W[p + "ln_1.weight"], W[p + "ln_1.bias"], eps)
@@ -50,20 +50,27 @@ def main():
     ap.add_argument("--ids", required=True)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg, W = gpt2_ref.load(a.model, torch.float32)
-    ids = torch.tensor([[int(x) for x in a.ids.split(",")]])
+    W = {k: v.to(a.device, getattr(torch, a.dtype)) for k, v in W.items()}
+    ids = torch.tensor([[int(x) for x in a.ids.split(",")]], device=a.device)
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     with torch.inference_mode():
         ref = forward(cfg, W, ids)  # warm-up, like npp's first pass
+        sync()
         times = []
         for _ in range(a.repeat):
             t0 = time.perf_counter()
             forward(cfg, W, ids)
+            sync()
             times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
-    print("torch eager: %d tokens, %d threads, median %.3f ms over %d runs (min %.3f)"
-          % (ids.shape[1], torch.get_num_threads(), statistics.median(times), a.repeat, times[0]))
+    print("torch eager: %d tokens, %d threads, %s %s, median %.3f ms over %d runs (min %.3f)"
+          % (ids.shape[1], torch.get_num_threads(), a.device, a.dtype, statistics.median(times),
+             a.repeat, times[0]))
     _, top = ref[-1].max(0)
     print("torch eager: argmax at last position %d" % top.item())
 
