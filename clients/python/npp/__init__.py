@@ -1,0 +1,289 @@
+"""Python client for nppd, the nano-path-patching service.
+
+    import npp
+    from npp.rules import last, contains
+
+    client = npp.connect("http://127.0.0.1:8080")          # token="..." if needed
+    m = client.model()                                      # or client.model("gpt2")
+    res = m.run(["The capital of Spain is", "The capital of Italy is"],
+                which=[(contains("a1"), 1)], branch=[(last("a1"), True)])
+    res.top_k()            # [(token, logprob), ...] for example 0, last position
+    res.hidden_states      # numpy array (batch, tokens, width) if numpy is installed
+    res.visualise_path("paths.svg")
+
+Only the standard library is required; numpy is used for arrays when
+present. Server errors raise NppError(status, code, field, message).
+"""
+import base64
+import http.client
+import json
+import struct
+import sys
+import time
+import urllib.parse
+
+from . import rules  # noqa: F401  (npp.rules)
+from .rules import activation_patch, path_patch  # noqa: F401
+
+try:
+    import numpy as _np
+except ImportError:  # pragma: no cover - exercised where numpy is absent
+    _np = None
+
+__all__ = ["connect", "Client", "Model", "Job", "Result", "NppError", "rules",
+           "activation_patch", "path_patch"]
+
+
+class NppError(Exception):
+    """An error answer from the server: HTTP status, error code, the request
+    field it concerns ("" if none) and the server's message."""
+
+    def __init__(self, status, code, field, message):
+        super().__init__("%s %s%s: %s" % (status, code, " (%s)" % field if field else "", message))
+        self.status, self.code, self.field, self.message = status, code, field, message
+
+
+def connect(url="http://127.0.0.1:8080", token=None, timeout=600):
+    return Client(url, token, timeout)
+
+
+def _tensor(t):
+    """A result tensor as a numpy array (or nested lists without numpy)."""
+    if t is None:
+        return None
+    if "npy" in t and _np is not None:
+        return _np.load(t["npy"])
+    raw = base64.b64decode(t["data"])
+    shape = t["shape"]
+    if _np is not None:
+        return _np.frombuffer(raw, dtype="<f4").reshape(shape).copy()
+    flat = list(struct.unpack("<%df" % (len(raw) // 4), raw))
+    for d in reversed(shape[1:]):
+        flat = [flat[i:i + d] for i in range(0, len(flat), d)]
+    return flat
+
+
+class Client:
+    def __init__(self, url, token=None, timeout=600):
+        u = urllib.parse.urlparse(url)
+        self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
+        self.token, self.timeout = token, timeout
+
+    def _request(self, method, path, body=None, raw=False, timeout=None):
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = "Bearer " + self.token
+        try:
+            conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                         headers=headers)
+            r = conn.getresponse()
+            data = r.read()
+        finally:
+            conn.close()
+        if r.status >= 400:
+            try:
+                e = json.loads(data)["error"]
+            except (ValueError, KeyError, TypeError):
+                e = {"code": "http_%d" % r.status, "field": "", "message": data.decode("utf-8", "replace")}
+            raise NppError(r.status, e.get("code", ""), e.get("field", ""), e.get("message", ""))
+        return (r.status, data) if raw else (r.status, json.loads(data))
+
+    def models(self):
+        """The models the server holds: [{"name", "config", "device", ...}]."""
+        return self._request("GET", "/v1/models")[1]["models"]
+
+    def model(self, name=None):
+        """A model by name (default: the server's first)."""
+        ms = self.models()
+        if name is None:
+            return Model(self, ms[0]["name"], ms[0])
+        for m in ms:
+            if m["name"] == name:
+                return Model(self, name, m)
+        raise NppError(404, "unknown_model", "model", "no model named %r (have %s)"
+                       % (name, ", ".join(m["name"] for m in ms)))
+
+    def job(self, job_id):
+        """A handle on an existing job."""
+        return Job(self, job_id)
+
+
+class Model:
+    def __init__(self, client, name, info):
+        self.client, self.name, self.info = client, name, info
+
+    def __repr__(self):
+        return "Model(%r, %s)" % (self.name, self.info.get("config"))
+
+    def tokenize(self, text):
+        return self.client._request("POST", "/v1/tokenize", {"model": self.name, "text": text})[1]["ids"]
+
+    def job_document(self, inputs, which=None, branch=None, outputs=None, metric=None,
+                     preset=None, limits=None):
+        """The JSON document run() sends (see docs/jobs.md)."""
+        doc = {"model": self.name, "inputs": list(inputs)}
+        if which is not None:
+            doc["which"] = rules.rules(which, "input")
+        if branch is not None:
+            doc["branch"] = rules.rules(branch, "split")
+        if preset is not None:
+            doc["preset"] = preset
+        for k, v in (("outputs", outputs), ("metric", metric), ("limits", limits)):
+            if v is not None:
+                doc[k] = v
+        return doc
+
+    def submit(self, inputs, **kw):
+        """Queues a job; returns a Job handle at once."""
+        _, body = self.client._request("POST", "/v1/jobs", self.job_document(inputs, **kw))
+        return Job(self.client, body["id"], body)
+
+    def run(self, inputs, which=None, branch=None, outputs=None, metric=None, preset=None,
+            limits=None, progress=None):
+        """Runs a job and returns its Result. which / branch: ordered lists of
+        (pattern, value) pairs, first match wins: which values are input
+        indices, branch values True, False, "heads" or "positions". progress:
+        show a progress bar (default: only for jobs that take a while)."""
+        job = self.submit(inputs, which=which, branch=branch, outputs=outputs, metric=metric,
+                          preset=preset, limits=limits)
+        return job.wait(progress=progress)
+
+
+class Job:
+    """A submitted job: .status(), .wait(), .cancel(), .result."""
+
+    def __init__(self, client, job_id, body=None):
+        self.client, self.id, self._body = client, job_id, body
+
+    def status(self):
+        """The job as the server shows it (state, progress, result or error)."""
+        self._body = self.client._request("GET", "/v1/jobs/" + self.id)[1]
+        return self._body
+
+    def cancel(self):
+        self._body = self.client._request("DELETE", "/v1/jobs/" + self.id)[1]
+        return self._body
+
+    def wait(self, progress=None, timeout=None):
+        """Blocks until the job ends; returns its Result (or raises NppError
+        for a failed or cancelled job). Shows a progress bar from the events
+        stream: tqdm if installed, else a plain text bar on stderr."""
+        deadline = time.time() + (timeout or self.client.timeout)
+        body = self.status()
+        if body["state"] not in ("done", "failed", "cancelled"):
+            if progress is not False:
+                self._follow_events(show=progress)
+            while body["state"] not in ("done", "failed", "cancelled"):
+                if time.time() > deadline:
+                    raise TimeoutError("job %s still %s" % (self.id, body["state"]))
+                time.sleep(0.05)
+                body = self.status()
+        if body["state"] != "done":
+            e = body.get("error", {})
+            raise NppError(200, e.get("code", body["state"]), e.get("field", ""),
+                           e.get("message", "the job %s" % body["state"]))
+        return Result(self.client, body)
+
+    @property
+    def result(self):
+        return self.wait(progress=False)
+
+    def _follow_events(self, show=None):
+        """Reads the SSE stream until the final event, drawing a bar."""
+        bar = _Bar(show)
+        conn = http.client.HTTPConnection(self.client.host, self.client.port,
+                                          timeout=self.client.timeout)
+        headers = {"Authorization": "Bearer " + self.client.token} if self.client.token else {}
+        try:
+            conn.request("GET", "/v1/jobs/%s/events" % self.id, headers=headers)
+            r = conn.getresponse()
+            if r.status != 200:
+                return
+            event = None
+            for line in r:
+                line = line.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "progress":
+                    d = json.loads(line[6:])
+                    bar.update(d["done"], d["total"])
+                elif line.startswith("data: "):
+                    break  # the final event
+        except (OSError, http.client.HTTPException):
+            pass  # the caller polls
+        finally:
+            bar.close()
+            conn.close()
+
+
+class _Bar:
+    """tqdm when installed, else a plain text bar; quiet for quick jobs
+    unless asked (show=True)."""
+
+    def __init__(self, show):
+        self.show, self.t0, self.bar, self.drawn = show, time.time(), None, False
+
+    def update(self, done, total):
+        if self.show is None and time.time() - self.t0 < 1.0:
+            return
+        if self.show is False or total <= 0:
+            return
+        try:
+            from tqdm import tqdm
+            if self.bar is None:
+                self.bar = tqdm(total=total, unit="value", desc="npp")
+            self.bar.total = total
+            self.bar.n = done
+            self.bar.refresh()
+            return
+        except ImportError:
+            pass
+        width = 30
+        fill = int(width * done / total)
+        sys.stderr.write("\rnpp [%s%s] %d/%d values" % ("#" * fill, "." * (width - fill), done, total))
+        sys.stderr.flush()
+        self.drawn = True
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        elif self.drawn:
+            sys.stderr.write("\n")
+
+
+class Result:
+    """A finished job's answer. .raw is the server's JSON."""
+
+    def __init__(self, client, body):
+        self.client, self.job = client, body
+        self.id = body["id"]
+        self.raw = body["result"]
+        out = self.raw["outputs"]
+        self.positions = out["positions"]
+        self.hidden_states = _tensor(out.get("hidden_states"))
+        self.logits = _tensor(out.get("logits"))
+        m = self.raw.get("metric")
+        self.metric = m["mean"] if m else None
+        self.metric_per_example = m["per_example"] if m else None
+        self.stats = self.raw["stats"]
+        self.rules = self.raw["rules"]
+        self.baselines = self.raw.get("baselines")
+
+    def top_k(self, example=0, position=-1):
+        """[(token text, logprob), ...] at one position (an index into the
+        requested positions; -1 is the last)."""
+        row = self.raw["outputs"]["top_k"][example][position]
+        return [(t["token"], t["logprob"]) for t in row["tokens"]]
+
+    def visualise_path(self, filename=None):
+        """The path tree as SVG text; also written to filename if given."""
+        _, svg = self.client._request("GET", "/v1/jobs/%s/graph.svg" % self.id, raw=True)
+        text = svg.decode()
+        if filename:
+            with open(filename, "w") as f:
+                f.write(text)
+        return text
+
+    def __repr__(self):
+        return "Result(job=%s, metric=%r, stats=%s)" % (self.id, self.metric, self.stats)

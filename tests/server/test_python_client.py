@@ -1,0 +1,93 @@
+"""The Python client (clients/python) against a live nppd."""
+import io
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../clients/python"))
+import npp  # noqa: E402
+from npp.rules import anything, contains, last, path  # noqa: E402
+
+from conftest import MODEL, NPP, SLOW_MODEL, slow_job  # noqa: E402
+
+SPAIN = ["The capital of Spain is", "The capital of Italy is"]
+
+
+def test_patterns_compile_to_rules():
+    assert npp.rules.rules([(contains("a1"), 1)], "input") == [{"match": "**/a1/**", "input": 1}]
+    assert npp.rules.rules([(last("a1"), True)], "split") == [{"match": "**/a1", "split": True}]
+    r = npp.rules.rules([(contains("a1") & ~last("emb") | path("ln_final/**"), 1)], "input")
+    assert r == [{"any": [{"all": ["**/a1/**", {"match": "**/emb", "not": True}]}, "ln_final/**"],
+                  "input": 1}]
+    assert (~(contains("a1") | contains("f0"))).to_json() == {
+        "any": ["**/a1/**", "**/f0/**"], "not": True}
+
+
+def test_original_example(server):
+    client = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token)
+    assert [m["name"] for m in client.models()] == ["tiny"]
+    m = client.model("tiny")
+    assert m.tokenize("Hello world") == [15496, 995]
+    res = m.run(SPAIN, which=[(contains("a1"), 1)], branch=[(last("a1"), True)],
+                outputs={"hidden_states": True, "top_k": 3},
+                metric={"type": "logit_diff", "target": " Madrid", "baseline": " Rome"})
+    assert res.rules == {"branch": [{"match": "**/a1", "split": True}],
+                         "which": [{"match": "**/a1/**", "input": 1}]}
+    assert isinstance(res.hidden_states, np.ndarray) and res.hidden_states.shape == (1, 5, 64)
+    top = res.top_k()
+    assert len(top) == 3 and all(isinstance(t, str) and lp <= 0 for t, lp in top)
+    assert isinstance(res.metric, float) and res.stats["values_computed"] > 0
+    # the same job through the CLI gives the same numbers
+    doc = m.job_document(SPAIN, which=[(contains("a1"), 1)], branch=[(last("a1"), True)],
+                         outputs={"top_k": 3},
+                         metric={"type": "logit_diff", "target": " Madrid", "baseline": " Rome"})
+    del doc["model"]
+    path_ = os.path.join(server.tmp.name, "j.json")
+    json.dump(doc, open(path_, "w"))
+    cli = json.loads(subprocess.run([NPP, "run", "--model", MODEL, path_], capture_output=True,
+                                    text=True, check=True).stdout)
+    assert abs(cli["metric"]["mean"] - res.metric) < 1e-6
+    svg_path = os.path.join(server.tmp.name, "paths.svg")
+    svg = res.visualise_path(svg_path)
+    assert os.path.getsize(svg_path) > 1000 and ET.fromstring(svg).tag.endswith("svg")
+
+
+def test_presets_and_errors(server):
+    m = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token).model()
+    res = m.run(SPAIN, preset=npp.activation_patch("a1.head2"), outputs={"top_k": 1})
+    assert res.rules["which"][0]["input"] == 1
+    res = m.run(SPAIN, preset=npp.path_patch("a0.head1", ["ln_final", "a1.head2.k"]))
+    assert res.stats["values_planned"] > 0
+    with pytest.raises(npp.NppError) as e:
+        m.run(SPAIN, which=[(contains("a99"), 1)])
+    assert e.value.status == 422 and e.value.field == "which[0].match"
+    assert "'a99' matches no node" in e.value.message
+    with pytest.raises(npp.NppError) as e:
+        npp.connect("http://127.0.0.1:%d" % server.port, token="wrong").models()
+    assert e.value.status == 403 and e.value.code == "forbidden"
+    with pytest.raises(npp.NppError) as e:
+        npp.connect("http://127.0.0.1:%d" % server.port, token=server.token).model("gpt9")
+    assert e.value.code == "unknown_model"
+
+
+def test_submit_progress_cancel(make_server, capsys):
+    srv = make_server(models={"slow": SLOW_MODEL})
+    m = npp.connect("http://127.0.0.1:%d" % srv.port, token=srv.token).model()
+    job = m.submit(slow_job(90)["inputs"], preset=slow_job(90)["preset"],
+                   outputs={"top_k": 1, "baselines": True})
+    assert job.status()["state"] in ("queued", "running")
+    res = job.wait(progress=True)
+    err = capsys.readouterr().err
+    assert ("npp [" in err and "values" in err) or "it/s" in err or "value/s" in err, err
+    assert res.stats["values_computed"] > 0 and len(res.baselines) == 6
+    job2 = m.submit(slow_job(91)["inputs"], preset=slow_job(91)["preset"],
+                    outputs={"top_k": 1, "baselines": True})
+    job2.cancel()
+    with pytest.raises(npp.NppError) as e:
+        job2.wait(progress=False)
+    assert e.value.code == "cancelled"
