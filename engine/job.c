@@ -520,10 +520,9 @@ static int preset_path(const job *j, json_t *p, json_t *br, json_t *wh, npp_err 
                         "preset.receivers: a non-empty list of "
                         "nodes (ln_final, a{i}.head{h}[.q|.k|.v], a{i}.head or f{i}.head)");
     /* Split every residual node so that direct paths exist. */
-    json_t *alts = json_array();
     char *all = malloc((size_t)g->L * 16 + 16);
     if (!all)
-        return json_decref(alts), npp_fail(e, NPP_ENOMEM, "preset", "out of memory");
+        return npp_fail(e, NPP_ENOMEM, "preset", "out of memory");
     int w = sprintf(all, "**/{");
     for (int i = 0; i < g->L; i++)
         w += sprintf(all + w, "%sa%d,f%d", i ? "," : "", i, i);

@@ -11,6 +11,7 @@ pkgs=(
   libgraphviz-dev                    # SVG path graphs (libgvc)
   libmicrohttpd-dev libuv1-dev       # nppd: HTTP, event loop
   python3-jsonschema python3-yaml    # server tests: responses vs api/openapi.yaml
+  chromium                           # the web UI's end-to-end test (headless)
   python3-torch python3-numpy python3-pytest   # the independent reference (tests)
   wamerican                          # word list used by tools/train_induction.py
 )

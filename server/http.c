@@ -635,9 +635,20 @@ static enum MHD_Result route(req *r)
         pthread_mutex_unlock(&S.mu);
         return send_json(r, ready ? 200 : 503, json_pack("{s:s}", "status", why));
     }
-    if (!strcmp(p, "/openapi.yaml") && get) {
-        char *doc = strdup(S.openapi ? S.openapi : "");
-        return doc ? send_text(r, 200, "application/yaml", doc, strlen(doc)) : MHD_NO;
+    /* Documents and the web UI: no token needed to load them. */
+    extern const char npp_openapi_yaml[], npp_web_index[], npp_web_app[], npp_web_style[];
+    static const struct {
+        const char *path, *ctype, *body;
+    } files[] = {{"/openapi.yaml", "application/yaml", npp_openapi_yaml},
+                 {"/", "text/html; charset=utf-8", npp_web_index},
+                 {"/index.html", "text/html; charset=utf-8", npp_web_index},
+                 {"/app.js", "text/javascript; charset=utf-8", npp_web_app},
+                 {"/style.css", "text/css; charset=utf-8", npp_web_style}};
+    for (size_t i = 0; get && i < sizeof files / sizeof files[0]; i++) {
+        if (!strcmp(p, files[i].path)) {
+            char *doc = strdup(files[i].body);
+            return doc ? send_text(r, 200, files[i].ctype, doc, strlen(doc)) : MHD_NO;
+        }
     }
     if (authorize(r, &ret))
         return ret;

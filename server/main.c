@@ -15,8 +15,6 @@
 
 srv S;
 
-extern const char npp_openapi_yaml[];
-
 #ifndef NPP_DEFAULT_MODEL
 #define NPP_DEFAULT_MODEL "models/default"
 #endif
@@ -278,7 +276,6 @@ int main(int argc, char **argv)
     parse_options(argc, argv);
     signal(SIGPIPE, SIG_IGN);
     pthread_mutex_init(&S.mu, NULL);
-    S.openapi = (char *)npp_openapi_yaml;
     if (sched_start()) {
         fprintf(stderr, "nppd: cannot start the scheduler\n");
         return 1;

@@ -82,7 +82,6 @@ typedef struct {
     unsigned char token_hash[SRV_MAX_TOKENS][32];
     char token_name[SRV_MAX_TOKENS][64];
     int ntokens;
-    char *openapi; /* the served document */
     /* state under mu */
     pthread_mutex_t mu;
     sjob *table[1024];

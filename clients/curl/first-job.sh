@@ -3,9 +3,7 @@
 # path graph. NPP_URL (default http://127.0.0.1:8080) and NPP_TOKEN (if the
 # server has --token-file) select the server.
 set -euo pipefail
-url=${NPP_URL:-http://127.0.0.1:8080}
-auth=()
-[ -n "${NPP_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $NPP_TOKEN")
+. "$(dirname "$0")/_common.sh"
 here=$(cd "$(dirname "$0")" && pwd)
 # Submit and wait up to 60 s for the answer (200 with the result, or 202).
 curl -sS "${auth[@]}" -X POST "$url/v1/jobs?wait=60" \

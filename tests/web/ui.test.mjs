@@ -1,0 +1,99 @@
+// End-to-end test of nppd's web UI in headless Chromium (Debian's, driven
+// by playwright-core): a person's steps - enter the token, run the default
+// activation patch, read the metric and predictions - checked against the
+// API's answer for the same job; then a bad node, whose error must appear
+// next to the node field. Saves a screenshot as a test artifact.
+//   NPPD=... MODEL=... SHOT=out.png node ui.test.mjs
+import { spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const NPPD = process.env.NPPD, MODEL = process.env.MODEL;
+const SHOT = process.env.SHOT || "web-ui.png";
+const TOKEN = "ui-test-token-42";
+let passed = 0, failed = 0;
+const check = (name, ok, detail = "") => {
+  console.log(`${ok ? "ok  " : "FAIL"} ${name} ${detail}`);
+  ok ? passed++ : failed++;
+};
+
+const port = await new Promise((res) => {
+  const s = createServer().listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => res(p)); });
+});
+const dir = mkdtempSync(join(tmpdir(), "npp-ui-"));
+writeFileSync(join(dir, "tokens"), `ui ${TOKEN}\n`);
+const server = spawn(NPPD, ["--model", `tiny=${MODEL}`, "--listen", `127.0.0.1:${port}`,
+  "--token-file", join(dir, "tokens")], { stdio: ["ignore", "ignore", "inherit"] });
+const base = `http://127.0.0.1:${port}`;
+for (let i = 0; i < 300; i++) {
+  try { if ((await fetch(base + "/readyz")).status === 200) break; } catch (e) { /* not yet */ }
+  await new Promise((r) => setTimeout(r, 100));
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync"],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 1400 } });
+  await page.goto(base + "/");
+  check("the page loads with the rule syntax explained", (await page.textContent("#kind-rules")).includes("Rule syntax"));
+  await page.fill("#token", TOKEN);
+  await page.dispatchEvent("#token", "change");
+  await page.waitForFunction(() => document.querySelectorAll("#model option").length > 0);
+  check("models listed after entering the token", (await page.textContent("#model")).includes("tiny (2 layers"));
+  await page.fill("#ap-node", "a1.head");
+  await page.click("#run");
+  await page.waitForFunction(() => document.getElementById("metric").textContent !== "", null, { timeout: 60000 });
+  const shown = await page.textContent("#metric");
+  const rows = await page.$$eval("#topk tbody tr", (trs) => trs.map((tr) => Array.from(tr.cells).map((c) => c.textContent)));
+
+  // The same job through the API.
+  const job = {
+    model: "tiny", inputs: ["The capital of Spain is", "The capital of Italy is"],
+    outputs: { top_k: 5, baselines: true },
+    metric: { type: "logit_diff", target: " Madrid", baseline: " Rome" },
+    preset: { type: "activation_patch", node: "a1.head", from: 1 },
+  };
+  const r = await fetch(base + "/v1/jobs?wait=60", {
+    method: "POST", headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" },
+    body: JSON.stringify(job),
+  });
+  const api = (await r.json()).result;
+  check("metric shown = the API's", shown === api.metric.mean.toFixed(4), `(${shown} vs ${api.metric.mean})`);
+  const top = api.outputs.top_k[0][0].tokens[0];
+  const patched = rows.find((row) => row[0] === "patched");
+  check("patched top prediction shown = the API's", patched && patched[1].startsWith(`${JSON.stringify(top.token)} ${top.logprob.toFixed(4)}`),
+    patched ? patched[1].slice(0, 60) : "no row");
+  check("one row per input plus the patched run", rows.length === 3, JSON.stringify(rows.map((x) => x[0])));
+  const b1 = api.baselines[1].metric.mean.toFixed(4);
+  check("unpatched metrics shown", (await page.textContent("#metric-baselines")).includes(`input 1 ${b1}`));
+  check("the path graph is drawn", (await page.$$("#graph svg g.node")).length > 5);
+  await page.screenshot({ path: SHOT, fullPage: true });
+  console.log(`screenshot: ${SHOT}`);
+
+  // A server error lands next to the field it names.
+  await page.fill("#ap-node", "a7.head");
+  await page.click("#run");
+  await page.waitForFunction(() => document.querySelector('#kind-activation_patch .err').textContent !== "");
+  const err = await page.textContent("#kind-activation_patch .err");
+  check("error shown beside the node field", err.includes("not a node of this model") && err.includes("422"), err);
+  check("the node field is marked", await page.$eval("#ap-node", (e) => e.classList.contains("invalid")));
+  // Mismatched inputs: the error goes to the inputs box.
+  await page.fill("#ap-node", "a1.head");
+  await page.fill("#inputs", "The capital of Spain is\nRome");
+  await page.click("#run");
+  await page.waitForFunction(() => document.querySelector('.err[data-for="inputs"]').textContent !== "");
+  check("input length error beside the inputs", (await page.textContent('.err[data-for="inputs"]')).includes("tokens"));
+} catch (e) {
+  check("the UI test ran to the end", false, String(e));
+} finally {
+  await browser.close();
+  server.kill("SIGTERM");
+}
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
