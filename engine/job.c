@@ -296,9 +296,37 @@ static int parse_outputs(const model *m, json_t *o, job *j, npp_err *e)
     return 0;
 }
 
+/* A metric token: one for the whole batch, or a list with one per example.
+ * *out is new (B entries). */
+static int get_tokens(const model *m, const job *j, json_t *v, const char *field, int64_t **out,
+                      npp_err *e)
+{
+    char f[64];
+    if (!(*out = malloc((size_t)j->B * sizeof **out)))
+        return npp_fail(e, NPP_ENOMEM, field, "out of memory");
+    if (!json_is_array(v)) {
+        if (get_token(m, v, field, &(*out)[0], e))
+            return NPP_EINVAL;
+        for (int b = 1; b < j->B; b++)
+            (*out)[b] = (*out)[0];
+        return 0;
+    }
+    if ((int)json_array_size(v) != j->B)
+        return npp_fail(e, NPP_EINVAL, field,
+                        "%s: a list of %zu tokens, but the batch has %d examples", field,
+                        json_array_size(v), j->B);
+    for (int b = 0; b < j->B; b++) {
+        snprintf(f, sizeof f, "%s[%d]", field, b);
+        if (get_token(m, json_array_get(v, (size_t)b), f, &(*out)[b], e))
+            return NPP_EINVAL;
+    }
+    return 0;
+}
+
 static int parse_metric(const model *m, json_t *mt, job *j, npp_err *e)
 {
     static const char *const known[] = {"type", "target", "baseline", "token", "position", NULL};
+    static const char *const types[] = {"", "logit_diff", "logprob", "prob", "kl", "logit"};
     if (!mt || json_is_null(mt))
         return 0;
     if (!json_is_object(mt))
@@ -307,17 +335,13 @@ static int parse_metric(const model *m, json_t *mt, job *j, npp_err *e)
         return NPP_EINVAL;
     json_t *t = json_object_get(mt, "type");
     const char *ty = json_is_string(t) ? json_string_value(t) : "";
-    if (!strcmp(ty, "logit_diff"))
-        j->metric = METRIC_LOGIT_DIFF;
-    else if (!strcmp(ty, "logprob"))
-        j->metric = METRIC_LOGPROB;
-    else if (!strcmp(ty, "prob"))
-        j->metric = METRIC_PROB;
-    else if (!strcmp(ty, "kl"))
-        j->metric = METRIC_KL;
-    else
+    for (int i = 1; i < (int)(sizeof types / sizeof types[0]); i++)
+        if (!strcmp(ty, types[i]))
+            j->metric = i;
+    if (!j->metric)
         return npp_fail(e, NPP_EINVAL, "metric.type",
-                        "metric.type: one of \"logit_diff\", \"logprob\", \"prob\", \"kl\"");
+                        "metric.type: one of \"logit_diff\", \"logit\", \"logprob\", \"prob\", "
+                        "\"kl\"");
     j->m_pos = j->T - 1;
     json_t *p = json_object_get(mt, "position");
     if (p && get_position(p, j->T, "metric.position", &j->m_pos, e))
@@ -327,14 +351,14 @@ static int parse_metric(const model *m, json_t *mt, job *j, npp_err *e)
         if (!a || !b)
             return npp_fail(e, NPP_EINVAL, a ? "metric.baseline" : "metric.target",
                             "metric: logit_diff needs \"target\" and \"baseline\" tokens");
-        if (get_token(m, a, "metric.target", &j->m_target, e) ||
-            get_token(m, b, "metric.baseline", &j->m_baseline, e))
+        if (get_tokens(m, j, a, "metric.target", &j->m_target, e) ||
+            get_tokens(m, j, b, "metric.baseline", &j->m_baseline, e))
             return NPP_EINVAL;
     } else if (j->metric != METRIC_KL) {
         json_t *a = json_object_get(mt, "token");
         if (!a)
             return npp_fail(e, NPP_EINVAL, "metric.token", "metric: %s needs \"token\"", ty);
-        if (get_token(m, a, "metric.token", &j->m_target, e))
+        if (get_tokens(m, j, a, "metric.token", &j->m_target, e))
             return NPP_EINVAL;
     }
     return 0;
@@ -716,5 +740,7 @@ void job_free(job *j)
     free(j->positions);
     free(j->toklp);
     free(j->attn_layers);
+    free(j->m_target);
+    free(j->m_baseline);
     free(j);
 }

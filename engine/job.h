@@ -16,8 +16,10 @@
 // batch size. Instead of branch/which, "preset" compiles the common
 // experiments into rules (see job.c and docs): activation_patch (node,
 // from, into, positions) and path_patch (senders, receivers, from, into).
-// metric types: logit_diff (target, baseline), logprob, prob (token), kl
-// (from the unpatched run of input 0); "position" defaults to the last.
+// metric types: logit_diff (target, baseline), logit, logprob, prob (token),
+// kl (from the unpatched run of input 0); "position" defaults to the last.
+// A token is a text of one token or an id, or a list of them, one per
+// example of the batch.
 // Errors name the field: "inputs[1]", "branch[0].match", "preset.node".
 #ifndef NPP_JOB_H
 #define NPP_JOB_H
@@ -31,7 +33,7 @@
 
 #define JOB_MAX_INPUTS 32
 
-enum { METRIC_NONE, METRIC_LOGIT_DIFF, METRIC_LOGPROB, METRIC_PROB, METRIC_KL };
+enum { METRIC_NONE, METRIC_LOGIT_DIFF, METRIC_LOGPROB, METRIC_PROB, METRIC_KL, METRIC_LOGIT };
 
 typedef struct {
     int n_inputs, B, T;
@@ -50,8 +52,8 @@ typedef struct {
     int *attn_layers;
     /* metric */
     int metric;
-    int64_t m_target, m_baseline;
-    int m_pos; /* resolved position */
+    int64_t *m_target, *m_baseline; /* one per example (B); a single token is repeated */
+    int m_pos;                      /* resolved position */
     size_t max_values;
 } job;
 

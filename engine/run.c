@@ -198,17 +198,31 @@ static json_t *metric_json(ctx *c, const shim_tensor *hidden, const shim_tensor 
     json_t *r = NULL;
     if (!val)
         return npp_fail(c->e, NPP_ENOMEM, "", "out of memory"), NULL;
-    if (j->metric == METRIC_LOGIT_DIFF) {
-        /* Only the two columns: (B, C) x (2, C)^T. */
+    if (j->metric == METRIC_LOGIT_DIFF || j->metric == METRIC_LOGIT) {
+        /* Only the needed columns: example b's row times its token(s). */
         shim_status st = {0};
-        int64_t cols[2] = {j->m_target, j->m_baseline};
-        shim_tensor *rows = rows_at(c->m, hidden, &j->m_pos, 1, &st);
-        shim_tensor *w = shim_take_rows(c->m->lm_head, cols, 2, &st);
-        shim_tensor *l2 = shim_matmul_nt(rows, w, &st); /* (B, 2) */
-        float *h = malloc((size_t)B * 2 * sizeof *h);
-        if (!st.code && h && !shim_to_host_f32(l2, h, (size_t)B * 2, &st))
-            for (int64_t b = 0; b < B; b++)
-                val[b] = (double)h[2 * b] - (double)h[2 * b + 1];
+        int nc = j->metric == METRIC_LOGIT_DIFF ? 2 : 1;
+        int64_t *cols = malloc((size_t)(nc * B) * sizeof *cols);
+        float *h = malloc((size_t)(B * nc * B) * sizeof *h);
+        shim_tensor *rows = rows_at(c->m, hidden, &j->m_pos, 1, &st), *w = NULL, *l2 = NULL;
+        if (!cols || !h) {
+            st.code = SHIM_ENOMEM;
+            snprintf(st.msg, sizeof st.msg, "out of memory");
+        }
+        for (int64_t b = 0; cols && b < B; b++) {
+            cols[nc * b] = j->m_target[b];
+            if (nc == 2)
+                cols[nc * b + 1] = j->m_baseline[b];
+        }
+        if (!st.code)
+            w = shim_take_rows(c->m->lm_head, cols, nc * B, &st); /* (nc*B, C) */
+        l2 = shim_matmul_nt(rows, w, &st);                        /* (B, nc*B) */
+        if (!st.code && !shim_to_host_f32(l2, h, (size_t)(B * nc * B), &st))
+            for (int64_t b = 0; b < B; b++) {
+                const float *row = h + b * nc * B + nc * b; /* example b's own columns */
+                val[b] = nc == 2 ? (double)row[0] - (double)row[1] : (double)row[0];
+            }
+        free(cols);
         free(h);
         shim_free(rows);
         shim_free(w);
@@ -229,9 +243,9 @@ static json_t *metric_json(ctx *c, const shim_tensor *hidden, const shim_tensor 
         for (int64_t b = 0; b < B; b++) {
             const float *p = lg + b * V;
             if (j->metric == METRIC_LOGPROB) {
-                val[b] = p[j->m_target];
+                val[b] = p[j->m_target[b]];
             } else if (j->metric == METRIC_PROB) {
-                val[b] = exp(p[j->m_target]);
+                val[b] = exp(p[j->m_target[b]]);
             } else { /* KL(clean || patched) */
                 double kl = 0;
                 const float *q = ref + b * V;
@@ -427,7 +441,7 @@ static int build_result(ctx *c, run_output *r, shim_tensor **hs, int nroots, dou
         json_object_set_new(o, "attention", a);
     }
     if (j->metric) {
-        static const char *names[] = {"", "logit_diff", "logprob", "prob", "kl"};
+        static const char *names[] = {"", "logit_diff", "logprob", "prob", "kl", "logit"};
         json_t *mt = metric_json(c, hs[0], j->metric == METRIC_KL ? hs[1] : NULL);
         if (!mt)
             goto fail;

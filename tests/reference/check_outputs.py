@@ -120,6 +120,15 @@ def main():
     want = (np.exp(lp0[:, -1]) * (lp0[:, -1] - lpp)).sum(-1)
     err = np.max(np.abs(np.array(klp["metric"]["per_example"]) - want))
     check("KL(clean || patched) = reference", err < 1e-4 and want.min() > 1e-6, "max err %.3g" % err)
+    # per-example tokens and the raw logit: example b's own token at the position
+    r = run({"inputs": texts, "metric": {"type": "logit", "token": [" Mary", " Anna"]},
+             "outputs": {"top_k": 0, "logits": True, "positions": [-1]}})
+    Lr = tensor(r["outputs"]["logits"])[:, 0]
+    anna = json.loads(subprocess.run([A.npp, "tokenize", "--model", A.model, "--json", " Anna"],
+                                     capture_output=True, text=True, check=True).stdout)[0]
+    want = np.array([Lr[0, mary], Lr[1, anna]])
+    err = np.max(np.abs(np.array(r["metric"]["per_example"]) - want))
+    check("logit metric with one token per example = those logits", err < 1e-4, "max err %.3g" % err)
     for ty in ("logprob", "prob"):
         r = run({"inputs": texts, "metric": {"type": ty, "token": " Mary"}, "outputs": {"top_k": 0}})
         want = lp0[:, -1, mary] if ty == "logprob" else np.exp(lp0[:, -1, mary])
