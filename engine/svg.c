@@ -20,8 +20,22 @@ int svg_render(const plan *p, const job *j, char **out, size_t *len, npp_err *e)
 }
 #else
 #include <graphviz/gvc.h>
+#include <graphviz/gvplugin.h>
 
 static pthread_mutex_t gv_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Only the dot layout and the core renderers (svg), linked in: no plugin
+ * is loaded from Graphviz's configuration. In particular not the pango text
+ * plugin, whose font cache keeps a pointer into the previous graph's freed
+ * strings (a use-after-free on every render after the first in Graphviz
+ * 2.42); without it, label widths are estimated, which boxes of short
+ * names do not mind. */
+extern gvplugin_library_t gvplugin_dot_layout_LTX_library;
+extern gvplugin_library_t gvplugin_core_LTX_library;
+static lt_symlist_t builtins[] = {
+    {"gvplugin_dot_layout_LTX_library", (void *)&gvplugin_dot_layout_LTX_library},
+    {"gvplugin_core_LTX_library", (void *)&gvplugin_core_LTX_library},
+    {0, 0}};
 
 /* Colours for inputs 0, 1, 2, ... (colour-blind-safe palette). */
 static const char *const PALETTE[] = {"#a6cee3", "#fdbf6f", "#b2df8a", "#fb9a99",
@@ -68,7 +82,7 @@ int svg_render(const plan *p, const job *j, char **out, size_t *len, npp_err *e)
     if (p->root_node < 0)
         return npp_fail(e, NPP_EINVAL, "", "no path tree: the job was not planned");
     pthread_mutex_lock(&gv_lock);
-    GVC_t *gvc = gvContext();
+    GVC_t *gvc = gvContextPlugins(builtins, 0);
     Agraph_t *g = agopen("paths", Agdirected, NULL);
     int rc = 0;
     set(g, "rankdir", "TB");
