@@ -36,12 +36,14 @@ def free_port():
 class Server:
     """A running nppd; stderr (the request log) is captured in a file."""
 
-    def __init__(self, *args, auth=True, models=None):
+    def __init__(self, *args, auth=True, models=None, env=None):
         self.port = free_port()
         self.tmp = tempfile.TemporaryDirectory()
         self.log_path = os.path.join(self.tmp.name, "nppd.log")
-        cmd = [NPPD, "--listen", "127.0.0.1:%d" % self.port]
-        for name, d in (models or {"tiny": MODEL}).items():
+        cmd = [NPPD]
+        if not (env and "NPP_LISTEN" in env):
+            cmd += ["--listen", "127.0.0.1:%d" % self.port]
+        for name, d in ({} if env and "NPP_MODEL" in env else models or {"tiny": MODEL}).items():
             cmd += ["--model", "%s=%s" % (name, d)]
         if auth:
             tf = os.path.join(self.tmp.name, "tokens")
@@ -52,7 +54,10 @@ class Server:
             cmd += ["--token-file", tf]
         cmd += list(args)
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stderr=self.log, stdout=subprocess.DEVNULL)
+        if env and "NPP_LISTEN" in env:
+            self.port = int(env["NPP_LISTEN"].rsplit(":", 1)[1])
+        self.proc = subprocess.Popen(cmd, stderr=self.log, stdout=subprocess.DEVNULL,
+                                     env=dict(os.environ, **(env or {})))
         self.token = TOKENS["alice"] if auth else None
         deadline = time.time() + 60
         while time.time() < deadline:

@@ -9,8 +9,8 @@ import subprocess
 import time
 import xml.etree.ElementTree as ET
 
-from conftest import (MODEL, NPP, SLOW_MODEL, TOKENS, in_thread, job_doc, slow_job, validate,
-                      wait_state)
+from conftest import (MODEL, NPP, SLOW_MODEL, TOKENS, free_port, in_thread, job_doc, slow_job,
+                      validate, wait_state)
 
 
 # ---- health, docs, auth ------------------------------------------------------------------
@@ -356,3 +356,48 @@ def test_sigterm_drains(make_server):
     lines = "\n".join(srv.log_lines())
     assert '"event": "drain"' in lines and '"event": "stopped", "exit": 0' in lines
     del queued
+
+
+def test_environment_and_two_models(make_server):
+    """Every flag also works as an NPP_* variable; several models stay resident."""
+    port = free_port()
+    srv = make_server(auth=False, env={"NPP_LISTEN": "127.0.0.1:%d" % port,
+                                       "NPP_MODEL": "tiny=%s,slow=%s" % (MODEL, SLOW_MODEL),
+                                       "NPP_WORKERS": "1", "NPP_CACHE_MB": "64"})
+    st, _, body = srv.request("GET", "/v1/models")
+    assert [m["name"] for m in body["models"]] == ["tiny", "slow"]
+    assert body["models"][0]["memory"]["cache_max_bytes"] == 64 << 20
+    assert body["models"][1]["config"]["n_embd"] == 256
+    st, _, a = srv.request("POST", "/v1/jobs?wait=60", job_doc())               # the first: tiny
+    st2, _, b = srv.request("POST", "/v1/jobs?wait=60", job_doc(model="slow"))
+    assert st == st2 == 200 and a["model"] == "tiny" and b["model"] == "slow"
+    assert a["result"]["outputs"] != b["result"]["outputs"]
+    assert 'npp_workers 1' in srv.request("GET", "/metrics")[2].decode()
+
+
+def test_nan_results_stay_valid_json(make_server, tmp_path):
+    """A model whose logits are NaN: the answer is still strict JSON, with
+    non-finite numbers as the documented strings."""
+    import shutil
+    import struct as st_
+    bad = tmp_path / "nan-model"
+    shutil.copytree(MODEL, bad)
+    raw = bytearray((bad / "model.safetensors").read_bytes())
+    (n,) = st_.unpack("<Q", raw[:8])
+    hdr = json.loads(raw[8:8 + n])
+    off = 8 + n + hdr["ln_f.bias"]["data_offsets"][0]
+    raw[off:off + 4] = st_.pack("<f", float("nan"))
+    (bad / "model.safetensors").write_bytes(bytes(raw))
+    srv = make_server(models={"nan": str(bad)})
+    conn = srv.conn()
+    conn.request("POST", "/v1/jobs?wait=60", body=json.dumps(job_doc(
+        metric={"type": "logprob", "token": " Madrid"})), headers={"Authorization": "Bearer " + srv.token})
+    text = conn.getresponse().read().decode()
+
+    def no_constants(name):
+        raise AssertionError("bare %s in the JSON" % name)
+    body = json.loads(text, parse_constant=no_constants)
+    assert body["state"] == "done"
+    assert body["result"]["metric"]["mean"] == "NaN"
+    assert body["result"]["outputs"]["top_k"][0][0]["tokens"][0]["logprob"] == "NaN"
+    validate("/v1/jobs", "POST", 200, body)
