@@ -1,25 +1,42 @@
 #!/usr/bin/python3
 """Train a tiny GPT-2 (exact HuggingFace GPT-2 architecture) that contains an
 induction circuit, and write it in HuggingFace layout (config.json +
-model.safetensors, F16, tied lm_head).
+model.safetensors, F16, tied lm_head, full 50257-token vocabulary).
 
-The model learns to copy repeated runs of random single-token words:
-    [filler] w1 w2 ... wL [gap] w1 w2 ... wL ...
-Layer 0 develops a previous-token head, layer 1 an induction head that reads
-the previous-token head through K-composition.
+The model learns to copy repeated runs of random single-token words
+(" apple", " bet", ... from a word list, tokenised with GPT-2's byte-level
+BPE):   [filler] w1 w2 ... wL [gap] w1 w2 ... wL ...   in mixed layouts
+(run repeated to fill the sequence / a few repeats with gaps / several
+run-run pairs), run lengths 4-30, so that only real induction works.
+
+What makes it learn fast and gives ONE clean circuit (defaults):
+  * loss only on the predictable (copied) positions (--loss copy),
+    softmax restricted to the token subset (the saved model is still a normal
+    full-vocabulary GPT-2; the eval uses the full vocabulary);
+  * position embeddings start as a small sinusoid (--wpe-init sin), still
+    ordinary learned HF wpe weights;
+  * layer-0 MLP zeroed (--mlp0 off): the previous-token head then reaches the
+    induction head only directly;
+  * at --prune-at, all heads but the best previous-token head of layer 0 and
+    the best induction head of layer 1 (chosen on a selection set, not the
+    held-out test) are pruned (zero weights) and training goes on.
+Pruned heads / MLP keep the exact HF tensor shapes; their weights are zero.
 
 Only needs torch + numpy (Debian: /usr/bin/python3).  Deterministic for a
-given --seed and --threads.
+given --seed and --threads on CPU.
 
 Examples
   train:  /usr/bin/python3 tools/train_induction.py --vocab-dir VOCAB --out OUT
-  eval:   /usr/bin/python3 tools/train_induction.py --vocab-dir VOCAB --eval-only OUT
+  eval:   /usr/bin/python3 tools/train_induction.py --eval-only OUT [--show 2]
 
 VOCAB must contain the GPT-2 encoder.json and vocab.bpe (or vocab.json and
 merges.txt).  Besides config.json and model.safetensors, OUT receives
-induction_tokens.json (the token subset used for training, plus the layout of
-the held-out test), eval.json (the measured numbers), train_log.csv and
-loss_curve.svg (unless --log/--svg name other files).
+induction_tokens.json (the token subset used for training), eval.json (the
+measured numbers: held-out top-1 on first/second occurrence, previous-token
+and induction scores per head, path-patching fractions for the
+prev-token -> induction head path into q / k / v), vocab.json + merges.txt
+(copies of the tokenizer files), train_log.csv and loss_curve.svg (unless
+--log/--svg name other files).
 """
 
 import argparse
@@ -27,6 +44,7 @@ import json
 import math
 import os
 import re
+import shutil
 import struct
 import sys
 import time
@@ -182,6 +200,59 @@ class GPT2(torch.nn.Module):
             self.h.append(blk)
         self.ln_f_weight = torch.nn.Parameter(torch.ones(C))
         self.ln_f_bias = torch.nn.Parameter(torch.zeros(C))
+
+    def prune_heads(self, keep):
+        """keep[l]: list of heads of layer l that stay; the others get zero
+        q/k/v weights and zero output-projection rows, and stay zero (their
+        gradients are masked and apply_masks() runs after each optimizer step),
+        so a pruned head contributes exactly nothing."""
+        C, H = self.n_embd, self.n_head
+        D = C // H
+        if not hasattr(self, "_col"):
+            self._col, self._row = [], []
+            for blk in self.h:
+                col = torch.ones(3 * C, device=blk.c_attn_weight.device)
+                row = torch.ones(C, device=blk.c_attn_weight.device)
+                self._col.append(col)
+                self._row.append(row)
+                blk.c_attn_weight.register_hook(lambda g, m=col: g * m[None, :])
+                blk.c_attn_bias.register_hook(lambda g, m=col: g * m)
+                blk.attn_c_proj_weight.register_hook(lambda g, m=row: g * m[:, None])
+        for l in range(self.n_layer):
+            self._col[l].fill_(1)
+            self._row[l].fill_(1)
+            for h in range(H):
+                if h in keep[l]:
+                    continue
+                for part in range(3):
+                    self._col[l][part * C + h * D: part * C + (h + 1) * D] = 0
+                self._row[l][h * D:(h + 1) * D] = 0
+        self.apply_masks()
+
+    def prune_mlp(self, layer):
+        """Zero the MLP of `layer` and keep it zero (it then adds exactly nothing)."""
+        blk = self.h[layer]
+        if not hasattr(self, "_mlp_off"):
+            self._mlp_off = []
+        if layer in self._mlp_off:
+            return
+        self._mlp_off.append(layer)
+        for p in (blk.c_fc_weight, blk.c_fc_bias, blk.mlp_c_proj_weight, blk.mlp_c_proj_bias):
+            p.register_hook(lambda g: torch.zeros_like(g))
+        self.apply_masks()
+
+    @torch.no_grad()
+    def apply_masks(self):
+        for l in getattr(self, "_mlp_off", []):
+            blk = self.h[l]
+            for p in (blk.c_fc_weight, blk.c_fc_bias, blk.mlp_c_proj_weight, blk.mlp_c_proj_bias):
+                p.zero_()
+        if not hasattr(self, "_col"):
+            return
+        for blk, col, row in zip(self.h, self._col, self._row):
+            blk.c_attn_weight.mul_(col[None, :])
+            blk.c_attn_bias.mul_(col)
+            blk.attn_c_proj_weight.mul_(row[:, None])
 
     def full_wte(self):
         return self.rest_wte.index_copy(0, self.sub_ids, self.sub_wte)
@@ -527,6 +598,33 @@ def path_patching(model, eval_items, senders, receiver):
     return out
 
 
+def active_heads(model, layer):
+    """Heads whose output projection is not all zero (pruned heads are zero)."""
+    blk = model.h[layer]
+    H, D = model.n_head, model.n_embd // model.n_head
+    w = blk.attn_c_proj_weight.detach().view(H, D, model.n_embd)
+    return [h for h in range(H) if float(w[h].abs().sum()) > 0]
+
+
+def show_example(model, item, out=sys.stdout):
+    """Print where each active head attends on one held-out sequence."""
+    clean, _, f, L = item
+    x = model.sub_ids[torch.tensor([clean]).to(model.sub_ids.device)]
+    with torch.no_grad():
+        lg, att = model(x, wte=model.full_wte(), want_attn=True)
+    print("example: filler %d, run %d (first copy at %d, second at %d)" % (f, L, f, f + L), file=out)
+    for l in range(model.n_layer):
+        for h in active_heads(model, l):
+            a = att[l][0, h].cpu()
+            am = a.argmax(-1)
+            print("L%dH%d offset of argmax attention (t - argmax):" % (l, h),
+                  " ".join(str(int(p - am[p])) for p in range(len(clean))), file=out)
+            print("     max attention x10:", "".join(str(min(9, int(float(a[p].max()) * 10))) for p in range(len(clean))), file=out)
+    pred = lg[0].argmax(-1).cpu()
+    xs = x[0].cpu()
+    print("second-half correct:", "".join(str(int(pred[p] == xs[p + 1])) for p in range(f + L, f + 2 * L - 1)), file=out)
+
+
 def full_report(model, items, prev_thresh=0.4):
     r = evaluate(model, items, full_vocab=True)
     rs = evaluate(model, items, full_vocab=False)
@@ -534,12 +632,14 @@ def full_report(model, items, prev_thresh=0.4):
     r["acc_second_subset_softmax"] = rs["acc_second"]
     prev = r["prev_token_L0"]
     ind = r["induction_L1"]
-    best_prev = int(np.argmax(prev))
-    best_ind = int(np.argmax(ind))
+    act0, act1 = active_heads(model, 0), active_heads(model, model.n_layer - 1)
+    r["active_heads"] = [act0, act1]
+    best_prev = max(act0, key=lambda h: prev[h])
+    best_ind = max(act1, key=lambda h: ind[h])
     r["prev_token_head"] = [0, best_prev]
     r["induction_head"] = [1, best_ind]
     r["path_patching_best_prev_head"] = path_patching(model, items, [best_prev], best_ind)
-    strong = [h for h, s in enumerate(prev) if s >= prev_thresh]
+    strong = [h for h in act0 if prev[h] >= prev_thresh]
     if len(strong) > 1:
         r["path_patching_all_prev_heads"] = path_patching(model, items, strong, best_ind)
     return r
@@ -601,10 +701,10 @@ def write_svg(path, rows, title):
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="output model folder (HF layout)")
-    ap.add_argument("--vocab-dir", required=True, help="folder with GPT-2 encoder.json + vocab.bpe")
+    ap.add_argument("--vocab-dir", help="folder with GPT-2 encoder.json + vocab.bpe (or vocab.json + merges.txt)")
     ap.add_argument("--words", default="/usr/share/dict/american-english", help="word list, one per line")
     ap.add_argument("--subset", type=int, default=500, help="number of single-token words to train on")
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=3500)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--heads", type=int, default=4)
@@ -617,11 +717,27 @@ def parse_args(argv=None):
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--min-run", type=int, default=4)
     ap.add_argument("--max-run", type=int, default=30)
-    ap.add_argument("--loss", choices=["all", "copy"], default="all",
+    ap.add_argument("--loss", choices=["all", "copy"], default="copy",
                     help="'copy': loss only on predictable (copied) positions")
     ap.add_argument("--full-vocab-steps", type=int, default=0,
                     help="last N steps use the full-vocabulary softmax")
-    ap.add_argument("--wpe-init", choices=["normal", "sin"], default="normal")
+    ap.add_argument("--wpe-init", choices=["normal", "sin"], default="sin",
+                    help="init of the (learned) position embeddings: HF normal(0.02), or a small "
+                         "sinusoid (makes the previous-token head much easier to find)")
+    ap.add_argument("--active-heads", default="",
+                    help="comma list, number of active heads per layer from the start (e.g. '4,1'); "
+                         "the rest are pruned (zero weights)")
+    ap.add_argument("--prune-at", type=int, default=1500,
+                    help="at this step keep only the --keep-l0 best previous-token heads of layer 0 and "
+                         "the --keep-l1 best induction heads of layer 1 (measured on a selection set "
+                         "drawn apart from the held-out test), prune the rest, and go on training; "
+                         "this concentrates the circuit (otherwise it is spread over all heads)")
+    ap.add_argument("--keep-l0", type=int, default=1)
+    ap.add_argument("--mlp0", choices=["keep", "prune", "off"], default="off",
+                    help="layer-0 MLP: keep; prune = zero it at --prune-at; off = zero from the start. "
+                         "Without it the previous-token head reaches the induction head's key only "
+                         "directly (path patching of that path then removes nearly all of the effect)")
+    ap.add_argument("--keep-l1", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="torch device (cpu; cuda for quick sweeps, not bit-reproducible with cpu)")
     ap.add_argument("--log", help="CSV log (default OUT/train_log.csv)")
@@ -630,6 +746,7 @@ def parse_args(argv=None):
     ap.add_argument("--eval-n", type=int, default=200, help="held-out sequences per evaluation")
     ap.add_argument("--checkpoint-every", type=int, default=1000)
     ap.add_argument("--eval-only", metavar="DIR", help="load DIR (config.json + model.safetensors) and evaluate")
+    ap.add_argument("--show", type=int, default=0, help="with --eval-only: print attention of N held-out examples")
     return ap.parse_args(argv)
 
 
@@ -678,6 +795,9 @@ def do_eval_only(a):
     sets = eval_sets(len(ids), tj.get("seed", a.seed), a.eval_n)
     res = {name: full_report(model, items) for name, items in sets.items()}
     print(json.dumps(res, indent=1))
+    if a.show:
+        for it in sets["varied"][:a.show]:
+            show_example(model, it)
     return res
 
 
@@ -687,8 +807,8 @@ def main(argv=None):
     if a.eval_only:
         do_eval_only(a)
         return
-    if not a.out:
-        raise SystemExit("--out is required")
+    if not a.out or not a.vocab_dir:
+        raise SystemExit("--out and --vocab-dir are required for training")
     assert a.seq_len <= a.positions
     os.makedirs(a.out, exist_ok=True)
     log_path = a.log or os.path.join(a.out, "train_log.csv")
@@ -702,6 +822,12 @@ def main(argv=None):
 
     gen = torch.Generator().manual_seed(a.seed)
     model = GPT2(a.layers, a.heads, a.embd, a.positions, sub_ids, gen, wpe_init=a.wpe_init).to(a.device)
+    if a.active_heads:
+        act = [int(x) for x in a.active_heads.split(",")]
+        assert len(act) == a.layers
+        model.prune_heads([list(range(n)) for n in act])
+    if a.mlp0 == "off":
+        model.prune_mlp(0)
     params = [p for p in model.parameters()]
     decay = [p for p in params if p.dim() >= 2]
     nodecay = [p for p in params if p.dim() < 2]
@@ -717,6 +843,7 @@ def main(argv=None):
 
     data_rng = np.random.RandomState(a.seed)
     sets = eval_sets(K, a.seed, a.eval_n)
+    select_set = make_eval_set(np.random.RandomState(a.seed + 13_000_017), 100, K, 8, 24, 12)
     H = a.heads
     cols = (["step", "loss", "lr", "elapsed_s", "acc_first", "acc_second", "acc_first_subset", "acc_second_subset"]
             + ["prev_L0H%d" % h for h in range(H)] + ["ind_L1H%d" % h for h in range(H)])
@@ -748,6 +875,17 @@ def main(argv=None):
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
+        if a.prune_at and step == a.prune_at:
+            r = evaluate(model, select_set, full_vocab=False)
+            p0 = sorted(active_heads(model, 0), key=lambda h: -r["prev_token_L0"][h])[:a.keep_l0]
+            p1 = sorted(active_heads(model, a.layers - 1), key=lambda h: -r["induction_L1"][h])[:a.keep_l1]
+            keep = [list(range(H))] * a.layers
+            keep[0], keep[a.layers - 1] = sorted(p0), sorted(p1)
+            model.prune_heads(keep)
+            if a.mlp0 == "prune":
+                model.prune_mlp(0)
+            print("step %d: selection set prev %s ind %s -> keep heads %s" % (
+                step, r["prev_token_L0"], r["induction_L1"], keep), flush=True)
         toks, pred = make_train_batch(data_rng, a.batch, a.seq_len, K, a.min_run, a.max_run)
         toks = torch.from_numpy(toks).to(a.device)
         full = step >= a.steps - a.full_vocab_steps
@@ -761,6 +899,8 @@ def main(argv=None):
         lg = logits[:, :-1]
         if a.loss == "copy":
             m = torch.from_numpy(pred[:, :-1]).to(a.device)
+            if not bool(m.any()):      # (only possible with tiny --seq-len/--batch)
+                m = torch.ones_like(m)
             loss = F.cross_entropy(lg[m], tgt[m])
         else:
             loss = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1))
@@ -768,6 +908,7 @@ def main(argv=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        model.apply_masks()
         lv = float(loss)
         ema = lv if ema is None else 0.95 * ema + 0.05 * lv
         if row is None and step % 25 == 0:
@@ -789,8 +930,11 @@ def main(argv=None):
     res["train_wall_s"] = round(wall, 1)
     res["args"] = vars(a)
     save(model, a, chosen, bpe, a.out, res)
+    # the tokenizer files, under the names HF uses, for convenience of tests
+    shutil.copyfile(bpe.encoder_path, os.path.join(a.out, "vocab.json"))
+    shutil.copyfile(bpe.merges_path, os.path.join(a.out, "merges.txt"))
     # re-evaluate from the F16 file exactly as saved
-    ea = parse_args(["--vocab-dir", a.vocab_dir, "--eval-only", a.out, "--seed", str(a.seed),
+    ea = parse_args(["--eval-only", a.out, "--seed", str(a.seed),
                      "--eval-n", str(a.eval_n), "--device", a.device])
     res_f16 = do_eval_only(ea)
     res["from_saved_f16"] = res_f16

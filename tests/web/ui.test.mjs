@@ -46,7 +46,10 @@ try {
   await page.dispatchEvent("#token", "change");
   await page.waitForFunction(() => document.querySelectorAll("#model option").length > 0);
   check("models listed after entering the token", (await page.textContent("#model")).includes("tiny (2 layers"));
+  await page.fill("#inputs", "The capital of Spain is\nThe capital of Italy is");
   await page.fill("#ap-node", "a1.head");
+  await page.fill("#m-target", " Madrid");
+  await page.fill("#m-baseline", " Rome");
   await page.click("#run");
   await page.waitForFunction(() => document.getElementById("metric").textContent !== "", null, { timeout: 60000 });
   const shown = await page.textContent("#metric");
