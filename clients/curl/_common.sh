@@ -2,4 +2,6 @@
 # NPP_TOKEN (when the server runs with --token-file).
 url=${NPP_URL:-http://127.0.0.1:8080}
 auth=()
-[ -n "${NPP_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $NPP_TOKEN")
+if [ -n "${NPP_TOKEN:-}" ]; then
+  auth=(-H "Authorization: Bearer $NPP_TOKEN")
+fi

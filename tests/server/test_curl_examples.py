@@ -26,10 +26,21 @@ def test_every_endpoint_example(server):
     job = json.loads(sh(server, "submit-job.sh"))
     assert job["state"] in ("queued", "running", "done")
     wait_state(server, job["id"], {"done"})
-    assert json.loads(sh(server, "job-status.sh", job["id"]))["result"]["metric"]["type"] == "logit_diff"
+    assert json.loads(sh(server, "job-status.sh", job["id"]))["result"]["metric"]["type"] == "logit"
     assert "event: done" in sh(server, "events.sh", job["id"])
     assert "wrote" in sh(server, "graph.sh", job["id"], "g.svg")
     assert open(os.path.join(server.tmp.name, "g.svg")).read().lstrip().startswith("<?xml")
     assert json.loads(sh(server, "cancel-job.sh", job["id"]))["state"] == "done"
     out = sh(server, "first-job.sh")
     assert "POST /v1/jobs -> 200" in out and "graph.svg -> 200" in out
+
+
+def test_examples_without_a_token(make_server):
+    srv = make_server(auth=False)
+    srv.token = None
+    env = dict(os.environ, NPP_URL="http://127.0.0.1:%d" % srv.port)
+    env.pop("NPP_TOKEN", None)
+    for name in ("healthz.sh", "models.sh", "first-job.sh"):
+        p = subprocess.run(["bash", os.path.join(HERE, name)], env=env, capture_output=True,
+                           text=True, timeout=120, cwd=srv.tmp.name)
+        assert p.returncode == 0, (name, p.stdout, p.stderr)
