@@ -59,10 +59,33 @@ static void unlink_suspended(req *r)
     r->suspended = 0;
 }
 
+/* Requests woken but not yet resumed. MHD_resume_connection is called by
+ * the loop thread without S.mu held (http_flush_resumes), so no thread ever
+ * holds S.mu while waiting for libmicrohttpd's own locks. A woken request
+ * stays valid: libmicrohttpd does not touch (or complete) a connection
+ * until it is resumed. */
+static req *to_resume;
+
 static void wake(req *r)
 {
     unlink_suspended(r);
-    MHD_resume_connection(r->conn);
+    r->next = to_resume;
+    to_resume = r;
+    uv_async_send(&S.resume);
+}
+
+void http_flush_resumes(void)
+{
+    pthread_mutex_lock(&S.mu);
+    req *list = to_resume;
+    to_resume = NULL;
+    pthread_mutex_unlock(&S.mu);
+    while (list) {
+        req *n = list->next;
+        list->next = NULL;
+        MHD_resume_connection(list->conn);
+        list = n;
+    }
 }
 
 void http_wake_job(sjob *j)
@@ -89,6 +112,7 @@ void http_resume_all(void)
     while (suspended)
         wake(suspended);
     pthread_mutex_unlock(&S.mu);
+    http_flush_resumes();
 }
 
 /* ---- responses ---------------------------------------------------------------- */

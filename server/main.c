@@ -299,6 +299,7 @@ int main(int argc, char **argv)
     http_stop();
     sched_stop_workers();
     uv_close((uv_handle_t *)&S.kick, NULL);
+    uv_close((uv_handle_t *)&S.resume, NULL);
     uv_close((uv_handle_t *)&S.tick, NULL);
     uv_close((uv_handle_t *)&S.sigterm, NULL);
     uv_close((uv_handle_t *)&S.sigint, NULL);

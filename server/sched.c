@@ -264,6 +264,12 @@ static void on_kick(uv_async_t *h)
     pthread_mutex_unlock(&S.mu);
 }
 
+static void on_resume(uv_async_t *h)
+{
+    (void)h;
+    http_flush_resumes();
+}
+
 static void stop_loop(void)
 {
     uv_stop(&S.loop);
@@ -331,8 +337,8 @@ static void on_signal(uv_signal_t *h, int signum)
 int sched_start(void)
 {
     if (uv_loop_init(&S.loop) || uv_async_init(&S.loop, &S.kick, on_kick) ||
-        uv_timer_init(&S.loop, &S.tick) || uv_signal_init(&S.loop, &S.sigterm) ||
-        uv_signal_init(&S.loop, &S.sigint))
+        uv_async_init(&S.loop, &S.resume, on_resume) || uv_timer_init(&S.loop, &S.tick) ||
+        uv_signal_init(&S.loop, &S.sigterm) || uv_signal_init(&S.loop, &S.sigint))
         return -1;
     uv_timer_start(&S.tick, on_tick, 100, 100);
     uv_signal_start(&S.sigterm, on_signal, SIGTERM);

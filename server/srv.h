@@ -9,6 +9,8 @@
  *     the timers (result expiry, ?wait deadlines, drain) and the signals;
  *   - worker threads run one job each (run_execute) with no lock held.
  * Lock order: srv.mu, then an engine cache's own lock (inside the engine).
+ * libmicrohttpd's suspend is called only from its own callbacks; resume only
+ * from the loop thread with srv.mu released (http_flush_resumes).
  * Everything in `srv` and in every sjob below `srv.mu` is guarded by it. A
  * job is freed when its last reference goes (table, worker, requests),
  * always under srv.mu and never while a worker runs it (the worker holds a
@@ -99,6 +101,7 @@ typedef struct {
     /* loop */
     uv_loop_t loop;
     uv_async_t kick;
+    uv_async_t resume; /* resumes woken connections (http_flush_resumes) */
     uv_timer_t tick;
     uv_signal_t sigterm, sigint;
     struct MHD_Daemon *httpd;
@@ -125,6 +128,8 @@ void http_stop(void);
 void http_wake_job(sjob *j);
 /* Resumes requests whose ?wait deadline passed (caller holds S.mu). */
 void http_tick(double now);
+/* Resumes the woken connections (loop thread, S.mu not held). */
+void http_flush_resumes(void);
 
 /* sched.c */
 int sched_start(void);
