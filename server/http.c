@@ -660,7 +660,6 @@ static enum MHD_Result route(req *r)
         return send_json(r, ready ? 200 : 503, json_pack("{s:s}", "status", why));
     }
     /* Documents and the web UI: no token needed to load them. */
-    extern const char npp_openapi_yaml[], npp_web_index[], npp_web_app[], npp_web_style[];
     static const struct {
         const char *path, *ctype, *body;
     } files[] = {{"/openapi.yaml", "application/yaml", npp_openapi_yaml},

@@ -109,6 +109,9 @@ typedef struct {
 
 extern srv S;
 
+/* Files embedded at build time (cmake/embed.cmake), NUL-terminated. */
+extern const char npp_openapi_yaml[], npp_web_index[], npp_web_app[], npp_web_style[];
+
 double srv_now(void);
 /* Reference counting (caller holds S.mu). */
 void job_ref(sjob *j);
