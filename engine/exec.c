@@ -140,12 +140,21 @@ static shim_tensor *stack(ex *x, const int32_t *vs, int n, shim_status *st)
     return r;
 }
 
-/* Splits y (n*B, ...) into the values' handles. */
+/* Splits y (n*B, ...) into the values' handles. Each gets its own storage
+ * (a slice would pin the whole batch in the cache, whose byte count would
+ * then understate what it holds). */
 static void unstack(ex *x, const int32_t *vs, int n, shim_tensor *y, shim_status *st)
 {
     int64_t B = x->p->B;
-    for (int i = 0; i < n && !st->code; i++)
-        x->h[vs[i]] = shim_narrow(y, 0, (int64_t)i * B, B, st);
+    if (n == 1) {
+        x->h[vs[0]] = shim_narrow(y, 0, 0, B, st); /* the whole of y: nothing to pin */
+        return;
+    }
+    for (int i = 0; i < n && !st->code; i++) {
+        shim_tensor *slice = shim_narrow(y, 0, (int64_t)i * B, B, st);
+        x->h[vs[i]] = shim_clone(slice, st);
+        shim_free(slice);
+    }
 }
 
 static void run_mlp(ex *x, const int32_t *vs, int n, shim_status *st)

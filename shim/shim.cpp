@@ -324,6 +324,11 @@ shim_tensor *shim_cat(shim_tensor *const *ts, int n, int dim, shim_status *st)
     });
 }
 
+shim_tensor *shim_clone(const shim_tensor *t, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, { return wrap(t->t.clone(at::MemoryFormat::Contiguous)); });
+}
+
 shim_tensor *shim_take_rows(const shim_tensor *t, const int64_t *idx, int64_t n, shim_status *st)
 {
     SHIM_GUARD(st, nullptr, {

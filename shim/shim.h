@@ -108,6 +108,8 @@ shim_tensor *shim_narrow(const shim_tensor *t, int dim, int64_t start, int64_t l
                          shim_status *st);
 /* Concatenation of n tensors along dim. */
 shim_tensor *shim_cat(shim_tensor *const *ts, int n, int dim, shim_status *st);
+/* A copy with its own storage (so a slice no longer pins its parent). */
+shim_tensor *shim_clone(const shim_tensor *t, shim_status *st);
 /* Rows idx[0..n) of t along dim 0 (idx on the host). */
 shim_tensor *shim_take_rows(const shim_tensor *t, const int64_t *idx, int64_t n, shim_status *st);
 
