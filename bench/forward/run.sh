@@ -25,4 +25,9 @@ echo "npp:   $c_out"
 echo "torch: $(echo "$py_out" | head -1)"
 c_ms=$(echo "$c_out" | sed -n 's/.*median \([0-9.]*\) ms.*/\1/p')
 py_ms=$(echo "$py_out" | sed -n 's/.*median \([0-9.]*\) ms.*/\1/p' | head -1)
-awk -v c="$c_ms" -v p="$py_ms" 'BEGIN { printf "ratio npp/torch = %.3f (goal <= 1.10)\n", c / p }'
+c_min=$(echo "$c_out" | sed -n 's/.*(min \([0-9.]*\)).*/\1/p')
+py_min=$(echo "$py_out" | sed -n 's/.*(min \([0-9.]*\)).*/\1/p' | head -1)
+# On a shared VM the median moves by +-15% from run to run; the minimum
+# (the run least disturbed) is the steadier comparison of the two.
+awk -v c="$c_ms" -v p="$py_ms" -v cm="$c_min" -v pm="$py_min" \
+  'BEGIN { printf "ratio npp/torch = %.3f by median, %.3f by minimum (goal <= 1.10)\n", c / p, cm / pm }'
