@@ -97,13 +97,12 @@ static uint64_t vhash(const uint8_t *key)
     return h;
 }
 
-static int vtable_insert(plan *p, int32_t idx)
+static void vtable_insert(plan *p, int32_t idx)
 {
     size_t m = p->vcap - 1, i = vhash(p->v[idx].key) & m;
     while (p->vslots[i] >= 0)
         i = (i + 1) & m;
     p->vslots[i] = idx;
-    return 0;
 }
 
 static uint64_t nhash(const plan *p, int sym, const uint64_t *st)
@@ -117,6 +116,19 @@ static void ntable_insert(plan *p, int32_t idx)
     while (p->nslots[i] >= 0)
         i = (i + 1) & m;
     p->nslots[i] = idx;
+}
+
+/* Indexes entry idx, the n-th, in a table that grow_table may have to
+ * enlarge (then every entry is indexed again). -1 when out of memory. */
+static int index_new(plan *p, int32_t **slots, size_t *cap, int32_t idx, int32_t n,
+                     void (*insert)(plan *, int32_t))
+{
+    int g = grow_table(slots, cap, (size_t)n);
+    if (g < 0)
+        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+    for (int32_t i = g > 0 ? 0 : idx; i < (g > 0 ? n : idx + 1); i++)
+        insert(p, i);
+    return 0;
 }
 
 /* ---- values ---------------------------------------------------------------- */
@@ -176,15 +188,7 @@ static int32_t intern(plan *p, const uint8_t key[32], plan_op op, int layer, int
     plan_value *v = &p->v[idx];
     *v = (plan_value){op, layer, rank, nin, copy, {0}};
     memcpy(v->key, key, 32);
-    int g = grow_table(&p->vslots, &p->vcap, (size_t)p->nv);
-    if (g < 0)
-        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
-    if (g > 0)
-        for (int32_t i = 0; i < p->nv; i++)
-            vtable_insert(p, i);
-    else
-        vtable_insert(p, idx);
-    return idx;
+    return index_new(p, &p->vslots, &p->vcap, idx, p->nv, vtable_insert) ? -1 : idx;
 }
 
 static void put_u32(sha256_ctx *c, uint32_t x)
@@ -343,15 +347,7 @@ static int32_t node_add(plan *p, int sym, const uint64_t *st, int32_t value, con
     int32_t idx = p->nn++;
     p->nodes[idx] = (plan_node){sym, value, nkids, kc, reads, decision, rule};
     memcpy(p->states + (size_t)idx * p->words, st, (size_t)p->words * 8);
-    int g = grow_table(&p->nslots, &p->ncap, (size_t)p->nn);
-    if (g < 0)
-        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
-    if (g > 0)
-        for (int32_t i = 0; i < p->nn; i++)
-            ntable_insert(p, i);
-    else
-        ntable_insert(p, idx);
-    return idx;
+    return index_new(p, &p->nslots, &p->ncap, idx, p->nn, ntable_insert) ? -1 : idx;
 }
 
 static int32_t node_resid(plan *p, const uint64_t *prefix, int j);
