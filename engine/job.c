@@ -55,9 +55,12 @@ static int example_ids(const model *m, json_t *v, const char *field, int64_t **i
     for (size_t i = 0; i < k; i++) {
         json_t *x = json_array_get(v, i);
         if (!json_is_integer(x) || json_integer_value(x) < 0 ||
-            json_integer_value(x) >= m->cfg.vocab_size)
+            json_integer_value(x) >= m->cfg.vocab_size) {
+            free(*ids);
+            *ids = NULL;
             return npp_fail(e, NPP_EINVAL, field, "%s[%zu]: not a token id in 0..%d", field, i,
                             m->cfg.vocab_size - 1);
+        }
         (*ids)[i] = json_integer_value(x);
     }
     *n = (int)k;

@@ -1,7 +1,10 @@
 """Black-box tests of nppd: every endpoint, every error status with its body,
 responses valid against api/openapi.yaml, shared cache, cancellation,
 disconnects, fairness, limits and graceful shutdown."""
+import copy
 import json
+import os
+import random
 import re
 import signal
 import socket
@@ -416,3 +419,84 @@ def test_nan_results_stay_valid_json(make_server, tmp_path):
     assert body["result"]["metric"]["mean"] == "NaN"
     assert body["result"]["outputs"]["top_k"][0][0]["tokens"][0]["logprob"] == "NaN"
     validate("/v1/jobs", "POST", 200, body)
+
+
+# ---- malformed and mutated jobs ----------------------------------------------------------
+
+CASES = os.path.join(os.path.dirname(__file__), "..", "jobs", "cases.json")
+
+
+def test_every_malformed_job_case(server):
+    """The 40 malformed jobs of tests/jobs/cases.json, through the service:
+    each is refused with its field and message (and, under ASan, the server
+    must still exit cleanly: a refusal may not leak)."""
+    for c in json.load(open(CASES)):
+        text = json.dumps(c["job"]).replace('"RANGE129"', json.dumps(list(range(129))))
+        st, _, body = server.request("POST", "/v1/jobs", text)
+        assert st in (404, 422), (c["name"], st, body)
+        assert body["error"]["field"] == c["field"], (c["name"], body)
+        assert c["message"] in body["error"]["message"], (c["name"], body)
+        validate("/v1/jobs", "POST", st, body)
+
+
+def _mutate(rng, v, atoms, depth=0):
+    """A random structural change of a JSON value: a subtree replaced by an
+    atom, keys dropped or added, list items dropped or repeated."""
+    if rng.random() < 0.15 or depth > 6:
+        return copy.deepcopy(rng.choice(atoms))
+    if isinstance(v, dict):
+        v = dict(v)
+        if v and rng.random() < 0.3:
+            del v[rng.choice(sorted(v))]
+        if rng.random() < 0.2:
+            key = rng.choice(["match", "split", "input", "type", "from", "into", "token", "tokens",
+                              "nodes", "positions", "senders", "receivers", "top_k", "hidden",
+                              "any", "all", "not", "limits", "max_values", "metric", "outputs"])
+            v[key] = copy.deepcopy(rng.choice(atoms))
+        return {k: _mutate(rng, x, atoms, depth + 1) if rng.random() < 0.4 else x
+                for k, x in v.items()}
+    if isinstance(v, list):
+        v = list(v)
+        if v and rng.random() < 0.2:
+            v.pop(rng.randrange(len(v)))
+        if v and rng.random() < 0.2:
+            v.append(copy.deepcopy(rng.choice(v)))
+        return [_mutate(rng, x, atoms, depth + 1) if rng.random() < 0.4 else x for x in v]
+    return copy.deepcopy(rng.choice(atoms)) if rng.random() < 0.5 else v
+
+
+def test_mutated_jobs(server):
+    """400 seeded mutations of valid and malformed jobs: every answer is
+    documented JSON (a finished job or a refusal naming a field), and the
+    server stays up and exits cleanly (no leak under ASan)."""
+    rng = random.Random(2026)
+    examples = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "examples")
+    seeds = [c["job"] for c in json.load(open(CASES))]
+    seeds += [json.load(open(os.path.join(examples, f))) for f in sorted(os.listdir(examples))]
+    seeds.append(job_doc())
+    seeds.append({"inputs": [["a b", "c d"], ["e f", "g h"]],
+                  "preset": {"type": "activation_patch", "nodes": ["a0.head1", "f1"],
+                             "positions": [0, 1]},
+                  "metric": {"type": "logit_diff", "tokens": [[" a", " b"], [" c", " d"]]},
+                  "outputs": {"logits": True, "hidden": ["a0", "f1"], "svg": True,
+                              "format": "npy", "top_k": 2, "baselines": True}})
+    atoms = [None, True, False, 0, 1, -1, 2, 7, 2**31, 2**63 - 1, -2**63, 1e308, -0.0, 0.5, "",
+             "a", "**", "**/a0", "a0.head0", "a1.head9", "f0", "emb", "ln_final", "{a0,f0}/**",
+             "a0.head*.q", "[", "\u0000x", "x" * 3000, "logit", "kl", "path_patch",
+             "activation_patch", "npy", [], {}, [0], [[1, 2]], {"match": "**"}, {"any": []},
+             {"not": {"match": "a0"}}, "NaN"]
+    seen = {}
+    for i in range(400):
+        body = json.dumps(_mutate(rng, rng.choice(seeds), atoms))
+        if rng.random() < 0.05:
+            body = body[:rng.randrange(len(body) + 1)]  # cut short
+        st, _, out = server.request("POST", "/v1/jobs?wait=60", body)
+        seen[st] = seen.get(st, 0) + 1
+        assert st in (200, 400, 404, 422), (st, out, body[:300])
+        validate("/v1/jobs", "POST", st, out)
+        if st == 200:
+            assert out["state"] == "done", (out, body[:300])
+        else:
+            assert out["error"]["field"] and out["error"]["message"], out
+    assert seen.get(200, 0) > 20 and seen.get(422, 0) > 100, seen  # both kinds were exercised
+    assert server.request("GET", "/healthz")[0] == 200
