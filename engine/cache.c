@@ -230,7 +230,7 @@ int cache_wait(cache *c, const uint8_t key[32], shim_tensor **out, const volatil
             pthread_mutex_unlock(&c->mu);
             return CACHE_CLAIMED;
         }
-        if (cancel && *cancel) {
+        if (cancel && __atomic_load_n(cancel, __ATOMIC_RELAXED)) {
             pthread_mutex_unlock(&c->mu);
             return -1;
         }

@@ -31,7 +31,8 @@ typedef struct {
 
 static int cancelled(const ex *x)
 {
-    return x->o && x->o->cancel && *x->o->cancel;
+    /* set by another thread (the service's scheduler) */
+    return x->o && x->o->cancel && __atomic_load_n(x->o->cancel, __ATOMIC_RELAXED);
 }
 
 static void trace(ex *x, int32_t v, const char *event)
@@ -315,7 +316,14 @@ static int ensure(ex *x, int32_t v)
 {
     for (;;) {
         switch (x->state[v]) {
-        case S_READY: return 0;
+        case S_READY:
+            if (x->h[v])
+                return 0;
+            /* release_inputs() freed it: only this job's own consumers are
+             * counted, but a value another job abandoned to us (compute_now)
+             * needs it again; take it from the cache or compute it anew */
+            x->state[v] = S_UNKNOWN;
+            continue;
         case S_UNKNOWN:
             switch (cache_get_or_claim(x->c, x->p->v[v].key, &x->h[v])) {
             case CACHE_HIT:

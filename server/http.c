@@ -27,7 +27,7 @@ struct req {
     size_t bytes_out;
     double t0, deadline;
     sjob *job;     /* a reference, for K_WAIT and K_SSE */
-    uint64_t seen; /* the job version last reported (SSE) */
+    uint64_t seen; /* the job version last reported, + 1 (SSE); 0: none yet */
     char *sse;     /* pending SSE bytes */
     size_t sse_len, sse_off;
     req *prev, *next; /* the suspended list (under S.mu) */
@@ -437,6 +437,12 @@ static enum MHD_Result answer_wait(req *r)
     return send_json_h(r, ended ? 200 : 202, o, "Location", loc, NULL);
 }
 
+static enum MHD_Result send_draining(req *r)
+{
+    return send_error_h(r, 503, "draining", NULL, "Retry-After", "30",
+                        "the server is shutting down and takes no new jobs");
+}
+
 static enum MHD_Result post_job(req *r)
 {
     enum MHD_Result ret = MHD_NO;
@@ -453,8 +459,7 @@ static enum MHD_Result post_job(req *r)
     int draining = S.draining, ready = S.ready;
     pthread_mutex_unlock(&S.mu);
     if (draining)
-        return send_error_h(r, 503, "draining", NULL, "Retry-After", "30",
-                            "the server is shutting down and takes no new jobs");
+        return send_draining(r);
     if (!ready)
         return send_error_h(r, 503, "loading", NULL, "Retry-After", "5",
                             "the server is still loading its models");
@@ -475,6 +480,11 @@ static enum MHD_Result post_job(req *r)
         return send_error(r, status_of(rc), rc == NPP_ELIMIT ? "plan_too_large" : "invalid_job",
                           e.field, "%s", e.message);
     pthread_mutex_lock(&S.mu);
+    if (S.draining) { /* SIGTERM came while the job was being prepared */
+        pthread_mutex_unlock(&S.mu);
+        run_output_free(run);
+        return send_draining(r);
+    }
     srv_user *u = &S.users[r->uid];
     if (S.nqueued >= S.queue_max) {
         char ra[16];
@@ -542,8 +552,8 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max)
             pthread_mutex_unlock(&S.mu);
             return MHD_CONTENT_READER_END_OF_STREAM;
         }
-        if (j->version != r->seen || r->seen == 0) {
-            r->seen = j->version ? j->version : 1;
+        if (r->seen != j->version + 1) { /* seen: the version sent + 1; 0: none yet */
+            r->seen = j->version + 1;
             if (j->state >= J_DONE) {
                 sse_add(r, state_name(j->state), job_json(j, 0));
                 r->finished_sse = 1;

@@ -164,7 +164,7 @@ int sched_cancel(sjob *j)
         return 1;
     }
     if (j->state == J_RUNNING) {
-        j->cancel = 1; /* the worker stops at the next batch */
+        __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED); /* the worker stops at the next batch */
         return 1;
     }
     return 0;
@@ -294,7 +294,7 @@ static void on_tick(uv_timer_t *h)
         if (now >= S.drain_deadline) { /* past the grace: cancel what still runs */
             for (int i = 0; i < S.workers; i++)
                 if (S.wk[i].job)
-                    S.wk[i].job->cancel = 1;
+                    __atomic_store_n(&S.wk[i].job->cancel, 1, __ATOMIC_RELAXED);
         }
         done = S.nrunning == 0;
     }

@@ -114,6 +114,66 @@ def test_events_stream_progress(make_server):
     assert dones == sorted(dones) and prog[-1]["total"] > 0
 
 
+def test_events_of_a_queued_job(make_server):
+    """A stream opened while the job waits sends its state once (not in a
+    loop), and the final event when the job is cancelled in the queue."""
+    srv = make_server("--workers", "1", models={"slow": SLOW_MODEL}, auth=False)
+    ahead = [srv.request("POST", "/v1/jobs", slow_job(60 + i))[2]["id"] for i in range(4)]
+    queued = srv.request("POST", "/v1/jobs", slow_job(69))[2]["id"]
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    s.sendall(b"GET /v1/jobs/%s/events HTTP/1.1\r\nHost: x\r\n\r\n" % queued.encode())
+    s.settimeout(0.1)
+    raw, t0 = b"", time.time()
+    while time.time() - t0 < 0.5:
+        try:
+            raw += s.recv(65536)
+        except socket.timeout:
+            pass
+    assert raw.count(b'"state":"queued"') == 1, raw[:600]
+    assert srv.request("DELETE", "/v1/jobs/" + queued)[2]["state"] == "cancelled"
+    s.settimeout(10)
+    while b"event: cancelled" not in raw:
+        chunk = s.recv(65536)
+        assert chunk, "the stream ended without its final event: %r" % raw[-300:]
+        raw += chunk
+    s.close()
+    for j in ahead:
+        srv.request("DELETE", "/v1/jobs/" + j)
+
+
+def test_overlapping_jobs_share_values_safely(make_server):
+    """Jobs that share some values and not others, many at once, with no
+    cache to keep what they share and some cancelled: a job computing a
+    value another abandoned must not use an input it already released."""
+    srv = make_server("--workers", "3", "--cache-mb", "0", models={"slow": SLOW_MODEL},
+                      auth=False)
+
+    def doc(k):
+        ids = [[(7 * i + 13 * t) % 50000 + 1 for t in range(120)] for i in range(4)]
+        layer = 1 + (k // 8) % 3
+        receivers = (["a%d.head%d.%s" % (layer, k * 3 % 8, "qkv"[k % 3]), "ln_final"] if k % 2
+                     else ["a%d.head%d" % (layer, k * 5 % 8)])
+        return {"model": "slow", "inputs": ids, "outputs": {"top_k": 1},
+                "preset": {"type": "path_patch", "senders": ["a0.head%d" % (k % 8)],
+                           "receivers": receivers}}
+
+    def cancel_soon(k):
+        jid = srv.request("POST", "/v1/jobs", doc(k))[2]["id"]
+        time.sleep(0.05 * (k % 5))
+        srv.request("DELETE", "/v1/jobs/" + jid)
+
+    for rnd in range(2):
+        threads = [in_thread(cancel_soon, k) if k % 4 == 0 else
+                   in_thread(srv.request, "POST", "/v1/jobs?wait=300", doc(k)) for k in range(12)]
+        for k, (t, out) in enumerate(threads):
+            t.join()
+            assert "error" not in out, out["error"]
+            if k % 4:
+                st, _, body = out["value"]
+                assert st == 200 and body["state"] == "done", body
+    assert srv.proc.poll() is None and srv.request("GET", "/healthz")[0] == 200
+
+
 def test_job_errors(server):
     # 400: malformed JSON, duplicate keys, bad wait
     st, _, body = server.request("POST", "/v1/jobs", "{not json")
