@@ -432,7 +432,8 @@ static const char RUN_HELP[] =
     "               [--max-values N] [--repeat N] [--device cpu|cuda:N] [--dtype f32|f16|bf16]\n"
     "               [--threads N]\n"
     "Runs a path-patching job (JSON; '-' reads stdin) in-process and prints the result\n"
-    "JSON. --svg writes the path graph; --npy-dir writes tensors as .npy files instead\n"
+    "JSON. --svg writes the path graph (a sweep's: one file per variant, FILE-0.svg,\n"
+    "FILE-1.svg, ...); --npy-dir writes tensors as .npy files instead\n"
     "of base64. --repeat N runs the job N times on one cache (the last result is\n"
     "printed: its stats show what the cache saved). NPP_DEVICE and NPP_DTYPE set\n"
     "the defaults of --device and --dtype. Job format: docs/jobs.md.\n";
@@ -509,8 +510,18 @@ static int cmd_run(int argc, char **argv)
         if ((rc = run_job(m, doc, &ro, &r, &e)))
             goto fail;
     }
-    if (svg && (rc = svg_write_file(&r->plan, r->job, svg, &e)))
-        goto fail;
+    for (int i = 0; svg && i < (r->job->nvar ? r->job->nvar : 1); i++) {
+        char path[4096];
+        size_t stem = strlen(svg);
+        if (stem > 4 && !strcmp(svg + stem - 4, ".svg"))
+            stem -= 4;
+        if (r->job->nvar)
+            snprintf(path, sizeof path, "%.*s-%d.svg", (int)stem, svg, i);
+        else
+            snprintf(path, sizeof path, "%s", svg);
+        if ((rc = svg_write_file(run_tree(r, i), r->job, path, &e)))
+            goto fail;
+    }
     json_dumpf(r->result, stdout, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
     putchar('\n');
 fail:

@@ -662,11 +662,94 @@ static int compile_preset(job *j, json_t *p, json_t **br, json_t **wh, npp_err *
 
 /* ---- the document -------------------------------------------------------------- */
 
+/* The rules of obj (a job or a sweep variant): a preset, or branch/which. */
+static int compile_rules(job *j, json_t *obj, ruleset **rules, json_t **compiled, npp_err *e)
+{
+    json_t *br = NULL, *wh = NULL;
+    int rc;
+    json_t *preset = json_object_get(obj, "preset");
+    if (preset && (json_object_get(obj, "branch") || json_object_get(obj, "which")))
+        return npp_fail(e, NPP_EINVAL, "preset",
+                        "preset: give either a preset or branch/which rules");
+    if (preset) {
+        if ((rc = compile_preset(j, preset, &br, &wh, e)))
+            goto done;
+    } else {
+        br = json_incref(json_object_get(obj, "branch"));
+        wh = json_incref(json_object_get(obj, "which"));
+    }
+    if ((rc = rules_parse(br, wh, &j->g, j->n_inputs, rules, e)))
+        goto done;
+    *compiled = json_pack("{s:o,s:o}", "branch", br ? json_incref(br) : json_array(), "which",
+                          wh ? json_incref(wh) : json_array());
+    if (!*compiled)
+        rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
+done:
+    json_decref(br);
+    json_decref(wh);
+    return rc;
+}
+
+/* Puts "sweep[i]." before the field an error names (and before the message,
+ * which starts with that field). */
+static int in_variant(npp_err *e, int i, int rc)
+{
+    if (!e)
+        return rc;
+    char f[sizeof e->field + 32], msg[sizeof e->message + 32]; /* cut to size below */
+    size_t fl = strlen(e->field);
+    const char *colon = strchr(e->message, ':');
+    size_t nl = colon ? (size_t)(colon - e->message) : 0; /* "preset: ..." for "preset.x" */
+    snprintf(f, sizeof f, "sweep[%d]%s%s", i, fl ? "." : "", e->field);
+    if (nl && nl <= fl && !strncmp(e->message, e->field, nl))
+        snprintf(msg, sizeof msg, "sweep[%d].%s", i, e->message);
+    else
+        snprintf(msg, sizeof msg, "sweep[%d]: %s", i, e->message);
+    memcpy(e->field, f, sizeof e->field - 1);
+    e->field[sizeof e->field - 1] = 0;
+    memcpy(e->message, msg, sizeof e->message - 1);
+    e->message[sizeof e->message - 1] = 0;
+    return rc;
+}
+
+static int parse_sweep(job *j, json_t *sw, npp_err *e)
+{
+    static const char *const known[] = {"name", "preset", "branch", "which", NULL};
+    if (!json_is_array(sw) || json_array_size(sw) == 0 || json_array_size(sw) > JOB_MAX_VARIANTS)
+        return npp_fail(e, NPP_EINVAL, "sweep", "sweep: must be an array of 1..%d variants",
+                        JOB_MAX_VARIANTS);
+    j->var = calloc(json_array_size(sw), sizeof *j->var);
+    if (!j->var)
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    for (size_t i = 0; i < json_array_size(sw); i++) {
+        json_t *v = json_array_get(sw, i), *name;
+        char f[48];
+        snprintf(f, sizeof f, "sweep[%zu]", i);
+        if (!json_is_object(v))
+            return npp_fail(
+                e, NPP_EINVAL, f,
+                "%s: must be an object with rules (\"preset\", or \"branch\"/\"which\") "
+                "and an optional \"name\"",
+                f);
+        if (check_keys(v, f, known, e))
+            return NPP_EINVAL;
+        if ((name = json_object_get(v, "name")) && !json_is_string(name)) {
+            snprintf(f, sizeof f, "sweep[%zu].name", i);
+            return npp_fail(e, NPP_EINVAL, f, "%s: must be a string", f);
+        }
+        job_variant *jv = &j->var[j->nvar++];
+        jv->name = json_incref(name);
+        int rc = compile_rules(j, v, &jv->rules, &jv->compiled, e);
+        if (rc)
+            return in_variant(e, (int)i, rc);
+    }
+    return 0;
+}
+
 int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp_err *e)
 {
     static const char *const known[] = {"inputs", "branch", "which",   "preset", "outputs",
-                                        "metric", "limits", "comment", NULL};
-    json_t *br = NULL, *wh = NULL;
+                                        "metric", "limits", "comment", "sweep",  NULL};
     int rc = NPP_EINVAL;
     *out = NULL;
     if (!json_is_object(doc))
@@ -680,27 +763,16 @@ int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp
     if ((rc = parse_inputs(m, json_object_get(doc, "inputs"), j, e)))
         goto fail;
     graph_dims_init(&j->g, m->cfg.n_layer, m->cfg.n_head, j->T);
-    json_t *preset = json_object_get(doc, "preset");
-    if (preset && (json_object_get(doc, "branch") || json_object_get(doc, "which"))) {
-        rc =
-            npp_fail(e, NPP_EINVAL, "preset", "preset: give either a preset or branch/which rules");
+    json_t *sweep = json_object_get(doc, "sweep");
+    if (sweep && (json_object_get(doc, "preset") || json_object_get(doc, "branch") ||
+                  json_object_get(doc, "which"))) {
+        rc = npp_fail(e, NPP_EINVAL, "sweep",
+                      "sweep: give the rules (preset, or branch/which) in each variant, not at "
+                      "the top of the job");
         goto fail;
     }
-    if (preset) {
-        if ((rc = compile_preset(j, preset, &br, &wh, e)))
-            goto fail;
-    } else {
-        br = json_incref(json_object_get(doc, "branch"));
-        wh = json_incref(json_object_get(doc, "which"));
-    }
-    if ((rc = rules_parse(br, wh, &j->g, j->n_inputs, &j->rules, e)))
+    if ((rc = sweep ? parse_sweep(j, sweep, e) : compile_rules(j, doc, &j->rules, &j->compiled, e)))
         goto fail;
-    j->compiled = json_pack("{s:o,s:o}", "branch", br ? json_incref(br) : json_array(), "which",
-                            wh ? json_incref(wh) : json_array());
-    if (!j->compiled) {
-        rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
-        goto fail;
-    }
     json_t *lm = json_object_get(doc, "limits");
     if (lm) {
         json_t *mv = json_object_get(lm, "max_values");
@@ -722,13 +794,9 @@ int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp
     if ((rc = parse_outputs(m, json_object_get(doc, "outputs"), j, e)) ||
         (rc = parse_metric(m, json_object_get(doc, "metric"), j, e)))
         goto fail;
-    json_decref(br);
-    json_decref(wh);
     *out = j;
     return 0;
 fail:
-    json_decref(br);
-    json_decref(wh);
     job_free(j);
     return rc ? rc : NPP_EINVAL;
 }
@@ -740,6 +808,12 @@ void job_free(job *j)
     free(j->ids);
     rules_free(j->rules);
     json_decref(j->compiled);
+    for (int i = 0; i < j->nvar; i++) {
+        json_decref(j->var[i].name);
+        rules_free(j->var[i].rules);
+        json_decref(j->var[i].compiled);
+    }
+    free(j->var);
     free(j->positions);
     free(j->toklp);
     free(j->attn_layers);

@@ -20,7 +20,13 @@
 // kl (from the unpatched run of input 0); "position" defaults to the last.
 // A token is a text of one token or an id, or a list of them, one per
 // example of the batch.
-// Errors name the field: "inputs[1]", "branch[0].match", "preset.node".
+// A sweep runs many variants of one experiment in one job: "sweep": [{"name":
+// "a0.head1", "preset": {...}}, ...] (1..JOB_MAX_VARIANTS variants, each a
+// preset or branch/which, none at the top). The variants share the inputs,
+// outputs and metric; their plans are merged, so a value any two need is
+// computed once.
+// Errors name the field: "inputs[1]", "branch[0].match", "preset.node",
+// "sweep[3].preset.senders[0]".
 #ifndef NPP_JOB_H
 #define NPP_JOB_H
 
@@ -31,7 +37,15 @@
 #include "model.h"
 #include "rules.h"
 
-#define JOB_MAX_INPUTS 32
+#define JOB_MAX_INPUTS   32
+#define JOB_MAX_VARIANTS 1024
+
+/* One variant of a sweep: its own rules over the job's inputs. */
+typedef struct {
+    json_t *name; /* string or NULL (new ref) */
+    ruleset *rules;
+    json_t *compiled; /* as in job */
+} job_variant;
 
 enum { METRIC_NONE, METRIC_LOGIT_DIFF, METRIC_LOGPROB, METRIC_PROB, METRIC_KL, METRIC_LOGIT };
 
@@ -41,6 +55,10 @@ typedef struct {
     graph_dims g;
     ruleset *rules;
     json_t *compiled; /* {"branch": [...], "which": [...]} as run (new ref) */
+    /* a sweep: nvar variants, each with its own rules (then rules and
+     * compiled are NULL); 0 for a plain job */
+    int nvar;
+    job_variant *var;
     /* outputs */
     int npos;
     int *positions; /* resolved, 0..T-1 */

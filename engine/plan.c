@@ -526,3 +526,34 @@ done:
     free(st);
     return rc;
 }
+
+int plan_merge(plan *p, const plan *src, int32_t src_root, int32_t *root, npp_err *e)
+{
+    p->err = e;
+    *root = -1;
+    int32_t *map = malloc(((size_t)src->nv + 1) * sizeof *map), *in = NULL;
+    int nin_cap = 0, rc = 0;
+    if (!map)
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory planning");
+    /* values are stored after their inputs, so one pass in order suffices */
+    for (int32_t i = 0; i < src->nv && !rc; i++) {
+        const plan_value *v = &src->v[i];
+        if (v->nin > nin_cap) {
+            int32_t *n = realloc(in, (size_t)v->nin * sizeof *n);
+            if (!n) {
+                rc = npp_fail(e, NPP_ENOMEM, "", "out of memory planning");
+                break;
+            }
+            in = n, nin_cap = v->nin;
+        }
+        for (int k = 0; k < v->nin; k++)
+            in[k] = map[v->in[k]];
+        if ((map[i] = intern(p, v->key, v->op, v->layer, v->rank, in, v->nin)) < 0)
+            rc = e && e->code ? e->code : NPP_ENOMEM;
+    }
+    if (!rc && !(rc = check_size(p)))
+        *root = map[src_root];
+    free(map);
+    free(in);
+    return rc;
+}

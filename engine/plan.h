@@ -91,6 +91,11 @@ int plan_patched(plan *p, const ruleset *r, int32_t *root, npp_err *e);
 /* Plans the plain forward pass of input k; returns its LNF value or -1. */
 int32_t plan_plain(plan *p, int k, npp_err *e);
 
+/* Adds src's values to p, equal keys becoming one value (a sweep's union);
+ * *root gets the index in p of src's value src_root. src must have p's
+ * inputs. Fails with NPP_ELIMIT when p grows over max_values values. */
+int plan_merge(plan *p, const plan *src, int32_t src_root, int32_t *root, npp_err *e);
+
 /* Short name of an op ("attn", ...). */
 const char *plan_op_name(plan_op op);
 

@@ -420,34 +420,78 @@ static json_t *inputs_json(const job *j)
     return a;
 }
 
+/* The path tree's size (a sweep's: its variants' together). */
+static long path_nodes(const run_output *r)
+{
+    long n = r->plan.nn;
+    for (int i = 0; i < r->nvplans; i++)
+        n += r->vplans[i].nn;
+    return n;
+}
+
+/* The rules, outputs and metric of one patched run (the job's, or one
+ * variant's): {"rules", "outputs", "metric"}. */
+static json_t *patched_json(ctx *c, json_t *rules, const shim_tensor *h, const shim_tensor *kl_ref,
+                            const char *tag)
+{
+    static const char *names[] = {"", "logit_diff", "logprob", "prob", "kl", "logit"};
+    const job *j = c->j;
+    json_t *o = outputs_json(c, h, tag, 1);
+    if (!o)
+        return NULL;
+    json_t *res = json_pack("{s:O,s:o}", "rules", rules, "outputs", o);
+    if (res && j->metric) {
+        json_t *mt = metric_json(c, h, kl_ref);
+        if (!mt) {
+            json_decref(res);
+            return NULL;
+        }
+        json_object_set_new(mt, "type", json_string(names[j->metric]));
+        json_object_set_new(mt, "position", json_integer(j->m_pos));
+        json_object_set_new(res, "metric", mt);
+    }
+    return res;
+}
+
 static int build_result(ctx *c, run_output *r, shim_tensor **hs, int nroots, double t_plan,
                         double t_exec, json_t *trace)
 {
     const job *j = c->j;
+    int npatched = j->nvar ? j->nvar : 1;
+    const shim_tensor *kl_ref = j->metric == METRIC_KL ? hs[npatched] : NULL;
     json_t *res = json_object();
     json_object_set_new(res, "model", json_string(c->o->model_name ? c->o->model_name : c->m->dir));
     json_object_set_new(res, "batch", json_integer(j->B));
     json_object_set_new(res, "tokens", json_integer(j->T));
     json_object_set_new(res, "inputs", inputs_json(j));
-    json_object_set_new(res, "rules", json_incref(j->compiled));
-    json_t *o = outputs_json(c, hs[0], "patched", 1);
-    if (!o)
-        goto fail;
-    json_object_set_new(res, "outputs", o);
+    if (!j->nvar) {
+        json_t *p = patched_json(c, j->compiled, hs[0], kl_ref, "patched");
+        if (!p)
+            goto fail;
+        json_object_update(res, p);
+        json_decref(p);
+    } else {
+        json_t *sw = json_array();
+        json_object_set_new(res, "sweep", sw);
+        for (int i = 0; i < j->nvar; i++) {
+            char tag[32];
+            snprintf(tag, sizeof tag, "variant%d", i);
+            json_t *p = patched_json(c, j->var[i].compiled, hs[i], kl_ref, tag);
+            if (!p)
+                goto fail;
+            json_object_set_new(p, "variant", json_integer(i));
+            if (j->var[i].name)
+                json_object_set(p, "name", j->var[i].name);
+            json_array_append_new(sw, p);
+        }
+    }
     if (j->nattn) {
         json_t *a = attention_json(c);
         if (!a)
             goto fail;
-        json_object_set_new(o, "attention", a);
-    }
-    if (j->metric) {
-        static const char *names[] = {"", "logit_diff", "logprob", "prob", "kl", "logit"};
-        json_t *mt = metric_json(c, hs[0], j->metric == METRIC_KL ? hs[1] : NULL);
-        if (!mt)
-            goto fail;
-        json_object_set_new(mt, "type", json_string(names[j->metric]));
-        json_object_set_new(mt, "position", json_integer(j->m_pos));
-        json_object_set_new(res, "metric", mt);
+        /* a plain job's outputs hold it; a sweep's are per variant, so it
+         * sits at the top, as the baselines do */
+        json_object_set_new(j->nvar ? res : json_object_get(res, "outputs"), "attention", a);
     }
     if (j->want_baselines) {
         json_t *bl = json_array();
@@ -466,7 +510,7 @@ static int build_result(ctx *c, run_output *r, shim_tensor **hs, int nroots, dou
                 json_decref(ob);
             }
             if (j->metric) {
-                json_t *mt = metric_json(c, h, j->metric == METRIC_KL ? hs[1] : NULL);
+                json_t *mt = metric_json(c, h, kl_ref);
                 if (!mt)
                     goto fail;
                 json_object_set_new(b, "metric", mt);
@@ -479,7 +523,7 @@ static int build_result(ctx *c, run_output *r, shim_tensor **hs, int nroots, dou
                   (json_int_t)r->stats.planned, "values_needed", (json_int_t)r->stats.needed,
                   "values_computed", (json_int_t)r->stats.computed, "values_cached",
                   (json_int_t)r->stats.cached, "values_waited", (json_int_t)r->stats.waited,
-                  "batches", (json_int_t)r->stats.batches, "path_nodes", (json_int_t)r->plan.nn,
+                  "batches", (json_int_t)r->stats.batches, "path_nodes", (json_int_t)path_nodes(r),
                   "plan_ms", t_plan, "exec_ms", t_exec));
     if (trace)
         json_object_set_new(res, "trace", json_incref(trace));
@@ -502,9 +546,25 @@ int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out
     if ((rc = job_parse(m, doc, &lim, &r->job, e)))
         goto fail;
     job *j = r->job;
+    int npatched = j->nvar ? j->nvar : 1;
     plan_init(&r->plan, m, j->n_inputs, j->B, j->T, j->ids, j->max_values);
-    if ((rc = plan_patched(&r->plan, j->rules, &r->roots[r->nroots++], e)))
+    r->roots = malloc((size_t)(npatched + 1 + j->n_inputs) * sizeof *r->roots);
+    r->vplans = j->nvar ? calloc((size_t)j->nvar, sizeof *r->vplans) : NULL;
+    if (!r->roots || (j->nvar && !r->vplans)) {
+        rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
         goto fail;
+    }
+    if (!j->nvar && (rc = plan_patched(&r->plan, j->rules, &r->roots[r->nroots++], e)))
+        goto fail;
+    /* a sweep: each variant planned alone (its path tree), then merged */
+    for (int i = 0; i < j->nvar; i++) {
+        int32_t root;
+        plan_init(&r->vplans[i], m, j->n_inputs, j->B, j->T, j->ids, j->max_values);
+        r->nvplans++;
+        if ((rc = plan_patched(&r->vplans[i], j->var[i].rules, &root, e)) ||
+            (rc = plan_merge(&r->plan, &r->vplans[i], root, &r->roots[r->nroots++], e)))
+            goto fail;
+    }
     if (j->metric == METRIC_KL && (r->roots[r->nroots++] = plan_plain(&r->plan, 0, e)) < 0)
         goto fail_rc;
     for (int k = 0; j->want_baselines && k < j->n_inputs; k++)
@@ -524,7 +584,11 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
 {
     int rc;
     json_t *trace = r->job->want_trace ? json_array() : NULL;
-    shim_tensor *hs[2 + JOB_MAX_INPUTS] = {0};
+    shim_tensor **hs = calloc((size_t)r->nroots, sizeof *hs);
+    if (!hs) {
+        json_decref(trace);
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    }
     double t1 = now_ms();
     exec_opts eo = {o->cancel, o->progress, o->ud, trace};
     if ((rc = exec_run(&r->plan, o->cache, r->roots, r->nroots, hs, &eo, &r->stats, e)) == 0) {
@@ -533,6 +597,7 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
     }
     for (int i = 0; i < r->nroots; i++)
         shim_free(hs[i]);
+    free(hs);
     json_decref(trace);
     return rc;
 }
@@ -547,12 +612,21 @@ int run_job(const model *m, json_t *doc, const run_opts *o, run_output **out, np
     return rc;
 }
 
+const plan *run_tree(const run_output *r, int variant)
+{
+    return r->nvplans ? &r->vplans[variant] : &r->plan;
+}
+
 void run_output_free(run_output *r)
 {
     if (!r)
         return;
     json_decref(r->result);
     plan_free(&r->plan);
+    for (int i = 0; i < r->nvplans; i++)
+        plan_free(&r->vplans[i]);
+    free(r->vplans);
+    free(r->roots);
     job_free(r->job);
     free(r);
 }

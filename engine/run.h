@@ -14,6 +14,8 @@
  *    "outputs": {"positions", "top_k", "token_logprobs", "logits",
  *                "hidden_states", "attention"},
  *    "metric": {"type", "position", "per_example", "mean"},
+ *    [a sweep, instead of rules/outputs/metric: "sweep": [{"variant", "name",
+ *     "rules", "outputs", "metric"}], and "attention" at the top],
  *    "baselines": [...], "stats": {...}, "trace": [...]}
  * Tensors are {"dtype": "float32", "shape": [...], "data": base64 of
  * little-endian float32} or, with npy_dir, {"npy": "file.npy", ...}.
@@ -42,9 +44,11 @@ typedef struct {
 typedef struct {
     json_t *result; /* new reference (after run_execute) */
     job *job;
-    plan plan; /* kept for the SVG */
+    plan plan;    /* kept for the SVG (a sweep's: the union of its variants' values) */
+    plan *vplans; /* a sweep: each variant's own plan (its path tree); nvplans */
+    int nvplans;
     exec_stats stats;
-    int32_t roots[2 + JOB_MAX_INPUTS]; /* patched, [KL reference], [baselines] */
+    int32_t *roots; /* patched (one per variant in a sweep), [KL reference], [baselines] */
     int nroots;
     double plan_ms;
 } run_output;
@@ -59,6 +63,9 @@ int run_job(const model *m, json_t *doc, const run_opts *o, run_output **out, np
 int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out, npp_err *e);
 int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e);
 void run_output_free(run_output *r);
+/* The plan whose path tree to draw: the job's, or a sweep's variant
+ * (0 <= variant < job->nvar). */
+const plan *run_tree(const run_output *r, int variant);
 
 /* Encodes n floats as base64 of little-endian float32 (new string). */
 char *run_base64_f32(const float *x, size_t n);

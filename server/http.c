@@ -630,12 +630,27 @@ static enum MHD_Result job_route(req *r, const char *rest)
     }
     if (!strcmp(sub, "graph.svg")) {
         /* The plan is immutable once queued; render outside the lock. */
+        const char *vs = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "variant");
+        int nvar = j->run->job->nvar;
+        long variant = 0;
+        char *end = NULL;
+        if (vs)
+            variant = strtol(vs, &end, 10);
+        if (vs && (!*vs || *end || variant < 0 || variant >= (nvar ? nvar : 1))) {
+            pthread_mutex_unlock(&S.mu);
+            if (!nvar)
+                return send_error(r, 400, "invalid_request", "variant",
+                                  "variant: this job is not a sweep; leave variant out (or 0)");
+            return send_error(r, 400, "invalid_request", "variant",
+                              "variant: an index in 0..%d (the job's sweep has %d variants)",
+                              nvar - 1, nvar);
+        }
         job_ref(j);
         pthread_mutex_unlock(&S.mu);
         char *svg = NULL;
         size_t len = 0;
         npp_err e = {0};
-        int rc = svg_render(&j->run->plan, j->run->job, &svg, &len, &e);
+        int rc = svg_render(run_tree(j->run, (int)variant), j->run->job, &svg, &len, &e);
         pthread_mutex_lock(&S.mu);
         job_unref(j);
         pthread_mutex_unlock(&S.mu);

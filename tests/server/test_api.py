@@ -93,12 +93,48 @@ def test_job_lifecycle(server):
     st, h, svg = server.request("GET", "/v1/jobs/%s/graph.svg" % body["id"])
     assert st == 200 and h["Content-Type"] == "image/svg+xml"
     assert any(e.text == "a1.head" for e in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text"))
+    st, _, err = server.request("GET", "/v1/jobs/%s/graph.svg?variant=1" % body["id"])
+    assert st == 400 and err["error"]["field"] == "variant" and "not a sweep" in err["error"]["message"]
+    validate("/v1/jobs/{id}/graph.svg", "GET", st, err)
     # events of a finished job: one final event, then the stream ends
     st, h, raw = server.request("GET", "/v1/jobs/%s/events" % body["id"])
     assert st == 200 and h["Content-Type"] == "text/event-stream"
     events = re.findall(rb"event: (\w+)\ndata: (.*)\n\n", raw)
     assert [e for e, _ in events] == [b"done"]
     validate("/v1/jobs/{id}", "GET", 200, json.loads(events[0][1]))
+
+
+def test_sweep(server):
+    """A sweep through the service: one result per variant, each equal to
+    the variant run as a job of its own; each variant's path tree."""
+    variants = [{"name": "a0.head%d" % h,
+                 "preset": {"type": "path_patch", "senders": ["a0.head%d" % h],
+                            "receivers": ["a1.head2.k"]}} for h in range(4)]
+    base = job_doc(outputs={"top_k": 2}, metric={"type": "logprob", "token": " Madrid"})
+    del base["branch"], base["which"]
+    st, _, body = server.request("POST", "/v1/jobs?wait=60", dict(base, sweep=variants))
+    assert st == 200 and body["state"] == "done", body
+    validate("/v1/jobs", "POST", st, body)
+    res = body["result"]
+    assert [v["name"] for v in res["sweep"]] == [v["name"] for v in variants]
+    assert "rules" not in res and "outputs" not in res
+    for v, w in zip(res["sweep"], variants):
+        st, _, alone = server.request("POST", "/v1/jobs?wait=60", dict(base, preset=w["preset"]))
+        assert st == 200
+        assert v["metric"] == alone["result"]["metric"] and v["rules"] == alone["result"]["rules"]
+        assert alone["result"]["stats"]["values_computed"] == 0  # the sweep computed them all
+    svgs = []
+    for i in range(4):
+        st, h, svg = server.request("GET", "/v1/jobs/%s/graph.svg?variant=%d" % (body["id"], i))
+        assert st == 200 and h["Content-Type"] == "image/svg+xml"
+        svgs.append(svg)
+    assert len(set(svgs)) == 4  # a different sender in each tree
+    for bad in ("4", "-1", "x", ""):
+        st, _, err = server.request("GET", "/v1/jobs/%s/graph.svg?variant=%s" % (body["id"], bad))
+        assert st == 400 and err["error"]["field"] == "variant" and "0..3" in err["error"]["message"]
+    st, _, err = server.request("POST", "/v1/jobs", dict(job_doc(), sweep=variants))
+    assert st == 422 and err["error"]["field"] == "sweep"
+    validate("/v1/jobs", "POST", st, err)
 
 
 def test_events_stream_progress(make_server):
@@ -487,7 +523,7 @@ CASES = os.path.join(os.path.dirname(__file__), "..", "jobs", "cases.json")
 
 
 def test_every_malformed_job_case(server):
-    """The 40 malformed jobs of tests/jobs/cases.json, through the service:
+    """The malformed jobs of tests/jobs/cases.json, through the service:
     each is refused with its field and message (and, under ASan, the server
     must still exit cleanly: a refusal may not leak)."""
     for c in json.load(open(CASES)):
@@ -511,7 +547,8 @@ def _mutate(rng, v, atoms, depth=0):
         if rng.random() < 0.2:
             key = rng.choice(["match", "split", "input", "type", "from", "into", "token", "tokens",
                               "nodes", "positions", "senders", "receivers", "top_k", "hidden",
-                              "any", "all", "not", "limits", "max_values", "metric", "outputs"])
+                              "any", "all", "not", "limits", "max_values", "metric", "outputs",
+                              "sweep", "name"])
             v[key] = copy.deepcopy(rng.choice(atoms))
         return {k: _mutate(rng, x, atoms, depth + 1) if rng.random() < 0.4 else x
                 for k, x in v.items()}
@@ -534,6 +571,11 @@ def test_mutated_jobs(server):
     seeds = [c["job"] for c in json.load(open(CASES))]
     seeds += [json.load(open(os.path.join(examples, f))) for f in sorted(os.listdir(examples))]
     seeds.append(job_doc())
+    seeds.append({"inputs": ["a b c", "d e f"], "metric": {"type": "kl"},
+                  "sweep": [{"name": "x", "preset": {"type": "path_patch", "senders": ["a0.head1"],
+                                                     "receivers": ["a1.head0.v"]}},
+                            {"branch": [{"match": "**/a1", "split": True}],
+                             "which": [{"match": "**/a1/**", "input": 1}]}, {}]})
     seeds.append({"inputs": [["a b", "c d"], ["e f", "g h"]],
                   "preset": {"type": "activation_patch", "nodes": ["a0.head1", "f1"],
                              "positions": [0, 1]},

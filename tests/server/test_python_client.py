@@ -75,6 +75,30 @@ def test_presets_and_errors(server):
     assert e.value.code == "unknown_model"
 
 
+def test_sweep(server):
+    m = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token).model()
+    metric = {"type": "logit_diff", "target": " Madrid", "baseline": " Rome"}
+    variants = [("a0.head%d" % h, npp.path_patch("a0.head%d" % h, "a1.head2.q")) for h in range(4)]
+    variants += [{"name": "rules", "which": [(contains("a1"), 1)], "branch": [(last("a1"), True)]},
+                 npp.activation_patch("a1.head2")]
+    sw = m.sweep(SPAIN, variants, metric=metric, outputs={"top_k": 2})
+    assert [v.name for v in sw.variants] == ["a0.head0", "a0.head1", "a0.head2", "a0.head3",
+                                             "rules", None]
+    assert list(sw.metrics()) == ["a0.head0", "a0.head1", "a0.head2", "a0.head3", "rules", 5]
+    assert sw.variants[4].rules == {"branch": [{"match": "**/a1", "split": True}],
+                                    "which": [{"match": "**/a1/**", "input": 1}]}
+    for v, preset in [(sw.variants[1], variants[1][1]), (sw.variants[5], variants[5])]:
+        alone = m.run(SPAIN, preset=preset, metric=metric, outputs={"top_k": 2})
+        assert v.metric == alone.metric and v.top_k() == alone.top_k()
+    svg = sw.variants[2].visualise_path()
+    alone = m.run(SPAIN, preset=variants[2][1], metric=metric, outputs={"top_k": 2})
+    assert svg == alone.visualise_path() != sw.variants[1].visualise_path()
+    ET.fromstring(svg)
+    with pytest.raises(npp.NppError) as e:
+        m.sweep(SPAIN, [npp.path_patch("a1.head0", "a0.head1.q")])
+    assert e.value.status == 422 and e.value.field == "sweep[0].preset.senders"
+
+
 def test_submit_progress_cancel(make_server, capsys):
     srv = make_server(models={"slow": SLOW_MODEL})
     m = npp.connect("http://127.0.0.1:%d" % srv.port, token=srv.token).model()

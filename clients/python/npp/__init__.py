@@ -11,6 +11,14 @@
     res.hidden_states      # numpy array (batch, tokens, width) if numpy is installed
     res.visualise_path("paths.svg")
 
+    # a sweep: many variants in one job, shared values computed once
+    sw = m.sweep(["When Mary and John went to the store, John gave a drink to",
+                  "When Mary and John went to the store, Mary gave a drink to"],
+                 [("a%d.head%d" % (l, h), npp.path_patch("a%d.head%d" % (l, h), "ln_final"))
+                  for l in range(12) for h in range(12)],
+                 metric={"type": "logit_diff", "target": " Mary", "baseline": " John"})
+    sw.metrics()           # {"a0.head0": ..., ...}; sw.variants[i] is like a Result
+
 Only the standard library is required; numpy is used for arrays when
 present. Server errors raise NppError(status, code, field, message).
 """
@@ -30,7 +38,7 @@ try:
 except ImportError:  # pragma: no cover - exercised where numpy is absent
     _np = None
 
-__all__ = ["connect", "Client", "Model", "Job", "Result", "NppError", "rules",
+__all__ = ["connect", "Client", "Model", "Job", "Result", "Variant", "NppError", "rules",
            "activation_patch", "path_patch"]
 
 
@@ -120,8 +128,8 @@ class Model:
         return self.client._request("POST", "/v1/tokenize", {"model": self.name, "text": text})[1]["ids"]
 
     def job_document(self, inputs, which=None, branch=None, outputs=None, metric=None,
-                     preset=None, limits=None):
-        """The JSON document run() sends (see docs/jobs.md)."""
+                     preset=None, limits=None, sweep=None):
+        """The JSON document run() and sweep() send (see docs/jobs.md)."""
         doc = {"model": self.name, "inputs": list(inputs)}
         if which is not None:
             doc["which"] = rules.rules(which, "input")
@@ -129,6 +137,8 @@ class Model:
             doc["branch"] = rules.rules(branch, "split")
         if preset is not None:
             doc["preset"] = preset
+        if sweep is not None:
+            doc["sweep"] = [_variant(v) for v in sweep]
         for k, v in (("outputs", outputs), ("metric", metric), ("limits", limits)):
             if v is not None:
                 doc[k] = v
@@ -148,6 +158,30 @@ class Model:
         job = self.submit(inputs, which=which, branch=branch, outputs=outputs, metric=metric,
                           preset=preset, limits=limits)
         return job.wait(progress=progress)
+
+    def sweep(self, inputs, variants, outputs=None, metric=None, limits=None, progress=None):
+        """Runs many variants of one experiment as one job: the variants share
+        the inputs, outputs and metric, and every value two of them need is
+        computed once. Each variant is a preset (npp.path_patch(...)), a dict
+        with "preset" or "which"/"branch" (pairs, as run() takes them) and an
+        optional "name", or a (name, variant) pair. Returns a Result whose
+        .variants hold each variant's outputs, in order."""
+        job = self.submit(inputs, sweep=variants, outputs=outputs, metric=metric, limits=limits)
+        return job.wait(progress=progress)
+
+
+def _variant(v):
+    """One sweep variant as the server takes it."""
+    if isinstance(v, tuple):
+        name, v = v
+        return dict(_variant(v), name=name)
+    if "type" in v:  # a preset
+        return {"preset": v}
+    d = dict(v)
+    for key, value in (("which", "input"), ("branch", "split")):
+        if d.get(key) and isinstance(d[key][0], tuple):
+            d[key] = rules.rules(d[key], value)
+    return d
 
 
 class Job:
@@ -252,33 +286,67 @@ class _Bar:
             sys.stderr.write("\n")
 
 
-class Result:
-    """A finished job's answer. .raw is the server's JSON."""
+class _Patched:
+    """The outputs of one patched run: a job's, or one variant's of a sweep."""
+
+    def _load(self, raw):
+        self._outputs = out = raw["outputs"]
+        self.positions = out["positions"]
+        self.hidden_states = _tensor(out.get("hidden_states"))
+        self.logits = _tensor(out.get("logits"))
+        m = raw.get("metric")
+        self.metric = m["mean"] if m else None
+        self.metric_per_example = m["per_example"] if m else None
+        self.rules = raw["rules"]
+
+    def top_k(self, example=0, position=-1):
+        """[(token text, logprob), ...] at one position (an index into the
+        requested positions; -1 is the last)."""
+        row = self._outputs["top_k"][example][position]
+        return [(t["token"], t["logprob"]) for t in row["tokens"]]
+
+
+class Variant(_Patched):
+    """One variant of a sweep: .name, .index, and a Result's outputs."""
+
+    def __init__(self, result, raw):
+        self.result, self.index, self.name = result, raw["variant"], raw.get("name")
+        self._load(raw)
+
+    def visualise_path(self, filename=None):
+        """This variant's path tree as SVG text; also written to filename."""
+        return self.result.visualise_path(filename, variant=self.index)
+
+    def __repr__(self):
+        return "Variant(%d, name=%r, metric=%r)" % (self.index, self.name, self.metric)
+
+
+class Result(_Patched):
+    """A finished job's answer. .raw is the server's JSON. A sweep's has
+    .variants (a list of Variant) instead of its own outputs."""
 
     def __init__(self, client, body):
         self.client, self.job = client, body
         self.id = body["id"]
         self.raw = body["result"]
-        out = self.raw["outputs"]
-        self.positions = out["positions"]
-        self.hidden_states = _tensor(out.get("hidden_states"))
-        self.logits = _tensor(out.get("logits"))
-        m = self.raw.get("metric")
-        self.metric = m["mean"] if m else None
-        self.metric_per_example = m["per_example"] if m else None
         self.stats = self.raw["stats"]
-        self.rules = self.raw["rules"]
         self.baselines = self.raw.get("baselines")
+        self.variants = None
+        if "sweep" in self.raw:
+            self.variants = [Variant(self, v) for v in self.raw["sweep"]]
+            self.metric = self.metric_per_example = self.rules = None
+        else:
+            self._load(self.raw)
 
-    def top_k(self, example=0, position=-1):
-        """[(token text, logprob), ...] at one position (an index into the
-        requested positions; -1 is the last)."""
-        row = self.raw["outputs"]["top_k"][example][position]
-        return [(t["token"], t["logprob"]) for t in row["tokens"]]
+    def metrics(self):
+        """A sweep's metric means by variant name (or index when unnamed)."""
+        return {v.name if v.name is not None else v.index: v.metric for v in self.variants or []}
 
-    def visualise_path(self, filename=None):
-        """The path tree as SVG text; also written to filename if given."""
-        _, svg = self.client._request("GET", "/v1/jobs/%s/graph.svg" % self.id, raw=True)
+    def visualise_path(self, filename=None, variant=None):
+        """The path tree as SVG text (a sweep's: variant's, default 0); also
+        written to filename if given."""
+        q = "" if variant is None else "?variant=%d" % variant
+        _, svg = self.client._request("GET", "/v1/jobs/%s/graph.svg%s" % (self.id, q), raw=True)
         text = svg.decode()
         if filename:
             with open(filename, "w") as f:

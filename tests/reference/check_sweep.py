@@ -1,0 +1,161 @@
+#!/usr/bin/python3
+"""A sweep (one job, many variants, executed as the union of their plans)
+gives each variant exactly what the variant gives as a job of its own, and
+computes each shared value once.
+
+    check_sweep.py --npp BUILD/npp --model DIR
+"""
+import argparse
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+A = None
+RESULTS = []
+
+
+def npp(*args):
+    p = subprocess.run([A.npp, *args], capture_output=True, text=True)
+    if p.returncode:
+        raise RuntimeError(p.stderr)
+    return p.stdout
+
+
+def run(job, *extra):
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(job, f)
+    try:
+        return json.loads(npp("run", "--model", A.model, f.name, *extra))
+    finally:
+        os.unlink(f.name)
+
+
+def check(name, ok, detail=""):
+    RESULTS.append(bool(ok))
+    print("%s %-64s %s" % ("ok  " if ok else "FAIL", name, detail))
+
+
+def tensor(t):
+    return np.frombuffer(base64.b64decode(t["data"]), "<f4").reshape(t["shape"])
+
+
+def alone(base, variant):
+    """The variant as a job of its own."""
+    job = dict(base)
+    job.update({k: v for k, v in variant.items() if k != "name"})
+    return job
+
+
+def compare(name, base, variants, *, baselines=False):
+    sweep = run(dict(base, sweep=variants))
+    check(name + ": one result per variant, in order, named",
+          [v["variant"] for v in sweep["sweep"]] == list(range(len(variants))) and
+          all(v.get("name") == w.get("name") for v, w in zip(sweep["sweep"], variants)))
+    computed_alone = 0
+    worst = 0.0
+    differ = []
+    for i, w in enumerate(variants):
+        ref = run(alone(base, w))
+        got = sweep["sweep"][i]
+        computed_alone += ref["stats"]["values_computed"]
+        same = got["rules"] == ref["rules"] and got["outputs"]["top_k"] == ref["outputs"]["top_k"]
+        a = np.array(got["metric"]["per_example"], float)
+        b = np.array(ref["metric"]["per_example"], float)
+        worst = max(worst, float(np.abs(a - b).max()))
+        if "logits" in ref["outputs"]:
+            worst = max(worst, float(np.abs(tensor(got["outputs"]["logits"]) -
+                                            tensor(ref["outputs"]["logits"])).max()))
+        if not same:
+            differ.append(i)
+        if baselines and i == 0:
+            check(name + ": baselines equal a job's own",
+                  json.dumps(sweep["baselines"]) == json.dumps(ref["baselines"]))
+    check(name + ": every variant's rules and top-k equal its own job's", not differ,
+          "variants that differ: %s" % differ if differ else "")
+    # Batching different variants together must not change a single bit.
+    check(name + ": every variant's metric (and logits) equal its own job's", worst == 0.0,
+          "max abs diff %g" % worst)
+    st = sweep["stats"]
+    check(name + ": shared values computed once",
+          st["values_computed"] == st["values_planned"] and
+          st["values_computed"] < computed_alone,
+          "sweep computed %d values; the jobs alone %d" % (st["values_computed"],
+                                                           computed_alone))
+    return sweep
+
+
+def main():
+    global A
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--npp", required=True)
+    ap.add_argument("--model", required=True)
+    A = ap.parse_args()
+    cfg = json.load(open(os.path.join(A.model, "config.json")))
+    L, H = cfg["n_layer"], cfg["n_head"]
+    inputs = [["When Mary and John went to the store, John gave a drink to",
+               "When Tom and Anna went to the park, Anna gave a ball to"],
+              ["When Mary and John went to the store, Mary gave a drink to",
+               "When Tom and Anna went to the park, Tom gave a ball to"]]
+    metric = {"type": "logit_diff", "target": [" Mary", " Tom"], "baseline": [" John", " Anna"]}
+
+    # 1. The path-patching sweep of Wang et al.: every head of the first two
+    # layers as the sender, into the last layer's queries; plus other kinds
+    # of variant side by side.
+    variants = [{"name": "a%d.head%d" % (l, h),
+                 "preset": {"type": "path_patch", "senders": ["a%d.head%d" % (l, h)],
+                            "receivers": ["a%d.head%d.q" % (L - 1, hh) for hh in range(H)]}}
+                for l in range(2) for h in range(H)]
+    variants += [{"name": "activation f1", "preset": {"type": "activation_patch", "node": "f1.head"}},
+                 {"name": "rules", "branch": [{"match": "**/a1", "split": True}],
+                  "which": [{"match": "**/a1/**", "input": 1}]},
+                 {"name": "plain"}, {}]
+    base = {"inputs": inputs, "metric": metric, "outputs": {"top_k": 3}}
+    compare("path-patching sweep of %d variants" % len(variants), base, variants)
+
+    # 2. The union is exactly what `npp plan` counts for the jobs one by one.
+    with tempfile.TemporaryDirectory() as d:
+        paths = []
+        for i, w in enumerate(variants):
+            paths.append(os.path.join(d, "%d.json" % i))
+            json.dump(alone(base, w), open(paths[-1], "w"))
+        union = json.loads(npp("plan", "--model", A.model, *paths).splitlines()[-1])
+        sweep = run(dict(base, sweep=variants))
+        check("values planned = union of the jobs' plans (npp plan)",
+              sweep["stats"]["values_planned"] == union["union_values"] < union["sum_values"],
+              "%d planned; union %d, sum %d" % (sweep["stats"]["values_planned"],
+                                                union["union_values"], union["sum_values"]))
+        # 3. Each variant's path tree is the one its job alone draws.
+        with open(os.path.join(d, "sweep.json"), "w") as f:
+            json.dump(dict(base, sweep=variants[:3]), f)
+        npp("run", "--model", A.model, f.name, "--svg", os.path.join(d, "s.svg"))
+        same = True
+        for i in range(3):
+            npp("run", "--model", A.model, paths[i], "--svg", os.path.join(d, "alone.svg"))
+            same &= open(os.path.join(d, "s-%d.svg" % i)).read() == \
+                open(os.path.join(d, "alone.svg")).read()
+        check("--svg writes each variant's path tree, as its job draws it", same)
+
+    # 4. KL (against input 0's plain run), logits, baselines and the
+    # attention of the plain runs, with a single example.
+    base = {"inputs": ["The capital of Spain is Madrid, and of Italy", "The capital of France is Paris, and of Spain"],
+            "metric": {"type": "kl"},
+            "outputs": {"top_k": 2, "logits": True, "baselines": True, "attention": [0]}}
+    variants = [{"name": "a0.head", "preset": {"type": "activation_patch", "node": "a0.head"}},
+                {"name": "a%d.head1.v" % (L - 1),
+                 "preset": {"type": "path_patch", "senders": ["a0.head0"],
+                            "receivers": ["a%d.head1.v" % (L - 1)]}}]
+    sweep = compare("KL sweep with logits and baselines", base, variants, baselines=True)
+    check("attention of the plain runs at the top of a sweep",
+          [a["layer"] for a in sweep.get("attention", [])] == [0, 0])
+
+    print("%d passed, %d failed" % (sum(RESULTS), len(RESULTS) - sum(RESULTS)))
+    sys.exit(0 if all(RESULTS) else 1)
+
+
+if __name__ == "__main__":
+    main()
