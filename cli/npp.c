@@ -539,8 +539,9 @@ fail:
 static const char PLAN_HELP[] =
     "usage: npp plan --model DIR [--max-values N] JOB.json...\n"
     "Plans each job without computing anything and prints, per job, the number of\n"
-    "values and path-tree nodes and the planning time, then the size of the union\n"
-    "of all the jobs' values (what a sweep of these jobs computes at most).\n";
+    "values (baselines and a KL reference included, when the job asks for them; a\n"
+    "sweep's union) and path-tree nodes and the planning time, then the size of the\n"
+    "union of all the jobs' values (what one sweep of these jobs would compute).\n";
 
 static int cmp_key(const void *a, const void *b)
 {
@@ -576,35 +577,34 @@ static int cmd_plan(int argc, char **argv)
     if ((rc = model_load(model_dir, NULL, &m, &e)))
         goto fail;
     for (int i = optind; i < argc; i++) {
-        job_limits lim = {(size_t)max_values};
-        job *j = NULL;
-        plan p;
-        int32_t root;
+        run_opts ro = {.max_values = (size_t)max_values};
+        run_output *r = NULL;
         json_t *doc = load_job(argv[i], &e);
         double t0 = now_ms();
-        if (!doc || (rc = job_parse(m, doc, &lim, &j, &e))) {
+        if (!doc || (rc = run_prepare(m, doc, &ro, &r, &e))) {
             json_decref(doc);
             goto fail;
         }
-        plan_init(&p, m, j->n_inputs, j->B, j->T, j->ids, j->max_values);
-        rc = plan_patched(&p, j->rules, &root, &e);
         double ms = now_ms() - t0;
         total += ms;
-        if (!rc) {
-            unsigned char *nk = realloc(keys, (nkeys + (size_t)p.nv) * 32);
-            if (nk) {
-                keys = nk;
-                for (int32_t v = 0; v < p.nv; v++)
-                    memcpy(keys + 32 * nkeys++, p.v[v].key, 32);
-            }
-            printf("{\"job\": \"%s\", \"values\": %d, \"path_nodes\": %d, \"plan_ms\": %.3f}\n",
-                   argv[i], p.nv, p.nn, ms);
+        const plan *p = &r->plan;
+        long nodes = p->nn;
+        for (int k = 0; k < r->nvplans; k++)
+            nodes += r->vplans[k].nn;
+        unsigned char *nk = realloc(keys, (nkeys + (size_t)p->nv) * 32);
+        if (nk) {
+            keys = nk;
+            for (int32_t v = 0; v < p->nv; v++)
+                memcpy(keys + 32 * nkeys++, p->v[v].key, 32);
         }
-        plan_free(&p);
-        job_free(j);
+        printf("{\"job\": \"%s\", \"values\": %d, \"path_nodes\": %ld, \"plan_ms\": %.3f}\n",
+               argv[i], p->nv, nodes, ms);
+        run_output_free(r);
         json_decref(doc);
-        if (rc)
+        if (!nk) {
+            rc = npp_fail(&e, NPP_ENOMEM, "", "out of memory");
             goto fail;
+        }
     }
     qsort(keys, nkeys, 32, cmp_key);
     size_t uniq = 0;

@@ -1,6 +1,6 @@
 // The web UI of nppd: builds a job from the form, submits it, follows its
 // progress, and shows the top-k predictions of every input and of the
-// patched run, the metric and the path graph. Server errors are shown next
+// patched run (or of each run of a sweep), the metric and the path graph. Server errors are shown next
 // to the form field they name. No build step: plain browser JavaScript.
 "use strict";
 
@@ -38,12 +38,13 @@ function showError(err) {
   const text = `${err.message} (${err.status || ""} ${err.code || ""})`;
   let box = null;
   const inputs = Array.from(document.querySelectorAll("[data-field]"));
-  const exact = inputs.find((el) => el.dataset.field === field.replace(/\[\d+\]$/, ""));
-  const prefix = inputs.find((el) => field.startsWith(el.dataset.field));
+  const f = field.replace(/^sweep\[\d+\]\./, ""); // a sweep's variant: the same form fields
+  const exact = inputs.find((el) => el.dataset.field === f.replace(/\[\d+\]$/, ""));
+  const prefix = inputs.find((el) => f.startsWith(el.dataset.field));
   const el = exact || prefix;
   if (el) {
     el.classList.add("invalid");
-    const root = field.split(/[.[]/)[0];
+    const root = f.split(/[.[]/)[0];
     box = el.closest(".kind, section")?.querySelector(`.err[data-for="${root}"]`);
   }
   (box || $("error-general")).textContent = text;
@@ -71,7 +72,12 @@ function buildJob() {
     const pos = list($("ap-positions").value);
     if (pos.length) job.preset.positions = pos.map(Number);
   } else if (kind() === "path_patch") {
-    job.preset = { type: "path_patch", senders: list($("pp-senders").value), receivers: list($("pp-receivers").value) };
+    const senders = list($("pp-senders").value), receivers = list($("pp-receivers").value);
+    if ($("pp-sweep").checked) {
+      job.sweep = expand(senders).map((s) => ({ name: s, preset: { type: "path_patch", senders: [s], receivers } }));
+    } else {
+      job.preset = { type: "path_patch", senders, receivers };
+    }
   } else {
     for (const k of ["branch", "which"]) {
       try {
@@ -82,6 +88,13 @@ function buildJob() {
     }
   }
   return job;
+}
+
+// "a0.head*" -> a0.head0 ... a0.head{H-1} (H from the chosen model), for sweeps.
+function expand(senders) {
+  const m = models[$("model").value], H = m && m.config ? m.config.n_head : 0;
+  return senders.flatMap((s) => s.endsWith(".head*") && H
+    ? Array.from({ length: H }, (_, h) => s.slice(0, -1) + h) : [s]);
 }
 
 function fmt(x) {
@@ -99,25 +112,55 @@ function topRow(label, positions) {
   return tr;
 }
 
+async function showGraph(job, variant) {
+  try {
+    $("graph").innerHTML = await api("GET", `/v1/jobs/${job.id}/graph.svg` + (variant ? `?variant=${variant}` : ""));
+  } catch (e) {
+    $("graph").textContent = `no graph: ${e.message}`;
+  }
+}
+
+// A sweep: one row per sender, its metric and a bar (blue up, red down).
+function showSweep(res) {
+  const tb = $("sweep").querySelector("tbody");
+  tb.textContent = "";
+  const scale = Math.max(1e-9, ...res.sweep.map((v) => Math.abs(Number(v.metric.mean)) || 0));
+  for (const v of res.sweep) {
+    const tr = document.createElement("tr");
+    const bar = document.createElement("span");
+    bar.className = "bar " + (v.metric.mean < 0 ? "neg" : "pos");
+    bar.style.width = `${(100 * Math.abs(Number(v.metric.mean) || 0)) / scale}px`;
+    for (const x of [v.name, fmt(v.metric.mean), bar]) {
+      const td = document.createElement("td");
+      td.append(x);
+      tr.append(td);
+    }
+    tb.append(tr);
+  }
+}
+
 async function showResult(job) {
-  const res = job.result;
+  const res = job.result, sweep = res.sweep;
   $("results").classList.remove("hidden");
-  $("metric").textContent = fmt(res.metric.mean);
+  $("metric").textContent = sweep ? `one per sender, below` : fmt(res.metric.mean);
   $("metric-baselines").textContent = "unpatched: " +
     res.baselines.map((b) => `input ${b.input} ${fmt(b.metric.mean)}`).join(", ");
+  $("sweep").classList.toggle("hidden", !sweep);
+  if (sweep) showSweep(res);
   const tb = $("topk").querySelector("tbody");
   tb.textContent = "";
   for (const b of res.baselines) tb.append(topRow(`input ${b.input}`, b.top_k[0]));
-  tb.append(topRow("patched", res.outputs.top_k[0]));
+  for (const v of sweep || [res]) tb.append(topRow(sweep ? `patched ${v.name}` : "patched", v.outputs.top_k[0]));
   const s = res.stats;
   $("stats").textContent = `${s.values_planned} values planned, ${s.values_computed} computed, ` +
     `${s.values_cached} from the cache, ${s.path_nodes} path nodes; plan ${s.plan_ms.toFixed(1)} ms, ` +
     `run ${s.exec_ms.toFixed(1)} ms`;
-  try {
-    $("graph").innerHTML = await api("GET", `/v1/jobs/${job.id}/graph.svg`);
-  } catch (e) {
-    $("graph").textContent = `no graph: ${e.message}`;
-  }
+  const pick = $("variant");
+  pick.textContent = "";
+  pick.classList.toggle("hidden", !sweep);
+  for (const v of sweep || []) pick.append(new Option(v.name, v.variant));
+  pick.onchange = () => showGraph(job, Number(pick.value));
+  await showGraph(job, 0);
 }
 
 async function run(ev) {
@@ -148,11 +191,14 @@ async function run(ev) {
   }
 }
 
+const models = {};
+
 async function loadModels() {
   try {
-    const { models } = await api("GET", "/v1/models");
+    const { models: list } = await api("GET", "/v1/models");
     $("model").textContent = "";
-    for (const m of models) {
+    for (const m of list) {
+      models[m.name] = m;
       const o = document.createElement("option");
       o.value = m.name;
       o.textContent = m.config ? `${m.name} (${m.config.n_layer} layers, ${m.config.n_head} heads)` : `${m.name} (loading)`;

@@ -129,6 +129,12 @@ def main():
               sweep["stats"]["values_planned"] == union["union_values"] < union["sum_values"],
               "%d planned; union %d, sum %d" % (sweep["stats"]["values_planned"],
                                                 union["union_values"], union["sum_values"]))
+        with open(os.path.join(d, "sweep.json"), "w") as f:
+            json.dump(dict(base, sweep=variants), f)
+        planned = json.loads(npp("plan", "--model", A.model, f.name).splitlines()[0])
+        check("npp plan of the sweep job counts the same union", planned["values"] ==
+              union["union_values"], "%d values, %d path nodes" % (planned["values"],
+                                                                  planned["path_nodes"]))
         # 3. Each variant's path tree is the one its job alone draws.
         with open(os.path.join(d, "sweep.json"), "w") as f:
             json.dump(dict(base, sweep=variants[:3]), f)

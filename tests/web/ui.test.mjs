@@ -2,7 +2,8 @@
 // by playwright-core): a person's steps - enter the token, run the default
 // activation patch, read the metric and predictions - checked against the
 // API's answer for the same job; then a bad node, whose error must appear
-// next to the node field. Saves a screenshot as a test artifact.
+// next to the node field; then a sweep over every head of layer 0. Saves
+// screenshots as test artifacts.
 //   NPPD=... MODEL=... SHOT=out.png node ui.test.mjs
 import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -92,6 +93,41 @@ try {
   await page.click("#run");
   await page.waitForFunction(() => document.querySelector('.err[data-for="inputs"]').textContent !== "");
   check("input length error beside the inputs", (await page.textContent('.err[data-for="inputs"]')).includes("tokens"));
+
+  // A sweep: one path-patching run per sender, "a0.head*" for every head.
+  await page.fill("#inputs", "The capital of Spain is\nThe capital of Italy is");
+  await page.check('input[name="kind"][value="path_patch"]');
+  await page.fill("#pp-senders", "a0.head*");
+  await page.fill("#pp-receivers", "a1.head2.q");
+  await page.check("#pp-sweep");
+  await page.click("#run");
+  await page.waitForFunction(() => document.querySelectorAll("#sweep tbody tr").length > 0, null, { timeout: 60000 });
+  const sweepRows = await page.$$eval("#sweep tbody tr", (trs) => trs.map((tr) => [tr.cells[0].textContent, tr.cells[1].textContent]));
+  const sj = {
+    model: "tiny", inputs: job.inputs, metric: job.metric,
+    sweep: [0, 1, 2, 3].map((h) => ({ name: `a0.head${h}`, preset: { type: "path_patch", senders: [`a0.head${h}`], receivers: ["a1.head2.q"] } })),
+  };
+  const sr = await fetch(base + "/v1/jobs?wait=60", {
+    method: "POST", headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" },
+    body: JSON.stringify(sj),
+  });
+  const want = (await sr.json()).result.sweep.map((v) => [v.name, v.metric.mean.toFixed(4)]);
+  check("sweep: one row per head with the API's metric", JSON.stringify(sweepRows) === JSON.stringify(want),
+    JSON.stringify(sweepRows));
+  check("sweep: a patched top-k row per variant",
+    (await page.$$eval("#topk tbody tr", (trs) => trs.map((tr) => tr.cells[0].textContent))).filter((x) => x.startsWith("patched a0.head")).length === 4);
+  const g0 = await page.innerHTML("#graph");
+  await page.selectOption("#variant", "2");
+  await page.waitForFunction((g) => document.getElementById("graph").innerHTML !== g, g0);
+  check("sweep: the graph follows the chosen variant", (await page.$$("#graph svg g.node")).length > 5);
+  await page.screenshot({ path: SHOT.replace(/\.png$/, "-sweep.png"), fullPage: true });
+  // A variant's error lands beside the same field as a single run's.
+  await page.fill("#pp-receivers", "a0.head1.q");
+  await page.fill("#pp-senders", "a1.head0");
+  await page.click("#run");
+  await page.waitForFunction(() => document.querySelector("#kind-path_patch .err").textContent !== "");
+  const serr = await page.textContent("#kind-path_patch .err");
+  check("sweep: a variant's error beside the senders", serr.includes("sweep[0].preset") && serr.includes("not upstream"), serr);
 } catch (e) {
   check("the UI test ran to the end", false, String(e));
 } finally {
