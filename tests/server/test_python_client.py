@@ -90,6 +90,8 @@ def test_sweep(server):
     for v, preset in [(sw.variants[1], variants[1][1]), (sw.variants[5], variants[5])]:
         alone = m.run(SPAIN, preset=preset, metric=metric, outputs={"top_k": 2})
         assert v.metric == alone.metric and v.top_k() == alone.top_k()
+    with pytest.raises(ValueError, match="per variant"):
+        sw.top_k()
     svg = sw.variants[2].visualise_path()
     alone = m.run(SPAIN, preset=variants[2][1], metric=metric, outputs={"top_k": 2})
     assert svg == alone.visualise_path() != sw.variants[1].visualise_path()

@@ -302,6 +302,8 @@ class _Patched:
     def top_k(self, example=0, position=-1):
         """[(token text, logprob), ...] at one position (an index into the
         requested positions; -1 is the last)."""
+        if self._outputs is None:
+            raise ValueError("a sweep's outputs are per variant: use .variants[i].top_k()")
         row = self._outputs["top_k"][example][position]
         return [(t["token"], t["logprob"]) for t in row["tokens"]]
 
@@ -334,7 +336,8 @@ class Result(_Patched):
         self.variants = None
         if "sweep" in self.raw:
             self.variants = [Variant(self, v) for v in self.raw["sweep"]]
-            self.metric = self.metric_per_example = self.rules = None
+            self.metric = self.metric_per_example = self.rules = self._outputs = None
+            self.positions = self.hidden_states = self.logits = None
         else:
             self._load(self.raw)
 
