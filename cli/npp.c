@@ -588,9 +588,6 @@ static int cmd_plan(int argc, char **argv)
         double ms = now_ms() - t0;
         total += ms;
         const plan *p = &r->plan;
-        long nodes = p->nn;
-        for (int k = 0; k < r->nvplans; k++)
-            nodes += r->vplans[k].nn;
         unsigned char *nk = realloc(keys, (nkeys + (size_t)p->nv) * 32);
         if (nk) {
             keys = nk;
@@ -598,7 +595,7 @@ static int cmd_plan(int argc, char **argv)
                 memcpy(keys + 32 * nkeys++, p->v[v].key, 32);
         }
         printf("{\"job\": \"%s\", \"values\": %d, \"path_nodes\": %ld, \"plan_ms\": %.3f}\n",
-               argv[i], p->nv, nodes, ms);
+               argv[i], p->nv, run_path_nodes(r), ms);
         run_output_free(r);
         json_decref(doc);
         if (!nk) {

@@ -420,8 +420,7 @@ static json_t *inputs_json(const job *j)
     return a;
 }
 
-/* The path tree's size (a sweep's: its variants' together). */
-static long path_nodes(const run_output *r)
+long run_path_nodes(const run_output *r)
 {
     long n = r->plan.nn;
     for (int i = 0; i < r->nvplans; i++)
@@ -523,8 +522,8 @@ static int build_result(ctx *c, run_output *r, shim_tensor **hs, int nroots, dou
                   (json_int_t)r->stats.planned, "values_needed", (json_int_t)r->stats.needed,
                   "values_computed", (json_int_t)r->stats.computed, "values_cached",
                   (json_int_t)r->stats.cached, "values_waited", (json_int_t)r->stats.waited,
-                  "batches", (json_int_t)r->stats.batches, "path_nodes", (json_int_t)path_nodes(r),
-                  "plan_ms", t_plan, "exec_ms", t_exec));
+                  "batches", (json_int_t)r->stats.batches, "path_nodes",
+                  (json_int_t)run_path_nodes(r), "plan_ms", t_plan, "exec_ms", t_exec));
     if (trace)
         json_object_set_new(res, "trace", json_incref(trace));
     r->result = res;

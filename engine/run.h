@@ -66,6 +66,8 @@ void run_output_free(run_output *r);
 /* The plan whose path tree to draw: the job's, or a sweep's variant
  * (0 <= variant < job->nvar). */
 const plan *run_tree(const run_output *r, int variant);
+/* The path tree's size in nodes (a sweep's: its variants' together). */
+long run_path_nodes(const run_output *r);
 
 /* Encodes n floats as base64 of little-endian float32 (new string). */
 char *run_base64_f32(const float *x, size_t n);

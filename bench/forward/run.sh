@@ -6,14 +6,10 @@
 # runs after one warm-up.
 #   bench/forward/run.sh [BUILD_DIR] [THREADS] [REPEAT]
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
-build=${1:-$root/build}
+. "$(dirname "$0")/../common.sh"
 threads=${2:-2}
 repeat=${3:-30}
-model=$build/bench/gpt2-small-shape
-if [ ! -f "$model/model.safetensors" ]; then
-  "$build/npp" make-model --out "$model" --layers 12 --heads 12 --embd 768 --positions 1024 --seed 6
-fi
+model=$(bench_model)
 # 32 token ids (a fixed text, tokenised by npp)
 text="When Mary and John went to the store, John gave a drink to Mary. Then the quick brown fox jumped over the lazy dog again and again, said the"
 ids=$("$build/npp" tokenize --model "$model" --json "$text" | tr -d '[] \n')

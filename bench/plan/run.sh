@@ -8,11 +8,8 @@
 # before heads, so it is not measured; the goal is < 1 s for the full split.
 #   bench/plan/run.sh [BUILD_DIR]
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
-build=${1:-$root/build}
-model=$build/bench/gpt2-small-shape
-[ -f "$model/model.safetensors" ] ||
-  "$build/npp" make-model --out "$model" --layers 12 --heads 12 --embd 768 --positions 1024 --seed 6
+. "$(dirname "$0")/../common.sh"
+model=$(bench_model)
 jobs=$(mktemp -d)
 trap 'rm -rf "$jobs"' EXIT
 /usr/bin/python3 - "$jobs" <<'PY'
