@@ -5,10 +5,8 @@ against the independent reference and against each other.
     check_outputs.py --npp BUILD/npp --model DIR
 """
 import argparse
-import base64
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
@@ -18,41 +16,16 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpt2_ref  # noqa: E402
-
-A = None
-RESULTS = []
-
-
-def run(job, *extra):
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(job, f)
-    try:
-        p = subprocess.run([A.npp, "run", "--model", A.model, f.name, *extra],
-                           capture_output=True, text=True)
-    finally:
-        os.unlink(f.name)
-    if p.returncode:
-        raise RuntimeError(p.stderr)
-    return json.loads(p.stdout)
-
-
-def tensor(t):
-    if "npy" in t:
-        return np.load(t["npy"]).astype(np.float64)
-    return np.frombuffer(base64.b64decode(t["data"]), "<f4").reshape(t["shape"]).astype(np.float64)
-
-
-def check(name, ok, detail=""):
-    RESULTS.append(bool(ok))
-    print("%s %-60s %s" % ("ok  " if ok else "FAIL", name, detail))
+import harness  # noqa: E402
+from harness import check, npp, run, tensor  # noqa: E402
 
 
 def main():
-    global A
     ap = argparse.ArgumentParser()
     ap.add_argument("--npp", required=True)
     ap.add_argument("--model", required=True)
     A = ap.parse_args()
+    harness.setup(A.npp, A.model)
     cfg, W = gpt2_ref.load(A.model, torch.float64)
     texts = [["When Mary and John went to the store, John gave a drink to",
               "When Tom and Anna went to the park, Anna gave a ball to"],
@@ -90,9 +63,7 @@ def main():
     check("top_k ids and order match the logits", [t["id"] for t in tk[1][0]["tokens"]] == best.tolist())
     # metric: logit difference from the two token columns only, vs the full logits
     md = res["metric"]
-    out = subprocess.run([A.npp, "tokenize", "--model", A.model, "--json", " John"],
-                         capture_output=True, text=True, check=True).stdout
-    john = json.loads(out)[0]
+    john = json.loads(npp("tokenize", "--model", A.model, "--json", " John"))[0]
     want = L[:, 0, mary] - L[:, 0, john]
     err = np.max(np.abs(np.array(md["per_example"]) - want))
     check("logit_diff (two columns) = full-logit difference", err < 1e-4, "max err %.3g" % err)
@@ -124,8 +95,7 @@ def main():
     r = run({"inputs": texts, "metric": {"type": "logit", "token": [" Mary", " Anna"]},
              "outputs": {"top_k": 0, "logits": True, "positions": [-1]}})
     Lr = tensor(r["outputs"]["logits"])[:, 0]
-    anna = json.loads(subprocess.run([A.npp, "tokenize", "--model", A.model, "--json", " Anna"],
-                                     capture_output=True, text=True, check=True).stdout)[0]
+    anna = json.loads(npp("tokenize", "--model", A.model, "--json", " Anna"))[0]
     want = np.array([Lr[0, mary], Lr[1, anna]])
     err = np.max(np.abs(np.array(r["metric"]["per_example"]) - want))
     check("logit metric with one token per example = those logits", err < 1e-4, "max err %.3g" % err)
@@ -161,9 +131,7 @@ def main():
               len(nodes) == r["stats"]["path_nodes"] + 3 and "ln_final" in texts_in
               and "a1.head" in texts_in, "%d boxes, %d path nodes" % (len(nodes), r["stats"]["path_nodes"]))
 
-    n_ok = sum(RESULTS)
-    print("%d passed, %d failed" % (n_ok, len(RESULTS) - n_ok))
-    return 0 if all(RESULTS) else 1
+    return harness.summary()
 
 
 if __name__ == "__main__":

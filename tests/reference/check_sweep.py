@@ -6,43 +6,16 @@ computes each shared value once.
     check_sweep.py --npp BUILD/npp --model DIR
 """
 import argparse
-import base64
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
 import numpy as np
 
-A = None
-RESULTS = []
-
-
-def npp(*args):
-    p = subprocess.run([A.npp, *args], capture_output=True, text=True)
-    if p.returncode:
-        raise RuntimeError(p.stderr)
-    return p.stdout
-
-
-def run(job, *extra):
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(job, f)
-    try:
-        return json.loads(npp("run", "--model", A.model, f.name, *extra))
-    finally:
-        os.unlink(f.name)
-
-
-def check(name, ok, detail=""):
-    RESULTS.append(bool(ok))
-    print("%s %-64s %s" % ("ok  " if ok else "FAIL", name, detail))
-
-
-def tensor(t):
-    return np.frombuffer(base64.b64decode(t["data"]), "<f4").reshape(t["shape"])
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import check, npp, run, tensor  # noqa: E402
 
 def alone(base, variant):
     """The variant as a job of its own."""
@@ -90,11 +63,11 @@ def compare(name, base, variants, *, baselines=False):
 
 
 def main():
-    global A
     ap = argparse.ArgumentParser()
     ap.add_argument("--npp", required=True)
     ap.add_argument("--model", required=True)
     A = ap.parse_args()
+    harness.setup(A.npp, A.model)
     cfg = json.load(open(os.path.join(A.model, "config.json")))
     L, H = cfg["n_layer"], cfg["n_head"]
     inputs = [["When Mary and John went to the store, John gave a drink to",
@@ -159,8 +132,7 @@ def main():
     check("attention of the plain runs at the top of a sweep",
           [a["layer"] for a in sweep.get("attention", [])] == [0, 0])
 
-    print("%d passed, %d failed" % (sum(RESULTS), len(RESULTS) - sum(RESULTS)))
-    sys.exit(0 if all(RESULTS) else 1)
+    sys.exit(harness.summary())
 
 
 if __name__ == "__main__":
