@@ -396,7 +396,14 @@ def test_request_log_one_json_line_each(server):
     for _ in range(3):
         server.request("GET", "/healthz")
     server.request("GET", "/v1/jobs/nope")
-    lines = [json.loads(line) for line in server.log_lines() if line.startswith('{"method"')]
+    # The line is written when libmicrohttpd reports the request complete,
+    # which can come just after the client has read the response.
+    deadline = time.time() + 5
+    while True:
+        lines = [json.loads(line) for line in server.log_lines() if line.startswith('{"method"')]
+        if (lines and lines[-1]["path"] == "/v1/jobs/nope") or time.time() > deadline:
+            break
+        time.sleep(0.02)
     assert [l["path"] for l in lines[-4:]] == ["/healthz"] * 3 + ["/v1/jobs/nope"]
     assert lines[-1]["status"] == 404 and lines[-1]["user"] == "alice"
 
