@@ -14,6 +14,13 @@
 // Compilation checks every part against the model's alphabet: a part that
 // can match no node of this model (a99, a1.head40, pos beyond the input)
 // is an error.
+//
+// Cost is bounded before the work: brace expansion is linear in the
+// pattern and refuses more than GLOB_MAX_ALTS alternatives (or more than
+// 256 KiB of them) before building any; a glob_ctx, shared by every
+// pattern of one job, caps the job's alternatives, names and wildcard
+// name tests (a wildcard name is tested against every node name once per
+// job, and the result shared).
 #ifndef NPP_GLOB_H
 #define NPP_GLOB_H
 
@@ -22,14 +29,24 @@
 
 #include "graph.h"
 
-#define GLOB_MAX_PARTS 63
-#define GLOB_MAX_ALTS  1024
+#define GLOB_MAX_PARTS       63          /* names in one alternative */
+#define GLOB_MAX_ALTS        1024        /* alternatives of one pattern */
+#define GLOB_MAX_TOTAL_ALTS  (1L << 18)  /* alternatives of one job's patterns */
+#define GLOB_MAX_TOTAL_PARTS (1L << 21)  /* names of one job's patterns */
+#define GLOB_MAX_NAME_TESTS  (16L << 20) /* wildcard name x node name tests per job */
 
 typedef struct glob glob;
+typedef struct glob_ctx glob_ctx;
 
-/* Compiles pattern for dims g. On error returns -1 and writes a message
+/* A compilation context for the patterns of one job, over dims g: shares
+ * compiled wildcard names and counts what compiling has cost. New (free
+ * with glob_ctx_free, before or after the globs compiled with it). */
+glob_ctx *glob_ctx_new(const graph_dims *g);
+void glob_ctx_free(glob_ctx *c);
+
+/* Compiles pattern in context c. On error returns -1 and writes a message
  * (without the field name) into err. *out is new (glob_free). */
-int glob_compile(const char *pattern, const graph_dims *g, glob **out, char *err, size_t errn);
+int glob_compile(const char *pattern, glob_ctx *c, glob **out, char *err, size_t errn);
 void glob_free(glob *gl);
 
 int glob_nalts(const glob *gl);

@@ -133,7 +133,7 @@ int graph_parse(const graph_dims *g, const char *name)
         return -1;
     if (!*p)
         return graph_sym(g, G_HEAD, layer, h);
-    if (p[0] == '.' && p[2] == 0 && (p[1] == 'q' || p[1] == 'k' || p[1] == 'v'))
+    if (p[0] == '.' && (p[1] == 'q' || p[1] == 'k' || p[1] == 'v') && p[2] == 0)
         return graph_sym(g, p[1] == 'q' ? G_Q : p[1] == 'k' ? G_K : G_V, layer, h);
     return -1;
 }

@@ -245,11 +245,26 @@ static int parse_outputs(const model *m, json_t *o, job *j, npp_err *e)
         j->npos = (int)json_array_size(pos);
         if (!(j->positions = malloc((size_t)j->npos * sizeof *j->positions)))
             return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
+        /* A repeated position would only repeat rows of the result (and
+         * 20,000 of one position would make a large one): refused. */
+        int *seen = calloc((size_t)j->T, sizeof *seen);
+        if (!seen)
+            return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
         for (int i = 0; i < j->npos; i++) {
             snprintf(f, sizeof f, "outputs.positions[%d]", i);
-            if (get_position(json_array_get(pos, (size_t)i), j->T, f, &j->positions[i], e))
+            int rc = get_position(json_array_get(pos, (size_t)i), j->T, f, &j->positions[i], e);
+            if (!rc && seen[j->positions[i]])
+                rc = npp_fail(e, NPP_EINVAL, f,
+                              "%s: position %d is already listed at outputs.positions[%d]; list "
+                              "each position once",
+                              f, j->positions[i], seen[j->positions[i]] - 1);
+            if (rc) {
+                free(seen);
                 return NPP_EINVAL;
+            }
+            seen[j->positions[i]] = i + 1;
         }
+        free(seen);
     } else {
         return npp_fail(e, NPP_EINVAL, "outputs.positions",
                         "outputs.positions: \"last\", \"all\" or a non-empty list of positions");
@@ -662,8 +677,10 @@ static int compile_preset(job *j, json_t *p, json_t **br, json_t **wh, npp_err *
 
 /* ---- the document -------------------------------------------------------------- */
 
-/* The rules of obj (a job or a sweep variant): a preset, or branch/which. */
-static int compile_rules(job *j, json_t *obj, ruleset **rules, json_t **compiled, npp_err *e)
+/* The rules of obj (a job or a sweep variant): a preset, or branch/which;
+ * their globs are compiled in gc, the job's context. */
+static int compile_rules(job *j, glob_ctx *gc, json_t *obj, ruleset **rules, json_t **compiled,
+                         npp_err *e)
 {
     json_t *br = NULL, *wh = NULL;
     int rc;
@@ -678,7 +695,7 @@ static int compile_rules(job *j, json_t *obj, ruleset **rules, json_t **compiled
         br = json_incref(json_object_get(obj, "branch"));
         wh = json_incref(json_object_get(obj, "which"));
     }
-    if ((rc = rules_parse(br, wh, &j->g, j->n_inputs, rules, e)))
+    if ((rc = rules_parse(br, wh, gc, j->n_inputs, rules, e)))
         goto done;
     *compiled = json_pack("{s:o,s:o}", "branch", br ? json_incref(br) : json_array(), "which",
                           wh ? json_incref(wh) : json_array());
@@ -712,7 +729,7 @@ static int in_variant(npp_err *e, int i, int rc)
     return rc;
 }
 
-static int parse_sweep(job *j, json_t *sw, npp_err *e)
+static int parse_sweep(job *j, glob_ctx *gc, json_t *sw, npp_err *e)
 {
     static const char *const known[] = {"name", "preset", "branch", "which", NULL};
     if (!json_is_array(sw) || json_array_size(sw) == 0 || json_array_size(sw) > JOB_MAX_VARIANTS)
@@ -739,7 +756,7 @@ static int parse_sweep(job *j, json_t *sw, npp_err *e)
         }
         job_variant *jv = &j->var[j->nvar++];
         jv->name = json_incref(name);
-        int rc = compile_rules(j, v, &jv->rules, &jv->compiled, e);
+        int rc = compile_rules(j, gc, v, &jv->rules, &jv->compiled, e);
         if (rc)
             return in_variant(e, (int)i, rc);
     }
@@ -771,7 +788,15 @@ int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp
                       "the top of the job");
         goto fail;
     }
-    if ((rc = sweep ? parse_sweep(j, sweep, e) : compile_rules(j, doc, &j->rules, &j->compiled, e)))
+    glob_ctx *gc = glob_ctx_new(&j->g);
+    if (!gc) {
+        rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
+        goto fail;
+    }
+    rc = sweep ? parse_sweep(j, gc, sweep, e)
+               : compile_rules(j, gc, doc, &j->rules, &j->compiled, e);
+    glob_ctx_free(gc); /* the compiled globs keep what they share */
+    if (rc)
         goto fail;
     json_t *lm = json_object_get(doc, "limits");
     if (lm) {

@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "sha256.h"
 
@@ -29,7 +30,16 @@ void plan_init(plan *p, const model *m, int n_inputs, int B, int T, const int64_
     graph_dims_init(&p->g, m->cfg.n_layer, m->cfg.n_head, T);
     p->n_inputs = n_inputs, p->B = B, p->T = T, p->ids = ids;
     p->max_values = max_values;
+    p->max_nodes = PLAN_MAX_NODES;
+    p->max_bytes = PLAN_MAX_BYTES;
     p->root_node = -1;
+}
+
+size_t plan_bytes(const plan *p)
+{
+    return (size_t)p->capv * sizeof *p->v + (size_t)p->capn * sizeof *p->nodes +
+           p->cappool * sizeof *p->pool + (p->vcap + p->ncap + p->scap) * sizeof(int32_t) +
+           p->capstates * sizeof *p->states;
 }
 
 void plan_free(plan *p)
@@ -40,10 +50,14 @@ void plan_free(plan *p)
     free(p->vslots);
     free(p->nslots);
     free(p->states);
+    free(p->sslots);
+    free(p->scratch);
     memset(p, 0, sizeof *p);
 }
 
 /* ---- storage ------------------------------------------------------------- */
+
+static int over_bytes(plan *p);
 
 static int32_t *pool_take(plan *p, size_t n)
 {
@@ -105,17 +119,31 @@ static void vtable_insert(plan *p, int32_t idx)
     p->vslots[i] = idx;
 }
 
-static uint64_t nhash(const plan *p, int sym, const uint64_t *st)
+static uint64_t nhash(int sym, int32_t state)
 {
-    return hash_bytes(st, (size_t)p->words * 8, 1469598103934665603ull ^ (uint64_t)sym);
+    uint64_t k = (uint64_t)(uint32_t)sym << 32 | (uint32_t)state;
+    return hash_bytes(&k, sizeof k, 1469598103934665603ull);
 }
 
 static void ntable_insert(plan *p, int32_t idx)
 {
-    size_t m = p->ncap - 1, i = nhash(p, p->nodes[idx].sym, p->states + (size_t)idx * p->words) & m;
+    size_t m = p->ncap - 1, i = nhash(p->nodes[idx].sym, p->nodes[idx].state) & m;
     while (p->nslots[i] >= 0)
         i = (i + 1) & m;
     p->nslots[i] = idx;
+}
+
+static uint64_t shash(const plan *p, const uint64_t *st)
+{
+    return hash_bytes(st, (size_t)p->words * 8, 1469598103934665603ull);
+}
+
+static void stable_insert(plan *p, int32_t idx)
+{
+    size_t m = p->scap - 1, i = shash(p, p->states + (size_t)idx * p->words) & m;
+    while (p->sslots[i] >= 0)
+        i = (i + 1) & m;
+    p->sslots[i] = idx;
 }
 
 /* Indexes entry idx, the n-th, in a table that grow_table may have to
@@ -128,6 +156,40 @@ static int index_new(plan *p, int32_t **slots, size_t *cap, int32_t idx, int32_t
         return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
     for (int32_t i = g > 0 ? 0 : idx; i < (g > 0 ? n : idx + 1); i++)
         insert(p, i);
+    return 0;
+}
+
+/* Planning's own bounds: memory, and (checked every 1024 new entries) the
+ * deadline and the cancel flag. */
+static int over_bytes(plan *p)
+{
+    size_t b = plan_bytes(p);
+    if (b <= p->max_bytes)
+        return 0;
+    return npp_fail(p->err, NPP_ELIMIT, "limits",
+                    "planning needs more than %zu MiB (%zu MiB so far); split fewer nodes or use "
+                    "fewer or simpler rules",
+                    p->max_bytes >> 20, b >> 20);
+}
+
+static double mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int check_time(plan *p)
+{
+    if (++p->ticks % 1024)
+        return 0;
+    if (p->cancel && __atomic_load_n(p->cancel, __ATOMIC_RELAXED))
+        return npp_fail(p->err, NPP_ECANCELED, "", "the job was cancelled while it was planned");
+    if (p->deadline_ms > 0 && mono_ms() > p->deadline_ms)
+        return npp_fail(p->err, NPP_ELIMIT, "limits",
+                        "planning took longer than the server's limit of %.0f s; split fewer "
+                        "nodes, or use fewer variants or simpler rules",
+                        p->plan_seconds);
     return 0;
 }
 
@@ -172,6 +234,8 @@ static int32_t intern(plan *p, const uint8_t key[32], plan_op op, int layer, int
     }
     if ((size_t)p->nv >= plan_hard_max(p))
         return too_many(p);
+    if (check_time(p))
+        return -1;
     if (p->nv == p->capv) {
         int32_t c = p->capv ? 2 * p->capv : 256;
         plan_value *nv = realloc(p->v, (size_t)c * sizeof *nv);
@@ -188,7 +252,8 @@ static int32_t intern(plan *p, const uint8_t key[32], plan_op op, int layer, int
     plan_value *v = &p->v[idx];
     *v = (plan_value){op, layer, rank, nin, copy, {0}};
     memcpy(v->key, key, 32);
-    return index_new(p, &p->vslots, &p->vcap, idx, p->nv, vtable_insert) ? -1 : idx;
+    return index_new(p, &p->vslots, &p->vcap, idx, p->nv, vtable_insert) || over_bytes(p) ? -1
+                                                                                          : idx;
 }
 
 static void put_u32(sha256_ctx *c, uint32_t x)
@@ -298,41 +363,83 @@ static int resid_sym(const plan *p, int j)
     return graph_sym(&p->g, j % 2 ? G_A : G_F, (j - 1) / 2, -1);
 }
 
+/* ---- walk states ------------------------------------------------------------- */
+
+/* The walk state after a path prefix is interned: a node names it by index,
+ * so a node costs the same whatever the rules, and equal states are one. */
+static int32_t state_intern(plan *p, const uint64_t *st)
+{
+    if (p->scap) {
+        size_t m = p->scap - 1;
+        for (size_t i = shash(p, st) & m; p->sslots[i] >= 0; i = (i + 1) & m)
+            if (!memcmp(p->states + (size_t)p->sslots[i] * p->words, st, (size_t)p->words * 8))
+                return p->sslots[i];
+    }
+    size_t w = p->words ? (size_t)p->words : 1; /* a rule set with no globs has one state */
+    size_t need = ((size_t)p->nstates + 1) * w;
+    if (need > p->capstates) {
+        size_t c = p->capstates ? 2 * p->capstates : 64 * w;
+        while (c < need)
+            c *= 2;
+        uint64_t *ns = realloc(p->states, c * sizeof *ns);
+        if (!ns)
+            return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+        p->states = ns, p->capstates = c;
+    }
+    int32_t idx = p->nstates++;
+    memcpy(p->states + (size_t)idx * p->words, st, (size_t)p->words * 8);
+    return index_new(p, &p->sslots, &p->scap, idx, p->nstates, stable_insert) || over_bytes(p)
+               ? -1
+               : idx;
+}
+
+static const uint64_t *state_at(const plan *p, int32_t id)
+{
+    return p->states + (size_t)id * p->words;
+}
+
+/* The state after one more name. */
+static int32_t step(plan *p, int32_t from, int sym)
+{
+    rules_step(p->rules, state_at(p, from), sym, p->scratch);
+    return state_intern(p, p->scratch);
+}
+
+/* ---- the walk ----------------------------------------------------------------- */
+
 /* Looks up (sym, parent state) in the memo; -1 if absent. The key is the
  * state *before* the node: a split residual node's skip branch continues
  * from it, so the state after the node would not tell two paths apart. */
-static int32_t memo_find(plan *p, int sym, const uint64_t *st)
+static int32_t memo_find(plan *p, int sym, int32_t st)
 {
     if (!p->ncap)
         return -1;
     size_t m = p->ncap - 1;
-    for (size_t i = nhash(p, sym, st) & m; p->nslots[i] >= 0; i = (i + 1) & m) {
+    for (size_t i = nhash(sym, st) & m; p->nslots[i] >= 0; i = (i + 1) & m) {
         int32_t n = p->nslots[i];
-        if (p->nodes[n].sym == sym &&
-            !memcmp(p->states + (size_t)n * p->words, st, (size_t)p->words * 8))
+        if (p->nodes[n].sym == sym && p->nodes[n].state == st)
             return n;
     }
     return -1;
 }
 
 /* Adds a node (after its children, so indices are topological). */
-static int32_t node_add(plan *p, int sym, const uint64_t *st, int32_t value, const int32_t *kids,
-                        int nkids, int decision, int rule)
+static int32_t node_add(plan *p, int sym, int32_t st, int32_t value, const int32_t *kids, int nkids,
+                        int decision, int rule)
 {
-    if (p->nn >= PLAN_MAX_NODES)
+    if ((size_t)p->nn >= p->max_nodes)
         return npp_fail(p->err, NPP_ELIMIT, "branch",
-                        "the path tree has more than %d distinct nodes; split fewer nodes",
-                        PLAN_MAX_NODES),
+                        "the path tree has more than %zu distinct nodes; split fewer nodes",
+                        p->max_nodes),
                -1;
+    if (check_time(p))
+        return -1;
     if (p->nn == p->capn) {
         int32_t c = p->capn ? 2 * p->capn : 256;
         plan_node *nn = realloc(p->nodes, (size_t)c * sizeof *nn);
-        uint64_t *ns = nn ? realloc(p->states, (size_t)c * (size_t)p->words * 8 + 8) : NULL;
-        if (nn)
-            p->nodes = nn;
-        if (!nn || !ns)
+        if (!nn)
             return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
-        p->states = ns, p->capn = c;
+        p->nodes = nn, p->capn = c;
     }
     int32_t *kc = nkids ? pool_take(p, (size_t)nkids) : NULL;
     if (nkids && !kc)
@@ -345,84 +452,70 @@ static int32_t node_add(plan *p, int sym, const uint64_t *st, int32_t value, con
     if (sym == graph_sym(&p->g, G_EMB, -1, -1))
         reads = 1u << decision;
     int32_t idx = p->nn++;
-    p->nodes[idx] = (plan_node){sym, value, nkids, kc, reads, decision, rule};
-    memcpy(p->states + (size_t)idx * p->words, st, (size_t)p->words * 8);
-    return index_new(p, &p->nslots, &p->ncap, idx, p->nn, ntable_insert) ? -1 : idx;
+    p->nodes[idx] = (plan_node){sym, value, nkids, kc, reads, decision, rule, st};
+    return index_new(p, &p->nslots, &p->ncap, idx, p->nn, ntable_insert) || over_bytes(p) ? -1
+                                                                                          : idx;
 }
 
-static int32_t node_resid(plan *p, const uint64_t *prefix, int j);
+static int32_t node_resid(plan *p, int32_t prefix, int j);
 
 /* A node whose value is the residual j reached through it: q/k/v and
  * position nodes. */
-static int32_t node_input(plan *p, const uint64_t *parent, int sym, int j)
+static int32_t node_input(plan *p, int32_t parent, int sym, int j)
 {
-    uint64_t *st = malloc((size_t)p->words * 8 + 8);
-    int32_t n = -1;
-    if (!st)
-        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
-    rules_step(p->rules, parent, sym, st);
-    if ((n = memo_find(p, sym, parent)) < 0) {
-        int32_t kid = node_resid(p, st, j);
-        if (kid >= 0)
-            n = node_add(p, sym, parent, p->nodes[kid].value, &kid, 1, SPLIT_NO, -1);
-    }
-    free(st);
-    return n;
+    int32_t st = step(p, parent, sym), n;
+    if (st < 0)
+        return -1;
+    if ((n = memo_find(p, sym, parent)) >= 0)
+        return n;
+    int32_t kid = node_resid(p, st, j);
+    return kid < 0 ? -1 : node_add(p, sym, parent, p->nodes[kid].value, &kid, 1, SPLIT_NO, -1);
 }
 
 /* Head h of attention layer i (j = 2i+1); fills its q, k, v sources. */
-static int32_t node_head(plan *p, const uint64_t *parent, int j, int h, int32_t src[3])
+static int32_t node_head(plan *p, int32_t parent, int j, int h, int32_t src[3])
 {
     int i = (j - 1) / 2, sym = graph_sym(&p->g, G_HEAD, i, h), rule;
-    uint64_t *st = malloc((size_t)p->words * 8 + 8);
-    int32_t n = -1, kids[3];
-    if (!st)
-        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
-    rules_step(p->rules, parent, sym, st);
-    int split = rules_branch(p->rules, st, &rule) != SPLIT_NO;
+    int32_t n, kids[3], st = step(p, parent, sym);
+    if (st < 0)
+        return -1;
+    int split = rules_branch(p->rules, state_at(p, st), &rule) != SPLIT_NO;
     if ((n = memo_find(p, sym, parent)) >= 0) {
         for (int c = 0; c < 3; c++)
             src[c] = split ? p->nodes[p->nodes[n].kids[c]].value : p->nodes[n].value;
-        goto done;
+        return n;
     }
     if (split) {
         for (int c = 0; c < 3; c++) {
             kids[c] = node_input(p, st, graph_sym(&p->g, (gkind)(G_Q + c), i, h), j - 1);
             if (kids[c] < 0)
-                goto done;
+                return -1;
             src[c] = p->nodes[kids[c]].value;
         }
-        n = node_add(p, sym, parent, -1, kids, 3, SPLIT_YES, rule);
-    } else {
-        kids[0] = node_resid(p, st, j - 1);
-        if (kids[0] < 0)
-            goto done;
-        src[0] = src[1] = src[2] = p->nodes[kids[0]].value;
-        n = node_add(p, sym, parent, src[0], kids, 1, SPLIT_NO, rule);
+        return node_add(p, sym, parent, -1, kids, 3, SPLIT_YES, rule);
     }
-done:
-    free(st);
-    return n;
+    if ((kids[0] = node_resid(p, st, j - 1)) < 0)
+        return -1;
+    src[0] = src[1] = src[2] = p->nodes[kids[0]].value;
+    return node_add(p, sym, parent, src[0], kids, 1, SPLIT_NO, rule);
 }
 
 /* The sublayer of residual node j (a{i}.head or f{i}.head), reached from
  * the split node's state. */
-static int32_t node_sub(plan *p, const uint64_t *parent, int j)
+static int32_t node_sub(plan *p, int32_t parent, int j)
 {
     int attn = j % 2, i = attn ? (j - 1) / 2 : (j - 2) / 2, H = p->g.H, T = p->g.T, rule;
     int sym = graph_sym(&p->g, attn ? G_AHEAD : G_FHEAD, i, -1);
-    int32_t n = -1, value = -1, nk = 0;
-    uint64_t *st = malloc((size_t)p->words * 8 + 8);
+    int32_t n = -1, value = -1, nk = 0, st = step(p, parent, sym);
     int32_t *kids = malloc((size_t)(H > T ? H : T) * sizeof *kids + 8);
     int32_t *src = malloc((size_t)(3 * H > T ? 3 * H : T) * sizeof *src + 8);
-    if (!st || !kids || !src) {
+    if (!kids || !src) {
         npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning");
         goto done;
     }
-    rules_step(p->rules, parent, sym, st);
-    if ((n = memo_find(p, sym, parent)) >= 0)
+    if (st < 0 || (n = memo_find(p, sym, parent)) >= 0)
         goto done;
-    int d = rules_branch(p->rules, st, &rule);
+    int d = rules_branch(p->rules, state_at(p, st), &rule);
     /* a{i}.head: true or "heads" splits heads; f{i}.head: true or
      * "positions" splits positions (the only way an MLP splits). */
     if (attn && (d == SPLIT_YES || d == SPLIT_HEADS)) {
@@ -451,46 +544,40 @@ static int32_t node_sub(plan *p, const uint64_t *parent, int j)
     if (value >= 0)
         n = node_add(p, sym, parent, value, kids, nk, d, rule);
 done:
-    free(st);
     free(kids);
     free(src);
     return n;
 }
 
-static int32_t node_resid(plan *p, const uint64_t *prefix, int j)
+static int32_t node_resid(plan *p, int32_t prefix, int j)
 {
     int sym = resid_sym(p, j), rule;
-    int32_t n = -1, kids[2], value = -1;
-    uint64_t *st = malloc((size_t)p->words * 8 + 8);
-    if (!st)
-        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
-    rules_step(p->rules, prefix, sym, st);
+    int32_t n, kids[2], value, st = step(p, prefix, sym);
+    if (st < 0)
+        return -1;
     if ((n = memo_find(p, sym, prefix)) >= 0)
-        goto done;
+        return n;
     if (j == 0) {
-        int k = rules_which(p->rules, st, &rule);
-        if ((value = val_emb(p, k)) >= 0)
-            n = node_add(p, sym, prefix, value, NULL, 0, k, rule);
-        goto done;
+        int k = rules_which(p->rules, state_at(p, st), &rule);
+        if ((value = val_emb(p, k)) < 0)
+            return -1;
+        return node_add(p, sym, prefix, value, NULL, 0, k, rule);
     }
-    int split = rules_branch(p->rules, st, &rule) != SPLIT_NO;
-    if (split) {
+    if (rules_branch(p->rules, state_at(p, st), &rule) != SPLIT_NO) {
         /* The skip branch continues with the path without this node. */
         if ((kids[0] = node_resid(p, prefix, j - 1)) < 0 || (kids[1] = node_sub(p, st, j)) < 0)
-            goto done;
+            return -1;
         int32_t in[2] = {p->nodes[kids[0]].value, p->nodes[kids[1]].value};
-        if ((value = val_op(p, OP_ADD, -1, in, 2)) >= 0)
-            n = node_add(p, sym, prefix, value, kids, 2, SPLIT_YES, rule);
-    } else {
-        /* Residual and sublayer read one input, through this node. */
-        if ((kids[0] = node_resid(p, st, j - 1)) < 0)
-            goto done;
-        if ((value = val_block_step(p, j, p->nodes[kids[0]].value)) >= 0)
-            n = node_add(p, sym, prefix, value, kids, 1, SPLIT_NO, rule);
+        if ((value = val_op(p, OP_ADD, -1, in, 2)) < 0)
+            return -1;
+        return node_add(p, sym, prefix, value, kids, 2, SPLIT_YES, rule);
     }
-done:
-    free(st);
-    return n;
+    /* Residual and sublayer read one input, through this node. */
+    if ((kids[0] = node_resid(p, st, j - 1)) < 0)
+        return -1;
+    if ((value = val_block_step(p, j, p->nodes[kids[0]].value)) < 0)
+        return -1;
+    return node_add(p, sym, prefix, value, kids, 1, SPLIT_NO, rule);
 }
 
 int plan_patched(plan *p, const ruleset *r, int32_t *root, npp_err *e)
@@ -499,31 +586,23 @@ int plan_patched(plan *p, const ruleset *r, int32_t *root, npp_err *e)
     p->rules = r;
     p->words = rules_state_words(r);
     *root = -1;
-    uint64_t *st0 = malloc((size_t)p->words * 8 + 8), *st = malloc((size_t)p->words * 8 + 8);
-    int rc = NPP_ENOMEM;
-    if (!st0 || !st) {
-        npp_fail(e, NPP_ENOMEM, "", "out of memory planning");
-        goto done;
-    }
+    if (p->plan_seconds > 0 && p->deadline_ms <= 0)
+        p->deadline_ms = mono_ms() + p->plan_seconds * 1e3;
+    free(p->scratch);
+    if (!(p->scratch = malloc((size_t)p->words * 8 + 8)))
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory planning");
     int sym = graph_sym(&p->g, G_LN_FINAL, -1, -1);
-    rules_start(r, st0);
-    rules_step(r, st0, sym, st);
-    int32_t kid = node_resid(p, st, 2 * p->g.L);
+    rules_start(r, p->scratch);
+    int32_t st0 = state_intern(p, p->scratch), st = st0 < 0 ? -1 : step(p, st0, sym);
+    int32_t kid = st < 0 ? -1 : node_resid(p, st, 2 * p->g.L);
     if (kid < 0)
-        goto fail;
+        return e && e->code ? e->code : NPP_ELIMIT;
     int32_t x = p->nodes[kid].value, v = val_op(p, OP_LNF, -1, &x, 1);
     if (v < 0 || (p->root_node = node_add(p, sym, st0, v, &kid, 1, SPLIT_NO, -1)) < 0)
-        goto fail;
-    if ((rc = check_size(p)))
-        goto done;
-    *root = v;
-    rc = 0;
-    goto done;
-fail:
-    rc = e && e->code ? e->code : NPP_ELIMIT;
-done:
-    free(st0);
-    free(st);
+        return e && e->code ? e->code : NPP_ELIMIT;
+    int rc = check_size(p);
+    if (!rc)
+        *root = v;
     return rc;
 }
 

@@ -53,6 +53,7 @@ typedef struct {
     uint32_t reads; /* bit k: some path below reads input k */
     int decision;   /* branch decision here (SPLIT_*), or the input at emb */
     int rule;       /* index of the deciding rule, -1 for the default */
+    int32_t state;  /* the walk state before this node (an interned state) */
 } plan_node;
 
 typedef struct plan {
@@ -70,23 +71,36 @@ typedef struct plan {
     int32_t capv, capn;
     int32_t *pool;
     size_t npool, cappool;
-    int32_t *vslots, *nslots; /* hash tables: value by key, node by (sym, state) */
-    size_t vcap, ncap;
-    uint64_t *states; /* node i's state at states[i * words] */
+    int32_t *vslots, *nslots, *sslots; /* hash tables: value by key, node by (sym,
+                                        * state), state by its words */
+    size_t vcap, ncap, scap;
+    uint64_t *states; /* interned walk state i at states[i * words] */
+    int32_t nstates;
     size_t capstates;
+    uint64_t *scratch; /* one state, for rules_step */
     const ruleset *rules;
     int words;
     npp_err *err;
+    unsigned long ticks;
+    /* bounds (plan_init sets the defaults; a caller may lower them) */
+    size_t max_nodes;           /* path-tree nodes: PLAN_MAX_NODES */
+    size_t max_bytes;           /* planning memory: PLAN_MAX_BYTES */
+    double plan_seconds;        /* > 0: fail with NPP_ELIMIT past this long (0: no limit) */
+    double deadline_ms;         /* set from plan_seconds at the first plan_patched */
+    const volatile int *cancel; /* non-zero: stop with NPP_ECANCELED */
 } plan;
 
-#define PLAN_MAX_NODES 4000000 /* memo entries, a guard on planning time */
+#define PLAN_MAX_NODES 4000000      /* memo entries, a guard on planning time */
+#define PLAN_MAX_BYTES (512u << 20) /* planning memory */
 
 /* ids: n_inputs x B x T token ids (borrowed, must outlive the plan). */
 void plan_init(plan *p, const model *m, int n_inputs, int B, int T, const int64_t *ids,
                size_t max_values);
 void plan_free(plan *p);
 /* Plans the patched run; *root gets its final hidden state value (LNF).
- * Fails with NPP_ELIMIT (and the size) over max_values values. */
+ * Fails with NPP_ELIMIT (and the size) over max_values values, max_nodes
+ * path nodes, max_bytes of memory or plan_seconds; NPP_ECANCELED when
+ * *cancel is set (checked every 1024 new nodes or values). */
 int plan_patched(plan *p, const ruleset *r, int32_t *root, npp_err *e);
 /* Plans the plain forward pass of input k; returns its LNF value or -1. */
 int32_t plan_plain(plan *p, int k, npp_err *e);
@@ -95,6 +109,9 @@ int32_t plan_plain(plan *p, int k, npp_err *e);
  * *root gets the index in p of src's value src_root. src must have p's
  * inputs. Fails with NPP_ELIMIT when p grows over max_values values. */
 int plan_merge(plan *p, const plan *src, int32_t src_root, int32_t *root, npp_err *e);
+
+/* Memory the plan holds, in bytes. */
+size_t plan_bytes(const plan *p);
 
 /* Short name of an op ("attn", ...). */
 const char *plan_op_name(plan_op op);

@@ -28,12 +28,20 @@ struct ruleset {
     int nbranch, nwhich;
 };
 
-static int add_glob(ruleset *r, const char *pat, const graph_dims *g, const char *field, npp_err *e)
+static int add_glob(ruleset *r, const char *pat, glob_ctx *g, const char *field, npp_err *e)
 {
     char msg[512];
     glob *gl;
     if (glob_compile(pat, g, &gl, msg, sizeof msg))
         return npp_fail(e, NPP_EINVAL, field, "%s: %s", field, msg);
+    if (r->nwords + glob_nalts(gl) > RULES_MAX_ALTS) {
+        glob_free(gl);
+        return npp_fail(e, NPP_EINVAL, field,
+                        "%s: the rules have more than %d pattern alternatives in all (after "
+                        "expanding {...}); every alternative is state the planner carries at "
+                        "every node, so use fewer or simpler patterns",
+                        field, RULES_MAX_ALTS);
+    }
     if (r->nglobs == r->capglobs) {
         int c = r->capglobs ? 2 * r->capglobs : 16;
         glob **gs = realloc(r->globs, (size_t)c * sizeof *gs);
@@ -52,7 +60,7 @@ static int add_glob(ruleset *r, const char *pat, const graph_dims *g, const char
     return r->nglobs++;
 }
 
-static int parse_matcher(ruleset *r, json_t *j, const graph_dims *g, const char *field, matcher *m,
+static int parse_matcher(ruleset *r, json_t *j, glob_ctx *g, const char *field, matcher *m,
                          npp_err *e)
 {
     char f[160];
@@ -145,7 +153,7 @@ static int parse_value(json_t *j, int is_branch, int n_inputs, const char *field
     return 0;
 }
 
-static int parse_list(ruleset *r, json_t *list, int is_branch, const graph_dims *g, int n_inputs,
+static int parse_list(ruleset *r, json_t *list, int is_branch, glob_ctx *g, int n_inputs,
                       rule **out, int *n, npp_err *e)
 {
     const char *name = is_branch ? "branch" : "which";
@@ -182,8 +190,7 @@ static int parse_list(ruleset *r, json_t *list, int is_branch, const graph_dims 
     return 0;
 }
 
-int rules_parse(json_t *branch, json_t *which, const graph_dims *g, int n_inputs, ruleset **out,
-                npp_err *e)
+int rules_parse(json_t *branch, json_t *which, glob_ctx *g, int n_inputs, ruleset **out, npp_err *e)
 {
     ruleset *r = calloc(1, sizeof *r);
     *out = NULL;

@@ -26,9 +26,14 @@ enum { SPLIT_NO = 0, SPLIT_YES = 1, SPLIT_HEADS = 2, SPLIT_POSITIONS = 3 };
 
 typedef struct ruleset ruleset;
 
-/* Parses both lists (either may be NULL = empty). n_inputs bounds
- * "input". Error fields look like "branch[2].match". *out is new. */
-int rules_parse(json_t *branch, json_t *which, const graph_dims *g, int n_inputs, ruleset **out,
+/* At most this many glob alternatives in one rule set (the words of a
+ * walk state). */
+#define RULES_MAX_ALTS 1024
+
+/* Parses both lists (either may be NULL = empty), compiling the globs in
+ * gc (the job's context: see glob.h). n_inputs bounds "input". Error
+ * fields look like "branch[2].match". *out is new. */
+int rules_parse(json_t *branch, json_t *which, glob_ctx *gc, int n_inputs, ruleset **out,
                 npp_err *e);
 void rules_free(ruleset *r);
 
