@@ -430,13 +430,41 @@ fail:
 static const char RUN_HELP[] =
     "usage: npp run --model DIR JOB.json [--svg FILE] [--npy-dir DIR] [--cache-mb N]\n"
     "               [--max-values N] [--repeat N] [--device cpu|cuda:N] [--dtype f32|f16|bf16]\n"
-    "               [--threads N]\n"
+    "               [--threads N] [--chunk-mb N] [--memory-report] [--compact]\n"
     "Runs a path-patching job (JSON; '-' reads stdin) in-process and prints the result\n"
     "JSON. --svg writes the path graph (a sweep's: one file per variant, FILE-0.svg,\n"
     "FILE-1.svg, ...); --npy-dir writes tensors as .npy files instead\n"
     "of base64. --repeat N runs the job N times on one cache (the last result is\n"
     "printed: its stats show what the cache saved). NPP_DEVICE and NPP_DTYPE set\n"
-    "the defaults of --device and --dtype. Job format: docs/jobs.md.\n";
+    "the defaults of --device and --dtype. --chunk-mb bounds the temporaries of one\n"
+    "attention or MLP call (64; larger chunks are split). --memory-report prints, on\n"
+    "stderr, the RSS before the job and its peak during the job (Linux), with the\n"
+    "estimate nppd admits it by. --compact prints the result without indentation\n"
+    "(as nppd stores it). Job format: docs/jobs.md.\n";
+
+/* VmRSS or VmHWM of this process in bytes (Linux /proc), 0 if unknown. */
+static size_t proc_status_bytes(const char *key)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    size_t kb = 0, n = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, n) && line[n] == ':')
+            kb = strtoull(line + n + 1, NULL, 10);
+    if (f)
+        fclose(f);
+    return kb * 1024;
+}
+
+/* Resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0). */
+static void reset_peak_rss(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (f) {
+        fputs("5", f);
+        fclose(f);
+    }
+}
 
 static json_t *load_job(const char *path, npp_err *e)
 {
@@ -451,21 +479,17 @@ static json_t *load_job(const char *path, npp_err *e)
 
 static int cmd_run(int argc, char **argv)
 {
-    static const struct option opts[] = {{"model", 1, 0, 'm'},
-                                         {"svg", 1, 0, 's'},
-                                         {"npy-dir", 1, 0, 'n'},
-                                         {"cache-mb", 1, 0, 'c'},
-                                         {"max-values", 1, 0, 'x'},
-                                         {"repeat", 1, 0, 'r'},
-                                         {"device", 1, 0, 'D'},
-                                         {"dtype", 1, 0, 'd'},
-                                         {"threads", 1, 0, 't'},
-                                         {"help", 0, 0, 'H'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {{"model", 1, 0, 'm'},         {"svg", 1, 0, 's'},
+                                         {"npy-dir", 1, 0, 'n'},       {"cache-mb", 1, 0, 'c'},
+                                         {"max-values", 1, 0, 'x'},    {"repeat", 1, 0, 'r'},
+                                         {"device", 1, 0, 'D'},        {"dtype", 1, 0, 'd'},
+                                         {"threads", 1, 0, 't'},       {"chunk-mb", 1, 0, 'k'},
+                                         {"memory-report", 0, 0, 'M'}, {"compact", 0, 0, 'C'},
+                                         {"help", 0, 0, 'H'},          {0, 0, 0, 0}};
     const char *model_dir = getenv("NPP_MODEL"), *svg = NULL, *npy_dir = NULL;
     model_opts mo = {getenv("NPP_DEVICE"), getenv("NPP_DTYPE")};
-    long cache_mb = 1024, max_values = 50000, repeat = 1, v;
-    int c;
+    long cache_mb = 1024, max_values = 50000, repeat = 1, chunk_mb = 64, v;
+    int c, memory_report = 0, compact = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_dir = optarg; break;
@@ -473,15 +497,22 @@ static int cmd_run(int argc, char **argv)
         case 'n': npy_dir = optarg; break;
         case 'D': mo.device = optarg; break;
         case 'd': mo.dtype = optarg; break;
+        case 'M': memory_report = 1; break;
+        case 'C': compact = 1; break;
         case 'c':
         case 'x':
         case 'r':
         case 't':
+        case 'k':
             if ((v = parse_long(optarg, c == 'c' ? 0 : 1, 100000000)) < 0)
                 return usage_error("run", "numeric options take a non-negative integer");
             if (c == 't')
                 shim_set_threads((int)v);
-            *(c == 'c' ? &cache_mb : c == 'x' ? &max_values : c == 'r' ? &repeat : &v) = v;
+            *(c == 'c'   ? &cache_mb
+              : c == 'x' ? &max_values
+              : c == 'r' ? &repeat
+              : c == 'k' ? &chunk_mb
+                         : &v) = v;
             break;
         case 'H': fputs(RUN_HELP, stdout); return 0;
         default: return usage_error("run", "unknown option");
@@ -503,7 +534,16 @@ static int cmd_run(int argc, char **argv)
         rc = npp_fail(&e, NPP_ENOMEM, "", "out of memory");
         goto fail;
     }
-    run_opts ro = {ca, NULL, NULL, NULL, (size_t)max_values, npy_dir, model_dir};
+    run_opts ro = {.cache = ca,
+                   .max_values = (size_t)max_values,
+                   .npy_dir = npy_dir,
+                   .model_name = model_dir,
+                   .chunk_bytes = (size_t)chunk_mb << 20};
+    size_t rss0 = 0;
+    if (memory_report) { /* the job's own peak, not the model loader's */
+        reset_peak_rss();
+        rss0 = proc_status_bytes("VmRSS");
+    }
     for (long i = 0; i < repeat; i++) {
         run_output_free(r);
         r = NULL;
@@ -522,8 +562,15 @@ static int cmd_run(int argc, char **argv)
         if ((rc = svg_write_file(run_tree(r, i), r->job, path, &e)))
             goto fail;
     }
-    json_dumpf(r->result, stdout, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    json_dumpf(r->result, stdout, (compact ? JSON_COMPACT : JSON_INDENT(1)) | JSON_PRESERVE_ORDER);
     putchar('\n');
+    if (memory_report) {
+        fflush(stdout);
+        fprintf(stderr,
+                "{\"memory\": {\"rss_before_bytes\": %zu, \"rss_peak_bytes\": %zu, "
+                "\"estimate_peak_bytes\": %zu, \"estimate_result_bytes\": %zu}}\n",
+                rss0, proc_status_bytes("VmHWM"), r->est.peak_bytes, r->est.result_bytes);
+    }
 fail:
     if (e.code)
         rc = job_error(&e);
@@ -540,8 +587,10 @@ static const char PLAN_HELP[] =
     "usage: npp plan --model DIR [--max-values N] JOB.json...\n"
     "Plans each job without computing anything and prints, per job, the number of\n"
     "values (baselines and a KL reference included, when the job asks for them; a\n"
-    "sweep's union) and path-tree nodes and the planning time, then the size of the\n"
-    "union of all the jobs' values (what one sweep of these jobs would compute).\n";
+    "sweep's union) and path-tree nodes, the planning time and the estimate of its\n"
+    "peak memory and result size (bytes, at the default chunk budget, as nppd admits\n"
+    "it), then the size of the union of all the jobs' values (what one sweep of these\n"
+    "jobs would compute).\n";
 
 static int cmp_key(const void *a, const void *b)
 {
@@ -594,8 +643,14 @@ static int cmd_plan(int argc, char **argv)
             for (int32_t v = 0; v < p->nv; v++)
                 memcpy(keys + 32 * nkeys++, p->v[v].key, 32);
         }
-        printf("{\"job\": \"%s\", \"values\": %d, \"path_nodes\": %ld, \"plan_ms\": %.3f}\n",
-               argv[i], p->nv, run_path_nodes(r), ms);
+        const run_estimate *est = &r->est;
+        printf("{\"job\": \"%s\", \"values\": %d, \"path_nodes\": %ld, \"plan_ms\": %.3f, "
+               "\"estimate\": {\"peak_bytes\": %zu, \"result_bytes\": %zu, \"plan_bytes\": %zu, "
+               "\"exec_bytes\": %zu, \"output_bytes\": %zu, \"chunks\": %ld, \"peak_field\": "
+               "\"%s\", \"result_field\": \"%s\"}}\n",
+               argv[i], p->nv, run_path_nodes(r), ms, est->peak_bytes, est->result_bytes,
+               est->plan_bytes, est->exec_bytes, est->output_bytes, est->chunks, est->peak_field,
+               est->result_field);
         run_output_free(r);
         json_decref(doc);
         if (!nk) {
@@ -630,6 +685,7 @@ static const char MAIN_HELP[] =
 
 int main(int argc, char **argv)
 {
+    run_malloc_setup();
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         fputs(MAIN_HELP, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

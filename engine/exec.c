@@ -124,66 +124,203 @@ static shim_tensor *run_mix(ex *x, const plan_value *pv, shim_status *st)
     return r;
 }
 
-/* Stacks the tensors of values vs[0..n) on the batch dimension. */
-static shim_tensor *stack(ex *x, const int32_t *vs, int n, shim_status *st)
+/* ---- chunks: every batched call bounded in bytes ---------------------------- */
+
+/* What one attention (or MLP) call on n values of ns distinct sources,
+ * b examples each, holds at most besides its inputs, in bytes: an upper
+ * bound on the temporaries alive at once at each step of run_attn (and
+ * shim_attention) or run_mlp (and gpt2_mlp), which free each as soon as
+ * the next step has it. Chunks are formed so that this stays within the
+ * executor's budget; the estimate (exec_estimate) uses the same numbers. */
+static size_t attn_cost(const plan *p, int ns, int n, int64_t b)
 {
-    shim_tensor **ts = malloc((size_t)n * sizeof *ts);
+    const model_config *c = &p->m->cfg;
+    size_t e = shim_dtype_size(p->m->dtype), T = (size_t)p->T, N = (size_t)n, S = (size_t)ns;
+    size_t a = e * (size_t)b * T * (size_t)c->n_embd;      /* one value's (b, T, C) */
+    size_t sc = 4 * (size_t)b * (size_t)c->n_head * T * T; /* its float32 scores */
+    size_t se = e < 4 ? sc / 4 * e : 0;                    /* the probabilities cast back */
+    size_t step[5] = {
+        4 * S * a,                    /* ln_1 of the stacked sources, then c_attn (3C) */
+        (3 * S + 6 * N) * a,          /* c_attn, each value's q/k/v gathered and batched */
+        (3 * S + 5 * N) * a + N * sc, /* q.k: the batch, matmul's copies of q and k, scores */
+        (3 * S + 3 * N) * a + N * (2 * sc + se), /* scores and probabilities */
+        (3 * S + 6 * N) * a + N * (sc + se),     /* p.v: v's copy, the heads, z */
+    };
+    size_t worst = 4 * N * a; /* c_proj and each value's own storage */
+    for (int i = 0; i < 5; i++)
+        worst = step[i] > worst ? step[i] : worst;
+    return worst;
+}
+
+static size_t mlp_cost(const plan *p, int n, int64_t b)
+{
+    const model_config *c = &p->m->cfg;
+    size_t e = shim_dtype_size(p->m->dtype), rows = (size_t)n * (size_t)b * (size_t)p->T;
+    size_t C = (size_t)c->n_embd, I = (size_t)c->n_inner;
+    size_t stack = n > 1 ? C : 0; /* the stacked inputs, when several */
+    /* ln_2 and c_fc, c_fc and gelu, gelu and c_proj; then each value's
+     * own storage */
+    size_t inner = C + I > 2 * I ? C + I : 2 * I;
+    inner = I + C > inner ? I + C : inner;
+    return e * rows * (stack + (inner > 2 * C ? inner : 2 * C));
+}
+
+/* A set of value indices (the distinct sources of a chunk). */
+typedef struct {
+    int32_t *slot;
+    size_t cap, n;
+} vset;
+
+static int vset_add(vset *s, int32_t v)
+{
+    size_t m = s->cap - 1;
+    for (size_t i = ((uint32_t)v * 2654435761u) & m;; i = (i + 1) & m) {
+        if (s->slot[i] == v)
+            return 0;
+        if (s->slot[i] < 0) {
+            s->slot[i] = v;
+            s->n++;
+            return 1;
+        }
+    }
+}
+
+static void vset_clear(vset *s)
+{
+    memset(s->slot, 0xff, s->cap * sizeof *s->slot);
+    s->n = 0;
+}
+
+/* Splits the group vs[0..n) (one op, one layer) into chunks: runs of
+ * values at the full batch while their cost fits budget; a value over the
+ * budget alone is split along the batch (down to one example). *out is
+ * new; *nout chunks. budget 0: no limit. */
+int exec_chunks(const plan *p, const int32_t *vs, int n, size_t budget, exec_chunk **out, int *nout)
+{
+    int attn = p->v[vs[0]].op == OP_ATTN, nin = attn ? p->v[vs[0]].nin : 1, cap = 16, nc = 0;
+    exec_chunk *c = malloc((size_t)cap * sizeof *c);
+    vset set = {NULL, 1, 0};
+    while (set.cap < 4 * (size_t)nin * (size_t)n + 4)
+        set.cap *= 2;
+    set.slot = attn ? malloc(set.cap * sizeof *set.slot) : NULL;
+    if (!c || (attn && !set.slot)) {
+        free(c);
+        free(set.slot);
+        return -1;
+    }
+    for (int i = 0; i < n;) {
+        int j = i;
+        if (attn)
+            vset_clear(&set);
+        /* grow the run while it fits (the first value always joins) */
+        while (j < n) {
+            size_t before = set.n;
+            for (int k = 0; attn && k < nin; k++)
+                vset_add(&set, p->v[vs[j]].in[k]);
+            size_t cost =
+                attn ? attn_cost(p, (int)set.n, j - i + 1, p->B) : mlp_cost(p, j - i + 1, p->B);
+            if (j > i && budget && cost > budget) {
+                set.n = before; /* the set is rebuilt for the next run anyway */
+                break;
+            }
+            j++;
+        }
+        size_t one = attn ? attn_cost(p, (int)set.n, 1, 1) : mlp_cost(p, 1, 1);
+        int64_t bb = p->B; /* examples per chunk */
+        if (j == i + 1 && budget && one * (size_t)p->B > budget)
+            bb = (int64_t)(budget / one) > 0 ? (int64_t)(budget / one) : 1;
+        for (int64_t b0 = 0; b0 < p->B; b0 += bb) {
+            if (nc == cap) {
+                exec_chunk *g = realloc(c, (size_t)(cap *= 2) * sizeof *g);
+                if (!g) {
+                    free(c);
+                    free(set.slot);
+                    return -1;
+                }
+                c = g;
+            }
+            int64_t b1 = b0 + bb < p->B ? b0 + bb : p->B;
+            size_t cost =
+                attn ? attn_cost(p, (int)set.n, j - i, b1 - b0) : mlp_cost(p, j - i, b1 - b0);
+            c[nc++] = (exec_chunk){i, j, b0, b1, cost};
+        }
+        i = j;
+    }
+    free(set.slot);
+    *out = c;
+    *nout = nc;
+    return 0;
+}
+
+/* Rows [b0, b0+bn) of the tensors of values vs[0..n), stacked on the
+ * batch dimension: (n*bn, T, C); a view when n == 1. */
+static shim_tensor *stack(ex *x, const int32_t *vs, int n, int64_t b0, int64_t bn, shim_status *st)
+{
+    if (n == 1)
+        return shim_narrow(x->h[vs[0]], 0, b0, bn, st);
+    shim_tensor **ts = calloc((size_t)n, sizeof *ts);
     if (!ts) {
         st->code = SHIM_ENOMEM;
         snprintf(st->msg, sizeof st->msg, "out of memory");
         return NULL;
     }
     for (int i = 0; i < n; i++)
-        ts[i] = x->h[vs[i]];
-    shim_tensor *r =
-        n == 1 ? shim_narrow(ts[0], 0, 0, shim_dim(ts[0], 0), st) : shim_cat(ts, n, 0, st);
+        ts[i] = shim_narrow(x->h[vs[i]], 0, b0, bn, st);
+    shim_tensor *r = shim_cat(ts, n, 0, st);
+    for (int i = 0; i < n; i++)
+        shim_free(ts[i]);
     free(ts);
     return r;
 }
 
-/* Splits y (n*B, ...) into the values' handles. Each gets its own storage
- * (a slice would pin the whole batch in the cache, whose byte count would
- * then understate what it holds). */
-static void unstack(ex *x, const int32_t *vs, int n, shim_tensor *y, shim_status *st)
+/* Splits y (n*bn, ...) into out[0..n). Each gets its own storage (a
+ * slice would pin the whole batch in the cache, whose byte count would
+ * then understate what it holds); a single one is y itself. */
+static void unstack(shim_tensor *y, int n, int64_t bn, shim_tensor **out, shim_status *st)
 {
-    int64_t B = x->p->B;
     if (n == 1) {
-        x->h[vs[0]] = shim_narrow(y, 0, 0, B, st); /* the whole of y: nothing to pin */
+        out[0] = shim_narrow(y, 0, 0, bn, st); /* the whole of y: nothing to pin */
         return;
     }
     for (int i = 0; i < n && !st->code; i++) {
-        shim_tensor *slice = shim_narrow(y, 0, (int64_t)i * B, B, st);
-        x->h[vs[i]] = shim_clone(slice, st);
+        shim_tensor *slice = shim_narrow(y, 0, (int64_t)i * bn, bn, st);
+        out[i] = shim_clone(slice, st);
         shim_free(slice);
     }
 }
 
-static void run_mlp(ex *x, const int32_t *vs, int n, shim_status *st)
+/* MLP of one layer for values vs[0..n), rows [b0, b0+bn): out[i] gets
+ * value i's rows. */
+static void run_mlp(ex *x, const int32_t *vs, int n, int64_t b0, int64_t bn, shim_tensor **out,
+                    shim_status *st)
 {
     int32_t *in = malloc((size_t)n * sizeof *in);
     if (!in) {
         st->code = SHIM_ENOMEM;
+        snprintf(st->msg, sizeof st->msg, "out of memory");
         return;
     }
     for (int i = 0; i < n; i++)
         in[i] = x->p->v[vs[i]].in[0];
-    shim_tensor *X = stack(x, in, n, st);                            /* (n*B, T, C) */
-    shim_tensor *Y = gpt2_mlp(x->p->m, x->p->v[vs[0]].layer, X, st); /* (n*B, T, C) */
-    unstack(x, vs, n, Y, st);
+    shim_tensor *X = stack(x, in, n, b0, bn, st);                    /* (n*bn, T, C) */
+    shim_tensor *Y = gpt2_mlp(x->p->m, x->p->v[vs[0]].layer, X, st); /* (n*bn, T, C) */
     shim_free(X);
+    unstack(Y, n, bn, out, st);
     shim_free(Y);
     free(in);
 }
 
-/* Attention of one layer for n values, each with its own per-head q, k,
- * v sources: project every distinct source once (ln_1 + c_attn), then
- * gather each value's heads and run one attention and one c_proj. */
-static void run_attn(ex *x, const int32_t *vs, int n, shim_status *st)
+/* Attention of one layer for values vs[0..n), each with its own per-head
+ * q, k, v sources, rows [b0, b0+bn): project every distinct source once
+ * (ln_1 + c_attn), then gather each value's heads and run one attention
+ * and one c_proj; out[i] gets value i's rows. */
+static void run_attn(ex *x, const int32_t *vs, int n, int64_t b0, int64_t bn, shim_tensor **out,
+                     shim_status *st)
 {
     const model *m = x->p->m;
     const model_block *b = &m->blocks[x->p->v[vs[0]].layer];
     int H = m->cfg.n_head, layer = x->p->v[vs[0]].layer;
-    int64_t C = m->cfg.n_embd, D = C / H, B = x->p->B;
+    int64_t C = m->cfg.n_embd, D = C / H;
     int32_t *srcs = calloc((size_t)n * 3 * H, sizeof *srcs), ns = 0;
     int32_t *slot = calloc((size_t)n * 3 * H, sizeof *slot);
     shim_tensor **q = calloc((size_t)3 * n, sizeof *q),
@@ -206,9 +343,13 @@ static void run_attn(ex *x, const int32_t *vs, int n, shim_status *st)
             slot[i * 3 * H + k] = j;
         }
     }
-    X = stack(x, srcs, ns, st); /* (ns*B, T, C) */
+    X = stack(x, srcs, ns, b0, bn, st); /* (ns*bn, T, C) */
     Hn = shim_layernorm(X, b->ln_1_w, b->ln_1_b, m->cfg.ln_eps, st);
-    QKV = shim_linear(Hn, b->attn_w, b->attn_b, st); /* (ns*B, T, 3C) */
+    shim_free(X);
+    X = NULL;
+    QKV = shim_linear(Hn, b->attn_w, b->attn_b, st); /* (ns*bn, T, 3C) */
+    shim_free(Hn);
+    Hn = NULL;
     for (int i = 0; i < n && !st->code; i++) {
         for (int c = 0; c < 3; c++) { /* c: q, k, v */
             const int32_t *sl = &slot[i * 3 * H];
@@ -216,17 +357,17 @@ static void run_attn(ex *x, const int32_t *vs, int n, shim_status *st)
             for (int h = 1; h < H; h++)
                 same &= sl[3 * h + c] == sl[c];
             if (same) {
-                shim_tensor *rows = shim_narrow(QKV, 0, (int64_t)sl[c] * B, B, st);
-                q[3 * i + c] = shim_narrow(rows, 2, c * C, C, st); /* (B, T, C) */
+                shim_tensor *rows = shim_narrow(QKV, 0, (int64_t)sl[c] * bn, bn, st);
+                q[3 * i + c] = shim_narrow(rows, 2, c * C, C, st); /* (bn, T, C) */
                 shim_free(rows);
                 continue;
             }
             for (int h = 0; h < H; h++) {
-                shim_tensor *rows = shim_narrow(QKV, 0, (int64_t)sl[3 * h + c] * B, B, st);
-                pieces[h] = shim_narrow(rows, 2, c * C + h * D, D, st); /* (B, T, D) */
+                shim_tensor *rows = shim_narrow(QKV, 0, (int64_t)sl[3 * h + c] * bn, bn, st);
+                pieces[h] = shim_narrow(rows, 2, c * C + h * D, D, st); /* (bn, T, D) */
                 shim_free(rows);
             }
-            q[3 * i + c] = shim_cat(pieces, H, 2, st); /* (B, T, C) */
+            q[3 * i + c] = shim_cat(pieces, H, 2, st); /* (bn, T, C) */
             for (int h = 0; h < H; h++) {
                 shim_free(pieces[h]);
                 pieces[h] = NULL;
@@ -242,14 +383,22 @@ static void run_attn(ex *x, const int32_t *vs, int n, shim_status *st)
         for (int c = 0; c < 3; c++) {
             for (int i = 0; i < n; i++)
                 qs[i] = q[3 * i + c];
-            shim_tensor *t = n == 1 ? shim_narrow(qs[0], 0, 0, B, st) : shim_cat(qs, n, 0, st);
-            *(c == 0 ? &Q : c == 1 ? &K : &V) = t; /* (n*B, T, C) */
+            shim_tensor *t = n == 1 ? shim_narrow(qs[0], 0, 0, bn, st) : shim_cat(qs, n, 0, st);
+            *(c == 0 ? &Q : c == 1 ? &K : &V) = t; /* (n*bn, T, C) */
         }
         free(qs);
     }
-    Z = shim_attention(Q, K, V, H, gpt2_attn_scale(m, layer), NULL, st); /* (n*B, T, C) */
+    for (int i = 0; q && i < 3 * n; i++) {
+        shim_free(q[i]);
+        q[i] = NULL;
+    }
+    Z = shim_attention(Q, K, V, H, gpt2_attn_scale(m, layer), NULL, st); /* (n*bn, T, C) */
+    shim_free(QKV), shim_free(Q), shim_free(K), shim_free(V);
+    QKV = Q = K = V = NULL;
     Y = shim_linear(Z, b->proj_w, b->proj_b, st);
-    unstack(x, vs, n, Y, st);
+    shim_free(Z);
+    Z = NULL;
+    unstack(Y, n, bn, out, st);
 done:
     for (int i = 0; q && i < 3 * n; i++)
         shim_free(q[i]);
@@ -267,6 +416,7 @@ done:
     free(pieces);
 }
 
+/* A light op (embedding, sum, mix, ln_f) of one value. */
 static void run_one(ex *x, int32_t v, shim_status *st)
 {
     const plan_value *pv = &x->p->v[v];
@@ -278,9 +428,23 @@ static void run_one(ex *x, int32_t v, shim_status *st)
     case OP_ADD: x->h[v] = shim_add(x->h[pv->in[0]], x->h[pv->in[1]], st); break;
     case OP_MIX: x->h[v] = run_mix(x, pv, st); break;
     case OP_LNF: x->h[v] = gpt2_ln_f(p->m, x->h[pv->in[0]], st); break;
-    case OP_MLP: run_mlp(x, &v, 1, st); break;
-    case OP_ATTN: run_attn(x, &v, 1, st); break;
+    case OP_MLP:
+    case OP_ATTN: break; /* run_chunked */
     }
+}
+
+static int run_chunked(ex *x, const int32_t *vs, int n, shim_status *st);
+
+/* Computes values vs[0..n) (one op; one layer for the heavy ones) whose
+ * inputs are ready: heavy ops batched in chunks, light ones one by one. */
+static int compute(ex *x, const int32_t *vs, int n, shim_status *st)
+{
+    plan_op op = x->p->v[vs[0]].op;
+    if (op == OP_ATTN || op == OP_MLP)
+        return run_chunked(x, vs, n, st);
+    for (int i = 0; i < n; i++)
+        run_one(x, vs[i], st);
+    return 0;
 }
 
 /* ---- scheduling ------------------------------------------------------------ */
@@ -299,10 +463,10 @@ static int compute_now(ex *x, int32_t v)
         }
     }
     shim_status st = {0};
-    run_one(x, v, &st);
-    if (st.code) {
+    int rc = compute(x, &v, 1, &st);
+    if (rc || st.code) {
         cache_abandon(x->c, pv->key);
-        return fail_shim(x, &st);
+        return rc ? rc : fail_shim(x, &st);
     }
     cache_fulfil(x->c, pv->key, x->h[v]);
     x->state[v] = S_READY;
@@ -380,6 +544,62 @@ static void release_inputs(ex *x, const int32_t *vs, int n)
     }
 }
 
+/* Runs the chunks of an attention or MLP group; checks the cancel flag
+ * before each, so a cancel takes effect within one chunk's time. */
+static int run_chunked(ex *x, const int32_t *vs, int n, shim_status *st)
+{
+    exec_chunk *ch;
+    int nch;
+    plan_op op = x->p->v[vs[0]].op;
+    if (exec_chunks(x->p, vs, n, x->o ? x->o->chunk_bytes : 0, &ch, &nch))
+        return npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
+    shim_tensor **out = calloc((size_t)n, sizeof *out), **parts = NULL;
+    int nparts = 0, rc = 0;
+    if (!out) {
+        free(ch);
+        return npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
+    }
+    for (int k = 0; k < nch && !st->code; k++) {
+        const exec_chunk *c = &ch[k];
+        int64_t bn = c->b1 - c->b0;
+        if (k > 0 && cancelled(x)) {
+            rc = npp_fail(x->e, NPP_ECANCELED, "", "the job was cancelled");
+            break;
+        }
+        if (op == OP_ATTN)
+            run_attn(x, vs + c->i0, c->i1 - c->i0, c->b0, bn, out + c->i0, st);
+        else
+            run_mlp(x, vs + c->i0, c->i1 - c->i0, c->b0, bn, out + c->i0, st);
+        x->s->batches++;
+        if (bn == x->p->B || st->code)
+            continue;
+        /* one value split along the batch: gather its parts */
+        if (!parts && !(parts = calloc((size_t)(x->p->B / bn + 2), sizeof *parts))) {
+            rc = npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
+            break;
+        }
+        parts[nparts++] = out[c->i0];
+        out[c->i0] = NULL;
+        if (c->b1 == x->p->B) {
+            out[c->i0] = shim_cat(parts, nparts, 0, st); /* (B, T, C) */
+            while (nparts)
+                shim_free(parts[--nparts]);
+        }
+    }
+    while (nparts)
+        shim_free(parts[--nparts]);
+    free(parts);
+    for (int i = 0; i < n; i++) {
+        if (!rc && !st->code)
+            x->h[vs[i]] = out[i];
+        else
+            shim_free(out[i]);
+    }
+    free(out);
+    free(ch);
+    return rc;
+}
+
 static int run_group(ex *x, const int32_t *vs, int n)
 {
     for (int i = 0; i < n; i++)
@@ -389,17 +609,9 @@ static int run_group(ex *x, const int32_t *vs, int n)
                 return rc;
         }
     shim_status st = {0};
-    plan_op op = x->p->v[vs[0]].op;
-    if (op == OP_ATTN) {
-        run_attn(x, vs, n, &st);
-        x->s->batches++;
-    } else if (op == OP_MLP) {
-        run_mlp(x, vs, n, &st);
-        x->s->batches++;
-    } else {
-        for (int i = 0; i < n; i++)
-            run_one(x, vs[i], &st);
-    }
+    int rc = compute(x, vs, n, &st);
+    if (rc)
+        return rc;
     if (st.code)
         return fail_shim(x, &st);
     for (int i = 0; i < n; i++) {
@@ -494,5 +706,94 @@ done:
     free(x.h);
     free(x.users);
     free(mine);
+    return rc;
+}
+
+/* ---- the estimate -------------------------------------------------------------- */
+
+int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes,
+                  exec_estimate_t *out, npp_err *e)
+{
+    memset(out, 0, sizeof *out);
+    size_t vb =
+        (size_t)p->B * (size_t)p->T * (size_t)p->m->cfg.n_embd * shim_dtype_size(p->m->dtype);
+    out->value_bytes = vb;
+    unsigned char *seen = calloc((size_t)p->nv + 1, 1);
+    int32_t *mine = malloc(((size_t)p->nv + 1) * sizeof *mine);
+    int32_t *users = calloc((size_t)p->nv + 1, sizeof *users);
+    long nm = 0;
+    int rc = 0;
+    if (!seen || !mine || !users) {
+        rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
+        goto done;
+    }
+    /* every value the roots depend on, as if the cache held none */
+    for (int r = 0; r < n; r++)
+        if (!seen[roots[r]])
+            seen[roots[r]] = 1, mine[nm++] = roots[r];
+    for (long k = 0; k < nm; k++) {
+        const plan_value *pv = &p->v[mine[k]];
+        for (int i = 0; i < pv->nin; i++)
+            if (!seen[pv->in[i]])
+                seen[pv->in[i]] = 1, mine[nm++] = pv->in[i];
+    }
+    qsort_r(mine, (size_t)nm, sizeof *mine, by_rank, (void *)p);
+    ex x = {p, NULL, NULL, NULL, e, NULL, NULL, users, 0, 0};
+    count_users(&x, mine, nm, roots, n);
+    size_t live = 0, peak = 0;
+    for (long i = 0; i < nm;) {
+        long j = i;
+        while (j < nm && p->v[mine[j]].rank == p->v[mine[i]].rank &&
+               p->v[mine[j]].op == p->v[mine[i]].op)
+            j++;
+        size_t outs = (size_t)(j - i) * vb, holds = outs; /* light ops: their outputs */
+        plan_op op = p->v[mine[i]].op;
+        if (op == OP_ATTN || op == OP_MLP) {
+            exec_chunk *ch;
+            int nch;
+            if (exec_chunks(p, mine + i, (int)(j - i), chunk_bytes, &ch, &nch)) {
+                rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
+                goto done;
+            }
+            /* as run_chunked goes: the outputs done so far, plus a chunk's
+             * cost (which counts its own outputs); a value split along the
+             * batch holds its parts so far, then the parts and their cat */
+            size_t made = 0, part = 0;
+            holds = 0;
+            for (int k = 0; k < nch; k++) {
+                size_t h = made + part + ch[k].cost;
+                if (ch[k].b1 - ch[k].b0 < p->B) {
+                    part += vb * (size_t)(ch[k].b1 - ch[k].b0) / (size_t)p->B;
+                    if (ch[k].b1 == p->B) {
+                        h = h > made + 2 * vb ? h : made + 2 * vb;
+                        made += vb, part = 0;
+                    }
+                } else {
+                    made += (size_t)(ch[k].i1 - ch[k].i0) * vb;
+                }
+                holds = h > holds ? h : holds;
+            }
+            out->chunks += nch;
+            free(ch);
+        }
+        if (live + holds > peak)
+            peak = live + holds;
+        live += outs;
+        for (long k = i; k < j; k++) { /* release_inputs, as exec_run does */
+            const plan_value *pv = &p->v[mine[k]];
+            for (int q = 0; q < pv->nin; q++) {
+                int32_t u = pv->in[q];
+                if ((!q || pv->in[q - 1] != u) && users[u] > 0 && --users[u] == 0)
+                    live -= vb;
+            }
+        }
+        i = j;
+    }
+    out->peak_bytes = peak;
+    out->end_bytes = live;
+done:
+    free(seen);
+    free(mine);
+    free(users);
     return rc;
 }

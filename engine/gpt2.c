@@ -23,30 +23,32 @@ shim_tensor *gpt2_attn(const model *m, int layer, const shim_tensor *x, shim_ten
     int64_t C = m->cfg.n_embd;
     shim_tensor *h = shim_layernorm(x, b->ln_1_w, b->ln_1_b, m->cfg.ln_eps, st); /* (B, T, C) */
     shim_tensor *qkv = shim_linear(h, b->attn_w, b->attn_b, st);                 /* (B, T, 3C) */
-    shim_tensor *q = shim_narrow(qkv, 2, 0, C, st);                              /* (B, T, C) */
+    shim_free(h);
+    shim_tensor *q = shim_narrow(qkv, 2, 0, C, st); /* (B, T, C) views */
     shim_tensor *k = shim_narrow(qkv, 2, C, C, st);
     shim_tensor *v = shim_narrow(qkv, 2, 2 * C, C, st);
     shim_tensor *z = shim_attention(q, k, v, m->cfg.n_head, gpt2_attn_scale(m, layer), probs,
-                                    st);                       /* (B, T, C) */
-    shim_tensor *y = shim_linear(z, b->proj_w, b->proj_b, st); /* (B, T, C) */
-    shim_free(h);
+                                    st); /* (B, T, C) */
     shim_free(qkv);
     shim_free(q);
     shim_free(k);
     shim_free(v);
+    shim_tensor *y = shim_linear(z, b->proj_w, b->proj_b, st); /* (B, T, C) */
     shim_free(z);
     return y;
 }
 
+/* Each temporary is freed as soon as the next step has it: at most two of
+ * the (B, T, I) tensors are alive at once (exec.c's mlp_cost counts on it). */
 shim_tensor *gpt2_mlp(const model *m, int layer, const shim_tensor *x, shim_status *st)
 {
     const model_block *b = &m->blocks[layer];
     shim_tensor *h = shim_layernorm(x, b->ln_2_w, b->ln_2_b, m->cfg.ln_eps, st); /* (B, T, C) */
     shim_tensor *u = shim_linear(h, b->fc_w, b->fc_b, st);                       /* (B, T, I) */
-    shim_tensor *g = shim_gelu(u, m->cfg.gelu_tanh, st);                         /* (B, T, I) */
-    shim_tensor *y = shim_linear(g, b->mproj_w, b->mproj_b, st);                 /* (B, T, C) */
     shim_free(h);
+    shim_tensor *g = shim_gelu(u, m->cfg.gelu_tanh, st); /* (B, T, I) */
     shim_free(u);
+    shim_tensor *y = shim_linear(g, b->mproj_w, b->mproj_b, st); /* (B, T, C) */
     shim_free(g);
     return y;
 }

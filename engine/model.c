@@ -361,6 +361,12 @@ static int load_tokenizer(model *m, npp_err *e)
         rc = npp_fail(e, NPP_EFORMAT, "vocab.json",
                       "vocab.json: %d tokens but config.json's vocab_size is %d",
                       tok_vocab_size(m->tok), m->cfg.vocab_size);
+    /* the byte-level form is at least as long as the token's bytes */
+    for (int32_t id = 0; !rc && id < tok_vocab_size(m->tok); id++) {
+        const char *t = tok_token(m->tok, id);
+        size_t n = t ? strlen(t) : 0;
+        m->max_token_bytes = n > m->max_token_bytes ? n : m->max_token_bytes;
+    }
     return rc;
 }
 

@@ -54,7 +54,8 @@ typedef struct {
     shim_tensor *lm_head;         /* (V, C); == wte (borrowed) when tied */
     model_block *blocks;          /* n_layer of them */
     tok *tok;
-    size_t param_bytes; /* device memory held by the weights */
+    size_t param_bytes;     /* device memory held by the weights */
+    size_t max_token_bytes; /* the longest token, in bytes (bounds a result's size) */
     /* SHA-256 of config.json, the safetensors header and the compute dtype:
      * names this model in content keys (plan.h). */
     unsigned char fingerprint[32];

@@ -3,6 +3,7 @@
  * metric needs when nothing asks for the full vocabulary. */
 #include "run.h"
 
+#include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,12 @@ static double now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+void run_malloc_setup(void)
+{
+    mallopt(M_MMAP_THRESHOLD, 256 << 10);
+    mallopt(M_TRIM_THRESHOLD, 4 << 20);
 }
 
 json_t *run_json_num(double x)
@@ -58,6 +65,16 @@ typedef struct {
     npp_err *e;
     int nfiles;
 } ctx;
+
+/* Building outputs checks the cancel flag between patched runs and
+ * between the layers of an attention output. */
+static int cancelled(const ctx *c)
+{
+    if (!c->o->cancel || !__atomic_load_n(c->o->cancel, __ATOMIC_RELAXED))
+        return 0;
+    npp_fail(c->e, NPP_ECANCELED, "", "the job was cancelled");
+    return 1;
+}
 
 /* A tensor for the result: base64 or an .npy file. */
 static json_t *tensor_json(ctx *c, const char *name, const float *x, const int64_t *shape, int nd)
@@ -363,6 +380,11 @@ static json_t *attention_json(ctx *c)
         const int64_t *ids = j->ids + (size_t)k * j->B * j->T;
         shim_tensor *x = gpt2_embed(m, ids, j->B, j->T, &st);
         for (int l = 0; l < m->cfg.n_layer && !st.code; l++) {
+            if (cancelled(c)) {
+                shim_free(x);
+                json_decref(arr);
+                return NULL;
+            }
             int want = 0;
             for (int i = 0; i < j->nattn; i++)
                 want |= j->attn_layers[i] == l;
@@ -474,6 +496,8 @@ static int build_result(ctx *c, run_output *r, shim_tensor **hs, int nroots, dou
         json_object_set_new(res, "sweep", sw);
         for (int i = 0; i < j->nvar; i++) {
             char tag[32];
+            if (cancelled(c))
+                goto fail;
             snprintf(tag, sizeof tag, "variant%d", i);
             json_t *p = patched_json(c, j->var[i].compiled, hs[i], kl_ref, tag);
             if (!p)
@@ -497,6 +521,8 @@ static int build_result(ctx *c, run_output *r, shim_tensor **hs, int nroots, dou
         json_object_set_new(res, "baselines", bl);
         for (int k = 0; k < j->n_inputs; k++) {
             char tag[32];
+            if (cancelled(c))
+                goto fail;
             snprintf(tag, sizeof tag, "input%d", k);
             const shim_tensor *h = hs[nroots - j->n_inputs + k];
             json_t *b = json_pack("{s:i}", "input", k);
@@ -533,6 +559,172 @@ fail:
     return c->e && c->e->code ? c->e->code : NPP_ENOMEM;
 }
 
+/* ---- the estimate ------------------------------------------------------------ */
+
+#define JSON_NUM_MEM  64         /* a number in jansson's memory, with its array slot */
+#define JSON_OBJ_MEM  320        /* a small object (a few keys) in jansson's memory */
+#define JSON_NUM_TEXT 26         /* a number as text: "-1.2345678901234567e-123," */
+#define JOB_OVERHEAD  (4u << 20) /* the job's structures, code and allocator slack */
+
+static size_t b64_len(size_t bytes)
+{
+    return (bytes + 2) / 3 * 4;
+}
+
+/* The largest of several contributions, and the field it comes from. */
+typedef struct {
+    size_t bytes;
+    const char *field;
+} part;
+
+static void take(part *best, size_t bytes, const char *field)
+{
+    if (bytes > best->bytes)
+        best->bytes = bytes, best->field = field;
+}
+
+/* The result tree grows while outputs are built: kept is what it holds,
+ * peak the high-water mark of kept plus what the step in progress holds. */
+typedef struct {
+    size_t kept, peak, text; /* text: the document's length */
+} sim;
+
+static void step_holds(sim *s, size_t transient)
+{
+    if (s->kept + transient > s->peak)
+        s->peak = s->kept + transient;
+}
+
+/* Building one run's outputs as outputs_json and metric_json do, step by
+ * step; full: a patched run (else a baseline). mem/res get the run's
+ * largest part in memory and in the document. */
+static void estimate_run(const model *m, const job *j, int full, sim *s, part *mem, part *res)
+{
+    size_t B = (size_t)j->B, np = (size_t)j->npos, V = (size_t)m->cfg.vocab_size;
+    size_t C = (size_t)m->cfg.n_embd, T = (size_t)j->T, e = shim_dtype_size(m->dtype);
+    size_t tok_text = 6 * m->max_token_bytes + 2; /* escaped, quoted */
+    size_t raw = 0;                               /* the logits on the host, while kept */
+    if (j->top_k > 0 || (full && (j->want_logits || j->ntoklp))) {
+        raw = B * np * V * 4;
+        step_holds(s, B * np * (C + V) * e + raw); /* rows, logits, their host copy */
+        if (full && j->want_logits) {              /* base64, and jansson's copy of it */
+            size_t b = b64_len(raw);
+            step_holds(s, raw + 2 * b);
+            s->kept += b, s->text += b + 64;
+            take(mem, b, "outputs.logits");
+            take(res, b, "outputs.logits");
+        }
+    }
+    if (j->top_k) {
+        size_t rows = B * np, per = JSON_OBJ_MEM + 2 * JSON_NUM_MEM + 64 + tok_text;
+        size_t km = rows * (JSON_OBJ_MEM + (size_t)j->top_k * per);
+        size_t kt = rows * (32 + (size_t)j->top_k * (44 + tok_text));
+        s->kept += km, s->text += kt;
+        step_holds(s, raw);
+        take(mem, km, "outputs.top_k");
+        take(res, kt, "outputs.top_k");
+    }
+    if (full && j->ntoklp) {
+        size_t n = B * np * (size_t)j->ntoklp;
+        s->kept += n * JSON_NUM_MEM + (size_t)j->ntoklp * (JSON_OBJ_MEM + tok_text);
+        s->text += n * JSON_NUM_TEXT + (size_t)j->ntoklp * (24 + tok_text);
+        step_holds(s, raw);
+        take(mem, n * JSON_NUM_MEM, "outputs.token_logprobs");
+        take(res, n * JSON_NUM_TEXT, "outputs.token_logprobs");
+    }
+    if (full && j->want_hidden) { /* host copy, base64, jansson's copy */
+        size_t h = B * T * C * 4, b = b64_len(h);
+        step_holds(s, raw + h + 2 * b);
+        s->kept += b, s->text += b + 64;
+        take(mem, b, "outputs.hidden_states");
+        take(res, b, "outputs.hidden_states");
+    }
+    if (j->metric) {
+        int full_v = j->metric != METRIC_LOGIT_DIFF && j->metric != METRIC_LOGIT;
+        step_holds(s, full_v ? (j->metric == METRIC_KL ? 2 : 1) * B * (V * (e + 4) + C * e)
+                             : 4 * B * (C + B) * e);
+        s->kept += B * JSON_NUM_MEM + JSON_OBJ_MEM, s->text += B * JSON_NUM_TEXT + 96;
+    }
+}
+
+static size_t json_text_len(const json_t *j)
+{
+    return j ? json_dumpb(j, NULL, 0, JSON_COMPACT) : 0;
+}
+
+/* Fills r->est from the plans (run_prepare, after planning). */
+static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e)
+{
+    const job *j = r->job;
+    run_estimate *est = &r->est;
+    exec_estimate_t ex;
+    size_t chunk = o->chunk_bytes ? o->chunk_bytes : EXEC_CHUNK_BYTES;
+    int rc = exec_estimate(&r->plan, r->roots, r->nroots, chunk, &ex, e);
+    if (rc)
+        return rc;
+    part mem = {0, NULL}, res = {0, NULL};
+    est->plan_bytes = plan_bytes(&r->plan) + JOB_OVERHEAD +
+                      (size_t)j->n_inputs * (size_t)j->B * (size_t)j->T * sizeof *j->ids;
+    for (int i = 0; i < r->nvplans; i++)
+        est->plan_bytes += plan_bytes(&r->vplans[i]);
+    est->exec_bytes = ex.peak_bytes;
+    est->chunks = ex.chunks;
+    take(&mem, ex.peak_bytes, j->nvar > 1 ? "sweep" : "inputs");
+    take(&mem, est->plan_bytes, j->nvar ? "sweep" : "branch");
+
+    /* the patched runs one after another, then attention, baselines and
+     * the trace; what each keeps stays in the result tree */
+    sim s = {0, 0, 1024};
+    int npatched = j->nvar ? j->nvar : 1;
+    part pm = {0, NULL}, pr = {0, NULL}; /* one variant's largest parts */
+    for (int i = 0; i < npatched; i++) {
+        estimate_run(m, j, 1, &s, i ? &(part){0, NULL} : &pm, i ? &(part){0, NULL} : &pr);
+        s.text += json_text_len(j->nvar ? j->var[i].compiled : j->compiled) + 64;
+    }
+    take(&mem, pm.bytes * (size_t)npatched, pm.field);
+    take(&res, pr.bytes * (size_t)npatched, pr.field);
+    size_t B = (size_t)j->B, T = (size_t)j->T, H = (size_t)m->cfg.n_head, vb = ex.value_bytes;
+    if (j->nattn) {
+        int layers = 0;
+        for (int l = 0; l < m->cfg.n_layer; l++)
+            for (int a = 0; a < j->nattn; a++)
+                if (j->attn_layers[a] == l) {
+                    layers++;
+                    break;
+                }
+        /* each input's plain forward, its attention unchunked: residuals,
+         * the sublayers' temporaries (a dozen (B, T, C)), the scores and
+         * probabilities, then the probabilities' host copy and text */
+        size_t probs = B * H * T * T * 4, b = b64_len(probs), each = (size_t)j->n_inputs * layers;
+        for (size_t k = 0; k < each; k++) {
+            step_holds(&s, 16 * vb + 2 * probs + 2 * b);
+            s.kept += b, s.text += b + 96;
+        }
+        take(&mem, each * b, "outputs.attention");
+        take(&res, each * b, "outputs.attention");
+    }
+    for (int i = 0; j->want_baselines && i < j->n_inputs; i++) {
+        estimate_run(m, j, 0, &s, &mem, &res);
+        s.text += 32;
+    }
+    if (j->want_trace) {
+        size_t n = (size_t)r->plan.nv;
+        s.kept += n * (JSON_OBJ_MEM + 4 * JSON_NUM_MEM), s.text += n * 72;
+        take(&mem, n * (JSON_OBJ_MEM + 4 * JSON_NUM_MEM), "outputs.trace");
+        take(&res, n * 72, "outputs.trace");
+    }
+    step_holds(&s, 0);
+    s.text += (size_t)j->n_inputs * B * (T * 7 + 4); /* the inputs, echoed */
+    est->output_bytes = ex.end_bytes + s.peak;
+    /* 5% for what the allocator rounds up and cannot hand back at once */
+    size_t work = est->exec_bytes > est->output_bytes ? est->exec_bytes : est->output_bytes;
+    est->peak_bytes = est->plan_bytes + work + work / 20;
+    est->result_bytes = s.text;
+    est->peak_field = mem.field ? mem.field : "inputs";
+    est->result_field = res.field ? res.field : "outputs";
+    return 0;
+}
+
 int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out, npp_err *e)
 {
     int rc;
@@ -546,7 +738,13 @@ int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out
         goto fail;
     job *j = r->job;
     int npatched = j->nvar ? j->nvar : 1;
+    /* the job's bounds on planning, shared by its variants */
+    size_t max_bytes = o->max_plan_bytes ? o->max_plan_bytes : PLAN_MAX_BYTES, used_bytes = 0;
+    size_t used_nodes = 0;
+    double deadline = o->plan_seconds > 0 ? t0 + o->plan_seconds * 1e3 : 0;
     plan_init(&r->plan, m, j->n_inputs, j->B, j->T, j->ids, j->max_values);
+    r->plan.max_bytes = max_bytes, r->plan.cancel = o->cancel;
+    r->plan.plan_seconds = o->plan_seconds, r->plan.deadline_ms = deadline;
     r->roots = malloc((size_t)(npatched + 1 + j->n_inputs) * sizeof *r->roots);
     r->vplans = j->nvar ? calloc((size_t)j->nvar, sizeof *r->vplans) : NULL;
     if (!r->roots || (j->nvar && !r->vplans)) {
@@ -558,10 +756,23 @@ int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out
     /* a sweep: each variant planned alone (its path tree), then merged */
     for (int i = 0; i < j->nvar; i++) {
         int32_t root;
-        plan_init(&r->vplans[i], m, j->n_inputs, j->B, j->T, j->ids, j->max_values);
+        plan *vp = &r->vplans[i];
+        plan_init(vp, m, j->n_inputs, j->B, j->T, j->ids, j->max_values);
         r->nvplans++;
-        if ((rc = plan_patched(&r->vplans[i], j->var[i].rules, &root, e)) ||
-            (rc = plan_merge(&r->plan, &r->vplans[i], root, &r->roots[r->nroots++], e)))
+        used_bytes += i ? plan_bytes(&r->vplans[i - 1]) : 0;
+        used_nodes += i ? (size_t)r->vplans[i - 1].nn : 0;
+        if (used_nodes >= PLAN_MAX_NODES || used_bytes >= max_bytes) {
+            rc = npp_fail(e, NPP_ELIMIT, "sweep",
+                          "sweep[%d]: the variants before it already plan %zu path nodes and "
+                          "%zu MiB; the limits are %d nodes and %zu MiB for a job",
+                          i, used_nodes, used_bytes >> 20, PLAN_MAX_NODES, max_bytes >> 20);
+            goto fail;
+        }
+        vp->max_nodes = PLAN_MAX_NODES - used_nodes;
+        vp->max_bytes = max_bytes - used_bytes;
+        vp->cancel = o->cancel, vp->plan_seconds = o->plan_seconds, vp->deadline_ms = deadline;
+        if ((rc = plan_patched(vp, j->var[i].rules, &root, e)) ||
+            (rc = plan_merge(&r->plan, vp, root, &r->roots[r->nroots++], e)))
             goto fail;
     }
     if (j->metric == METRIC_KL && (r->roots[r->nroots++] = plan_plain(&r->plan, 0, e)) < 0)
@@ -569,6 +780,8 @@ int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out
     for (int k = 0; j->want_baselines && k < j->n_inputs; k++)
         if ((r->roots[r->nroots++] = plan_plain(&r->plan, k, e)) < 0)
             goto fail_rc;
+    if ((rc = estimate(m, r, o, e)))
+        goto fail;
     r->plan_ms = now_ms() - t0;
     *out = r;
     return 0;
@@ -589,7 +802,8 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
         return npp_fail(e, NPP_ENOMEM, "", "out of memory");
     }
     double t1 = now_ms();
-    exec_opts eo = {o->cancel, o->progress, o->ud, trace};
+    exec_opts eo = {o->cancel, o->progress, o->ud, trace,
+                    o->chunk_bytes ? o->chunk_bytes : EXEC_CHUNK_BYTES};
     if ((rc = exec_run(&r->plan, o->cache, r->roots, r->nroots, hs, &eo, &r->stats, e)) == 0) {
         ctx c = {m, r->job, o, e, 0};
         rc = build_result(&c, r, hs, r->nroots, r->plan_ms, now_ms() - t1, trace);

@@ -32,14 +32,33 @@
 #include "plan.h"
 
 typedef struct {
-    cache *cache;               /* required */
-    const volatile int *cancel; /* optional */
+    cache *cache;               /* required by run_execute */
+    const volatile int *cancel; /* optional: planning, execution and outputs stop */
     void (*progress)(void *ud, long done, long total);
     void *ud;
     size_t max_values;      /* ceiling for limits.max_values; 0: 50000 */
     const char *npy_dir;    /* write tensors as .npy files there */
     const char *model_name; /* shown in the result */
+    size_t chunk_bytes;     /* the executor's chunk budget (exec.h); 0: EXEC_CHUNK_BYTES */
+    size_t max_plan_bytes;  /* planning memory; 0: PLAN_MAX_BYTES */
+    double plan_seconds;    /* planning time; 0: no limit */
 } run_opts;
+
+/* What a job will hold and return, estimated from its plan before any
+ * compute (run_prepare fills it). Upper bounds: the executor's schedule
+ * simulated as if the cache held nothing (exec_estimate), then every
+ * output built as run_execute builds it, one patched run after another. */
+typedef struct {
+    size_t plan_bytes;   /* the plans, the job's token ids and rules */
+    size_t exec_bytes;   /* the executor's high-water mark */
+    size_t output_bytes; /* while the result is built: roots, logits, host copies, JSON */
+    size_t peak_bytes;   /* the job's high-water mark: plan + max(exec, outputs) */
+    size_t result_bytes; /* the result document as compact JSON */
+    /* the job's field that contributes most to each ("inputs", "sweep",
+     * "outputs.logits", ...; static strings) */
+    const char *peak_field, *result_field;
+    long chunks; /* tensor calls for attention and MLP, at the chunk budget */
+} run_estimate;
 
 typedef struct {
     json_t *result; /* new reference (after run_execute) */
@@ -51,6 +70,7 @@ typedef struct {
     int32_t *roots; /* patched (one per variant in a sweep), [KL reference], [baselines] */
     int nroots;
     double plan_ms;
+    run_estimate est;
 } run_output;
 
 int run_job(const model *m, json_t *doc, const run_opts *o, run_output **out, npp_err *e);
@@ -68,6 +88,11 @@ void run_output_free(run_output *r);
 const plan *run_tree(const run_output *r, int variant);
 /* The path tree's size in nodes (a sweep's: its variants' together). */
 long run_path_nodes(const run_output *r);
+
+/* Makes freed tensor memory go back to the system at once (glibc: a fixed
+ * mmap threshold of 256 KiB instead of the adaptive one), so that a
+ * process's RSS follows what its jobs hold. Call once at start-up. */
+void run_malloc_setup(void);
 
 /* Encodes n floats as base64 of little-endian float32 (new string). */
 char *run_base64_f32(const float *x, size_t n);

@@ -23,7 +23,8 @@ if [ "${1:-}" != "--quick" ]; then
   echo "== sanitizer build (ASan + UBSan) =="
   # The 'heavy' tests repeat numerics on a 12-layer model through code paths
   # the tiny models already cover; under ASan they would only cost time.
-  CTEST_ARGS=(-LE heavy)
+  # The 'memory' ones measure RSS, which ASan's shadow memory inflates.
+  CTEST_ARGS=(-LE "heavy|memory")
   export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
   export LSAN_OPTIONS=suppressions=$root/tests/lsan.supp
   run_suite build-asan -DNPP_SANITIZE=ON

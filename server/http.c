@@ -473,7 +473,7 @@ static enum MHD_Result post_job(req *r)
     }
     npp_err e = {0};
     run_output *run = NULL;
-    run_opts o = {m->cache, NULL, NULL, NULL, (size_t)S.max_values, NULL, m->name};
+    run_opts o = {.cache = m->cache, .max_values = (size_t)S.max_values, .model_name = m->name};
     int rc = run_prepare(m->m, doc, &o, &run, &e);
     json_decref(doc);
     if (rc)

@@ -195,8 +195,12 @@ static void *worker_main(void *arg)
         sjob *j = w->job;
         pthread_mutex_unlock(&S.mu);
         npp_err e = {0};
-        run_opts o = {j->model->cache,      &j->cancel, on_progress,   j,
-                      (size_t)S.max_values, NULL,       j->model->name};
+        run_opts o = {.cache = j->model->cache,
+                      .cancel = &j->cancel,
+                      .progress = on_progress,
+                      .ud = j,
+                      .max_values = (size_t)S.max_values,
+                      .model_name = j->model->name};
         int rc = run_execute(j->model->m, j->run, &o, &e);
         pthread_mutex_lock(&S.mu);
         S.nrunning--;

@@ -418,15 +418,22 @@ shim_tensor *shim_attention(const shim_tensor *q, const shim_tensor *k, const sh
             return x.view({B, T, n_head, D}).transpose(1, 2);
         };
         at::Tensor qh = heads(Q), kh = heads(k->t), vh = heads(v->t);
+        // In place where the result is the same, so that at most two
+        // (B, H, T, T) float32 tensors are alive at once: the scores and the
+        // probabilities (exec.c's attn_cost counts on it).
         at::Tensor s = at::matmul(qh, kh.transpose(-1, -2)); // (B, H, T, T)
         if (scale_div != 1.0)
-            s = s / scale_div;
+            s.div_(scale_div);
+        s = s.to(at::kFloat); // the same tensor in float32
         at::Tensor mask =
             at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(Q.device())).triu(1);
-        at::Tensor p = s.to(at::kFloat).masked_fill(mask, -INFINITY).softmax(-1);
+        s.masked_fill_(mask, -INFINITY);
+        at::Tensor p = s.softmax(-1);
+        s = at::Tensor();
         at::Tensor y = at::matmul(p.to(Q.scalar_type()), vh); // (B, H, T, D)
         if (probs)
             *probs = wrap(p);
+        p = at::Tensor();
         return wrap(y.transpose(1, 2).reshape({B, T, C}));
     });
 }

@@ -1,0 +1,85 @@
+#!/usr/bin/python3
+"""The executor's bounds: chunked execution gives what unchunked execution
+gives, and the memory estimate (what nppd admits a job by) is an upper
+bound on what the job holds.
+
+    check_bounds.py --npp BUILD/npp --model DIR   (a model of 128+ positions)
+
+1. With --chunk-mb 1 every attention and MLP call is cut into chunks (a
+   value too big for one chunk is split along the batch); the hidden states
+   equal the unchunked run's within 1e-5 (another batch shape may round
+   differently in the last bits) and the top-k tokens are the same.
+2. For a few job shapes, `npp run --memory-report` measures the peak RSS
+   during the job over the RSS before it; the estimate must be at least
+   that, and not absurdly more (at most 3x)."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import check, run, tensor  # noqa: E402
+
+
+def ids(B, T, seed=0):
+    return [[(97 * b + 31 * t + seed) % 50000 + 10 for t in range(T)] for b in range(B)]
+
+
+def memory(job):
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(job, f)
+    try:
+        p = subprocess.run([harness.NPP, "run", "--cache-mb", "0", "--memory-report", "--compact",
+                            "--model", harness.MODEL, f.name], capture_output=True, text=True)
+        if p.returncode:
+            raise RuntimeError(p.stderr)
+        m = json.loads(p.stderr.strip().splitlines()[-1])["memory"]
+        return m["rss_peak_bytes"] - m["rss_before_bytes"], m["estimate_peak_bytes"]
+    finally:
+        os.unlink(f.name)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--npp", required=True)
+    ap.add_argument("--model", required=True)
+    a = ap.parse_args()
+    harness.setup(a.npp, a.model)
+
+    job = {"inputs": [ids(6, 128), ids(6, 128, 5)],
+           "preset": {"type": "path_patch", "senders": ["a0.head1"], "receivers": ["a1.head2.k"]},
+           "outputs": {"hidden_states": True, "top_k": 3, "baselines": True}}
+    whole = run(job)
+    cut = run(job, "--chunk-mb", "1")
+    check("--chunk-mb 1 cuts the calls into more chunks",
+          cut["stats"]["batches"] > 2 * whole["stats"]["batches"],
+          "%d calls, %d unchunked" % (cut["stats"]["batches"], whole["stats"]["batches"]))
+    a_, b_ = tensor(cut["outputs"]["hidden_states"]), tensor(whole["outputs"]["hidden_states"])
+    err = float(np.max(np.abs(a_ - b_)))
+    check("chunked hidden states = unchunked within 1e-5", err <= 1e-5 and
+          float(np.max(np.abs(b_))) > 0.1, "max abs diff %.3g" % err)
+    check("chunked top-k tokens = unchunked",
+          [[t["id"] for p in e for t in p["tokens"]] for e in cut["outputs"]["top_k"]] ==
+          [[t["id"] for p in e for t in p["tokens"]] for e in whole["outputs"]["top_k"]])
+
+    shapes = [
+        ("batch 32 x 128 tokens", {"inputs": [ids(32, 128)], "outputs": {"top_k": 5}}),
+        ("logits at all 128 positions, batch 2",
+         {"inputs": [ids(2, 128)], "outputs": {"top_k": 0, "logits": True, "positions": "all"}}),
+        ("attention of 2 layers, 2 inputs, batch 4",
+         {"inputs": [ids(4, 128), ids(4, 128, 3)], "outputs": {"top_k": 1, "attention": [0, 1]}}),
+    ]
+    for name, j in shapes:
+        used, est = memory(j)
+        check("estimate >= measured peak, <= 3x: " + name, used <= est <= 3 * max(used, 1 << 20),
+              "estimate %.1f MiB, measured %.1f MiB" % (est / 2**20, used / 2**20))
+    sys.exit(harness.summary())
+
+
+if __name__ == "__main__":
+    main()
