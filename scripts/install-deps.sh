@@ -10,6 +10,7 @@ pkgs=(
   libjansson-dev libpcre2-dev        # JSON, the tokenizer's pattern
   libgraphviz-dev                    # SVG path graphs (libgvc)
   libmicrohttpd-dev libuv1-dev       # nppd: HTTP, event loop
+  libsqlite3-dev                     # nppd: the durable job store
   python3-jsonschema python3-yaml    # server tests: responses vs api/openapi.yaml
   chromium                           # the web UI's end-to-end test (headless)
   python3-torch python3-numpy python3-pytest   # the independent reference (tests)

@@ -1,37 +1,48 @@
 /* http.c - nppd's HTTP side (libmicrohttpd, internal polling thread with
- * epoll): routing, auth, limits, JSON errors, long polls (?wait) and
- * Server-Sent Events by suspend/resume, one JSON log line per request.
- * Thread roles and locking: see srv.h. Every error is
- * {"error": {"code", "message", "field"}}. */
+ * epoll): routing, auth and ownership, JSON errors, deferred answers
+ * (planners answer suspended requests), long polls (?wait) and
+ * Server-Sent Events by suspend/resume, results streamed from their files,
+ * one JSON log line per request. Thread roles and locking: see srv.h.
+ * Every error is {"error": {"code", "message", "field"}}. */
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../engine/sha256.h"
-#include "../engine/svg.h"
 #include "../engine/tok.h"
 #include "srv.h"
 
-enum { K_PLAIN, K_WAIT, K_SSE };
+enum { K_PLAIN, K_DEFER, K_WAIT, K_SSE };
 
 struct req {
     struct MHD_Connection *conn;
-    char method[8], path[200], user[64];
+    char method[16], path[256], user[SRV_NAME_MAX];
+    int admin;
     char *body;
     size_t len, cap;
     int too_big, status, kind, suspended, finished_sse;
     int uid;
     size_t bytes_out;
     double t0, deadline;
-    sjob *job;     /* a reference, for K_WAIT and K_SSE */
+    sjob *job; /* a reference, for K_WAIT and K_SSE */
+    /* K_DEFER: the answer a planner prepared */
+    int answered;
+    unsigned ans_status;
+    char *ans_body, *ans_ctype, ans_hname[32], ans_hval[96];
+    size_t ans_len;
     uint64_t seen; /* the job version last reported, + 1 (SSE); 0: none yet */
     char *sse;     /* pending SSE bytes */
     size_t sse_len, sse_off;
     req *prev, *next; /* the suspended list (under S.mu) */
 };
+
+/* ---- suspend and resume ------------------------------------------------------- */
 
 static req *suspended; /* every suspended request, under S.mu */
 
@@ -115,7 +126,59 @@ void http_resume_all(void)
     http_flush_resumes();
 }
 
+/* Suspends r (in one of libmicrohttpd's callbacks, S.mu held). */
+static void suspend(req *r)
+{
+    link_suspended(r);
+    MHD_suspend_connection(r->conn);
+}
+
 /* ---- responses ---------------------------------------------------------------- */
+
+/* s (len bytes) made valid UTF-8 (new string): what may go into JSON. */
+static char *utf8_clean(const char *s, size_t len)
+{
+    char *out = NULL;
+    size_t n;
+    if (tok_utf8_sanitize(s, len, &out, &n))
+        return strdup("?");
+    return out;
+}
+
+static int is_utf8(const char *s)
+{
+    char *c = utf8_clean(s, strlen(s));
+    int same = c && !strcmp(c, s);
+    free(c);
+    return same;
+}
+
+json_t *http_error_body(const char *code, const char *field, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    char *m = utf8_clean(msg, strlen(msg)),
+         *f = utf8_clean(field ? field : "", strlen(field ? field : ""));
+    json_t *e = json_pack("{s:{s:s,s:s,s:s}}", "error", "code", code, "message", m ? m : "",
+                          "field", f ? f : "");
+    free(m);
+    free(f);
+    return e;
+}
+
+static enum MHD_Result queue(req *r, unsigned status, struct MHD_Response *resp, size_t len)
+{
+    if (!resp)
+        return MHD_NO;
+    r->status = (int)status;
+    r->bytes_out = len;
+    enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
 
 static enum MHD_Result send_text(req *r, unsigned status, const char *ctype, char *text, size_t len)
 {
@@ -125,87 +188,228 @@ static enum MHD_Result send_text(req *r, unsigned status, const char *ctype, cha
         return MHD_NO;
     }
     MHD_add_response_header(resp, "Content-Type", ctype);
-    r->status = (int)status;
-    r->bytes_out = len;
-    enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return queue(r, status, resp, len);
 }
 
-/* Sends j (taken) as JSON; extra headers as name, value pairs, NULL-ended. */
-static enum MHD_Result send_json_h(req *r, unsigned status, json_t *j, ...)
+/* j (taken) as compact JSON text with a newline (new string). */
+static char *dump(json_t *j, size_t *len)
 {
-    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(j);
     if (!s)
-        return MHD_NO;
+        return NULL;
     size_t n = strlen(s);
     char *t = realloc(s, n + 2);
-    if (t) {
-        s = t;
-        s[n++] = '\n';
-        s[n] = 0;
+    if (!t) {
+        free(s);
+        return NULL;
     }
+    t[n++] = '\n';
+    t[n] = 0;
+    *len = n;
+    return t;
+}
+
+/* Sends j (taken) as JSON; one optional extra header. */
+static enum MHD_Result send_json_h(req *r, unsigned status, json_t *j, const char *hname,
+                                   const char *hval)
+{
+    size_t n;
+    char *s = dump(j, &n);
+    if (!s)
+        return MHD_NO;
     struct MHD_Response *resp = MHD_create_response_from_buffer(n, s, MHD_RESPMEM_MUST_FREE);
     if (!resp) {
         free(s);
         return MHD_NO;
     }
     MHD_add_response_header(resp, "Content-Type", "application/json");
-    va_list ap;
-    va_start(ap, j);
-    for (const char *k; (k = va_arg(ap, const char *));)
-        MHD_add_response_header(resp, k, va_arg(ap, const char *));
-    va_end(ap);
-    r->status = (int)status;
-    r->bytes_out = n;
-    enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
-    MHD_destroy_response(resp);
-    return ret;
-}
-
-#define send_json(r, status, j) send_json_h(r, status, j, NULL)
-
-static enum MHD_Result send_error_h(req *r, unsigned status, const char *code, const char *field,
-                                    const char *hname, const char *hval, const char *fmt, ...)
-    __attribute__((format(printf, 7, 8)));
-
-static enum MHD_Result send_error_h(req *r, unsigned status, const char *code, const char *field,
-                                    const char *hname, const char *hval, const char *fmt, ...)
-{
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    json_t *e = json_pack("{s:{s:s,s:s,s:s}}", "error", "code", code, "message", msg, "field",
-                          field ? field : "");
     if (hname)
-        return send_json_h(r, status, e, hname, hval, NULL);
-    return send_json(r, status, e);
+        MHD_add_response_header(resp, hname, hval);
+    return queue(r, status, resp, n);
 }
 
+#define send_json(r, status, j) send_json_h(r, status, j, NULL, NULL)
+
+#define send_error_h(r, status, code, field, hname, hval, ...)                                     \
+    send_json_h(r, status, http_error_body(code, field, __VA_ARGS__), hname, hval)
 #define send_error(r, status, code, field, ...)                                                    \
     send_error_h(r, status, code, field, NULL, NULL, __VA_ARGS__)
 
-/* ---- auth ------------------------------------------------------------------------ */
+static enum MHD_Result send_draining(req *r)
+{
+    return send_error_h(r, 503, "draining", NULL, "Retry-After", "30",
+                        "the server is shutting down and takes no new work");
+}
+
+static enum MHD_Result not_allowed(req *r, const char *allow)
+{
+    return send_error_h(r, 405, "method_not_allowed", NULL, "Allow", allow,
+                        "%s is not allowed here (use %s)", r->method, allow);
+}
+
+/* ---- deferred answers (planners) ------------------------------------------------ */
+
+void http_answer(req *r, unsigned status, json_t *body, const char *hname, const char *hval)
+{
+    r->ans_body = dump(body, &r->ans_len);
+    r->ans_status = r->ans_body ? status : 503;
+    r->ans_ctype = "application/json";
+    snprintf(r->ans_hname, sizeof r->ans_hname, "%s", hname ? hname : "");
+    snprintf(r->ans_hval, sizeof r->ans_hval, "%s", hval ? hval : "");
+    r->answered = 1;
+    wake(r);
+}
+
+void http_answer_svg(req *r, char *svg, size_t len)
+{
+    r->ans_body = svg;
+    r->ans_len = len;
+    r->ans_status = 200;
+    r->ans_ctype = "image/svg+xml";
+    r->ans_hname[0] = 0;
+    r->answered = 1;
+    wake(r);
+}
+
+void http_wait_on(req *r, sjob *j, double wait)
+{
+    r->kind = K_WAIT;
+    r->job = j;
+    job_ref(j);
+    r->deadline = srv_now() + wait;
+    if (j->state >= J_DONE)
+        wake(r);
+}
+
+static enum MHD_Result send_prepared(req *r)
+{
+    if (!r->answered) /* the planners stopped first (shutdown) */
+        return send_draining(r);
+    if (!r->ans_body)
+        return send_error(r, 503, "nomem", NULL, "out of memory");
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(r->ans_len, r->ans_body, MHD_RESPMEM_MUST_FREE);
+    if (!resp)
+        return MHD_NO;
+    r->ans_body = NULL; /* the response owns it */
+    MHD_add_response_header(resp, "Content-Type", r->ans_ctype);
+    if (r->ans_hname[0])
+        MHD_add_response_header(resp, r->ans_hname, r->ans_hval);
+    return queue(r, r->ans_status, resp, r->ans_len);
+}
+
+/* ---- results streamed from their files ---------------------------------------------- */
+
+/* The job's JSON with "result": the file's contents, read as it is sent. */
+typedef struct {
+    char *head; /* the job JSON up to ,"result": */
+    size_t hlen;
+    int fd;
+    size_t flen;
+} stream;
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    stream *s = cls;
+    if (pos < s->hlen) {
+        size_t n = s->hlen - (size_t)pos < max ? s->hlen - (size_t)pos : max;
+        memcpy(buf, s->head + pos, n);
+        return (ssize_t)n;
+    }
+    pos -= s->hlen;
+    if (pos < s->flen) {
+        size_t want = s->flen - (size_t)pos < max ? s->flen - (size_t)pos : max;
+        ssize_t n = pread(s->fd, buf, want, (off_t)pos);
+        return n > 0 ? n : MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+    if (pos == s->flen && max >= 2) {
+        memcpy(buf, "}\n", 2);
+        return 2;
+    }
+    return MHD_CONTENT_READER_END_OF_STREAM;
+}
+
+static void stream_free(void *cls)
+{
+    stream *s = cls;
+    if (s->fd >= 0)
+        close(s->fd);
+    free(s->head);
+    free(s);
+}
+
+/* Answers with j and its result (caller holds S.mu; j is done). */
+static enum MHD_Result send_result(req *r, unsigned status, const sjob *j)
+{
+    char path[4200], loc[64];
+    snprintf(loc, sizeof loc, "/v1/jobs/%s", j->id);
+    if (j->result_gone)
+        return send_error(r, 404, "result_removed", "id",
+                          "the result of job %s was removed to keep stored results under "
+                          "--results-disk-mb (%ld MiB; the oldest go first)",
+                          j->id, S.results_disk_mb);
+    store_result_path(j->id, path, sizeof path);
+    stream *s = calloc(1, sizeof *s);
+    struct stat sb;
+    if (!s)
+        return MHD_NO;
+    s->fd = open(path, O_RDONLY | O_CLOEXEC);
+    size_t n = 0;
+    char *head = s->fd >= 0 && !fstat(s->fd, &sb) ? dump(job_json(j), &n) : NULL;
+    if (!head || n < 3) {
+        free(head);
+        stream_free(s);
+        return send_error(r, 404, "result_removed", "id",
+                          "the result file of job %s is missing from the store", j->id);
+    }
+    /* "{...}\n" -> "{...,"result":" */
+    n -= 2;
+    s->head = malloc(n + 12);
+    if (!s->head) {
+        free(head);
+        stream_free(s);
+        return MHD_NO;
+    }
+    memcpy(s->head, head, n);
+    memcpy(s->head + n, ",\"result\":", 10);
+    s->hlen = n + 10;
+    s->flen = (size_t)sb.st_size;
+    free(head);
+    size_t total = s->hlen + s->flen + 2;
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(total, 64 * 1024, stream_read, s, stream_free);
+    if (!resp) {
+        stream_free(s);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    MHD_add_response_header(resp, "Location", loc);
+    return queue(r, status, resp, total);
+}
+
+/* ---- auth --------------------------------------------------------------------- */
+
+static void client_address(req *r)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    char addr[64] = "local";
+    if (ci && ci->client_addr) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, addr, sizeof addr);
+        else if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, addr, sizeof addr);
+    }
+    snprintf(r->user, sizeof r->user, "%s", addr);
+}
 
 /* 0 and r->user set if allowed; otherwise an error was sent (returns 1). */
 static int authorize(req *r, enum MHD_Result *ret)
 {
     if (!S.ntokens) {
-        const union MHD_ConnectionInfo *ci =
-            MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-        char addr[64] = "local";
-        if (ci && ci->client_addr) {
-            const struct sockaddr *sa = ci->client_addr;
-            if (sa->sa_family == AF_INET)
-                inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, addr, sizeof addr);
-            else if (sa->sa_family == AF_INET6)
-                inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, addr,
-                          sizeof addr);
-        }
-        snprintf(r->user, sizeof r->user, "%s", addr);
+        client_address(r);
         return 0;
     }
     const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization");
@@ -222,7 +426,7 @@ static int authorize(req *r, enum MHD_Result *ret)
     for (int i = 0; i < S.ntokens; i++) {
         unsigned diff = 0;
         for (int k = 0; k < 32; k++)
-            diff |= (unsigned)(d[k] ^ S.token_hash[i][k]);
+            diff |= (unsigned)(d[k] ^ S.tokens[i].hash[k]);
         int hit = diff == 0;
         found = hit && found < 0 ? i : found;
     }
@@ -230,11 +434,12 @@ static int authorize(req *r, enum MHD_Result *ret)
         *ret = send_error(r, 403, "forbidden", "Authorization", "the bearer token is not valid");
         return 1;
     }
-    snprintf(r->user, sizeof r->user, "%s", S.token_name[found]);
+    snprintf(r->user, sizeof r->user, "%s", S.tokens[found].name);
+    r->admin = S.tokens[found].admin;
     return 0;
 }
 
-/* ---- helpers -------------------------------------------------------------------- */
+/* ---- endpoints ------------------------------------------------------------------- */
 
 static srv_model *find_model(const char *name)
 {
@@ -245,57 +450,6 @@ static srv_model *find_model(const char *name)
             return &S.models[i];
     return NULL;
 }
-
-static const char *state_name(jstate s)
-{
-    static const char *n[] = {"queued", "running", "done", "failed", "cancelled"};
-    return n[s];
-}
-
-static unsigned status_of(int code)
-{
-    switch (code) {
-    case NPP_ENOMEM: return 503;
-    case NPP_ETORCH:
-    case NPP_EIO: return 500;
-    default: return 422;
-    }
-}
-
-/* The job as the API shows it (caller holds S.mu). */
-static json_t *job_json(const sjob *j, int with_result)
-{
-    char created[32], link[96];
-    struct tm tm;
-    gmtime_r(&j->created, &tm);
-    strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:{s:I,s:I}}", "id", j->id, "state",
-                          state_name(j->state), "model", j->model->name, "created", created,
-                          "progress", "done", (json_int_t)j->done, "total", (json_int_t)j->total);
-    if (j->t_start > 0)
-        json_object_set_new(o, "queue_seconds", json_real(j->t_start - j->t_submit));
-    if (j->t_end > 0 && j->t_start > 0)
-        json_object_set_new(o, "run_seconds", json_real(j->t_end - j->t_start));
-    json_t *links = json_object();
-    snprintf(link, sizeof link, "/v1/jobs/%s", j->id);
-    json_object_set_new(links, "self", json_string(link));
-    snprintf(link, sizeof link, "/v1/jobs/%s/graph.svg", j->id);
-    json_object_set_new(links, "graph", json_string(link));
-    snprintf(link, sizeof link, "/v1/jobs/%s/events", j->id);
-    json_object_set_new(links, "events", json_string(link));
-    json_object_set_new(o, "links", links);
-    if (j->state == J_FAILED || j->state == J_CANCELLED)
-        json_object_set_new(
-            o, "error",
-            json_pack("{s:s,s:s,s:s}", "code",
-                      j->state == J_CANCELLED ? "cancelled" : npp_err_name(j->err.code), "message",
-                      j->err.message, "field", j->err.field));
-    if (with_result && j->state == J_DONE && j->run && j->run->result)
-        json_object_set_new(o, "result", json_incref(j->run->result));
-    return o;
-}
-
-/* ---- endpoints -------------------------------------------------------------------- */
 
 static enum MHD_Result get_models(req *r)
 {
@@ -331,8 +485,12 @@ static enum MHD_Result get_models(req *r)
         }
         json_array_append_new(arr, o);
     }
+    json_t *limits =
+        json_pack("{s:I,s:I,s:I,s:I,s:I}", "memory_mb", (json_int_t)S.memory_mb, "max_job_mb",
+                  (json_int_t)S.max_job_mb, "max_result_mb", (json_int_t)S.max_result_mb,
+                  "max_body_kb", (json_int_t)S.max_body_kb, "max_values", (json_int_t)S.max_values);
     pthread_mutex_unlock(&S.mu);
-    return send_json(r, 200, json_pack("{s:o}", "models", arr));
+    return send_json(r, 200, json_pack("{s:o,s:o}", "models", arr, "limits", limits));
 }
 
 static json_t *parse_body(req *r, enum MHD_Result *ret)
@@ -413,12 +571,6 @@ static enum MHD_Result post_tokenize(req *r)
     return ret;
 }
 
-static void suspend(req *r)
-{
-    link_suspended(r);
-    MHD_suspend_connection(r->conn);
-}
-
 /* Answers a ?wait request: the result if the job ended, else 202. */
 static enum MHD_Result answer_wait(req *r)
 {
@@ -429,18 +581,16 @@ static enum MHD_Result answer_wait(req *r)
         pthread_mutex_unlock(&S.mu);
         return MHD_YES;
     }
-    int ended = j->state >= J_DONE;
-    json_t *o = job_json(j, 1);
-    char loc[64];
-    snprintf(loc, sizeof loc, "/v1/jobs/%s", j->id);
+    enum MHD_Result ret;
+    if (j->state == J_DONE) {
+        ret = send_result(r, 200, j);
+    } else {
+        char loc[64];
+        snprintf(loc, sizeof loc, "/v1/jobs/%s", j->id);
+        ret = send_json_h(r, j->state >= J_DONE ? 200 : 202, job_json(j), "Location", loc);
+    }
     pthread_mutex_unlock(&S.mu);
-    return send_json_h(r, ended ? 200 : 202, o, "Location", loc, NULL);
-}
-
-static enum MHD_Result send_draining(req *r)
-{
-    return send_error_h(r, 503, "draining", NULL, "Retry-After", "30",
-                        "the server is shutting down and takes no new jobs");
+    return ret;
 }
 
 static enum MHD_Result post_job(req *r)
@@ -451,15 +601,13 @@ static enum MHD_Result post_job(req *r)
     if (w) {
         char *end;
         wait = strtod(w, &end);
-        if (*end || !(wait >= 0 && wait <= 3600))
+        if (!*w || *end || !(wait >= 0 && wait <= 3600))
             return send_error(r, 400, "invalid_request", "wait",
                               "wait: seconds to wait for the result, 0..3600");
     }
     pthread_mutex_lock(&S.mu);
-    int draining = S.draining, ready = S.ready;
+    int ready = S.ready;
     pthread_mutex_unlock(&S.mu);
-    if (draining)
-        return send_draining(r);
     if (!ready)
         return send_error_h(r, 503, "loading", NULL, "Retry-After", "5",
                             "the server is still loading its models");
@@ -471,56 +619,48 @@ static enum MHD_Result post_job(req *r)
         json_decref(doc);
         return ret;
     }
-    npp_err e = {0};
-    run_output *run = NULL;
-    run_opts o = {.cache = m->cache, .max_values = (size_t)S.max_values, .model_name = m->name};
-    int rc = run_prepare(m->m, doc, &o, &run, &e);
-    json_decref(doc);
-    if (rc)
-        return send_error(r, status_of(rc), rc == NPP_ELIMIT ? "plan_too_large" : "invalid_job",
-                          e.field, "%s", e.message);
-    pthread_mutex_lock(&S.mu);
-    if (S.draining) { /* SIGTERM came while the job was being prepared */
-        pthread_mutex_unlock(&S.mu);
-        run_output_free(run);
-        return send_draining(r);
+    plan_task *t = calloc(1, sizeof *t);
+    if (!t) {
+        json_decref(doc);
+        return send_error(r, 503, "nomem", NULL, "out of memory");
     }
+    *t = (plan_task){PT_SUBMIT, r, m, doc, r->uid, "", wait, NULL, 0, NULL};
+    snprintf(t->owner, sizeof t->owner, "%s", r->user);
+    pthread_mutex_lock(&S.mu);
     srv_user *u = &S.users[r->uid];
-    if (S.nqueued >= S.queue_max) {
+    if (S.nqueued + S.nplanning >= S.queue_max) {
         char ra[16];
         snprintf(ra, sizeof ra, "%d", 1 + S.nqueued / (S.workers ? S.workers : 1));
         pthread_mutex_unlock(&S.mu);
-        run_output_free(run);
+        json_decref(doc);
+        free(t);
         return send_error_h(r, 429, "queue_full", NULL, "Retry-After", ra,
                             "the queue is full (%d jobs); retry later", S.queue_max);
     }
-    if (u->queued + u->running >= S.max_inflight) {
+    if (u->queued + u->running + u->planning >= S.max_inflight) {
         pthread_mutex_unlock(&S.mu);
-        run_output_free(run);
+        json_decref(doc);
+        free(t);
         return send_error_h(r, 429, "too_many_jobs", NULL, "Retry-After", "1",
-                            "this token already has %d jobs queued or running (the cap)",
+                            "this token already has %d jobs queued, running or being planned "
+                            "(the cap)",
                             S.max_inflight);
     }
-    sjob *j = sched_submit(m, run, r->uid);
-    if (!j) {
-        pthread_mutex_unlock(&S.mu);
-        run_output_free(run);
-        return send_error(r, 503, "nomem", NULL, "out of memory");
-    }
-    if (wait > 0) {
-        r->kind = K_WAIT;
-        r->job = j;
-        job_ref(j);
-        r->deadline = srv_now() + wait;
-        suspend(r);
-        pthread_mutex_unlock(&S.mu);
-        return MHD_YES;
-    }
-    json_t *out = job_json(j, 0);
-    char loc[64];
-    snprintf(loc, sizeof loc, "/v1/jobs/%s", j->id);
+    r->kind = K_DEFER;
+    planner_submit(t); /* room was checked above */
+    suspend(r);
     pthread_mutex_unlock(&S.mu);
-    return send_json_h(r, 202, out, "Location", loc, NULL);
+    return MHD_YES;
+}
+
+static enum MHD_Result get_jobs(req *r)
+{
+    pthread_mutex_lock(&S.mu);
+    json_t *list = jobs_list(r->user, r->admin);
+    pthread_mutex_unlock(&S.mu);
+    return send_json(
+        r, 200,
+        json_pack("{s:o,s:s,s:b}", "jobs", list, "user", r->user, "all", !S.ntokens || r->admin));
 }
 
 /* ---- Server-Sent Events ------------------------------------------------------------- */
@@ -555,11 +695,11 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max)
         if (r->seen != j->version + 1) { /* seen: the version sent + 1; 0: none yet */
             r->seen = j->version + 1;
             if (j->state >= J_DONE) {
-                sse_add(r, state_name(j->state), job_json(j, 0));
+                sse_add(r, jstate_name(j->state), job_json(j));
                 r->finished_sse = 1;
             } else {
                 sse_add(r, "progress",
-                        json_pack("{s:s,s:I,s:I}", "state", state_name(j->state), "done",
+                        json_pack("{s:s,s:I,s:I}", "state", jstate_name(j->state), "done",
                                   (json_int_t)j->done, "total", (json_int_t)j->total));
             }
         }
@@ -581,6 +721,7 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max)
     return (ssize_t)n;
 }
 
+/* (caller holds S.mu) */
 static enum MHD_Result get_events(req *r, sjob *j)
 {
     r->kind = K_SSE;
@@ -592,10 +733,41 @@ static enum MHD_Result get_events(req *r, sjob *j)
         return MHD_NO;
     MHD_add_response_header(resp, "Content-Type", "text/event-stream");
     MHD_add_response_header(resp, "Cache-Control", "no-cache");
-    r->status = 200;
-    enum MHD_Result ret = MHD_queue_response(r->conn, 200, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return queue(r, 200, resp, 0);
+}
+
+/* (caller holds S.mu) */
+static enum MHD_Result get_graph(req *r, sjob *j)
+{
+    const char *vs = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "variant");
+    int nvar = j->nvar;
+    long variant = 0;
+    char *end = NULL;
+    if (vs)
+        variant = strtol(vs, &end, 10);
+    if (vs && (!*vs || *end || variant < 0 || variant >= (nvar ? nvar : 1))) {
+        if (!nvar)
+            return send_error(r, 400, "invalid_request", "variant",
+                              "variant: this job is not a sweep; leave variant out (or 0)");
+        return send_error(r, 400, "invalid_request", "variant",
+                          "variant: an index in 0..%d (the job's sweep has %d variants)", nvar - 1,
+                          nvar);
+    }
+    if (!j->model || !j->model->m)
+        return send_error(r, 404, "not_found", "id", "job %s's model is not served", j->id);
+    plan_task *t = calloc(1, sizeof *t);
+    if (!t)
+        return send_error(r, 503, "nomem", NULL, "out of memory");
+    *t = (plan_task){PT_SVG, r, j->model, NULL, r->uid, "", 0, j, variant, NULL};
+    if (planner_submit(t)) {
+        free(t);
+        return send_error_h(r, 429, "queue_full", NULL, "Retry-After", "1",
+                            "the planners are busy; retry later");
+    }
+    job_ref(j);
+    r->kind = K_DEFER;
+    suspend(r);
+    return MHD_YES;
 }
 
 /* /v1/jobs/{id}[/graph.svg|/events] */
@@ -605,117 +777,146 @@ static enum MHD_Result job_route(req *r, const char *rest)
     const char *slash = strchr(rest, '/');
     size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
     const char *sub = slash ? slash + 1 : "";
-    if (n == 0 || n >= sizeof id)
-        return send_error(r, 404, "not_found", "id", "unknown job");
-    memcpy(id, rest, n);
-    id[n] = 0;
     int is_get = !strcmp(r->method, "GET"), is_del = !strcmp(r->method, "DELETE");
     if ((*sub && !is_get) || (!*sub && !is_get && !is_del))
-        return send_error_h(r, 405, "method_not_allowed", NULL, "Allow",
-                            *sub ? "GET" : "GET, DELETE", "%s is not allowed here", r->method);
+        return not_allowed(r, *sub ? "GET" : "GET, DELETE");
     if (*sub && strcmp(sub, "graph.svg") && strcmp(sub, "events"))
         return send_error(r, 404, "not_found", NULL, "no such resource: %s", r->path);
+    if (n >= sizeof id)
+        n = sizeof id - 1;
+    memcpy(id, rest, n);
+    id[n] = 0;
     pthread_mutex_lock(&S.mu);
-    sjob *j = job_find(id);
-    if (!j) {
+    sjob *j = n ? job_find(id) : NULL;
+    /* another user's job answers exactly as an unknown one */
+    if (!j || !job_visible(j, r->user, r->admin)) {
         pthread_mutex_unlock(&S.mu);
         return send_error(r, 404, "not_found", "id",
-                          "unknown job %s (results are kept %.0f s after a job ends)", id,
-                          S.result_ttl);
+                          "unknown job %s (results are kept %.0f s after a job ends; a job is "
+                          "visible only to the token that submitted it)",
+                          id, S.result_ttl);
     }
+    enum MHD_Result ret;
     if (!strcmp(sub, "events")) {
-        enum MHD_Result ret = get_events(r, j);
-        pthread_mutex_unlock(&S.mu);
-        return ret;
-    }
-    if (!strcmp(sub, "graph.svg")) {
-        /* The plan is immutable once queued; render outside the lock. */
-        const char *vs = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "variant");
-        int nvar = j->run->job->nvar;
-        long variant = 0;
-        char *end = NULL;
-        if (vs)
-            variant = strtol(vs, &end, 10);
-        if (vs && (!*vs || *end || variant < 0 || variant >= (nvar ? nvar : 1))) {
-            pthread_mutex_unlock(&S.mu);
-            if (!nvar)
-                return send_error(r, 400, "invalid_request", "variant",
-                                  "variant: this job is not a sweep; leave variant out (or 0)");
-            return send_error(r, 400, "invalid_request", "variant",
-                              "variant: an index in 0..%d (the job's sweep has %d variants)",
-                              nvar - 1, nvar);
-        }
-        job_ref(j);
-        pthread_mutex_unlock(&S.mu);
-        char *svg = NULL;
-        size_t len = 0;
-        npp_err e = {0};
-        int rc = svg_render(run_tree(j->run, (int)variant), j->run->job, &svg, &len, &e);
-        pthread_mutex_lock(&S.mu);
-        job_unref(j);
-        pthread_mutex_unlock(&S.mu);
-        if (rc)
-            return send_error(r, 500, "internal", NULL, "%s", e.message);
-        return send_text(r, 200, "image/svg+xml", svg, len);
-    }
-    if (is_del) {
+        ret = get_events(r, j);
+    } else if (!strcmp(sub, "graph.svg")) {
+        ret = get_graph(r, j);
+    } else if (is_del) {
+        int was_queued = j->state == J_QUEUED;
         sched_cancel(j);
-        json_t *o = job_json(j, 0);
-        pthread_mutex_unlock(&S.mu);
-        return send_json(r, 200, o);
+        ret = send_json(r, 200, job_json(j));
+        if (was_queued) { /* final now: record it */
+            job_ref(j);
+            pthread_mutex_unlock(&S.mu);
+            store_finished(j);
+            pthread_mutex_lock(&S.mu);
+            job_unref(j);
+        }
+    } else if (j->state == J_DONE) {
+        ret = send_result(r, 200, j);
+    } else {
+        ret = send_json(r, 200, job_json(j));
     }
-    json_t *o = job_json(j, 1);
     pthread_mutex_unlock(&S.mu);
-    return send_json(r, 200, o);
+    return ret;
 }
+
+/* ---- routing ---------------------------------------------------------------------- */
+
+static enum MHD_Result serve_file(req *r, const char *ctype, const char *body)
+{
+    char *doc = strdup(body);
+    return doc ? send_text(r, 200, ctype, doc, strlen(doc)) : MHD_NO;
+}
+
+typedef struct {
+    const char *path;
+    const char *allow; /* the methods, "GET" or "POST" */
+    int auth;          /* needs a token (with --token-file) */
+    int work;          /* new work: refused while draining */
+    enum MHD_Result (*fn)(req *r);
+} route_entry;
+
+static enum MHD_Result r_healthz(req *r)
+{
+    return send_json(r, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+static enum MHD_Result r_readyz(req *r)
+{
+    pthread_mutex_lock(&S.mu);
+    int ready = S.ready && !S.draining;
+    const char *why = S.draining ? "draining" : S.ready ? "ready" : "loading";
+    pthread_mutex_unlock(&S.mu);
+    return send_json(r, ready ? 200 : 503, json_pack("{s:s}", "status", why));
+}
+
+static enum MHD_Result r_openapi(req *r)
+{
+    return serve_file(r, "application/yaml", npp_openapi_yaml);
+}
+
+static enum MHD_Result r_index(req *r)
+{
+    return serve_file(r, "text/html; charset=utf-8", npp_web_index);
+}
+
+static enum MHD_Result r_app(req *r)
+{
+    return serve_file(r, "text/javascript; charset=utf-8", npp_web_app);
+}
+
+static enum MHD_Result r_style(req *r)
+{
+    return serve_file(r, "text/css; charset=utf-8", npp_web_style);
+}
+
+static enum MHD_Result r_metrics(req *r)
+{
+    char *m = metrics_render();
+    return m ? send_text(r, 200, "text/plain; version=0.0.4", m, strlen(m)) : MHD_NO;
+}
+
+static const route_entry routes[] = {
+    {"/healthz", "GET", 0, 0, r_healthz},      {"/readyz", "GET", 0, 0, r_readyz},
+    {"/openapi.yaml", "GET", 0, 0, r_openapi}, {"/", "GET", 0, 0, r_index},
+    {"/index.html", "GET", 0, 0, r_index},     {"/app.js", "GET", 0, 0, r_app},
+    {"/style.css", "GET", 0, 0, r_style},      {"/metrics", "GET", 1, 0, r_metrics},
+    {"/v1/models", "GET", 1, 0, get_models},   {"/v1/tokenize", "POST", 1, 1, post_tokenize},
+};
 
 static enum MHD_Result route(req *r)
 {
     const char *p = r->path;
-    int get = !strcmp(r->method, "GET"), post = !strcmp(r->method, "POST");
     enum MHD_Result ret;
-    if (!strcmp(p, "/healthz"))
-        return get ? send_json(r, 200, json_pack("{s:s}", "status", "ok"))
-                   : send_error_h(r, 405, "method_not_allowed", NULL, "Allow", "GET", "use GET");
-    if (!strcmp(p, "/readyz")) {
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        const route_entry *e = &routes[i];
+        if (strcmp(p, e->path))
+            continue;
+        if (strcmp(r->method, e->allow))
+            return not_allowed(r, e->allow);
+        if (e->auth && authorize(r, &ret))
+            return ret;
         pthread_mutex_lock(&S.mu);
-        int ready = S.ready && !S.draining;
-        const char *why = S.draining ? "draining" : S.ready ? "ready" : "loading";
+        int draining = S.draining;
         pthread_mutex_unlock(&S.mu);
-        return send_json(r, ready ? 200 : 503, json_pack("{s:s}", "status", why));
-    }
-    /* Documents and the web UI: no token needed to load them. */
-    static const struct {
-        const char *path, *ctype, *body;
-    } files[] = {{"/openapi.yaml", "application/yaml", npp_openapi_yaml},
-                 {"/", "text/html; charset=utf-8", npp_web_index},
-                 {"/index.html", "text/html; charset=utf-8", npp_web_index},
-                 {"/app.js", "text/javascript; charset=utf-8", npp_web_app},
-                 {"/style.css", "text/css; charset=utf-8", npp_web_style}};
-    for (size_t i = 0; get && i < sizeof files / sizeof files[0]; i++) {
-        if (!strcmp(p, files[i].path)) {
-            char *doc = strdup(files[i].body);
-            return doc ? send_text(r, 200, files[i].ctype, doc, strlen(doc)) : MHD_NO;
-        }
+        if (e->work && draining)
+            return send_draining(r);
+        return e->fn(r);
     }
     if (authorize(r, &ret))
         return ret;
     pthread_mutex_lock(&S.mu);
     r->uid = sched_user(r->user);
+    int draining = S.draining;
     pthread_mutex_unlock(&S.mu);
-    if (!strcmp(p, "/metrics") && get) {
-        char *m = metrics_render();
-        return m ? send_text(r, 200, "text/plain; version=0.0.4", m, strlen(m)) : MHD_NO;
+    if (!strcmp(p, "/v1/jobs")) {
+        if (!strcmp(r->method, "GET"))
+            return get_jobs(r);
+        if (strcmp(r->method, "POST"))
+            return not_allowed(r, "GET, POST");
+        return draining ? send_draining(r) : post_job(r);
     }
-    if (!strcmp(p, "/v1/models"))
-        return get ? get_models(r)
-                   : send_error_h(r, 405, "method_not_allowed", NULL, "Allow", "GET", "use GET");
-    if (!strcmp(p, "/v1/tokenize"))
-        return post ? post_tokenize(r)
-                    : send_error_h(r, 405, "method_not_allowed", NULL, "Allow", "POST", "use POST");
-    if (!strcmp(p, "/v1/jobs"))
-        return post ? post_job(r)
-                    : send_error_h(r, 405, "method_not_allowed", NULL, "Allow", "POST", "use POST");
     if (!strncmp(p, "/v1/jobs/", 9))
         return job_route(r, p + 9);
     return send_error(r, 404, "not_found", NULL, "no such resource: %s", p);
@@ -730,14 +931,27 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)cls;
     (void)version;
     req *r = *con_cls;
-    if (!r) { /* first call: headers only */
+    if (!r) { /* first call: the head is complete */
+        conn_head_done(conn);
         if (!(r = calloc(1, sizeof *r)))
             return MHD_NO;
         r->conn = conn;
         r->t0 = srv_now();
-        snprintf(r->method, sizeof r->method, "%s", method);
-        snprintf(r->path, sizeof r->path, "%s", url);
+        /* what the log and messages show is valid UTF-8 whatever came */
+        char *m = utf8_clean(method, strlen(method)), *u = utf8_clean(url, strlen(url));
+        snprintf(r->method, sizeof r->method, "%s", m ? m : "?");
+        snprintf(r->path, sizeof r->path, "%s", u ? u : "?");
+        free(m);
+        free(u);
         *con_cls = r;
+        if (!is_utf8(url) || strlen(url) >= sizeof r->path) {
+            r->too_big = 1; /* ignore any body */
+            return strlen(url) >= sizeof r->path
+                       ? send_error(r, 414, "uri_too_long", "url",
+                                    "the URL is longer than %zu bytes", sizeof r->path - 1)
+                       : send_error(r, 400, "invalid_url", "url",
+                                    "the URL is not valid UTF-8 (after percent-decoding)");
+        }
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > (unsigned long long)S.max_body_kb * 1024) {
             r->too_big = 1;
@@ -768,6 +982,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (r->kind == K_WAIT) /* resumed */
         return answer_wait(r);
+    if (r->kind == K_DEFER) /* resumed: a planner answered */
+        return send_prepared(r);
     if (r->status) /* already answered */
         return MHD_YES;
     if (r->too_big)
@@ -780,7 +996,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
     (void)cls;
-    (void)conn;
+    conn_request_done(conn);
     req *r = *con_cls;
     if (!r)
         return;
@@ -789,7 +1005,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         json_pack("{s:s,s:s,s:i,s:f,s:I,s:s,s:s}", "method", r->method, "path", r->path, "status",
                   r->status, "ms", ms, "bytes", (json_int_t)r->bytes_out, "user", r->user, "end",
                   toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "ok" : "aborted");
-    char *s = json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *s = line ? json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     if (s) {
         fprintf(stderr, "%s\n", s);
         free(s);
@@ -804,6 +1020,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     pthread_mutex_unlock(&S.mu);
     free(r->body);
     free(r->sse);
+    free(r->ans_body);
     free(r);
     *con_cls = NULL;
 }
@@ -854,10 +1071,11 @@ int http_start(void)
         flags |= MHD_USE_IPv6;
     S.httpd = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)S.conn_timeout, MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)S.max_conn_per_ip,
-        MHD_OPTION_CONNECTION_LIMIT, 1024u, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
-        MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_NOTIFY_CONNECTION, conn_notify,
+        NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)S.conn_timeout,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)S.max_conn_per_ip,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)S.max_connections,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024, MHD_OPTION_END);
     if (!S.httpd) {
         fprintf(stderr, "nppd: cannot listen on %s (in use, or not an address of this host)\n",
                 S.listen);

@@ -1,6 +1,7 @@
-/* main.c - nppd: options (flags and NPP_* environment variables), start-up
- * (HTTP first, models loaded in the background so /readyz can say so),
- * the libuv loop, and graceful shutdown. Only this file exits. */
+/* main.c - nppd: options (one table: flag, environment variable, default,
+ * help), start-up (the store and its unfinished jobs, HTTP, models loaded
+ * in the background so /readyz can say so), the libuv loop, and graceful
+ * shutdown. Only this file exits. */
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
@@ -8,9 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
-#include "../engine/sha256.h"
 #include "srv.h"
 
 srv S;
@@ -18,32 +19,6 @@ srv S;
 #ifndef NPP_DEFAULT_MODEL
 #define NPP_DEFAULT_MODEL "models/default"
 #endif
-
-static const char HELP[] =
-    "usage: nppd [options]\n"
-    "  --model NAME=DIR      a HuggingFace GPT-2 folder to serve (repeatable; the first is the\n"
-    "                        default for jobs that name none). Default: default=" NPP_DEFAULT_MODEL
-    "\n"
-    "  --device cpu|cuda:N   where the models live (cpu)\n"
-    "  --dtype f32|f16|bf16  their dtype (f32)\n"
-    "  --workers N           compute worker threads (2)\n"
-    "  --threads N           tensor threads per worker (1)\n"
-    "  --cache-mb N          value cache per model, MiB (1024)\n"
-    "  --listen HOST:PORT    address (127.0.0.1:8080; loopback unless you say otherwise)\n"
-    "  --token-file FILE     bearer tokens, one 'NAME TOKEN' (or 'TOKEN') per line\n"
-    "  --max-body-kb N       request body limit (1024)\n"
-    "  --queue-max N         jobs waiting at most, all users (256)\n"
-    "  --max-inflight N      jobs queued or running per token (32)\n"
-    "  --max-values N        ceiling on a job's plan size in values (50000)\n"
-    "  --result-ttl S        seconds a finished job's result is kept (600)\n"
-    "  --drain-seconds S     on SIGTERM/SIGINT, grace for running jobs before cancelling (30)\n"
-    "  --conn-timeout S      idle connection timeout (30)\n"
-    "  --max-conn-per-ip N   connections per client address (64)\n"
-    "Every option can also be set as an environment variable: NPP_MODEL (NAME=DIR, several\n"
-    "separated by commas), NPP_DEVICE, NPP_DTYPE, NPP_WORKERS, NPP_THREADS, NPP_CACHE_MB,\n"
-    "NPP_LISTEN, NPP_TOKEN_FILE, NPP_MAX_BODY_KB, NPP_QUEUE_MAX, NPP_MAX_INFLIGHT,\n"
-    "NPP_MAX_VALUES, NPP_RESULT_TTL, NPP_DRAIN_SECONDS, NPP_CONN_TIMEOUT, NPP_MAX_CONN_PER_IP.\n"
-    "Flags win over the environment.\n";
 
 static void die(const char *fmt, const char *arg)
 {
@@ -53,13 +28,168 @@ static void die(const char *fmt, const char *arg)
     exit(2);
 }
 
+/* ---- options ------------------------------------------------------------------ */
+
+enum { T_STR, T_INT, T_LONG, T_DBL, T_FLAG, T_MODEL };
+
+typedef struct {
+    const char *flag, *env, *arg, *help;
+    int type;
+    void *dst;
+    double lo, hi;
+} option_def;
+
+/* Every option, once: the flag, its NPP_* variable, and its help line
+ * (the default is printed from the value set in set_defaults). */
+static const option_def OPTS[] = {
+    {"model", "NPP_MODEL", "NAME=DIR",
+     "a HuggingFace GPT-2 folder to serve (repeatable; the first is the default for jobs that "
+     "name none; the variable takes several, separated by commas)",
+     T_MODEL, NULL, 0, 0},
+    {"device", "NPP_DEVICE", "cpu|cuda:N", "where the models live", T_STR, &S.device, 0, 0},
+    {"dtype", "NPP_DTYPE", "f32|f16|bf16", "their dtype", T_STR, &S.dtype, 0, 0},
+    {"workers", "NPP_WORKERS", "N", "compute worker threads", T_INT, &S.workers, 1,
+     SRV_MAX_WORKERS},
+    {"threads", "NPP_THREADS", "N", "tensor threads per worker", T_INT, &S.threads, 1, 256},
+    {"planners", "NPP_PLANNERS", "N", "planner threads (plan and check jobs, draw graphs)", T_INT,
+     &S.planners, 1, SRV_MAX_PLANNERS},
+    {"cache-mb", "NPP_CACHE_MB", "N", "value cache per model, MiB", T_LONG, &S.cache_mb, 0,
+     1 << 24},
+    {"memory-mb", "NPP_MEMORY_MB", "N",
+     "memory for running jobs and the caches, MiB (jobs start while their estimates fit; "
+     "default: half the machine's memory)",
+     T_LONG, &S.memory_mb, 1, 1 << 26},
+    {"max-job-mb", "NPP_MAX_JOB_MB", "N",
+     "a job whose estimated peak memory is larger is refused (422), MiB", T_LONG, &S.max_job_mb, 1,
+     1 << 26},
+    {"max-result-mb", "NPP_MAX_RESULT_MB", "N",
+     "a job whose estimated result is larger is refused (422), MiB", T_LONG, &S.max_result_mb, 1,
+     1 << 24},
+    {"state-dir", "NPP_STATE_DIR", "DIR", "the durable job store (SQLite) and the results' files",
+     T_STR, &S.state_dir, 0, 0},
+    {"results-disk-mb", "NPP_RESULTS_DISK_MB", "N",
+     "stored results at most, MiB (the oldest are removed first)", T_LONG, &S.results_disk_mb, 1,
+     1 << 30},
+    {"listen", "NPP_LISTEN", "HOST:PORT", "address (loopback unless you say otherwise)", T_STR,
+     &S.listen, 0, 0},
+    {"token-file", "NPP_TOKEN_FILE", "FILE",
+     "bearer tokens: 'NAME TOKEN' or 'NAME TOKEN admin' per line; jobs are private to their "
+     "token (admins see and cancel all)",
+     T_STR, &S.token_file, 0, 0},
+    {"max-body-kb", "NPP_MAX_BODY_KB", "N", "request body limit", T_LONG, &S.max_body_kb, 1,
+     1 << 20},
+    {"queue-max", "NPP_QUEUE_MAX", "N", "jobs waiting (queued or being planned) at most, all users",
+     T_INT, &S.queue_max, 1, 1000000},
+    {"max-inflight", "NPP_MAX_INFLIGHT", "N", "jobs planned, queued or running per token", T_INT,
+     &S.max_inflight, 1, 1000000},
+    {"max-values", "NPP_MAX_VALUES", "N", "ceiling on a job's plan size in values", T_LONG,
+     &S.max_values, 1, 100000000},
+    {"plan-seconds", "NPP_PLAN_SECONDS", "S", "a job that takes longer to plan is refused", T_DBL,
+     &S.plan_seconds, 0.1, 3600},
+    {"chunk-mb", "NPP_CHUNK_MB", "N",
+     "temporaries of one attention or MLP call at most, MiB (bigger calls are cut; a cancel "
+     "takes effect between two)",
+     T_LONG, &S.chunk_mb, 1, 1 << 20},
+    {"result-ttl", "NPP_RESULT_TTL", "S", "seconds a finished job's result is kept", T_DBL,
+     &S.result_ttl, 1, 86400 * 30},
+    {"drain-seconds", "NPP_DRAIN_SECONDS", "S",
+     "on SIGTERM/SIGINT, grace for running jobs before they stop", T_DBL, &S.drain_seconds, 0,
+     86400},
+    {"drain-cancel", "NPP_DRAIN_CANCEL", NULL,
+     "on SIGTERM, cancel queued and interrupted jobs (by default they run at the next start)",
+     T_FLAG, &S.drain_cancel, 0, 1},
+    {"conn-timeout", "NPP_CONN_TIMEOUT", "S", "idle connection timeout", T_INT, &S.conn_timeout, 1,
+     86400},
+    {"header-timeout", "NPP_HEADER_TIMEOUT", "S",
+     "a request head must arrive within this many seconds", T_INT, &S.header_timeout, 1, 3600},
+    {"max-connections", "NPP_MAX_CONNECTIONS", "N", "open connections at most", T_INT,
+     &S.max_connections, 16, 1000000},
+    {"max-conn-per-ip", "NPP_MAX_CONN_PER_IP", "N", "connections per client address", T_INT,
+     &S.max_conn_per_ip, 1, 100000},
+};
+#define NOPTS (int)(sizeof OPTS / sizeof OPTS[0])
+
+static void set_defaults(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+    long half =
+        pages > 0 && psize > 0 ? (long)((double)pages * (double)psize / 2 / (1 << 20)) : 8192;
+    S.device = "cpu", S.dtype = "f32", S.listen = "127.0.0.1:8080", S.state_dir = "nppd-state";
+    S.workers = 2, S.threads = 1, S.planners = 1, S.cache_mb = 1024;
+    S.memory_mb = half > 2048 ? half : 2048, S.max_job_mb = 0, S.max_result_mb = 512;
+    S.results_disk_mb = 4096, S.max_body_kb = 1024, S.queue_max = 256, S.max_inflight = 32;
+    S.max_values = 50000, S.plan_seconds = 10, S.chunk_mb = 64, S.result_ttl = 600;
+    S.drain_seconds = 30, S.conn_timeout = 30, S.header_timeout = 10, S.max_connections = 1024;
+    S.max_conn_per_ip = 64;
+}
+
+/* The default, as help shows it, into buf ("" when there is none to show). */
+static void default_text(const option_def *o, char *buf, size_t n)
+{
+    buf[0] = 0;
+    switch (o->type) {
+    case T_STR:
+        if (*(const char **)o->dst)
+            snprintf(buf, n, " (%s)", *(const char **)o->dst);
+        break;
+    case T_INT: snprintf(buf, n, " (%d)", *(int *)o->dst); break;
+    case T_LONG:
+        if (*(long *)o->dst)
+            snprintf(buf, n, " (%ld)", *(long *)o->dst);
+        break;
+    case T_DBL: snprintf(buf, n, " (%g)", *(double *)o->dst); break;
+    case T_MODEL: snprintf(buf, n, " (default=%s)", NPP_DEFAULT_MODEL); break;
+    }
+}
+
+/* Writes text in a column from 28 to 79, words wrapped. */
+static void wrapped(FILE *f, const char *text, int col)
+{
+    const char *p = text;
+    while (*p) {
+        int room = 79 - col, n = 0, last = -1;
+        while (p[n] && n <= room) {
+            if (p[n] == ' ')
+                last = n;
+            n++;
+        }
+        if (p[n] && last > 0)
+            n = last;
+        fprintf(f, "%.*s\n", n, p);
+        p += n;
+        while (*p == ' ')
+            p++;
+        if (*p)
+            fprintf(f, "%28s", "");
+        col = 28;
+    }
+}
+
+static void help(FILE *f)
+{
+    fprintf(f, "usage: nppd [options]\n");
+    for (int i = 0; i < NOPTS; i++) {
+        char left[64], text[640], def[128];
+        snprintf(left, sizeof left, "--%s%s%s", OPTS[i].flag, OPTS[i].arg ? " " : "",
+                 OPTS[i].arg ? OPTS[i].arg : "");
+        default_text(&OPTS[i], def, sizeof def);
+        snprintf(text, sizeof text, "%s%s [%s]", OPTS[i].help, def, OPTS[i].env);
+        fprintf(f, "  %-25s ", left);
+        if (strlen(left) > 25)
+            fprintf(f, "\n%28s", "");
+        wrapped(f, text, 28);
+    }
+    fprintf(f, "Every option is also the environment variable in brackets; flags win over the\n"
+               "environment. --max-job-mb defaults to what --memory-mb leaves after the caches.\n");
+}
+
 static double num(const char *name, const char *v, double lo, double hi)
 {
     char *end;
     errno = 0;
     double x = strtod(v, &end);
     if (errno || end == v || *end || x < lo || x > hi) {
-        fprintf(stderr, "nppd: %s: '%s' is not a number in [%g, %g]\n", name, v, lo, hi);
+        fprintf(stderr, "nppd: --%s: '%s' is not a number in [%g, %g]\n", name, v, lo, hi);
         exit(2);
     }
     return x;
@@ -83,145 +213,85 @@ static void add_model(const char *spec)
             die("--model: the name '%s' is given twice", m->name);
 }
 
+static void set_option(const option_def *o, const char *v, int from_flag, int *flag_models)
+{
+    switch (o->type) {
+    case T_MODEL:
+        if (from_flag && !(*flag_models)++)
+            S.nmodels = 0; /* flags replace models from the environment */
+        {
+            char *copy = strdup(v);
+            for (char *save = NULL, *t = strtok_r(copy, ",", &save); t;
+                 t = strtok_r(NULL, ",", &save))
+                add_model(t);
+            free(copy);
+        }
+        break;
+    case T_STR: *(const char **)o->dst = v; break;
+    case T_INT: *(int *)o->dst = (int)num(o->flag, v, o->lo, o->hi); break;
+    case T_LONG: *(long *)o->dst = (long)num(o->flag, v, o->lo, o->hi); break;
+    case T_DBL: *(double *)o->dst = num(o->flag, v, o->lo, o->hi); break;
+    case T_FLAG:
+        if (!from_flag && strcmp(v, "1") && strcmp(v, "0") && strcmp(v, "true") &&
+            strcmp(v, "false"))
+            die("%s: expected 1, 0, true or false", o->env);
+        *(int *)o->dst = from_flag || !strcmp(v, "1") || !strcmp(v, "true");
+        break;
+    }
+}
+
 static void load_tokens(const char *path)
 {
     FILE *fp = fopen(path, "r");
-    char line[1024];
     if (!fp)
         die("--token-file %s: cannot open", path);
-    while (fgets(line, sizeof line, fp)) {
-        char *s = line, *name = NULL, *tok;
-        while (isspace((unsigned char)*s))
-            s++;
-        s[strcspn(s, "\r\n")] = 0;
-        if (!*s || *s == '#')
-            continue;
-        char *sp = strpbrk(s, " \t");
-        if (sp) {
-            *sp = 0;
-            name = s;
-            tok = sp + 1;
-            while (isspace((unsigned char)*tok))
-                tok++;
-        } else {
-            tok = s;
+    char *text = NULL, err[256];
+    size_t cap = 0, len = 0, n;
+    char buf[4096];
+    while ((n = fread(buf, 1, sizeof buf, fp)) > 0) {
+        if (len + n > (1 << 20))
+            die("--token-file %s: larger than 1 MiB", path);
+        if (len + n > cap) {
+            cap = 2 * (len + n);
+            if (!(text = realloc(text, cap)))
+                die("--token-file %s: out of memory", path);
         }
-        if (!*tok)
-            continue;
-        if (S.ntokens == SRV_MAX_TOKENS)
-            die("--token-file %s: more than 256 tokens", path);
-        sha256(tok, strlen(tok), S.token_hash[S.ntokens]);
-        if (name)
-            snprintf(S.token_name[S.ntokens], sizeof S.token_name[0], "%.63s", name);
-        else
-            snprintf(S.token_name[S.ntokens], sizeof S.token_name[0], "token%d", S.ntokens + 1);
-        S.ntokens++;
+        memcpy(text + len, buf, n);
+        len += n;
     }
     fclose(fp);
-    if (!S.ntokens)
-        die("--token-file %s: no tokens in it", path);
+    if (tokens_parse(text ? text : "", len, S.tokens, SRV_MAX_TOKENS, &S.ntokens, err,
+                     sizeof err)) {
+        fprintf(stderr, "nppd: --token-file %s: %s\n", path, err);
+        exit(2);
+    }
+    free(text);
 }
 
 static void parse_options(int argc, char **argv)
 {
-    enum {
-        O_DEVICE = 256,
-        O_DTYPE,
-        O_WORKERS,
-        O_THREADS,
-        O_CACHE,
-        O_LISTEN,
-        O_TOKENS,
-        O_BODY,
-        O_QUEUE,
-        O_INFLIGHT,
-        O_VALUES,
-        O_TTL,
-        O_DRAIN,
-        O_CONNTO,
-        O_PERIP,
-        O_MODEL,
-        O_HELP
-    };
-    static const struct option opts[] = {{"model", 1, 0, O_MODEL},
-                                         {"device", 1, 0, O_DEVICE},
-                                         {"dtype", 1, 0, O_DTYPE},
-                                         {"workers", 1, 0, O_WORKERS},
-                                         {"threads", 1, 0, O_THREADS},
-                                         {"cache-mb", 1, 0, O_CACHE},
-                                         {"listen", 1, 0, O_LISTEN},
-                                         {"token-file", 1, 0, O_TOKENS},
-                                         {"max-body-kb", 1, 0, O_BODY},
-                                         {"queue-max", 1, 0, O_QUEUE},
-                                         {"max-inflight", 1, 0, O_INFLIGHT},
-                                         {"max-values", 1, 0, O_VALUES},
-                                         {"result-ttl", 1, 0, O_TTL},
-                                         {"drain-seconds", 1, 0, O_DRAIN},
-                                         {"conn-timeout", 1, 0, O_CONNTO},
-                                         {"max-conn-per-ip", 1, 0, O_PERIP},
-                                         {"help", 0, 0, O_HELP},
-                                         {0, 0, 0, 0}};
-    static const char *envs[] = {
-        "NPP_MODEL",       "NPP_DEVICE",        "NPP_DTYPE",        "NPP_WORKERS",
-        "NPP_THREADS",     "NPP_CACHE_MB",      "NPP_LISTEN",       "NPP_TOKEN_FILE",
-        "NPP_MAX_BODY_KB", "NPP_QUEUE_MAX",     "NPP_MAX_INFLIGHT", "NPP_MAX_VALUES",
-        "NPP_RESULT_TTL",  "NPP_DRAIN_SECONDS", "NPP_CONN_TIMEOUT", "NPP_MAX_CONN_PER_IP"};
-    static const int env_opt[] = {O_MODEL,  O_DEVICE, O_DTYPE,  O_WORKERS, O_THREADS,  O_CACHE,
-                                  O_LISTEN, O_TOKENS, O_BODY,   O_QUEUE,   O_INFLIGHT, O_VALUES,
-                                  O_TTL,    O_DRAIN,  O_CONNTO, O_PERIP};
-    S.device = "cpu", S.dtype = "f32", S.listen = "127.0.0.1:8080";
-    S.workers = 2, S.threads = 1, S.cache_mb = 1024, S.max_body_kb = 1024, S.queue_max = 256;
-    S.max_inflight = 32, S.max_values = 50000, S.result_ttl = 600, S.drain_seconds = 30;
-    S.conn_timeout = 30, S.max_conn_per_ip = 64;
+    struct option lo[NOPTS + 2];
+    for (int i = 0; i < NOPTS; i++)
+        lo[i] = (struct option){OPTS[i].flag, OPTS[i].type == T_FLAG ? 0 : 1, 0, 256 + i};
+    lo[NOPTS] = (struct option){"help", 0, 0, 'h'};
+    lo[NOPTS + 1] = (struct option){0, 0, 0, 0};
+    set_defaults();
     int flag_models = 0;
-    /* Environment first, then flags (which win). Pass 0 = env, 1 = argv. */
-    for (int pass = 0; pass < 2; pass++) {
-        int n = pass ? 0 : (int)(sizeof envs / sizeof envs[0]);
-        for (int i = 0;; i++) {
-            int c;
-            const char *v;
-            char *envcopy = NULL;
-            if (pass == 0) {
-                if (i == n)
-                    break;
-                if (!(v = getenv(envs[i])) || !*v)
-                    continue;
-                c = env_opt[i];
-            } else {
-                c = getopt_long(argc, argv, "", opts, NULL);
-                if (c == -1)
-                    break;
-                v = optarg;
-            }
-            switch (c) {
-            case O_MODEL:
-                if (pass == 1 && !flag_models++)
-                    S.nmodels = 0; /* flags replace models from the environment */
-                envcopy = strdup(v);
-                for (char *save = NULL, *t = strtok_r(envcopy, ",", &save); t;
-                     t = strtok_r(NULL, ",", &save))
-                    add_model(t);
-                free(envcopy);
-                break;
-            case O_DEVICE: S.device = v; break;
-            case O_DTYPE: S.dtype = v; break;
-            case O_WORKERS: S.workers = (int)num("--workers", v, 1, SRV_MAX_WORKERS); break;
-            case O_THREADS: S.threads = (int)num("--threads", v, 1, 256); break;
-            case O_CACHE: S.cache_mb = (long)num("--cache-mb", v, 0, 1 << 24); break;
-            case O_LISTEN: S.listen = v; break;
-            case O_TOKENS: S.token_file = v; break;
-            case O_BODY: S.max_body_kb = (long)num("--max-body-kb", v, 1, 1 << 20); break;
-            case O_QUEUE: S.queue_max = (int)num("--queue-max", v, 1, 1000000); break;
-            case O_INFLIGHT: S.max_inflight = (int)num("--max-inflight", v, 1, 1000000); break;
-            case O_VALUES: S.max_values = (long)num("--max-values", v, 1, 100000000); break;
-            case O_TTL: S.result_ttl = num("--result-ttl", v, 1, 86400 * 30); break;
-            case O_DRAIN: S.drain_seconds = num("--drain-seconds", v, 0, 86400); break;
-            case O_CONNTO: S.conn_timeout = (int)num("--conn-timeout", v, 1, 86400); break;
-            case O_PERIP: S.max_conn_per_ip = (int)num("--max-conn-per-ip", v, 1, 100000); break;
-            case O_HELP: fputs(HELP, stdout); exit(0);
-            default: fputs(HELP, stderr); exit(2);
-            }
+    for (int i = 0; i < NOPTS; i++) { /* the environment first, then flags (which win) */
+        const char *v = getenv(OPTS[i].env);
+        if (v && *v)
+            set_option(&OPTS[i], v, 0, &flag_models);
+    }
+    for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
+        if (c == 'h') {
+            help(stdout);
+            exit(0);
         }
+        if (c < 256 || c >= 256 + NOPTS) {
+            help(stderr);
+            exit(2);
+        }
+        set_option(&OPTS[c - 256], optarg ? optarg : "1", 1, &flag_models);
     }
     if (optind < argc)
         die("unexpected argument '%s' (see --help)", argv[optind]);
@@ -229,7 +299,32 @@ static void parse_options(int argc, char **argv)
         add_model("default=" NPP_DEFAULT_MODEL);
     if (S.token_file)
         load_tokens(S.token_file);
+    /* the limits must leave room for one job at the limit */
+    long caches = (long)S.nmodels * S.cache_mb;
+    if (!S.max_job_mb)
+        S.max_job_mb = S.memory_mb - caches;
+    if (S.max_job_mb < 1 || S.max_job_mb + caches > S.memory_mb) {
+        fprintf(stderr,
+                "nppd: --memory-mb %ld cannot hold the caches (%d model(s) x --cache-mb %ld) "
+                "and one job at --max-job-mb %ld; raise --memory-mb or lower the others\n",
+                S.memory_mb, S.nmodels, S.cache_mb, S.max_job_mb);
+        exit(2);
+    }
+    if (S.max_result_mb > S.results_disk_mb) {
+        fprintf(stderr, "nppd: --max-result-mb %ld is over --results-disk-mb %ld\n",
+                S.max_result_mb, S.results_disk_mb);
+        exit(2);
+    }
+    struct rlimit rl;
+    if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur != RLIM_INFINITY &&
+        (rlim_t)S.max_connections + 64 > rl.rlim_cur) {
+        fprintf(stderr, "nppd: --max-connections %d needs %d file descriptors; the limit is %lu\n",
+                S.max_connections, S.max_connections + 64, (unsigned long)rl.rlim_cur);
+        exit(2);
+    }
 }
+
+/* ---- start-up and shutdown ------------------------------------------------------------ */
 
 /* Loads every model (in the background: HTTP answers /readyz meanwhile). */
 static void *loader(void *arg)
@@ -265,6 +360,7 @@ static void *loader(void *arg)
     pthread_mutex_lock(&S.mu);
     S.ready = 1;
     pthread_mutex_unlock(&S.mu);
+    srv_kick(); /* recovered jobs may start */
     fprintf(stderr, "{\"event\": \"ready\", \"listen\": \"%s\", \"workers\": %d}\n", S.listen,
             S.workers);
     return NULL;
@@ -273,26 +369,35 @@ static void *loader(void *arg)
 int main(int argc, char **argv)
 {
     pthread_t lt;
+    char err[512];
+    run_malloc_setup();
     parse_options(argc, argv);
     signal(SIGPIPE, SIG_IGN);
     pthread_mutex_init(&S.mu, NULL);
-    if (sched_start()) {
+    if (store_open(S.state_dir, err, sizeof err)) {
+        fprintf(stderr, "nppd: %s\n", err);
+        return 1;
+    }
+    if (sched_recover() || sched_start() || planner_start()) {
         fprintf(stderr, "nppd: cannot start the scheduler\n");
         return 1;
     }
     if (http_start())
         return 1;
     fprintf(stderr,
-            "{\"event\": \"listening\", \"listen\": \"%s\", \"models\": %d, \"auth\": %s}\n",
-            S.listen, S.nmodels, S.ntokens ? "true" : "false");
+            "{\"event\": \"listening\", \"listen\": \"%s\", \"models\": %d, \"auth\": %s, "
+            "\"state_dir\": \"%s\", \"memory_mb\": %ld, \"max_job_mb\": %ld}\n",
+            S.listen, S.nmodels, S.ntokens ? "true" : "false", S.state_dir, S.memory_mb,
+            S.max_job_mb);
     pthread_create(&lt, NULL, loader, NULL);
     uv_run(&S.loop, UV_RUN_DEFAULT); /* returns once draining has finished */
     pthread_join(lt, NULL);
-    /* Every running job has ended: answer every suspended connection, give
-     * the answers a moment to leave, then close. */
+    /* Every running job has ended: stop the planners, answer every
+     * suspended connection, give the answers a moment to leave, close. */
     pthread_mutex_lock(&S.mu);
     S.stopping = 1;
     pthread_mutex_unlock(&S.mu);
+    planner_stop();
     http_resume_all();
     usleep(300 * 1000);
     http_resume_all();
@@ -305,6 +410,7 @@ int main(int argc, char **argv)
     uv_close((uv_handle_t *)&S.sigint, NULL);
     uv_run(&S.loop, UV_RUN_DEFAULT);
     uv_loop_close(&S.loop);
+    store_close();
     int exit_code = 0;
     for (int i = 0; i < S.nmodels; i++) {
         if (!S.models[i].m)

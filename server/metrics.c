@@ -38,24 +38,34 @@ static void put(buf *b, const char *fmt, ...)
 
 char *metrics_render(void)
 {
-    static const char *states[] = {"queued", "running", "done", "failed", "cancelled"};
     static const char *le[] = {"0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",
                                "1",     "2.5",  "5",     "10",   "30",  "60",   "300"};
     buf b = {0};
     int now[J_NSTATES] = {0};
+    long pending, open;
+    uint64_t shut;
+    conn_stats(&pending, &open, &shut);
     pthread_mutex_lock(&S.mu);
     for (size_t k = 0; k < sizeof S.table / sizeof S.table[0]; k++)
         for (sjob *j = S.table[k]; j; j = j->next)
             now[j->state]++;
     put(&b, "# HELP npp_queue_depth Jobs waiting for a worker.\n# TYPE npp_queue_depth gauge\n");
     put(&b, "npp_queue_depth %d\n", S.nqueued);
+    put(&b,
+        "# HELP npp_plans_waiting Jobs waiting for a planner.\n"
+        "# TYPE npp_plans_waiting gauge\nnpp_plans_waiting %d\n",
+        S.nplanning);
+    put(&b,
+        "# HELP npp_plans_refused_total Jobs refused at planning (invalid or too large).\n"
+        "# TYPE npp_plans_refused_total counter\nnpp_plans_refused_total %llu\n",
+        (unsigned long long)S.plans_refused);
     put(&b, "# HELP npp_jobs Jobs held by the server, by state.\n# TYPE npp_jobs gauge\n");
     for (int s = 0; s < J_NSTATES; s++)
-        put(&b, "npp_jobs{state=\"%s\"} %d\n", states[s], now[s]);
+        put(&b, "npp_jobs{state=\"%s\"} %d\n", jstate_name((jstate)s), now[s]);
     put(&b, "# HELP npp_jobs_finished_total Jobs that ended, by final state.\n"
             "# TYPE npp_jobs_finished_total counter\n");
     for (int s = J_DONE; s < J_NSTATES; s++)
-        put(&b, "npp_jobs_finished_total{state=\"%s\"} %llu\n", states[s],
+        put(&b, "npp_jobs_finished_total{state=\"%s\"} %llu\n", jstate_name((jstate)s),
             (unsigned long long)S.jobs_total[s]);
     put(&b, "# HELP npp_job_duration_seconds Submission to end of each job.\n"
             "# TYPE npp_job_duration_seconds histogram\n");
@@ -72,6 +82,21 @@ char *metrics_render(void)
             (unsigned long long)S.http_total[c]);
     put(&b, "# HELP npp_workers_busy Workers running a job.\n# TYPE npp_workers_busy gauge\n");
     put(&b, "npp_workers_busy %d\nnpp_workers %d\n", S.nrunning, S.workers);
+    put(&b,
+        "# HELP npp_memory_admitted_bytes Estimated peak memory of the running jobs.\n"
+        "# TYPE npp_memory_admitted_bytes gauge\nnpp_memory_admitted_bytes %zu\n"
+        "npp_memory_budget_bytes %zu\n",
+        S.mem_running, (size_t)S.memory_mb << 20);
+    put(&b,
+        "# HELP npp_results_disk_bytes Bytes of stored results.\n"
+        "# TYPE npp_results_disk_bytes gauge\nnpp_results_disk_bytes %zu\n"
+        "npp_results_evicted_total %llu\n",
+        S.results_disk, (unsigned long long)S.results_evicted);
+    put(&b,
+        "# HELP npp_connections Open connections, and those waiting for a request head.\n"
+        "# TYPE npp_connections gauge\nnpp_connections %ld\nnpp_connections_waiting %ld\n"
+        "npp_connections_shut_total %llu\n",
+        open, pending, (unsigned long long)shut);
     static const char *cache_metrics[][2] = {
         {"npp_cache_bytes", "gauge"},          {"npp_cache_max_bytes", "gauge"},
         {"npp_cache_entries", "gauge"},        {"npp_cache_hits_total", "counter"},

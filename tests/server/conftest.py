@@ -36,11 +36,13 @@ def free_port():
 class Server:
     """A running nppd; stderr (the request log) is captured in a file."""
 
-    def __init__(self, *args, auth=True, models=None, env=None):
+    def __init__(self, *args, auth=True, models=None, env=None, state_dir=None, tokens=None):
         self.port = free_port()
         self.tmp = tempfile.TemporaryDirectory()
         self.log_path = os.path.join(self.tmp.name, "nppd.log")
-        cmd = [NPPD]
+        # each server its own job store, unless a test restarts one on the same
+        self.state_dir = state_dir or os.path.join(self.tmp.name, "state")
+        cmd = [NPPD, "--state-dir", self.state_dir]
         if not (env and "NPP_LISTEN" in env):
             cmd += ["--listen", "127.0.0.1:%d" % self.port]
         for name, d in ({} if env and "NPP_MODEL" in env else models or {"tiny": MODEL}).items():
@@ -49,7 +51,7 @@ class Server:
             tf = os.path.join(self.tmp.name, "tokens")
             with open(tf, "w") as f:
                 f.write("# test tokens\n")
-                for name, tok in TOKENS.items():
+                for name, tok in (tokens or TOKENS).items():
                     f.write("%s %s\n" % (name, tok))
             cmd += ["--token-file", tf]
         cmd += list(args)

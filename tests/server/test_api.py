@@ -237,7 +237,7 @@ def test_job_errors(server):
     assert st == 404 and body["error"]["field"] == "model"
     # 405
     st, h, body = server.request("PUT", "/v1/jobs")
-    assert st == 405 and h["Allow"] == "POST"
+    assert st == 405 and h["Allow"] == "GET, POST"
     validate("/v1/jobs", "POST", st, body)
 
 

@@ -1,0 +1,254 @@
+/* jobs.c - the job table (by id), its visibility rules, the users' queues
+ * (one FIFO per user, served round-robin by sched.c), and the JSON the API
+ * shows of a job. Every function here is called with S.mu held. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "srv.h"
+
+static const char *const state_names[J_NSTATES] = {"queued", "running", "done", "failed",
+                                                   "cancelled"};
+
+const char *jstate_name(jstate s)
+{
+    return s < J_NSTATES ? state_names[s] : "unknown";
+}
+
+int jstate_parse(const char *name)
+{
+    for (int s = 0; name && s < J_NSTATES; s++)
+        if (!strcmp(state_names[s], name))
+            return s;
+    return -1;
+}
+
+/* ---- the table ----------------------------------------------------------------- */
+
+static unsigned bucket(const char *id)
+{
+    unsigned h = 2166136261u;
+    for (; *id; id++)
+        h = (h ^ (unsigned char)*id) * 16777619u;
+    return h % (sizeof S.table / sizeof S.table[0]);
+}
+
+sjob *job_find(const char *id)
+{
+    for (sjob *j = S.table[bucket(id)]; j; j = j->next)
+        if (!strcmp(j->id, id))
+            return j;
+    return NULL;
+}
+
+void job_ref(sjob *j)
+{
+    j->refs++;
+}
+
+void job_unref(sjob *j)
+{
+    if (--j->refs > 0)
+        return;
+    free(j);
+}
+
+void job_insert(sjob *j)
+{
+    unsigned b = bucket(j->id);
+    j->refs++; /* the table's */
+    j->next = S.table[b];
+    S.table[b] = j;
+}
+
+void job_remove(sjob *j)
+{
+    sjob **pp = &S.table[bucket(j->id)];
+    while (*pp && *pp != j)
+        pp = &(*pp)->next;
+    if (!*pp)
+        return;
+    *pp = j->next;
+    job_unref(j);
+}
+
+int job_visible(const sjob *j, const char *user, int admin)
+{
+    /* without a token file nothing is private: users are client addresses */
+    return !S.ntokens || admin || !strcmp(j->owner, user);
+}
+
+void job_new_id(char out[33])
+{
+    unsigned char b[16];
+    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) { /* never in practice */
+        uint64_t t = (uint64_t)(srv_now() * 1e9), w = (uint64_t)(srv_wall() * 1e6);
+        memcpy(b, &t, 8);
+        memcpy(b + 8, &w, 8);
+    }
+    for (int i = 0; i < 16; i++)
+        snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+/* ---- users and their queues -------------------------------------------------------- */
+
+int sched_user(const char *name)
+{
+    for (int i = 0; i < S.nusers; i++)
+        if (!strcmp(S.users[i].name, name))
+            return i;
+    int n = (int)(sizeof S.users / sizeof S.users[0]);
+    if (S.nusers == n) /* too many distinct anonymous addresses: share the last slot */
+        return n - 1;
+    snprintf(S.users[S.nusers].name, sizeof S.users[0].name, "%s", name);
+    return S.nusers++;
+}
+
+void job_enqueue(sjob *j)
+{
+    srv_user *u = &S.users[j->user];
+    j->qnext = NULL;
+    if (u->qtail)
+        u->qtail->qnext = j;
+    else
+        u->qhead = j;
+    u->qtail = j;
+    u->queued++;
+    S.nqueued++;
+}
+
+void job_unqueue(sjob *j)
+{
+    srv_user *u = &S.users[j->user];
+    sjob **pp = &u->qhead, *prev = NULL;
+    while (*pp && *pp != j)
+        prev = *pp, pp = &(*pp)->qnext;
+    if (!*pp)
+        return;
+    *pp = j->qnext;
+    if (u->qtail == j)
+        u->qtail = prev;
+    j->qnext = NULL;
+    u->queued--;
+    S.nqueued--;
+}
+
+void job_notify(sjob *j)
+{
+    j->version++;
+    http_wake_job(j);
+}
+
+void job_finish(sjob *j, jstate st)
+{
+    static const double bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                    1,     2.5,  5,     10,   30,  60,   300};
+    j->state = st;
+    j->ended = srv_wall();
+    j->expires = j->ended + S.result_ttl;
+    S.jobs_total[st]++;
+    double lat = srv_now() - j->t_submit;
+    if (j->t_submit > 0) { /* not for a job recovered at start-up */
+        for (size_t i = 0; i < sizeof bounds / sizeof bounds[0]; i++)
+            if (lat <= bounds[i])
+                S.lat_bucket[i]++;
+        S.lat_count++;
+        S.lat_sum += lat;
+    }
+    job_notify(j);
+}
+
+/* ---- the JSON of a job ---------------------------------------------------------------- */
+
+static json_t *iso_time(double t)
+{
+    char buf[32];
+    time_t s = (time_t)t;
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return json_string(buf);
+}
+
+json_t *job_json(const sjob *j)
+{
+    char link[96];
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(j->id));
+    json_object_set_new(o, "state", json_string(jstate_name(j->state)));
+    json_object_set_new(o, "model", json_string(j->model ? j->model->name : ""));
+    json_object_set_new(o, "user", json_string(j->owner));
+    json_object_set_new(o, "created", iso_time(j->created));
+    json_object_set_new(
+        o, "progress",
+        json_pack("{s:I,s:I}", "done", (json_int_t)j->done, "total", (json_int_t)j->total));
+    json_object_set_new(o, "estimate",
+                        json_pack("{s:I,s:I}", "peak_bytes", (json_int_t)j->est_peak,
+                                  "result_bytes", (json_int_t)j->est_result));
+    if (j->started > 0)
+        json_object_set_new(o, "queue_seconds", json_real(j->started - j->created));
+    if (j->ended > 0 && j->started > 0)
+        json_object_set_new(o, "run_seconds", json_real(j->ended - j->started));
+    if (j->state == J_DONE)
+        json_object_set_new(o, "result_bytes", json_integer((json_int_t)j->result_bytes));
+    json_t *links = json_object();
+    snprintf(link, sizeof link, "/v1/jobs/%s", j->id);
+    json_object_set_new(links, "self", json_string(link));
+    snprintf(link, sizeof link, "/v1/jobs/%s/graph.svg", j->id);
+    json_object_set_new(links, "graph", json_string(link));
+    snprintf(link, sizeof link, "/v1/jobs/%s/events", j->id);
+    json_object_set_new(links, "events", json_string(link));
+    json_object_set_new(o, "links", links);
+    if (j->state == J_FAILED || j->state == J_CANCELLED)
+        json_object_set_new(
+            o, "error",
+            json_pack("{s:s,s:s,s:s}", "code",
+                      j->state == J_CANCELLED ? "cancelled" : npp_err_name(j->err.code), "message",
+                      j->err.message, "field", j->err.field));
+    return o;
+}
+
+static int by_seq(const void *a, const void *b)
+{
+    const sjob *x = *(sjob *const *)a, *y = *(sjob *const *)b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+json_t *jobs_list(const char *user, int admin)
+{
+    size_t n = 0, cap = 64;
+    sjob **v = malloc(cap * sizeof *v);
+    json_t *arr = json_array();
+    for (size_t b = 0; v && b < sizeof S.table / sizeof S.table[0]; b++)
+        for (sjob *j = S.table[b]; j; j = j->next) {
+            if (!job_visible(j, user, admin))
+                continue;
+            if (n == cap) {
+                sjob **g = realloc(v, (cap *= 2) * sizeof *g);
+                if (!g)
+                    break;
+                v = g;
+            }
+            v[n++] = j;
+        }
+    if (v)
+        qsort(v, n, sizeof *v, by_seq);
+    for (size_t i = 0; i < n; i++) {
+        const sjob *j = v[i];
+        json_t *o = json_object();
+        json_object_set_new(o, "id", json_string(j->id));
+        json_object_set_new(o, "user", json_string(j->owner));
+        json_object_set_new(o, "state", json_string(jstate_name(j->state)));
+        json_object_set_new(o, "model", json_string(j->model ? j->model->name : ""));
+        json_object_set_new(o, "created", iso_time(j->created));
+        json_object_set_new(o, "estimate",
+                            json_pack("{s:I,s:I}", "peak_bytes", (json_int_t)j->est_peak,
+                                      "result_bytes", (json_int_t)j->est_result));
+        if (j->state == J_DONE)
+            json_object_set_new(o, "result_bytes", json_integer((json_int_t)j->result_bytes));
+        json_array_append_new(arr, o);
+    }
+    free(v);
+    return arr;
+}
