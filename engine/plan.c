@@ -57,7 +57,9 @@ void plan_free(plan *p)
 
 /* ---- storage ------------------------------------------------------------- */
 
-static int over_bytes(plan *p);
+/* Whether planning may take extra bytes more (else the error is set):
+ * checked before every allocation grows, so the bound holds. */
+static int room(plan *p, size_t extra);
 
 static int32_t *pool_take(plan *p, size_t n)
 {
@@ -65,6 +67,8 @@ static int32_t *pool_take(plan *p, size_t n)
         size_t c = p->cappool ? p->cappool : 1024;
         while (c < p->npool + n)
             c *= 2;
+        if (!room(p, (c - p->cappool) * sizeof *p->pool))
+            return NULL;
         int32_t *np = realloc(p->pool, c * sizeof *np);
         if (!np)
             return NULL;
@@ -90,11 +94,13 @@ static uint64_t hash_bytes(const void *d, size_t n, uint64_t h)
     return h ^ (h >> 29);
 }
 
-static int grow_table(int32_t **slots, size_t *cap, size_t used)
+static int grow_table(plan *p, int32_t **slots, size_t *cap, size_t used)
 {
     if (*slots && used * 2 < *cap)
         return 0;
     size_t c = *cap ? *cap * 2 : 1024;
+    if (!room(p, c * sizeof **slots)) /* the new table, while the old one lives */
+        return -2;
     int32_t *ns = malloc(c * sizeof *ns);
     if (!ns)
         return -1;
@@ -151,7 +157,7 @@ static void stable_insert(plan *p, int32_t idx)
 static int index_new(plan *p, int32_t **slots, size_t *cap, int32_t idx, int32_t n,
                      void (*insert)(plan *, int32_t))
 {
-    int g = grow_table(slots, cap, (size_t)n);
+    int g = grow_table(p, slots, cap, (size_t)n);
     if (g < 0)
         return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
     for (int32_t i = g > 0 ? 0 : idx; i < (g > 0 ? n : idx + 1); i++)
@@ -161,15 +167,16 @@ static int index_new(plan *p, int32_t **slots, size_t *cap, int32_t idx, int32_t
 
 /* Planning's own bounds: memory, and (checked every 1024 new entries) the
  * deadline and the cancel flag. */
-static int over_bytes(plan *p)
+static int room(plan *p, size_t extra)
 {
     size_t b = plan_bytes(p);
-    if (b <= p->max_bytes)
-        return 0;
-    return npp_fail(p->err, NPP_ELIMIT, "limits",
-                    "planning needs more than %zu MiB (%zu MiB so far); split fewer nodes or use "
-                    "fewer or simpler rules",
-                    p->max_bytes >> 20, b >> 20);
+    if (b + extra <= p->max_bytes)
+        return 1;
+    npp_fail(p->err, NPP_ELIMIT, "limits",
+             "planning needs more than %zu MiB (it holds %zu MiB); split fewer nodes or use "
+             "fewer or simpler rules",
+             p->max_bytes >> 20, b >> 20);
+    return 0;
 }
 
 static double mono_ms(void)
@@ -238,6 +245,8 @@ static int32_t intern(plan *p, const uint8_t key[32], plan_op op, int layer, int
         return -1;
     if (p->nv == p->capv) {
         int32_t c = p->capv ? 2 * p->capv : 256;
+        if (!room(p, (size_t)(c - p->capv) * sizeof *p->v))
+            return -1;
         plan_value *nv = realloc(p->v, (size_t)c * sizeof *nv);
         if (!nv)
             return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
@@ -252,8 +261,7 @@ static int32_t intern(plan *p, const uint8_t key[32], plan_op op, int layer, int
     plan_value *v = &p->v[idx];
     *v = (plan_value){op, layer, rank, nin, copy, {0}};
     memcpy(v->key, key, 32);
-    return index_new(p, &p->vslots, &p->vcap, idx, p->nv, vtable_insert) || over_bytes(p) ? -1
-                                                                                          : idx;
+    return index_new(p, &p->vslots, &p->vcap, idx, p->nv, vtable_insert) ? -1 : idx;
 }
 
 static void put_u32(sha256_ctx *c, uint32_t x)
@@ -381,6 +389,8 @@ static int32_t state_intern(plan *p, const uint64_t *st)
         size_t c = p->capstates ? 2 * p->capstates : 64 * w;
         while (c < need)
             c *= 2;
+        if (!room(p, (c - p->capstates) * sizeof *p->states))
+            return -1;
         uint64_t *ns = realloc(p->states, c * sizeof *ns);
         if (!ns)
             return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
@@ -388,9 +398,7 @@ static int32_t state_intern(plan *p, const uint64_t *st)
     }
     int32_t idx = p->nstates++;
     memcpy(p->states + (size_t)idx * p->words, st, (size_t)p->words * 8);
-    return index_new(p, &p->sslots, &p->scap, idx, p->nstates, stable_insert) || over_bytes(p)
-               ? -1
-               : idx;
+    return index_new(p, &p->sslots, &p->scap, idx, p->nstates, stable_insert) ? -1 : idx;
 }
 
 static const uint64_t *state_at(const plan *p, int32_t id)
@@ -436,6 +444,8 @@ static int32_t node_add(plan *p, int sym, int32_t st, int32_t value, const int32
         return -1;
     if (p->nn == p->capn) {
         int32_t c = p->capn ? 2 * p->capn : 256;
+        if (!room(p, (size_t)(c - p->capn) * sizeof *p->nodes))
+            return -1;
         plan_node *nn = realloc(p->nodes, (size_t)c * sizeof *nn);
         if (!nn)
             return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
@@ -453,8 +463,7 @@ static int32_t node_add(plan *p, int sym, int32_t st, int32_t value, const int32
         reads = 1u << decision;
     int32_t idx = p->nn++;
     p->nodes[idx] = (plan_node){sym, value, nkids, kc, reads, decision, rule, st};
-    return index_new(p, &p->nslots, &p->ncap, idx, p->nn, ntable_insert) || over_bytes(p) ? -1
-                                                                                          : idx;
+    return index_new(p, &p->nslots, &p->ncap, idx, p->nn, ntable_insert) ? -1 : idx;
 }
 
 static int32_t node_resid(plan *p, int32_t prefix, int j);

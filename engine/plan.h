@@ -91,7 +91,7 @@ typedef struct plan {
 } plan;
 
 #define PLAN_MAX_NODES 4000000      /* memo entries, a guard on planning time */
-#define PLAN_MAX_BYTES (512u << 20) /* planning memory */
+#define PLAN_MAX_BYTES (256u << 20) /* planning memory */
 
 /* ids: n_inputs x B x T token ids (borrowed, must outlive the plan). */
 void plan_init(plan *p, const model *m, int n_inputs, int B, int T, const int64_t *ids,

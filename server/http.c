@@ -534,6 +534,7 @@ static srv_model *doc_model(req *r, json_t *doc, enum MHD_Result *ret)
     return m;
 }
 
+/* Tokenizing a large text takes a while: a planner does it. */
 static enum MHD_Result post_tokenize(req *r)
 {
     enum MHD_Result ret = MHD_NO;
@@ -541,34 +542,33 @@ static enum MHD_Result post_tokenize(req *r)
     if (!doc)
         return ret;
     srv_model *m = doc_model(r, doc, &ret);
-    json_t *text = json_object_get(doc, "text");
-    if (m && !json_is_string(text)) {
-        ret = send_error(r, 422, "invalid_request", "text", "text: a string to tokenize");
-    } else if (m) {
-        int32_t *ids;
-        size_t n;
-        npp_err e = {0};
-        if (tok_encode(m->m->tok, json_string_value(text), json_string_length(text), &ids, &n,
-                       &e)) {
-            ret = send_error(r, 422, "invalid_request", "text", "text: %s", e.message);
-        } else {
-            json_t *a = json_array(), *t = json_array();
-            for (size_t i = 0; i < n; i++) {
-                char *s;
-                size_t len;
-                json_array_append_new(a, json_integer(ids[i]));
-                if (!tok_decode(m->m->tok, &ids[i], 1, &s, &len, NULL)) {
-                    json_array_append_new(t, json_stringn(s, len));
-                    free(s);
-                }
-            }
-            free(ids);
-            ret = send_json(r, 200,
-                            json_pack("{s:s,s:o,s:o}", "model", m->name, "ids", a, "tokens", t));
-        }
+    if (!m) {
+        json_decref(doc);
+        return ret;
     }
-    json_decref(doc);
-    return ret;
+    if (!json_is_string(json_object_get(doc, "text"))) {
+        json_decref(doc);
+        return send_error(r, 422, "invalid_request", "text", "text: a string to tokenize");
+    }
+    plan_task *t = calloc(1, sizeof *t);
+    if (!t) {
+        json_decref(doc);
+        return send_error(r, 503, "nomem", NULL, "out of memory");
+    }
+    pthread_mutex_lock(&S.mu);
+    r->uid = sched_user(r->user);
+    *t = (plan_task){PT_TOKENIZE, r, m, doc, r->uid, "", 0, NULL, 0, NULL};
+    if (planner_submit(t)) {
+        pthread_mutex_unlock(&S.mu);
+        json_decref(doc);
+        free(t);
+        return send_error_h(r, 429, "queue_full", NULL, "Retry-After", "1",
+                            "the planners are busy; retry later");
+    }
+    r->kind = K_DEFER;
+    suspend(r);
+    pthread_mutex_unlock(&S.mu);
+    return MHD_YES;
 }
 
 /* Answers a ?wait request: the result if the job ended, else 202. */

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "../engine/svg.h"
+#include "../engine/tok.h"
 #include "srv.h"
 
 #define SVG_MAX_NODES 50000 /* path-tree boxes we agree to lay out */
@@ -183,6 +184,35 @@ static void draw(plan_task *t)
     run_output_free(run);
 }
 
+static void tokenize(plan_task *t)
+{
+    json_t *text = json_object_get(t->doc, "text"), *out;
+    const tok *tk = t->model->m->tok;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    npp_err e = {0};
+    if (tok_encode(tk, json_string_value(text), json_string_length(text), &ids, &n, &e)) {
+        out = http_error_body("invalid_request", "text", "text: %s", e.message);
+    } else {
+        json_t *a = json_array(), *toks = json_array();
+        for (size_t i = 0; i < n; i++) {
+            char *s;
+            size_t len;
+            json_array_append_new(a, json_integer(ids[i]));
+            if (!tok_decode(tk, &ids[i], 1, &s, &len, NULL)) {
+                json_array_append_new(toks, json_stringn(s, len));
+                free(s);
+            }
+        }
+        out = json_pack("{s:s,s:o,s:o}", "model", t->model->name, "ids", a, "tokens", toks);
+    }
+    free(ids);
+    pthread_mutex_lock(&S.mu);
+    http_answer(t->r, e.code ? 422 : 200, out, NULL, NULL);
+    S.users[t->user].planning--;
+    pthread_mutex_unlock(&S.mu);
+}
+
 /* The next task, round-robin over users (caller holds S.mu). */
 static plan_task *pick(void)
 {
@@ -216,8 +246,10 @@ static void *planner_main(void *arg)
         pthread_mutex_unlock(&S.mu);
         if (t->kind == PT_SUBMIT)
             submit(t);
-        else
+        else if (t->kind == PT_SVG)
             draw(t);
+        else
+            tokenize(t);
         json_decref(t->doc);
         free(t);
         pthread_mutex_lock(&S.mu);

@@ -12,7 +12,7 @@
  *   - planner threads validate and plan submitted jobs (run_prepare),
  *     estimate their memory and result size, record them in the store and
  *     queue them; they also render graph.svg (planning again from the
- *     stored document);
+ *     stored document) and tokenize /v1/tokenize texts;
  *   - the loop thread (libuv) admits queued jobs to idle workers while
  *     their memory estimates fit, runs the timers (expiry, ?wait deadlines,
  *     slow connections, drain) and the signals;
@@ -87,10 +87,10 @@ typedef struct sjob {
 
 /* A job being planned (not yet in the table): what a planner needs. */
 typedef struct plan_task {
-    int kind; /* PT_SUBMIT, PT_SVG */
+    int kind; /* PT_SUBMIT, PT_SVG, PT_TOKENIZE */
     req *r;   /* the suspended request to answer */
     srv_model *model;
-    json_t *doc; /* PT_SUBMIT: the job document (taken) */
+    json_t *doc; /* PT_SUBMIT: the job document; PT_TOKENIZE: {"text"} (taken) */
     int user;
     char owner[SRV_NAME_MAX];
     double wait;  /* ?wait seconds */
@@ -99,7 +99,7 @@ typedef struct plan_task {
     struct plan_task *next;
 } plan_task;
 
-enum { PT_SUBMIT, PT_SVG };
+enum { PT_SUBMIT, PT_SVG, PT_TOKENIZE };
 
 typedef struct {
     char name[SRV_NAME_MAX]; /* token name, or the client's address without auth */

@@ -2,7 +2,9 @@
 
 Environment (set by ctest): NPPD (the binary), NPP (the CLI), MODEL (a tiny
 generated model), SLOW_MODEL (a bigger one whose jobs take long enough to
-cancel or interrupt), OPENAPI (api/openapi.yaml)."""
+cancel or interrupt), LONG_MODEL (1024 positions, for batches of long
+inputs), OPENAPI (api/openapi.yaml). NPPD_LEGACY=1 runs the tests on an
+older nppd without the flags it lacks (to see which tests it fails)."""
 import http.client
 import json
 import os
@@ -21,6 +23,7 @@ NPPD = os.environ["NPPD"]
 NPP = os.environ["NPP"]
 MODEL = os.environ["MODEL"]
 SLOW_MODEL = os.environ.get("SLOW_MODEL", MODEL)
+LONG_MODEL = os.environ.get("LONG_MODEL", SLOW_MODEL)  # 1024 positions
 OPENAPI = yaml.safe_load(open(os.environ["OPENAPI"]))
 TOKENS = {"alice": "alice-secret-token-0001", "bob": "bob-secret-token-0002"}
 
@@ -33,16 +36,39 @@ def free_port():
     return port
 
 
+# Flags an older nppd lacks: NPPD_LEGACY=1 leaves them out, so that the
+# tests run on it and show what it does instead.
+_NEW_FLAGS = {"--memory-mb", "--max-job-mb", "--max-result-mb", "--results-disk-mb",
+              "--plan-seconds", "--chunk-mb", "--planners", "--header-timeout",
+              "--max-connections", "--state-dir"}
+
+
+def legacy_args(args):
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in _NEW_FLAGS:
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
 class Server:
     """A running nppd; stderr (the request log) is captured in a file."""
 
-    def __init__(self, *args, auth=True, models=None, env=None, state_dir=None, tokens=None):
+    def __init__(self, *args, auth=True, models=None, env=None, state_dir=None, tokens=None,
+                 admins=()):
         self.port = free_port()
         self.tmp = tempfile.TemporaryDirectory()
         self.log_path = os.path.join(self.tmp.name, "nppd.log")
         # each server its own job store, unless a test restarts one on the same
         self.state_dir = state_dir or os.path.join(self.tmp.name, "state")
         cmd = [NPPD, "--state-dir", self.state_dir]
+        if os.environ.get("NPPD_LEGACY"):  # checking that tests fail on an older nppd
+            cmd = [NPPD]
+            args = legacy_args(args)
         if not (env and "NPP_LISTEN" in env):
             cmd += ["--listen", "127.0.0.1:%d" % self.port]
         for name, d in ({} if env and "NPP_MODEL" in env else models or {"tiny": MODEL}).items():
@@ -52,7 +78,7 @@ class Server:
             with open(tf, "w") as f:
                 f.write("# test tokens\n")
                 for name, tok in (tokens or TOKENS).items():
-                    f.write("%s %s\n" % (name, tok))
+                    f.write("%s %s%s\n" % (name, tok, " admin" if name in admins else ""))
             cmd += ["--token-file", tf]
         cmd += list(args)
         self.log = open(self.log_path, "w")
@@ -130,6 +156,8 @@ def make_server():
     yield make
     for s in started:
         code = s.stop()
+        if getattr(s, "killed", False):  # the test killed it on purpose
+            continue
         assert code == 0, "nppd exited %s:\n%s" % (code, "\n".join(s.log_lines()[-30:]))
 
 

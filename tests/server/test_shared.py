@@ -1,0 +1,397 @@
+"""A shared server no single user can break, starve or spy on: one test per
+way a user could (ownership, memory, planning, cancellation, durability,
+slow connections, undecodable URLs, draining, the token file), each
+asserting the behaviour, not only the status."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import (LONG_MODEL, MODEL, NPPD, SLOW_MODEL, TOKENS, free_port, in_thread, job_doc,
+                      legacy_args, slow_job, validate, wait_state)
+
+ADMIN = {"carol": "carol-admin-token-0003"}
+
+
+def rss(pid):
+    """Resident memory of a process, bytes."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def big_ids(B, T, seed=0):
+    return [[(97 * b + 31 * t + seed) % 50000 + 10 for t in range(T)] for b in range(B)]
+
+
+def not_found_like_unknown(st, body):
+    return st == 404 and body["error"]["code"] == "not_found" and \
+        body["error"]["field"] == "id" and "unknown job" in body["error"]["message"]
+
+
+# ---- ownership ---------------------------------------------------------------------------
+
+def test_jobs_are_private_to_their_token(make_server):
+    srv = make_server(models={"slow": SLOW_MODEL})
+    alice, bob = TOKENS["alice"], TOKENS["bob"]
+    st, _, body = srv.request("POST", "/v1/jobs", slow_job(40), alice)
+    assert st == 202
+    jid = body["id"]
+    # bob sees exactly what he would see for a job that does not exist
+    st_u, _, unknown = srv.request("GET", "/v1/jobs/%032x" % 7, token=bob)
+    assert not_found_like_unknown(st_u, unknown)
+    for path in ("/v1/jobs/" + jid, "/v1/jobs/%s/graph.svg" % jid, "/v1/jobs/%s/events" % jid):
+        st, _, body = srv.request("GET", path, token=bob)
+        assert not_found_like_unknown(st, body), (path, st, body)
+        assert body["error"]["message"] == unknown["error"]["message"].replace("%032x" % 7, jid)
+    st, _, body = srv.request("DELETE", "/v1/jobs/" + jid, token=bob)
+    assert not_found_like_unknown(st, body)
+    validate("/v1/jobs/{id}", "DELETE", st, body)
+    st, _, body = srv.request("GET", "/v1/jobs/" + jid, token=alice)
+    assert st == 200 and body["state"] in ("queued", "running")  # bob's DELETE did nothing
+    # each sees their own list
+    st, _, mine = srv.request("GET", "/v1/jobs", token=bob)
+    assert st == 200 and mine["jobs"] == [] and mine["all"] is False
+    validate("/v1/jobs", "GET", st, mine)
+    st, _, mine = srv.request("GET", "/v1/jobs", token=alice)
+    assert [j["id"] for j in mine["jobs"]] == [jid] and mine["jobs"][0]["user"] == "alice"
+    assert srv.request("GET", "/v1/jobs/" + jid, token=alice)[2]["user"] == "alice"
+    assert mine["jobs"][0]["estimate"]["peak_bytes"] > 0
+    assert srv.request("DELETE", "/v1/jobs/" + jid, token=alice)[0] == 200
+
+
+def test_admin_lists_and_cancels_every_job(make_server):
+    srv = make_server(models={"slow": SLOW_MODEL}, tokens=dict(TOKENS, **ADMIN),
+                      admins={"carol"})
+    a = srv.request("POST", "/v1/jobs", slow_job(41), TOKENS["alice"])[2]["id"]
+    b = srv.request("POST", "/v1/jobs", slow_job(42), TOKENS["bob"])[2]["id"]
+    st, _, body = srv.request("GET", "/v1/jobs", token=ADMIN["carol"])
+    assert st == 200 and body["all"] is True
+    assert {(j["id"], j["user"]) for j in body["jobs"]} == {(a, "alice"), (b, "bob")}
+    assert srv.request("GET", "/v1/jobs/" + b, token=ADMIN["carol"])[0] == 200
+    assert srv.request("DELETE", "/v1/jobs/" + b, token=ADMIN["carol"])[0] == 200
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        body = srv.request("GET", "/v1/jobs/" + b, token=TOKENS["bob"])[2]
+        if body["state"] == "cancelled":
+            break
+        time.sleep(0.05)
+    assert body["state"] == "cancelled", body
+    assert srv.request("DELETE", "/v1/jobs/" + a, token=ADMIN["carol"])[0] == 200
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("alice tok1\nbob tok1\n", 2, "the same token as alice's"),
+    ("alice tok1\nalice tok2\n", 2, "the name 'alice' is given twice"),
+    ("# c\n\nalice tok1 admin extra\n", 3, "4 fields"),
+    ("alice\n", 1, "1 field;"),
+    ("alice tok1 root\n", 1, "the third field must be 'admin'"),
+    ("# only comments\n", 0, "no tokens in it"),
+])
+def test_token_file_errors_name_the_line(tmp_path, text, line, words):
+    tf = tmp_path / "tokens"
+    tf.write_text(text)
+    args = ["--state-dir", str(tmp_path / "s")]
+    args = legacy_args(args) if os.environ.get("NPPD_LEGACY") else args
+    p = subprocess.run([NPPD, "--token-file", str(tf), "--model", "m=" + MODEL, "--listen",
+                        "127.0.0.1:%d" % free_port(), *args],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert words in p.stderr and (not line or ("line %d:" % line) in p.stderr), p.stderr
+
+
+# ---- memory ----------------------------------------------------------------------------------
+
+def test_repeated_positions_refused_fast_and_memory_stays(server):
+    before = rss(server.proc.pid)
+    t0 = time.time()
+    st, _, body = server.request("POST", "/v1/jobs",
+                                 {"inputs": ["a b"], "outputs": {"positions": [0] * 20000}})
+    took = time.time() - t0
+    assert st == 422 and body["error"]["field"] == "outputs.positions[1]", body
+    assert "already listed" in body["error"]["message"]
+    validate("/v1/jobs", "POST", st, body)
+    assert took < 2, took
+    time.sleep(0.5)
+    assert rss(server.proc.pid) < before + (64 << 20)
+
+
+def test_big_batch_refused_with_the_field_and_both_numbers(make_server):
+    """One input holding a batch of 64 x 1024 tokens, over --max-job-mb."""
+    srv = make_server("--max-job-mb", "128", models={"long": LONG_MODEL})
+    st, _, body = srv.request("POST", "/v1/jobs", {"inputs": [big_ids(64, 1024)],
+                                                    "outputs": {"top_k": 1}})
+    assert st == 422 and body["error"]["code"] == "job_too_large", body
+    assert body["error"]["field"] == "inputs"
+    assert "MiB at its peak" in body["error"]["message"] and "--max-job-mb of 128 MiB" in \
+        body["error"]["message"]
+    validate("/v1/jobs", "POST", st, body)
+    # a result over its own limit: logits at every position
+    st, _, body = srv.request("POST", "/v1/jobs", {"inputs": [big_ids(2, 400)],
+                                                    "outputs": {"logits": True, "positions": "all"}})
+    assert st == 422 and body["error"]["code"] in ("result_too_large", "job_too_large"), body
+    assert body["error"]["field"] == "outputs.logits"
+
+
+def test_big_batch_runs_within_its_estimate(make_server):
+    srv = make_server("--cache-mb", "0", models={"long": LONG_MODEL})
+    time.sleep(0.3)
+    before = rss(srv.proc.pid)
+    st, _, body = srv.request("POST", "/v1/jobs", {"inputs": [big_ids(32, 1024)],
+                                                    "outputs": {"top_k": 1}})
+    assert st == 202, body
+    est = body["estimate"]["peak_bytes"]
+    peak = 0
+    while True:
+        peak = max(peak, rss(srv.proc.pid))
+        st, _, body = srv.request("GET", "/v1/jobs/" + body["id"])
+        if body["state"] in ("done", "failed", "cancelled"):
+            break
+        time.sleep(0.02)
+    assert body["state"] == "done", body
+    assert peak - before <= est + (32 << 20), ((peak - before) >> 20, est >> 20)
+
+
+def test_jobs_wait_for_memory_in_fair_order(make_server):
+    """Two jobs whose estimates do not fit --memory-mb together: the second
+    waits in the queue (not refused) and starts when the first ends."""
+    probe = make_server("--cache-mb", "0", models={"slow": SLOW_MODEL})
+    job = {"inputs": [big_ids(32, 256)], "outputs": {"top_k": 1}}
+    est = probe.request("POST", "/v1/jobs?wait=600", job)[2]["estimate"]["peak_bytes"]
+    mb = (est >> 20) * 3 // 2 + 1  # room for one, not two
+    srv = make_server("--cache-mb", "0", "--workers", "2", "--memory-mb", str(mb),
+                      models={"slow": SLOW_MODEL})
+    a = srv.request("POST", "/v1/jobs", dict(job, inputs=[big_ids(32, 256, 1)]))[2]["id"]
+    b = srv.request("POST", "/v1/jobs", dict(job, inputs=[big_ids(32, 256, 2)]))[2]["id"]
+    wait_state(srv, a, {"running"})
+    time.sleep(0.5)
+    sb = srv.request("GET", "/v1/jobs/" + b)[2]
+    sa = srv.request("GET", "/v1/jobs/" + a)[2]
+    if sa["state"] == "running":
+        assert sb["state"] == "queued", sb  # a worker is idle, but memory is not
+    assert wait_state(srv, b, {"done"}, timeout=600)["state"] == "done"
+    st, _, text = srv.request("GET", "/metrics")
+    assert "npp_memory_budget_bytes %d" % (mb << 20) in text.decode()
+
+
+# ---- planning off the HTTP thread ------------------------------------------------------------
+
+def test_health_answers_while_the_biggest_plan_runs(make_server):
+    srv = make_server("--plan-seconds", "6", models={"slow": SLOW_MODEL})
+    done = srv.request("POST", "/v1/jobs?wait=60", job_doc())[2]["id"]
+    # a full split whose rule tracks which of ~900 nodes each path passed:
+    # states that never repeat, until planning reaches its memory bound
+    split = [{"match": "**/{a,f}[0-9]", "split": True},
+             {"match": "**/a[0-9].head", "split": "heads"},
+             {"match": "**/a[0-9].head[0-9]", "split": True},
+             {"match": "**/f[0-9].head", "split": "positions"}]
+    alts = ["**/a%d.head%d.%s/**" % (l, h, c) for l in range(4) for h in range(8) for c in "qkv"]
+    alts += ["**/f%d.head.pos%d/**" % (l, p) for l in range(4) for p in range(200)]
+    t, out = in_thread(srv.request, "POST", "/v1/jobs",
+                       {"inputs": [big_ids(1, 250), big_ids(1, 250, 3)], "branch": split,
+                        "which": [{"any": alts, "input": 1}]})
+    time.sleep(0.5)
+    worst = 0.0
+    n = 0
+    while t.is_alive() and n < 200:
+        for path in ("/healthz", "/v1/jobs/" + done):
+            t0 = time.time()
+            st = srv.request("GET", path)[0]
+            worst = max(worst, time.time() - t0)
+            assert st == 200
+        n += 1
+        time.sleep(0.02)
+    t.join(60)
+    st, _, body = out["value"]
+    assert st == 422 and body["error"]["code"] == "plan_too_large", body
+    assert n >= 20, "the plan ended too soon to measure (%d rounds)" % n
+    print("while planning: %d rounds, slowest answer %.1f ms" % (n, worst * 1e3))
+    assert worst < 0.05, "a request took %.0f ms while a plan ran" % (worst * 1e3)
+
+
+# ---- cancellation -------------------------------------------------------------------------
+
+def test_delete_inside_a_huge_batch_takes_effect_within_a_second(make_server):
+    """64 x 1024 tokens in one input: every batched call is cut in chunks,
+    so a DELETE stops it within a second, and its memory goes back."""
+    srv = make_server("--cache-mb", "0", models={"long": LONG_MODEL})
+    time.sleep(0.3)
+    before = rss(srv.proc.pid)
+    st, _, body = srv.request("POST", "/v1/jobs", {"inputs": [big_ids(64, 1024)],
+                                                    "outputs": {"top_k": 1}})
+    jid = body["id"]
+    wait_state(srv, jid, {"running"})
+    time.sleep(2)  # well inside its first batched calls
+    t0 = time.time()
+    assert srv.request("DELETE", "/v1/jobs/" + jid)[0] == 200
+    body = wait_state(srv, jid, {"cancelled", "done", "failed"})
+    took = time.time() - t0
+    assert body["state"] == "cancelled" and took < 1.0, (body["state"], took)
+    time.sleep(0.5)
+    assert rss(srv.proc.pid) < before + (48 << 20), (rss(srv.proc.pid) - before) >> 20
+
+
+# ---- durability ---------------------------------------------------------------------------------
+
+def test_kill9_then_restart_answers_every_accepted_job(make_server, tmp_path):
+    state = str(tmp_path / "state")
+    srv = make_server("--workers", "1", models={"slow": SLOW_MODEL}, state_dir=state)
+    finished = srv.request("POST", "/v1/jobs?wait=60", job_doc(inputs=["a b", "c d"]))[2]
+    assert finished["state"] == "done"
+    ids = [srv.request("POST", "/v1/jobs", slow_job(60 + k))[2]["id"] for k in range(3)]
+    wait_state(srv, ids[0], {"running"})
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait()
+    srv.killed = True
+    again = make_server("--workers", "1", models={"slow": SLOW_MODEL}, state_dir=state)
+    st, _, body = again.request("GET", "/v1/jobs/" + finished["id"])
+    assert st == 200 and body["state"] == "done" and body["result"] == finished["result"]
+    for jid in ids:
+        body = wait_state(again, jid, {"done", "failed", "cancelled"}, timeout=300)
+        assert body["state"] == "done" and body["result"]["outputs"]["top_k"], body
+    assert '"event": "recovered", "queued": 3, "were_running": 1' in "\n".join(again.log_lines())
+
+
+def test_sigterm_keeps_queued_jobs_for_the_next_start(make_server, tmp_path):
+    state = str(tmp_path / "state")
+    srv = make_server("--workers", "1", "--drain-seconds", "0", models={"slow": SLOW_MODEL},
+                      state_dir=state)
+    ids = [srv.request("POST", "/v1/jobs", slow_job(70 + k))[2]["id"] for k in range(2)]
+    wait_state(srv, ids[0], {"running"})
+    assert srv.stop() == 0
+    again = make_server("--workers", "1", models={"slow": SLOW_MODEL}, state_dir=state)
+    for jid in ids:
+        assert wait_state(again, jid, {"done", "cancelled", "failed"}, timeout=300)["state"] == "done"
+
+
+def test_results_on_disk_are_bounded_oldest_first(make_server):
+    srv = make_server("--results-disk-mb", "1", "--max-result-mb", "1")
+    job = lambda k: {"inputs": [[11 + k, 12, 13]], "outputs": {"logits": True, "top_k": 0}}
+    ids = [srv.request("POST", "/v1/jobs?wait=60", job(k))[2]["id"] for k in range(8)]
+    st, _, body = srv.request("GET", "/v1/jobs/" + ids[0])
+    assert st == 404 and body["error"]["code"] == "result_removed", body
+    assert "--results-disk-mb" in body["error"]["message"] and "oldest" in body["error"]["message"]
+    validate("/v1/jobs/{id}", "GET", st, body)
+    st, _, body = srv.request("GET", "/v1/jobs/" + ids[-1])
+    assert st == 200 and "logits" in body["result"]["outputs"]
+    disk = sum(os.path.getsize(os.path.join(srv.state_dir, "results", f))
+               for f in os.listdir(os.path.join(srv.state_dir, "results")))
+    assert disk <= 1 << 20
+
+
+def test_finished_results_leave_memory(make_server):
+    srv = make_server("--cache-mb", "0")
+    job = lambda k: {"inputs": [[11 + k % 500, 12, 13, 14]], "outputs": {"logits": True,
+                                                                         "positions": "all"}}
+    for k in range(5):  # warm up
+        srv.request("POST", "/v1/jobs?wait=60", job(k))
+    time.sleep(0.3)
+    before = rss(srv.proc.pid)
+    for k in range(5, 45):  # 40 results of 800 KB each stay stored
+        assert srv.request("POST", "/v1/jobs?wait=60", job(k))[0] == 200
+    time.sleep(0.3)
+    assert rss(srv.proc.pid) - before < (16 << 20), (rss(srv.proc.pid) - before) >> 20
+
+
+# ---- connections and the HTTP layer -------------------------------------------------------------
+
+def raw(port, data, timeout=5):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(data)
+    out = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    except socket.timeout:
+        pass
+    s.close()
+    return out
+
+
+def test_undecodable_url_gets_a_json_400(server):
+    for path in (b"/\xff", b"/v1/jobs/\xc3\x28", b"/%ff%fe"):
+        out = raw(server.port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head, _, body = out.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), out[:200]
+        assert b"application/json" in head
+        err = json.loads(body)["error"]
+        assert err["code"] == "invalid_url" and err["field"] == "url"
+
+
+def test_slow_senders_cannot_take_every_connection(make_server):
+    srv = make_server(auth=False)
+    addrs = ["127.0.0.%d" % (2 + k) for k in range(40)]
+    socks, lock, stop = [], threading.Lock(), threading.Event()
+
+    def open_some(addr, n):
+        for _ in range(n):
+            try:
+                s = socket.socket()
+                s.bind((addr, 0))
+                s.settimeout(2)
+                s.connect(("127.0.0.1", srv.port))
+                s.sendall(b"G")
+                with lock:
+                    socks.append(s)
+            except OSError:
+                pass
+    threads = [threading.Thread(target=open_some, args=(a, 50)) for a in addrs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    def trickle():
+        while not stop.wait(5):
+            with lock:
+                for s in list(socks):
+                    try:
+                        s.send(b"E")
+                    except OSError:
+                        pass
+    tt = threading.Thread(target=trickle)
+    tt.start()
+    try:
+        time.sleep(1)
+        for _ in range(3):
+            t0 = time.time()
+            st = srv.request("GET", "/healthz", timeout=5)[0]
+            took = time.time() - t0
+            assert st == 200 and took < 2, took
+            time.sleep(0.5)
+        text = srv.request("GET", "/metrics")[2].decode()
+        shut = int(re.search(r"npp_connections_shut_total (\d+)", text).group(1))
+        assert len(socks) >= 1900 and shut >= len(socks) - 1024, (len(socks), shut)
+    finally:
+        stop.set()
+        tt.join()
+        for s in socks:
+            s.close()
+
+
+def test_503_while_draining(make_server):
+    srv = make_server("--drain-seconds", "5", models={"slow": SLOW_MODEL})
+    jid = srv.request("POST", "/v1/jobs", slow_job(90))[2]["id"]
+    wait_state(srv, jid, {"running"})
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    for _ in range(3):  # new connections, while the running job finishes
+        st, h, body = srv.request("POST", "/v1/jobs", job_doc())
+        assert st == 503 and body["error"]["code"] == "draining" and h["Retry-After"]
+        st, _, body = srv.request("POST", "/v1/tokenize", {"text": "a"})
+        assert st == 503 and body["error"]["code"] == "draining"
+        st, _, body = srv.request("GET", "/v1/jobs/" + jid)
+        assert st == 200
+        time.sleep(0.2)
+    assert srv.proc.wait(30) == 0
