@@ -339,43 +339,53 @@ static void stream_free(void *cls)
     free(s);
 }
 
-/* Answers with j and its result (caller holds S.mu; j is done). */
-static enum MHD_Result send_result(req *r, unsigned status, const sjob *j)
+/* The answer with j and its result, prepared while S.mu is held (j is
+ * done): the open file and the job's JSON. NULL with *err set when the
+ * result is gone. */
+static stream *result_stream(const sjob *j, json_t **err)
 {
-    char path[4200], loc[64];
-    snprintf(loc, sizeof loc, "/v1/jobs/%s", j->id);
-    if (j->result_gone)
-        return send_error(r, 404, "result_removed", "id",
-                          "the result of job %s was removed to keep stored results under "
-                          "--results-disk-mb (%ld MiB; the oldest go first)",
-                          j->id, S.results_disk_mb);
+    char path[4200];
+    *err = NULL;
+    if (j->result_gone) {
+        *err = http_error_body("result_removed", "id",
+                               "the result of job %s was removed to keep stored results under "
+                               "--results-disk-mb (%ld MiB; the oldest go first)",
+                               j->id, S.results_disk_mb);
+        return NULL;
+    }
     store_result_path(j->id, path, sizeof path);
     stream *s = calloc(1, sizeof *s);
     struct stat sb;
     if (!s)
-        return MHD_NO;
+        return NULL;
     s->fd = open(path, O_RDONLY | O_CLOEXEC);
     size_t n = 0;
     char *head = s->fd >= 0 && !fstat(s->fd, &sb) ? dump(job_json(j), &n) : NULL;
-    if (!head || n < 3) {
+    if (!head || n < 3 || !(s->head = malloc(n + 12))) {
         free(head);
         stream_free(s);
-        return send_error(r, 404, "result_removed", "id",
-                          "the result file of job %s is missing from the store", j->id);
+        *err = http_error_body("result_removed", "id",
+                               "the result file of job %s is missing from the store", j->id);
+        return NULL;
     }
     /* "{...}\n" -> "{...,"result":" */
     n -= 2;
-    s->head = malloc(n + 12);
-    if (!s->head) {
-        free(head);
-        stream_free(s);
-        return MHD_NO;
-    }
     memcpy(s->head, head, n);
     memcpy(s->head + n, ",\"result\":", 10);
     s->hlen = n + 10;
     s->flen = (size_t)sb.st_size;
     free(head);
+    return s;
+}
+
+/* Sends a prepared result (S.mu not held: libmicrohttpd takes its own
+ * locks, which the SSE reader holds while it takes S.mu). */
+static enum MHD_Result send_stream(req *r, unsigned status, stream *s, json_t *err, const char *id)
+{
+    if (!s)
+        return err ? send_json(r, 404, err) : send_error(r, 503, "nomem", NULL, "out of memory");
+    char loc[64];
+    snprintf(loc, sizeof loc, "/v1/jobs/%s", id);
     size_t total = s->hlen + s->flen + 2;
     struct MHD_Response *resp =
         MHD_create_response_from_callback(total, 64 * 1024, stream_read, s, stream_free);
@@ -581,16 +591,20 @@ static enum MHD_Result answer_wait(req *r)
         pthread_mutex_unlock(&S.mu);
         return MHD_YES;
     }
-    enum MHD_Result ret;
-    if (j->state == J_DONE) {
-        ret = send_result(r, 200, j);
-    } else {
-        char loc[64];
-        snprintf(loc, sizeof loc, "/v1/jobs/%s", j->id);
-        ret = send_json_h(r, j->state >= J_DONE ? 200 : 202, job_json(j), "Location", loc);
-    }
+    char id[33], loc[64];
+    memcpy(id, j->id, sizeof id);
+    snprintf(loc, sizeof loc, "/v1/jobs/%s", j->id);
+    stream *st = NULL;
+    json_t *err = NULL, *body = NULL;
+    int ended = j->state >= J_DONE;
+    if (j->state == J_DONE)
+        st = result_stream(j, &err);
+    else
+        body = job_json(j);
     pthread_mutex_unlock(&S.mu);
-    return ret;
+    if (body)
+        return send_json_h(r, ended ? 200 : 202, body, "Location", loc);
+    return send_stream(r, 200, st, err, id);
 }
 
 static enum MHD_Result post_job(req *r)
@@ -721,12 +735,9 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max)
     return (ssize_t)n;
 }
 
-/* (caller holds S.mu) */
-static enum MHD_Result get_events(req *r, sjob *j)
+/* The event stream of r->job (S.mu not held). */
+static enum MHD_Result send_events(req *r)
 {
-    r->kind = K_SSE;
-    r->job = j;
-    job_ref(j);
     struct MHD_Response *resp =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_reader, r, NULL);
     if (!resp)
@@ -736,9 +747,11 @@ static enum MHD_Result get_events(req *r, sjob *j)
     return queue(r, 200, resp, 0);
 }
 
-/* (caller holds S.mu) */
-static enum MHD_Result get_graph(req *r, sjob *j)
+/* Hands the drawing to a planner and suspends r (caller holds S.mu); on a
+ * bad request *err gets the 400 body to send once S.mu is released. */
+static enum MHD_Result get_graph(req *r, sjob *j, json_t **err, unsigned *status)
 {
+    *status = 400;
     const char *vs = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "variant");
     int nvar = j->nvar;
     long variant = 0;
@@ -746,23 +759,22 @@ static enum MHD_Result get_graph(req *r, sjob *j)
     if (vs)
         variant = strtol(vs, &end, 10);
     if (vs && (!*vs || *end || variant < 0 || variant >= (nvar ? nvar : 1))) {
-        if (!nvar)
-            return send_error(r, 400, "invalid_request", "variant",
-                              "variant: this job is not a sweep; leave variant out (or 0)");
-        return send_error(r, 400, "invalid_request", "variant",
-                          "variant: an index in 0..%d (the job's sweep has %d variants)", nvar - 1,
-                          nvar);
+        *err = nvar ? http_error_body("invalid_request", "variant",
+                                      "variant: an index in 0..%d (the job's sweep has %d "
+                                      "variants)",
+                                      nvar - 1, nvar)
+                    : http_error_body("invalid_request", "variant",
+                                      "variant: this job is not a sweep; leave variant out (or 0)");
+        return MHD_YES;
     }
-    if (!j->model || !j->model->m)
-        return send_error(r, 404, "not_found", "id", "job %s's model is not served", j->id);
-    plan_task *t = calloc(1, sizeof *t);
-    if (!t)
-        return send_error(r, 503, "nomem", NULL, "out of memory");
-    *t = (plan_task){PT_SVG, r, j->model, NULL, r->uid, "", 0, j, variant, NULL};
-    if (planner_submit(t)) {
+    plan_task *t = j->model && j->model->m ? calloc(1, sizeof *t) : NULL;
+    if (t)
+        *t = (plan_task){PT_SVG, r, j->model, NULL, r->uid, "", 0, j, variant, NULL};
+    if (!t || planner_submit(t)) {
         free(t);
-        return send_error_h(r, 429, "queue_full", NULL, "Retry-After", "1",
-                            "the planners are busy; retry later");
+        *err = http_error_body("queue_full", NULL, "the planners are busy; retry later");
+        *status = 429;
+        return MHD_YES;
     }
     job_ref(j);
     r->kind = K_DEFER;
@@ -796,29 +808,43 @@ static enum MHD_Result job_route(req *r, const char *rest)
                           "visible only to the token that submitted it)",
                           id, S.result_ttl);
     }
-    enum MHD_Result ret;
     if (!strcmp(sub, "events")) {
-        ret = get_events(r, j);
-    } else if (!strcmp(sub, "graph.svg")) {
-        ret = get_graph(r, j);
-    } else if (is_del) {
+        r->kind = K_SSE;
+        r->job = j;
+        job_ref(j);
+        pthread_mutex_unlock(&S.mu);
+        return send_events(r);
+    }
+    if (!strcmp(sub, "graph.svg")) { /* answers or suspends under the lock */
+        json_t *err = NULL;
+        unsigned status;
+        enum MHD_Result ret = get_graph(r, j, &err, &status);
+        pthread_mutex_unlock(&S.mu);
+        return err ? send_json(r, status, err) : ret;
+    }
+    if (is_del) {
         int was_queued = j->state == J_QUEUED;
         sched_cancel(j);
-        ret = send_json(r, 200, job_json(j));
-        if (was_queued) { /* final now: record it */
-            job_ref(j);
-            pthread_mutex_unlock(&S.mu);
+        json_t *body = job_json(j);
+        job_ref(j);
+        pthread_mutex_unlock(&S.mu);
+        if (was_queued) /* final now: record it */
             store_finished(j);
-            pthread_mutex_lock(&S.mu);
-            job_unref(j);
-        }
-    } else if (j->state == J_DONE) {
-        ret = send_result(r, 200, j);
-    } else {
-        ret = send_json(r, 200, job_json(j));
+        pthread_mutex_lock(&S.mu);
+        job_unref(j);
+        pthread_mutex_unlock(&S.mu);
+        return send_json(r, 200, body);
     }
+    char jid[33];
+    memcpy(jid, j->id, sizeof jid);
+    stream *st = NULL;
+    json_t *err = NULL, *body = NULL;
+    if (j->state == J_DONE)
+        st = result_stream(j, &err);
+    else
+        body = job_json(j);
     pthread_mutex_unlock(&S.mu);
-    return ret;
+    return body ? send_json(r, 200, body) : send_stream(r, 200, st, err, jid);
 }
 
 /* ---- routing ---------------------------------------------------------------------- */

@@ -17,6 +17,10 @@ from conftest import (LONG_MODEL, MODEL, NPPD, SLOW_MODEL, TOKENS, free_port, in
                       legacy_args, slow_job, validate, wait_state)
 
 ADMIN = {"carol": "carol-admin-token-0003"}
+# Under AddressSanitizer freed memory sits in quarantine: RSS says nothing
+# about what the server holds, so those assertions are left to the normal
+# build (everything else is asserted in both).
+SANITIZED = "ASAN_OPTIONS" in os.environ or "TSAN_OPTIONS" in os.environ
 
 
 def rss(pid):
@@ -121,7 +125,7 @@ def test_repeated_positions_refused_fast_and_memory_stays(server):
     validate("/v1/jobs", "POST", st, body)
     assert took < 2, took
     time.sleep(0.5)
-    assert rss(server.proc.pid) < before + (64 << 20)
+    assert SANITIZED or rss(server.proc.pid) < before + (64 << 20)
 
 
 def test_big_batch_refused_with_the_field_and_both_numbers(make_server):
@@ -157,7 +161,7 @@ def test_big_batch_runs_within_its_estimate(make_server):
             break
         time.sleep(0.02)
     assert body["state"] == "done", body
-    assert peak - before <= est + (32 << 20), ((peak - before) >> 20, est >> 20)
+    assert SANITIZED or peak - before <= est + (32 << 20), ((peak - before) >> 20, est >> 20)
 
 
 def test_jobs_wait_for_memory_in_fair_order(make_server):
@@ -234,9 +238,10 @@ def test_delete_inside_a_huge_batch_takes_effect_within_a_second(make_server):
     assert srv.request("DELETE", "/v1/jobs/" + jid)[0] == 200
     body = wait_state(srv, jid, {"cancelled", "done", "failed"})
     took = time.time() - t0
-    assert body["state"] == "cancelled" and took < 1.0, (body["state"], took)
+    # a sanitizer makes every chunk several times slower
+    assert body["state"] == "cancelled" and took < (3.0 if SANITIZED else 1.0), (body["state"], took)
     time.sleep(0.5)
-    assert rss(srv.proc.pid) < before + (48 << 20), (rss(srv.proc.pid) - before) >> 20
+    assert SANITIZED or rss(srv.proc.pid) < before + (48 << 20), (rss(srv.proc.pid) - before) >> 20
 
 
 # ---- durability ---------------------------------------------------------------------------------
@@ -298,7 +303,7 @@ def test_finished_results_leave_memory(make_server):
     for k in range(5, 45):  # 40 results of 800 KB each stay stored
         assert srv.request("POST", "/v1/jobs?wait=60", job(k))[0] == 200
     time.sleep(0.3)
-    assert rss(srv.proc.pid) - before < (16 << 20), (rss(srv.proc.pid) - before) >> 20
+    assert SANITIZED or rss(srv.proc.pid) - before < (16 << 20), (rss(srv.proc.pid) - before) >> 20
 
 
 # ---- connections and the HTTP layer -------------------------------------------------------------
