@@ -12,13 +12,13 @@
 #include <string.h>
 #include <time.h>
 
-#include "../engine/gpt2.h"
-#include "../engine/mkmodel.h"
-#include "../engine/model.h"
-#include "../engine/npy.h"
-#include "../engine/run.h"
-#include "../engine/svg.h"
-#include "../engine/tok.h"
+#include "io/mkmodel.h"
+#include "io/npy.h"
+#include "model/gpt2.h"
+#include "model/model.h"
+#include "model/tok.h"
+#include "output/svg.h"
+#include "run/run.h"
 
 #ifndef NPP_VOCAB_DIR
 #define NPP_VOCAB_DIR "vocab"

@@ -1,6 +1,6 @@
 /* fuzz_config.c - config.json as the loader reads it, on any bytes. */
-#include "../engine/model.h"
 #include "common.h"
+#include "model/model.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

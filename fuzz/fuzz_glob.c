@@ -4,8 +4,8 @@
  * pattern (everything up to the first newline; the rest is a name). */
 #include <string.h>
 
-#include "../engine/glob.h"
 #include "common.h"
+#include "patch/glob.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -3,8 +3,8 @@
  * that each input runs quickly. NPP_FUZZ_MODEL names the model folder. */
 #include <jansson.h>
 
-#include "../engine/run.h"
 #include "common.h"
+#include "run/run.h"
 
 static model *M;
 

@@ -1,7 +1,7 @@
 /* fuzz_safetensors.c - the strict safetensors reader on any file: every
  * tensor it accepts must lie inside the file. */
-#include "../engine/st.h"
 #include "common.h"
+#include "io/st.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

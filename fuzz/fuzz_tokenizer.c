@@ -3,9 +3,9 @@
  * folder with encoder.json and vocab.bpe. */
 #include <string.h>
 
-#include "../engine/model.h"
-#include "../engine/tok.h"
 #include "common.h"
+#include "model/model.h"
+#include "model/tok.h"
 
 static tok *T;
 

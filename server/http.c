@@ -14,8 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../engine/sha256.h"
-#include "../engine/tok.h"
+#include "base/sha256.h"
+#include "model/tok.h"
 #include "srv.h"
 
 enum { K_PLAIN, K_DEFER, K_WAIT, K_SSE };

@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../engine/svg.h"
-#include "../engine/tok.h"
+#include "model/tok.h"
+#include "output/svg.h"
 #include "srv.h"
 
 #define SVG_MAX_NODES 50000 /* path-tree boxes we agree to lay out */

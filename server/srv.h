@@ -35,9 +35,9 @@
 #include <time.h>
 #include <uv.h>
 
-#include "../engine/cache.h"
-#include "../engine/model.h"
-#include "../engine/run.h"
+#include "compute/cache.h"
+#include "model/model.h"
+#include "run/run.h"
 
 #define SRV_MAX_MODELS   16
 #define SRV_MAX_TOKENS   256

@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../engine/sha256.h"
+#include "base/sha256.h"
 #include "srv.h"
 
 /* Splits line (NUL-ended, modified) into at most 4 whitespace-separated

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tok.h"
+#include "model/tok.h"
 
 static int failures, passes;
 

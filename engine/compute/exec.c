@@ -1,0 +1,552 @@
+/* exec.c - see exec.h.
+ *
+ * Deadlock freedom with the shared cache: values are computed in rank
+ * order, and every input's rank is below its consumer's (plan.c). A job
+ * waits for another job's value only while computing rank r, for an input
+ * of rank < r, when all of its own claims below r are fulfilled. The job it
+ * waits for, by the same rule, never waits on anything of rank >= that
+ * input's, so it can always finish it. Ranks depend only on a value's
+ * content, so every job agrees on them. */
+#include "compute/exec.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compute/ops.h"
+
+enum { S_UNKNOWN, S_READY, S_MINE, S_THEIRS };
+
+typedef struct {
+    const plan *p;
+    cache *c;
+    const exec_opts *o;
+    exec_stats *s;
+    npp_err *e;
+    unsigned char *state;
+    shim_tensor **h; /* per value, owned */
+    int32_t *users;  /* consumers still to run, per value */
+    long done, total;
+} ex;
+
+static int cancelled(const ex *x)
+{
+    /* set by another thread (the service's scheduler) */
+    return x->o && x->o->cancel && __atomic_load_n(x->o->cancel, __ATOMIC_RELAXED);
+}
+
+static void trace(ex *x, int32_t v, const char *event)
+{
+    if (!x->o || !x->o->trace)
+        return;
+    const plan_value *pv = &x->p->v[v];
+    char hex[17];
+    for (int i = 0; i < 8; i++)
+        snprintf(hex + 2 * i, 3, "%02x", pv->key[i]);
+    json_array_append_new(x->o->trace,
+                          json_pack("{s:s,s:s,s:i,s:s}", "key", hex, "op", plan_op_name(pv->op),
+                                    "layer", pv->op == OP_EMB ? -1 : pv->layer, "event", event));
+}
+
+static int fail_shim(ex *x, const shim_status *st)
+{
+    return npp_fail_shim(x->e, st);
+}
+
+/* ---- resolution: what the cache has, what this job must compute ----------- */
+
+static int resolve(ex *x, const int32_t *roots, int n)
+{
+    size_t sp = 0, cap = (size_t)n + 64;
+    int32_t *stack = malloc(cap * sizeof *stack);
+    if (!stack)
+        return npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
+    for (int i = 0; i < n; i++)
+        stack[sp++] = roots[i];
+    while (sp) {
+        int32_t v = stack[--sp];
+        const plan_value *pv = &x->p->v[v];
+        if (x->state[v] != S_UNKNOWN)
+            continue;
+        x->s->needed++;
+        switch (cache_get_or_claim(x->c, pv->key, &x->h[v])) {
+        case CACHE_HIT:
+            x->state[v] = S_READY;
+            x->s->cached++;
+            trace(x, v, "hit");
+            break;
+        case CACHE_INFLIGHT: x->state[v] = S_THEIRS; break;
+        case CACHE_CLAIMED:
+            x->state[v] = S_MINE;
+            x->total++;
+            if (sp + (size_t)pv->nin > cap) {
+                cap = 2 * (sp + (size_t)pv->nin);
+                int32_t *ns = realloc(stack, cap * sizeof *ns);
+                if (!ns) {
+                    free(stack);
+                    return npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
+                }
+                stack = ns;
+            }
+            for (int k = 0; k < pv->nin; k++)
+                if (x->state[pv->in[k]] == S_UNKNOWN)
+                    stack[sp++] = pv->in[k];
+            break;
+        }
+    }
+    free(stack);
+    return 0;
+}
+
+/* ---- chunks: every batched call bounded in bytes ---------------------------- */
+
+/* A set of value indices (the distinct sources of a chunk). */
+typedef struct {
+    int32_t *slot;
+    size_t cap, n;
+} vset;
+
+static int vset_add(vset *s, int32_t v)
+{
+    size_t m = s->cap - 1;
+    for (size_t i = ((uint32_t)v * 2654435761u) & m;; i = (i + 1) & m) {
+        if (s->slot[i] == v)
+            return 0;
+        if (s->slot[i] < 0) {
+            s->slot[i] = v;
+            s->n++;
+            return 1;
+        }
+    }
+}
+
+static void vset_clear(vset *s)
+{
+    memset(s->slot, 0xff, s->cap * sizeof *s->slot);
+    s->n = 0;
+}
+
+/* Splits the group vs[0..n) (one op, one layer) into chunks: runs of
+ * values at the full batch while their cost fits budget; a value over the
+ * budget alone is split along the batch (down to one example). *out is
+ * new; *nout chunks. budget 0: no limit. */
+int exec_chunks(const plan *p, const int32_t *vs, int n, size_t budget, exec_chunk **out, int *nout)
+{
+    const op_def *op = op_info(p->v[vs[0]].op);
+    int attn = p->v[vs[0]].op == OP_ATTN, nin = attn ? p->v[vs[0]].nin : 1, cap = 16, nc = 0;
+    exec_chunk *c = malloc((size_t)cap * sizeof *c);
+    vset set = {NULL, 1, 0};
+    while (set.cap < 4 * (size_t)nin * (size_t)n + 4)
+        set.cap *= 2;
+    set.slot = attn ? malloc(set.cap * sizeof *set.slot) : NULL;
+    if (!c || (attn && !set.slot)) {
+        free(c);
+        free(set.slot);
+        return -1;
+    }
+    for (int i = 0; i < n;) {
+        int j = i;
+        if (attn)
+            vset_clear(&set);
+        /* grow the run while it fits (the first value always joins) */
+        while (j < n) {
+            size_t before = set.n;
+            for (int k = 0; attn && k < nin; k++)
+                vset_add(&set, p->v[vs[j]].in[k]);
+            size_t cost = op->cost(p, (int)set.n, j - i + 1, p->B);
+            if (j > i && budget && cost > budget) {
+                set.n = before; /* the set is rebuilt for the next run anyway */
+                break;
+            }
+            j++;
+        }
+        size_t one = op->cost(p, (int)set.n, 1, 1);
+        int64_t bb = p->B; /* examples per chunk */
+        if (j == i + 1 && budget && one * (size_t)p->B > budget)
+            bb = (int64_t)(budget / one) > 0 ? (int64_t)(budget / one) : 1;
+        for (int64_t b0 = 0; b0 < p->B; b0 += bb) {
+            if (nc == cap) {
+                exec_chunk *g = realloc(c, (size_t)(cap *= 2) * sizeof *g);
+                if (!g) {
+                    free(c);
+                    free(set.slot);
+                    return -1;
+                }
+                c = g;
+            }
+            int64_t b1 = b0 + bb < p->B ? b0 + bb : p->B;
+            size_t cost = op->cost(p, (int)set.n, j - i, b1 - b0);
+            c[nc++] = (exec_chunk){i, j, b0, b1, cost};
+        }
+        i = j;
+    }
+    free(set.slot);
+    *out = c;
+    *nout = nc;
+    return 0;
+}
+
+/* ---- computing, in chunks ------------------------------------------------- */
+
+static int run_chunked(ex *x, const int32_t *vs, int n, shim_status *st);
+
+/* Computes values vs[0..n) (one op; one layer for the heavy ones) whose
+ * inputs are ready: heavy ops batched in chunks, light ones one by one. */
+static int compute(ex *x, const int32_t *vs, int n, shim_status *st)
+{
+    const op_def *op = op_info(x->p->v[vs[0]].op);
+    if (op->batched)
+        return run_chunked(x, vs, n, st);
+    op_env env = {x->p, x->h};
+    for (int i = 0; i < n; i++)
+        x->h[vs[i]] = op->run(&env, vs[i], st);
+    return 0;
+}
+
+/* ---- scheduling ------------------------------------------------------------ */
+
+static int ensure(ex *x, int32_t v);
+
+/* Computes v now (alone): a value another job abandoned to us. */
+static int compute_now(ex *x, int32_t v)
+{
+    const plan_value *pv = &x->p->v[v];
+    for (int k = 0; k < pv->nin; k++) {
+        int rc = ensure(x, pv->in[k]);
+        if (rc) {
+            cache_abandon(x->c, pv->key);
+            return rc;
+        }
+    }
+    shim_status st = {0};
+    int rc = compute(x, &v, 1, &st);
+    if (rc || st.code) {
+        cache_abandon(x->c, pv->key);
+        return rc ? rc : fail_shim(x, &st);
+    }
+    cache_fulfil(x->c, pv->key, x->h[v]);
+    x->state[v] = S_READY;
+    x->s->computed++;
+    trace(x, v, "computed");
+    return 0;
+}
+
+/* Makes v ready: waits for another job, or computes it if abandoned. */
+static int ensure(ex *x, int32_t v)
+{
+    for (;;) {
+        switch (x->state[v]) {
+        case S_READY:
+            if (x->h[v])
+                return 0;
+            /* release_inputs() freed it: only this job's own consumers are
+             * counted, but a value another job abandoned to us (compute_now)
+             * needs it again; take it from the cache or compute it anew */
+            x->state[v] = S_UNKNOWN;
+            continue;
+        case S_UNKNOWN:
+            switch (cache_get_or_claim(x->c, x->p->v[v].key, &x->h[v])) {
+            case CACHE_HIT:
+                x->state[v] = S_READY;
+                x->s->cached++;
+                trace(x, v, "hit");
+                return 0;
+            case CACHE_INFLIGHT: x->state[v] = S_THEIRS; continue;
+            case CACHE_CLAIMED: return compute_now(x, v);
+            }
+            break;
+        case S_THEIRS: {
+            int r = cache_wait(x->c, x->p->v[v].key, &x->h[v], x->o ? x->o->cancel : NULL);
+            if (r < 0)
+                return npp_fail(x->e, NPP_ECANCELED, "", "the job was cancelled");
+            if (r == CACHE_HIT) {
+                x->state[v] = S_READY;
+                x->s->waited++;
+                trace(x, v, "waited");
+                return 0;
+            }
+            return compute_now(x, v);
+        }
+        default: /* S_MINE of lower rank: computed before us by construction */
+            return npp_fail(x->e, NPP_EINVAL, "", "internal: value scheduled out of order");
+        }
+    }
+}
+
+static int by_rank(const void *a, const void *b, void *plan_)
+{
+    const plan *p = plan_;
+    const plan_value *x = &p->v[*(const int32_t *)a], *y = &p->v[*(const int32_t *)b];
+    if (x->rank != y->rank)
+        return x->rank < y->rank ? -1 : 1;
+    if (x->op != y->op)
+        return x->op < y->op ? -1 : 1;
+    return *(const int32_t *)a < *(const int32_t *)b ? -1 : 1;
+}
+
+static void release_inputs(ex *x, const int32_t *vs, int n)
+{
+    for (int i = 0; i < n; i++) {
+        const plan_value *pv = &x->p->v[vs[i]];
+        for (int k = 0; k < pv->nin; k++) {
+            int32_t u = pv->in[k];
+            if (k && pv->in[k - 1] == u)
+                continue;
+            if (x->users[u] > 0 && --x->users[u] == 0) {
+                shim_free(x->h[u]);
+                x->h[u] = NULL;
+            }
+        }
+    }
+}
+
+/* Runs the chunks of an attention or MLP group; checks the cancel flag
+ * before each, so a cancel takes effect within one chunk's time. */
+static int run_chunked(ex *x, const int32_t *vs, int n, shim_status *st)
+{
+    exec_chunk *ch;
+    int nch;
+    const op_def *op = op_info(x->p->v[vs[0]].op);
+    op_env env = {x->p, x->h};
+    if (exec_chunks(x->p, vs, n, x->o ? x->o->chunk_bytes : 0, &ch, &nch))
+        return npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
+    shim_tensor **out = calloc((size_t)n, sizeof *out), **parts = NULL;
+    int nparts = 0, rc = 0;
+    if (!out) {
+        free(ch);
+        return npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
+    }
+    for (int k = 0; k < nch && !st->code; k++) {
+        const exec_chunk *c = &ch[k];
+        int64_t bn = c->b1 - c->b0;
+        if (k > 0 && cancelled(x)) {
+            rc = npp_fail(x->e, NPP_ECANCELED, "", "the job was cancelled");
+            break;
+        }
+        op->run_batch(&env, vs + c->i0, c->i1 - c->i0, c->b0, bn, out + c->i0, st);
+        x->s->batches++;
+        if (bn == x->p->B || st->code)
+            continue;
+        /* one value split along the batch: gather its parts */
+        if (!parts && !(parts = calloc((size_t)(x->p->B / bn + 2), sizeof *parts))) {
+            rc = npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
+            break;
+        }
+        parts[nparts++] = out[c->i0];
+        out[c->i0] = NULL;
+        if (c->b1 == x->p->B) {
+            out[c->i0] = shim_cat(parts, nparts, 0, st); /* (B, T, C) */
+            while (nparts)
+                shim_free(parts[--nparts]);
+        }
+    }
+    while (nparts)
+        shim_free(parts[--nparts]);
+    free(parts);
+    for (int i = 0; i < n; i++) {
+        if (!rc && !st->code)
+            x->h[vs[i]] = out[i];
+        else
+            shim_free(out[i]);
+    }
+    free(out);
+    free(ch);
+    return rc;
+}
+
+static int run_group(ex *x, const int32_t *vs, int n)
+{
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < x->p->v[vs[i]].nin; k++) {
+            int rc = ensure(x, x->p->v[vs[i]].in[k]);
+            if (rc)
+                return rc;
+        }
+    shim_status st = {0};
+    int rc = compute(x, vs, n, &st);
+    if (rc)
+        return rc;
+    if (st.code)
+        return fail_shim(x, &st);
+    for (int i = 0; i < n; i++) {
+        cache_fulfil(x->c, x->p->v[vs[i]].key, x->h[vs[i]]);
+        x->state[vs[i]] = S_READY;
+        x->s->computed++;
+        trace(x, vs[i], "computed");
+    }
+    release_inputs(x, vs, n);
+    x->done += n;
+    if (x->o && x->o->progress)
+        x->o->progress(x->o->ud, x->done, x->total);
+    return 0;
+}
+
+/* Users of each value among the values this job computes (inputs counted
+ * once per consumer), plus one per root so roots are never released. */
+static void count_users(ex *x, const int32_t *mine, long nm, const int32_t *roots, int n)
+{
+    for (long i = 0; i < nm; i++) {
+        const plan_value *pv = &x->p->v[mine[i]];
+        for (int k = 0; k < pv->nin; k++)
+            if (!k || pv->in[k - 1] != pv->in[k])
+                x->users[pv->in[k]]++;
+    }
+    for (int i = 0; i < n; i++)
+        x->users[roots[i]] += 1 << 20;
+}
+
+int exec_run(const plan *p, cache *c, const int32_t *roots, int n, shim_tensor **out,
+             const exec_opts *o, exec_stats *s, npp_err *e)
+{
+    ex x = {p, c, o, s, e, NULL, NULL, NULL, 0, 0};
+    int32_t *mine = NULL;
+    long nm = 0, i = 0;
+    int rc = 0;
+    memset(s, 0, sizeof *s);
+    s->planned = p->nv;
+    x.state = calloc((size_t)p->nv + 1, 1);
+    x.h = calloc((size_t)p->nv + 1, sizeof *x.h);
+    x.users = calloc((size_t)p->nv + 1, sizeof *x.users);
+    mine = malloc(((size_t)p->nv + 1) * sizeof *mine);
+    if (!x.state || !x.h || !x.users || !mine) {
+        rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
+        goto done;
+    }
+    if ((rc = resolve(&x, roots, n)))
+        goto done;
+    for (int32_t v = 0; v < p->nv; v++)
+        if (x.state[v] == S_MINE)
+            mine[nm++] = v;
+    qsort_r(mine, (size_t)nm, sizeof *mine, by_rank, (void *)p);
+    count_users(&x, mine, nm, roots, n);
+    if (o && o->progress)
+        o->progress(o->ud, 0, x.total);
+    /* Groups: runs of one rank and op (every attention or MLP of a layer). */
+    while (i < nm) {
+        long j = i;
+        while (j < nm && p->v[mine[j]].rank == p->v[mine[i]].rank &&
+               p->v[mine[j]].op == p->v[mine[i]].op)
+            j++;
+        if (cancelled(&x)) {
+            rc = npp_fail(e, NPP_ECANCELED, "", "the job was cancelled");
+            goto done;
+        }
+        if ((rc = run_group(&x, mine + i, (int)(j - i))))
+            goto done;
+        i = j;
+    }
+    for (int r = 0; r < n; r++) {
+        if ((rc = ensure(&x, roots[r])))
+            goto done;
+    }
+    for (int r = 0; r < n; r++) {
+        shim_status st = {0};
+        out[r] = shim_narrow(x.h[roots[r]], 0, 0, p->B, &st); /* a new handle */
+        if (st.code) {
+            for (int q = 0; q < r; q++)
+                shim_free(out[q]);
+            rc = fail_shim(&x, &st);
+            goto done;
+        }
+    }
+done:
+    /* Claims never computed are given back so that waiters can proceed. */
+    for (long k = 0; x.state && k < nm; k++)
+        if (x.state[mine[k]] == S_MINE)
+            cache_abandon(c, p->v[mine[k]].key);
+    for (int32_t v = 0; x.h && v < p->nv; v++)
+        shim_free(x.h[v]);
+    free(x.state);
+    free(x.h);
+    free(x.users);
+    free(mine);
+    return rc;
+}
+
+/* ---- the estimate -------------------------------------------------------------- */
+
+int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes,
+                  exec_estimate_t *out, npp_err *e)
+{
+    memset(out, 0, sizeof *out);
+    size_t vb =
+        (size_t)p->B * (size_t)p->T * (size_t)p->m->cfg.n_embd * shim_dtype_size(p->m->dtype);
+    out->value_bytes = vb;
+    unsigned char *seen = calloc((size_t)p->nv + 1, 1);
+    int32_t *mine = malloc(((size_t)p->nv + 1) * sizeof *mine);
+    int32_t *users = calloc((size_t)p->nv + 1, sizeof *users);
+    long nm = 0;
+    int rc = 0;
+    if (!seen || !mine || !users) {
+        rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
+        goto done;
+    }
+    /* every value the roots depend on, as if the cache held none */
+    for (int r = 0; r < n; r++)
+        if (!seen[roots[r]])
+            seen[roots[r]] = 1, mine[nm++] = roots[r];
+    for (long k = 0; k < nm; k++) {
+        const plan_value *pv = &p->v[mine[k]];
+        for (int i = 0; i < pv->nin; i++)
+            if (!seen[pv->in[i]])
+                seen[pv->in[i]] = 1, mine[nm++] = pv->in[i];
+    }
+    qsort_r(mine, (size_t)nm, sizeof *mine, by_rank, (void *)p);
+    ex x = {p, NULL, NULL, NULL, e, NULL, NULL, users, 0, 0};
+    count_users(&x, mine, nm, roots, n);
+    size_t live = 0, peak = 0;
+    for (long i = 0; i < nm;) {
+        long j = i;
+        while (j < nm && p->v[mine[j]].rank == p->v[mine[i]].rank &&
+               p->v[mine[j]].op == p->v[mine[i]].op)
+            j++;
+        size_t outs = (size_t)(j - i) * vb, holds = outs; /* light ops: their outputs */
+        if (op_info(p->v[mine[i]].op)->batched) {
+            exec_chunk *ch;
+            int nch;
+            if (exec_chunks(p, mine + i, (int)(j - i), chunk_bytes, &ch, &nch)) {
+                rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
+                goto done;
+            }
+            /* as run_chunked goes: the outputs done so far, plus a chunk's
+             * cost (which counts its own outputs); a value split along the
+             * batch holds its parts so far, then the parts and their cat */
+            size_t made = 0, part = 0;
+            holds = 0;
+            for (int k = 0; k < nch; k++) {
+                size_t h = made + part + ch[k].cost;
+                if (ch[k].b1 - ch[k].b0 < p->B) {
+                    part += vb * (size_t)(ch[k].b1 - ch[k].b0) / (size_t)p->B;
+                    if (ch[k].b1 == p->B) {
+                        h = h > made + 2 * vb ? h : made + 2 * vb;
+                        made += vb, part = 0;
+                    }
+                } else {
+                    made += (size_t)(ch[k].i1 - ch[k].i0) * vb;
+                }
+                holds = h > holds ? h : holds;
+            }
+            out->chunks += nch;
+            free(ch);
+        }
+        if (live + holds > peak)
+            peak = live + holds;
+        live += outs;
+        for (long k = i; k < j; k++) { /* release_inputs, as exec_run does */
+            const plan_value *pv = &p->v[mine[k]];
+            for (int q = 0; q < pv->nin; q++) {
+                int32_t u = pv->in[q];
+                if ((!q || pv->in[q - 1] != u) && users[u] > 0 && --users[u] == 0)
+                    live -= vb;
+            }
+        }
+        i = j;
+    }
+    out->peak_bytes = peak;
+    out->end_bytes = live;
+done:
+    free(seen);
+    free(mine);
+    free(users);
+    return rc;
+}

@@ -1,0 +1,296 @@
+/* ops.c - the plan's operations (see ops.h): embedding, residual sum,
+ * per-position mix, attention, MLP and ln_f, each as the executor calls
+ * it, with the ranks that order them and the bounds chunks are cut by. */
+#include "compute/ops.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/gpt2.h"
+
+/* ---- light ops ---------------------------------------------------------------- */
+
+static shim_tensor *run_emb(const op_env *x, int32_t v, shim_status *st)
+{
+    const plan *p = x->p;
+    return gpt2_embed(p->m, p->ids + (size_t)p->v[v].layer * p->B * p->T, p->B, p->T, st);
+}
+
+static shim_tensor *run_add(const op_env *x, int32_t v, shim_status *st)
+{
+    const plan_value *pv = &x->p->v[v];
+    return shim_add(x->h[pv->in[0]], x->h[pv->in[1]], st);
+}
+
+static shim_tensor *run_lnf(const op_env *x, int32_t v, shim_status *st)
+{
+    return gpt2_ln_f(x->p->m, x->h[x->p->v[v].in[0]], st);
+}
+
+/* A per-position mix: row t comes from input t; runs of one source become
+ * one slice. */
+static shim_tensor *run_mix(const op_env *x, int32_t v, shim_status *st)
+{
+    const plan_value *pv = &x->p->v[v];
+    shim_tensor **parts = calloc((size_t)pv->nin, sizeof *parts);
+    int np = 0;
+    if (!parts) {
+        st->code = SHIM_ENOMEM;
+        snprintf(st->msg, sizeof st->msg, "out of memory");
+        return NULL;
+    }
+    for (int t = 0; t < pv->nin;) {
+        int u = t;
+        while (u + 1 < pv->nin && pv->in[u + 1] == pv->in[t])
+            u++;
+        parts[np++] = shim_narrow(x->h[pv->in[t]], 1, t, u - t + 1, st);
+        t = u + 1;
+    }
+    shim_tensor *r = shim_cat(parts, np, 1, st);
+    for (int i = 0; i < np; i++)
+        shim_free(parts[i]);
+    free(parts);
+    return r;
+}
+
+/* ---- batched ops, and the bounds of one call -------------------------------------- */
+
+/* What one attention (or MLP) call on n values of ns distinct sources,
+ * b examples each, holds at most besides its inputs, in bytes: an upper
+ * bound on the temporaries alive at once at each step of run_attn (and
+ * shim_attention) or run_mlp (and gpt2_mlp), which free each as soon as
+ * the next step has it. Chunks are formed so that this stays within the
+ * executor's budget; the estimate (exec_estimate) uses the same numbers. */
+static size_t attn_cost(const plan *p, int ns, int n, int64_t b)
+{
+    const model_config *c = &p->m->cfg;
+    size_t e = shim_dtype_size(p->m->dtype), T = (size_t)p->T, N = (size_t)n, S = (size_t)ns;
+    size_t a = e * (size_t)b * T * (size_t)c->n_embd;      /* one value's (b, T, C) */
+    size_t sc = 4 * (size_t)b * (size_t)c->n_head * T * T; /* its float32 scores */
+    size_t se = e < 4 ? sc / 4 * e : 0;                    /* the probabilities cast back */
+    size_t step[5] = {
+        5 * S * a,                    /* the stacked sources, ln_1, then c_attn (3C) */
+        (3 * S + 6 * N) * a,          /* c_attn, each value's q/k/v gathered and batched */
+        (3 * S + 5 * N) * a + N * sc, /* q.k: the batch, matmul's copies of q and k, scores */
+        (3 * S + 3 * N) * a + N * (2 * sc + se), /* scores and probabilities */
+        (3 * S + 6 * N) * a + N * (sc + se),     /* p.v: v's copy, the heads, z */
+    };
+    size_t worst = 4 * N * a; /* c_proj and each value's own storage */
+    for (int i = 0; i < 5; i++)
+        worst = step[i] > worst ? step[i] : worst;
+    return worst;
+}
+
+static size_t mlp_cost(const plan *p, int ns, int n, int64_t b)
+{
+    (void)ns; /* one input per value */
+    const model_config *c = &p->m->cfg;
+    size_t e = shim_dtype_size(p->m->dtype), rows = (size_t)n * (size_t)b * (size_t)p->T;
+    size_t C = (size_t)c->n_embd, I = (size_t)c->n_inner;
+    size_t stack = n > 1 ? C : 0; /* the stacked inputs, when several */
+    /* ln_2 and c_fc, c_fc and gelu, gelu and c_proj; then each value's
+     * own storage */
+    size_t inner = C + I > 2 * I ? C + I : 2 * I;
+    inner = I + C > inner ? I + C : inner;
+    return e * rows * (stack + (inner > 2 * C ? inner : 2 * C));
+}
+
+/* Rows [b0, b0+bn) of the tensors of values vs[0..n), stacked on the
+ * batch dimension: (n*bn, T, C); a view when n == 1. */
+static shim_tensor *stack(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
+                          shim_status *st)
+{
+    if (n == 1)
+        return shim_narrow(x->h[vs[0]], 0, b0, bn, st);
+    shim_tensor **ts = calloc((size_t)n, sizeof *ts);
+    if (!ts) {
+        st->code = SHIM_ENOMEM;
+        snprintf(st->msg, sizeof st->msg, "out of memory");
+        return NULL;
+    }
+    for (int i = 0; i < n; i++)
+        ts[i] = shim_narrow(x->h[vs[i]], 0, b0, bn, st);
+    shim_tensor *r = shim_cat(ts, n, 0, st);
+    for (int i = 0; i < n; i++)
+        shim_free(ts[i]);
+    free(ts);
+    return r;
+}
+
+/* Splits y (n*bn, ...) into out[0..n). Each gets its own storage (a
+ * slice would pin the whole batch in the cache, whose byte count would
+ * then understate what it holds); a single one is y itself. */
+static void unstack(shim_tensor *y, int n, int64_t bn, shim_tensor **out, shim_status *st)
+{
+    if (n == 1) {
+        out[0] = shim_narrow(y, 0, 0, bn, st); /* the whole of y: nothing to pin */
+        return;
+    }
+    for (int i = 0; i < n && !st->code; i++) {
+        shim_tensor *slice = shim_narrow(y, 0, (int64_t)i * bn, bn, st);
+        out[i] = shim_clone(slice, st);
+        shim_free(slice);
+    }
+}
+
+/* MLP of one layer for values vs[0..n), rows [b0, b0+bn): out[i] gets
+ * value i's rows. */
+static void run_mlp(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
+                    shim_tensor **out, shim_status *st)
+{
+    int32_t *in = malloc((size_t)n * sizeof *in);
+    if (!in) {
+        st->code = SHIM_ENOMEM;
+        snprintf(st->msg, sizeof st->msg, "out of memory");
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        in[i] = x->p->v[vs[i]].in[0];
+    shim_tensor *X = stack(x, in, n, b0, bn, st);                    /* (n*bn, T, C) */
+    shim_tensor *Y = gpt2_mlp(x->p->m, x->p->v[vs[0]].layer, X, st); /* (n*bn, T, C) */
+    shim_free(X);
+    unstack(Y, n, bn, out, st);
+    shim_free(Y);
+    free(in);
+}
+
+/* Attention of one layer for values vs[0..n), each with its own per-head
+ * q, k, v sources, rows [b0, b0+bn): project every distinct source once
+ * (gpt2_attn_qkv), then gather each value's heads and run one attention
+ * and c_proj (gpt2_attn_out); out[i] gets value i's rows. */
+static void run_attn(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
+                     shim_tensor **out, shim_status *st)
+{
+    const model *m = x->p->m;
+    int H = m->cfg.n_head, layer = x->p->v[vs[0]].layer;
+    int64_t C = m->cfg.n_embd, D = C / H;
+    int32_t *srcs = calloc((size_t)n * 3 * H, sizeof *srcs), ns = 0;
+    int32_t *slot = calloc((size_t)n * 3 * H, sizeof *slot);
+    shim_tensor **q = calloc((size_t)3 * n, sizeof *q),
+                **pieces = calloc((size_t)H, sizeof *pieces);
+    shim_tensor *X = NULL, *QKV = NULL, *Q = NULL, *K = NULL, *V = NULL, *Y = NULL;
+    if (!srcs || !slot || !q || !pieces) {
+        st->code = SHIM_ENOMEM;
+        snprintf(st->msg, sizeof st->msg, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n; i++) { /* distinct sources, in first-seen order */
+        const plan_value *pv = &x->p->v[vs[i]];
+        for (int k = 0; k < 3 * H; k++) {
+            int j = 0;
+            while (j < ns && srcs[j] != pv->in[k])
+                j++;
+            if (j == ns)
+                srcs[ns++] = pv->in[k];
+            slot[i * 3 * H + k] = j;
+        }
+    }
+    X = stack(x, srcs, ns, b0, bn, st);   /* (ns*bn, T, C) */
+    QKV = gpt2_attn_qkv(m, layer, X, st); /* (ns*bn, T, 3C) */
+    shim_free(X);
+    X = NULL;
+    for (int i = 0; i < n && !st->code; i++) {
+        for (int c = 0; c < 3; c++) { /* c: q, k, v */
+            const int32_t *sl = &slot[i * 3 * H];
+            int same = 1;
+            for (int h = 1; h < H; h++)
+                same &= sl[3 * h + c] == sl[c];
+            if (same) {
+                shim_tensor *rows = shim_narrow(QKV, 0, (int64_t)sl[c] * bn, bn, st);
+                q[3 * i + c] = shim_narrow(rows, 2, c * C, C, st); /* (bn, T, C) */
+                shim_free(rows);
+                continue;
+            }
+            for (int h = 0; h < H; h++) {
+                shim_tensor *rows = shim_narrow(QKV, 0, (int64_t)sl[3 * h + c] * bn, bn, st);
+                pieces[h] = shim_narrow(rows, 2, c * C + h * D, D, st); /* (bn, T, D) */
+                shim_free(rows);
+            }
+            q[3 * i + c] = shim_cat(pieces, H, 2, st); /* (bn, T, C) */
+            for (int h = 0; h < H; h++) {
+                shim_free(pieces[h]);
+                pieces[h] = NULL;
+            }
+        }
+    }
+    if (!st->code) {
+        shim_tensor **qs = malloc((size_t)3 * n * sizeof *qs);
+        if (!qs) {
+            st->code = SHIM_ENOMEM;
+            goto done;
+        }
+        for (int c = 0; c < 3; c++) {
+            for (int i = 0; i < n; i++)
+                qs[i] = q[3 * i + c];
+            shim_tensor *t = n == 1 ? shim_narrow(qs[0], 0, 0, bn, st) : shim_cat(qs, n, 0, st);
+            *(c == 0 ? &Q : c == 1 ? &K : &V) = t; /* (n*bn, T, C) */
+        }
+        free(qs);
+    }
+    for (int i = 0; q && i < 3 * n; i++) {
+        shim_free(q[i]);
+        q[i] = NULL;
+    }
+    Y = gpt2_attn_out(m, layer, Q, K, V, NULL, st); /* (n*bn, T, C) */
+    shim_free(QKV), shim_free(Q), shim_free(K), shim_free(V);
+    QKV = Q = K = V = NULL;
+    unstack(Y, n, bn, out, st);
+done:
+    for (int i = 0; q && i < 3 * n; i++)
+        shim_free(q[i]);
+    shim_free(X);
+    shim_free(QKV);
+    shim_free(Q);
+    shim_free(K);
+    shim_free(V);
+    shim_free(Y);
+    free(srcs);
+    free(slot);
+    free(q);
+    free(pieces);
+}
+
+/* ---- ranks ---------------------------------------------------------------------- */
+
+/* Ranks: light ops run right after their inputs; each layer's attention
+ * (and MLP) at one fixed rank, so they batch; ln_f last. */
+static int after_inputs(const plan *p, int layer, int max_input_rank)
+{
+    (void)p, (void)layer;
+    return max_input_rank + 1;
+}
+
+static int attn_rank(const plan *p, int layer, int max_input_rank)
+{
+    (void)p, (void)max_input_rank;
+    return 12 * layer + 4;
+}
+
+static int mlp_rank(const plan *p, int layer, int max_input_rank)
+{
+    (void)p, (void)max_input_rank;
+    return 12 * layer + 10;
+}
+
+static int lnf_rank(const plan *p, int layer, int max_input_rank)
+{
+    (void)layer, (void)max_input_rank;
+    return 12 * p->g.L + 20;
+}
+
+/* ---- the table -------------------------------------------------------------------- */
+
+static const op_def OPS[] = {
+    [OP_EMB] = {"emb", 0, after_inputs, run_emb, NULL, NULL},
+    [OP_ADD] = {"add", 0, after_inputs, run_add, NULL, NULL},
+    [OP_MIX] = {"mix", 0, after_inputs, run_mix, NULL, NULL},
+    [OP_ATTN] = {"attn", 1, attn_rank, NULL, run_attn, attn_cost},
+    [OP_MLP] = {"mlp", 1, mlp_rank, NULL, run_mlp, mlp_cost},
+    [OP_LNF] = {"ln_f", 0, lnf_rank, run_lnf, NULL, NULL},
+};
+
+const op_def *op_info(plan_op op)
+{
+    return &OPS[op];
+}

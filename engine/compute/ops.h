@@ -1,0 +1,40 @@
+/* ops.h - the operations a plan is made of, as one table: each row names
+ * the op, says where it runs in the executor's order (its rank), and
+ * computes it. Light ops run one value at a time; batched ones (attention,
+ * MLP) run every value of one layer in one call, cut into chunks whose
+ * temporaries stay within a byte budget (cost() is the bound the chunks are
+ * cut by). The planner (plan.c) reads names and ranks, the executor
+ * (exec.c) the rest; adding an op is one row and its functions here. */
+#ifndef NPP_OPS_H
+#define NPP_OPS_H
+
+#include "compute/plan.h"
+#include "shim.h"
+
+/* What an op reads: the plan and the tensors of the values computed so far
+ * (indexed like p->v; the executor's, borrowed). */
+typedef struct {
+    const plan *p;
+    shim_tensor **h;
+} op_env;
+
+typedef struct {
+    const char *name;
+    int batched; /* every value of a layer in one call, in chunks */
+    /* execution order: every input must have a smaller rank; batched ops
+     * have one fixed rank per layer, so a layer's values form one group */
+    int (*rank)(const plan *p, int layer, int max_input_rank);
+    /* a light op: computes value v (its inputs are in env->h) */
+    shim_tensor *(*run)(const op_env *env, int32_t v, shim_status *st);
+    /* a batched op: values vs[0..n) (one layer), examples [b0, b0+bn):
+     * out[i] gets value i's rows */
+    void (*run_batch)(const op_env *env, const int32_t *vs, int n, int64_t b0, int64_t bn,
+                      shim_tensor **out, shim_status *st);
+    /* a batched op: bound on the temporaries of one call on n values of ns
+     * distinct inputs, b examples each, in bytes */
+    size_t (*cost)(const plan *p, int ns, int n, int64_t b);
+} op_def;
+
+const op_def *op_info(plan_op op);
+
+#endif

@@ -1,0 +1,629 @@
+/* plan.c - the planner; see plan.h. Residual nodes are numbered as the
+ * stream runs (graph.h: j = 0 emb, 2i+1 a{i}, 2i+2 f{i}); node_resid(prefix,
+ * j) is the value of residual node j reached from a path whose state is
+ * prefix. */
+#include "compute/plan.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "base/sha256.h"
+#include "compute/ops.h"
+
+const char *plan_op_name(plan_op op)
+{
+    return op_info(op)->name;
+}
+
+void plan_init(plan *p, const model *m, int n_inputs, int B, int T, const int64_t *ids,
+               size_t max_values)
+{
+    memset(p, 0, sizeof *p);
+    p->m = m;
+    graph_dims_init(&p->g, m->cfg.n_layer, m->cfg.n_head, T);
+    p->n_inputs = n_inputs, p->B = B, p->T = T, p->ids = ids;
+    p->max_values = max_values;
+    p->max_nodes = PLAN_MAX_NODES;
+    p->max_bytes = PLAN_MAX_BYTES;
+    p->root_node = -1;
+}
+
+size_t plan_bytes(const plan *p)
+{
+    return (size_t)p->capv * sizeof *p->v + (size_t)p->capn * sizeof *p->nodes +
+           p->cappool * sizeof *p->pool + (p->vcap + p->ncap + p->scap) * sizeof(int32_t) +
+           p->capstates * sizeof *p->states;
+}
+
+void plan_free(plan *p)
+{
+    free(p->v);
+    free(p->nodes);
+    free(p->pool);
+    free(p->vslots);
+    free(p->nslots);
+    free(p->states);
+    free(p->sslots);
+    free(p->scratch);
+    memset(p, 0, sizeof *p);
+}
+
+/* ---- storage ------------------------------------------------------------- */
+
+/* Whether planning may take extra bytes more (else the error is set):
+ * checked before every allocation grows, so the bound holds. */
+static int room(plan *p, size_t extra);
+
+static int32_t *pool_take(plan *p, size_t n)
+{
+    if (p->npool + n > p->cappool) {
+        size_t c = p->cappool ? p->cappool : 1024;
+        while (c < p->npool + n)
+            c *= 2;
+        if (!room(p, (c - p->cappool) * sizeof *p->pool))
+            return NULL;
+        int32_t *np = realloc(p->pool, c * sizeof *np);
+        if (!np)
+            return NULL;
+        /* Re-point stored arrays into the moved pool. */
+        for (int32_t i = 0; i < p->nv; i++)
+            if (p->v[i].in)
+                p->v[i].in = np + (p->v[i].in - p->pool);
+        for (int32_t i = 0; i < p->nn; i++)
+            if (p->nodes[i].kids)
+                p->nodes[i].kids = np + (p->nodes[i].kids - p->pool);
+        p->pool = np, p->cappool = c;
+    }
+    int32_t *r = p->pool + p->npool;
+    p->npool += n;
+    return r;
+}
+
+static uint64_t hash_bytes(const void *d, size_t n, uint64_t h)
+{
+    const unsigned char *s = d;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ s[i]) * 1099511628211ull;
+    return h ^ (h >> 29);
+}
+
+static int grow_table(plan *p, int32_t **slots, size_t *cap, size_t used)
+{
+    if (*slots && used * 2 < *cap)
+        return 0;
+    size_t c = *cap ? *cap * 2 : 1024;
+    if (!room(p, c * sizeof **slots)) /* the new table, while the old one lives */
+        return -2;
+    int32_t *ns = malloc(c * sizeof *ns);
+    if (!ns)
+        return -1;
+    memset(ns, 0xff, c * sizeof *ns);
+    free(*slots);
+    *slots = ns, *cap = c;
+    return 1; /* caller rehashes */
+}
+
+static uint64_t vhash(const uint8_t *key)
+{
+    uint64_t h;
+    memcpy(&h, key, 8); /* a SHA-256 prefix is as good as any hash */
+    return h;
+}
+
+static void vtable_insert(plan *p, int32_t idx)
+{
+    size_t m = p->vcap - 1, i = vhash(p->v[idx].key) & m;
+    while (p->vslots[i] >= 0)
+        i = (i + 1) & m;
+    p->vslots[i] = idx;
+}
+
+static uint64_t nhash(int sym, int32_t state)
+{
+    uint64_t k = (uint64_t)(uint32_t)sym << 32 | (uint32_t)state;
+    return hash_bytes(&k, sizeof k, 1469598103934665603ull);
+}
+
+static void ntable_insert(plan *p, int32_t idx)
+{
+    size_t m = p->ncap - 1, i = nhash(p->nodes[idx].sym, p->nodes[idx].state) & m;
+    while (p->nslots[i] >= 0)
+        i = (i + 1) & m;
+    p->nslots[i] = idx;
+}
+
+static uint64_t shash(const plan *p, const uint64_t *st)
+{
+    return hash_bytes(st, (size_t)p->words * 8, 1469598103934665603ull);
+}
+
+static void stable_insert(plan *p, int32_t idx)
+{
+    size_t m = p->scap - 1, i = shash(p, p->states + (size_t)idx * p->words) & m;
+    while (p->sslots[i] >= 0)
+        i = (i + 1) & m;
+    p->sslots[i] = idx;
+}
+
+/* Indexes entry idx, the n-th, in a table that grow_table may have to
+ * enlarge (then every entry is indexed again). -1 when out of memory. */
+static int index_new(plan *p, int32_t **slots, size_t *cap, int32_t idx, int32_t n,
+                     void (*insert)(plan *, int32_t))
+{
+    int g = grow_table(p, slots, cap, (size_t)n);
+    if (g < 0)
+        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+    for (int32_t i = g > 0 ? 0 : idx; i < (g > 0 ? n : idx + 1); i++)
+        insert(p, i);
+    return 0;
+}
+
+/* Planning's own bounds: memory, and (checked every 1024 new entries) the
+ * deadline and the cancel flag. */
+static int room(plan *p, size_t extra)
+{
+    size_t b = plan_bytes(p);
+    if (b + extra <= p->max_bytes)
+        return 1;
+    npp_fail(p->err, NPP_ELIMIT, "limits",
+             "planning needs more than %zu MiB (it holds %zu MiB); split fewer nodes or use "
+             "fewer or simpler rules",
+             p->max_bytes >> 20, b >> 20);
+    return 0;
+}
+
+static double mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int check_time(plan *p)
+{
+    if (++p->ticks % 1024)
+        return 0;
+    if (p->cancel && __atomic_load_n(p->cancel, __ATOMIC_RELAXED))
+        return npp_fail(p->err, NPP_ECANCELED, "", "the job was cancelled while it was planned");
+    if (p->deadline_ms > 0 && mono_ms() > p->deadline_ms)
+        return npp_fail(p->err, NPP_ELIMIT, "limits",
+                        "planning took longer than the server's limit of %.0f s; split fewer "
+                        "nodes, or use fewer variants or simpler rules",
+                        p->plan_seconds);
+    return 0;
+}
+
+/* ---- values ---------------------------------------------------------------- */
+
+/* Planning goes on past max_values (so the refusal can say how big the
+ * plan is) up to this bound on planning memory. */
+static size_t plan_hard_max(const plan *p)
+{
+    return p->max_values * 4 > 1000000 ? p->max_values * 4 : 1000000;
+}
+
+static int32_t too_many(plan *p)
+{
+    npp_fail(p->err, NPP_ELIMIT, "limits.max_values",
+             "the plan needs more than %zu values, over the limit of %zu; split fewer nodes or "
+             "use fewer inputs",
+             plan_hard_max(p), p->max_values);
+    return -1;
+}
+
+/* Refuses a finished plan over the limit, with its size. */
+static int check_size(plan *p)
+{
+    if ((size_t)p->nv <= p->max_values)
+        return 0;
+    return npp_fail(p->err, NPP_ELIMIT, "limits.max_values",
+                    "the plan needs %d values, over the limit of %zu; split fewer nodes or use "
+                    "fewer inputs",
+                    p->nv, p->max_values);
+}
+
+/* Finds or adds the value with this key; in/nin are copied. */
+static int32_t intern(plan *p, const uint8_t key[32], plan_op op, int layer, int rank,
+                      const int32_t *in, int nin)
+{
+    if (p->vcap) {
+        size_t m = p->vcap - 1;
+        for (size_t i = vhash(key) & m; p->vslots[i] >= 0; i = (i + 1) & m)
+            if (!memcmp(p->v[p->vslots[i]].key, key, 32))
+                return p->vslots[i];
+    }
+    if ((size_t)p->nv >= plan_hard_max(p))
+        return too_many(p);
+    if (check_time(p))
+        return -1;
+    if (p->nv == p->capv) {
+        int32_t c = p->capv ? 2 * p->capv : 256;
+        if (!room(p, (size_t)(c - p->capv) * sizeof *p->v))
+            return -1;
+        plan_value *nv = realloc(p->v, (size_t)c * sizeof *nv);
+        if (!nv)
+            return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+        p->v = nv, p->capv = c;
+    }
+    int32_t *copy = nin ? pool_take(p, (size_t)nin) : NULL;
+    if (nin && !copy)
+        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+    if (nin)
+        memcpy(copy, in, (size_t)nin * sizeof *in);
+    int32_t idx = p->nv++;
+    plan_value *v = &p->v[idx];
+    *v = (plan_value){op, layer, rank, nin, copy, {0}};
+    memcpy(v->key, key, 32);
+    return index_new(p, &p->vslots, &p->vcap, idx, p->nv, vtable_insert) ? -1 : idx;
+}
+
+static void put_u32(sha256_ctx *c, uint32_t x)
+{
+    unsigned char b[4] = {(unsigned char)x, (unsigned char)(x >> 8), (unsigned char)(x >> 16),
+                          (unsigned char)(x >> 24)};
+    sha256_update(c, b, 4);
+}
+
+static int32_t val_op(plan *p, plan_op op, int layer, const int32_t *in, int nin)
+{
+    if (op == OP_MIX) { /* a mix of one value is that value */
+        int same = 1;
+        for (int i = 1; i < nin && same; i++)
+            same = in[i] == in[0];
+        if (same)
+            return in[0];
+    }
+    sha256_ctx c;
+    uint8_t key[32];
+    int rank = 0;
+    sha256_init(&c);
+    put_u32(&c, 0x6e707001u); /* key format version */
+    put_u32(&c, (uint32_t)op);
+    put_u32(&c, (uint32_t)layer);
+    put_u32(&c, (uint32_t)nin);
+    for (int i = 0; i < nin; i++) {
+        sha256_update(&c, p->v[in[i]].key, 32);
+        if (p->v[in[i]].rank > rank)
+            rank = p->v[in[i]].rank;
+    }
+    sha256_final(&c, key);
+    rank = op_info(op)->rank(p, layer, rank); /* every input's rank is below (ops.c) */
+    return intern(p, key, op, layer, rank, in, nin);
+}
+
+static int32_t val_emb(plan *p, int k)
+{
+    sha256_ctx c;
+    uint8_t key[32];
+    size_t n = (size_t)p->B * (size_t)p->T;
+    const int64_t *ids = p->ids + (size_t)k * n;
+    sha256_init(&c);
+    put_u32(&c, 0x6e707001u);
+    put_u32(&c, OP_EMB);
+    sha256_update(&c, p->m->fingerprint, 32);
+    put_u32(&c, (uint32_t)p->B);
+    put_u32(&c, (uint32_t)p->T);
+    for (size_t i = 0; i < n; i++)
+        put_u32(&c, (uint32_t)ids[i]);
+    sha256_final(&c, key);
+    return intern(p, key, OP_EMB, k, 0, NULL, 0);
+}
+
+/* The value of a sublayer (attention of layer i or its MLP) given, per
+ * head, the q/k/v inputs (attention) or the input (MLP). */
+static int32_t val_attn(plan *p, int layer, const int32_t *src3h)
+{
+    return val_op(p, OP_ATTN, layer, src3h, 3 * p->g.H);
+}
+
+static int32_t val_attn_shared(plan *p, int layer, int32_t x)
+{
+    int n = 3 * p->g.H;
+    int32_t *src = malloc((size_t)n * sizeof *src);
+    if (!src)
+        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+    for (int i = 0; i < n; i++)
+        src[i] = x;
+    int32_t r = val_attn(p, layer, src);
+    free(src);
+    return r;
+}
+
+/* Residual after sublayer j (odd: attention, even: MLP) on input x. */
+static int32_t val_block_step(plan *p, int j, int32_t x)
+{
+    int32_t sub =
+        (j % 2) ? val_attn_shared(p, (j - 1) / 2, x) : val_op(p, OP_MLP, (j - 2) / 2, &x, 1);
+    if (sub < 0)
+        return -1;
+    int32_t in[2] = {x, sub};
+    return val_op(p, OP_ADD, -1, in, 2);
+}
+
+int32_t plan_plain(plan *p, int k, npp_err *e)
+{
+    p->err = e;
+    int32_t x = val_emb(p, k);
+    for (int j = 1; j <= 2 * p->g.L && x >= 0; j++)
+        x = val_block_step(p, j, x);
+    x = x < 0 ? -1 : val_op(p, OP_LNF, -1, &x, 1);
+    return x < 0 || check_size(p) ? -1 : x;
+}
+
+/* ---- the walk ----------------------------------------------------------------- */
+
+/* ---- walk states ------------------------------------------------------------- */
+
+/* The walk state after a path prefix is interned: a node names it by index,
+ * so a node costs the same whatever the rules, and equal states are one. */
+static int32_t state_intern(plan *p, const uint64_t *st)
+{
+    if (p->scap) {
+        size_t m = p->scap - 1;
+        for (size_t i = shash(p, st) & m; p->sslots[i] >= 0; i = (i + 1) & m)
+            if (!memcmp(p->states + (size_t)p->sslots[i] * p->words, st, (size_t)p->words * 8))
+                return p->sslots[i];
+    }
+    size_t w = p->words ? (size_t)p->words : 1; /* a rule set with no globs has one state */
+    size_t need = ((size_t)p->nstates + 1) * w;
+    if (need > p->capstates) {
+        size_t c = p->capstates ? 2 * p->capstates : 64 * w;
+        while (c < need)
+            c *= 2;
+        if (!room(p, (c - p->capstates) * sizeof *p->states))
+            return -1;
+        uint64_t *ns = realloc(p->states, c * sizeof *ns);
+        if (!ns)
+            return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+        p->states = ns, p->capstates = c;
+    }
+    int32_t idx = p->nstates++;
+    memcpy(p->states + (size_t)idx * p->words, st, (size_t)p->words * 8);
+    return index_new(p, &p->sslots, &p->scap, idx, p->nstates, stable_insert) ? -1 : idx;
+}
+
+static const uint64_t *state_at(const plan *p, int32_t id)
+{
+    return p->states + (size_t)id * p->words;
+}
+
+/* The state after one more name. */
+static int32_t step(plan *p, int32_t from, int sym)
+{
+    rules_step(p->rules, state_at(p, from), sym, p->scratch);
+    return state_intern(p, p->scratch);
+}
+
+/* ---- the walk ----------------------------------------------------------------- */
+
+/* Looks up (sym, parent state) in the memo; -1 if absent. The key is the
+ * state *before* the node: a split residual node's skip branch continues
+ * from it, so the state after the node would not tell two paths apart. */
+static int32_t memo_find(plan *p, int sym, int32_t st)
+{
+    if (!p->ncap)
+        return -1;
+    size_t m = p->ncap - 1;
+    for (size_t i = nhash(sym, st) & m; p->nslots[i] >= 0; i = (i + 1) & m) {
+        int32_t n = p->nslots[i];
+        if (p->nodes[n].sym == sym && p->nodes[n].state == st)
+            return n;
+    }
+    return -1;
+}
+
+/* Adds a node (after its children, so indices are topological). */
+static int32_t node_add(plan *p, int sym, int32_t st, int32_t value, const int32_t *kids, int nkids,
+                        int decision, int rule)
+{
+    if ((size_t)p->nn >= p->max_nodes)
+        return npp_fail(p->err, NPP_ELIMIT, "branch",
+                        "the path tree has more than %zu distinct nodes; split fewer nodes",
+                        p->max_nodes),
+               -1;
+    if (check_time(p))
+        return -1;
+    if (p->nn == p->capn) {
+        int32_t c = p->capn ? 2 * p->capn : 256;
+        if (!room(p, (size_t)(c - p->capn) * sizeof *p->nodes))
+            return -1;
+        plan_node *nn = realloc(p->nodes, (size_t)c * sizeof *nn);
+        if (!nn)
+            return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+        p->nodes = nn, p->capn = c;
+    }
+    int32_t *kc = nkids ? pool_take(p, (size_t)nkids) : NULL;
+    if (nkids && !kc)
+        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+    uint32_t reads = 0;
+    for (int i = 0; i < nkids; i++) {
+        kc[i] = kids[i];
+        reads |= p->nodes[kids[i]].reads;
+    }
+    if (sym == graph_sym(&p->g, G_EMB, -1, -1))
+        reads = 1u << decision;
+    int32_t idx = p->nn++;
+    p->nodes[idx] = (plan_node){sym, value, nkids, kc, reads, decision, rule, st};
+    return index_new(p, &p->nslots, &p->ncap, idx, p->nn, ntable_insert) ? -1 : idx;
+}
+
+static int32_t node_resid(plan *p, int32_t prefix, int j);
+
+/* A node whose value is the residual j reached through it: q/k/v and
+ * position nodes. */
+static int32_t node_input(plan *p, int32_t parent, int sym, int j)
+{
+    int32_t st = step(p, parent, sym), n;
+    if (st < 0)
+        return -1;
+    if ((n = memo_find(p, sym, parent)) >= 0)
+        return n;
+    int32_t kid = node_resid(p, st, j);
+    return kid < 0 ? -1 : node_add(p, sym, parent, p->nodes[kid].value, &kid, 1, SPLIT_NO, -1);
+}
+
+/* Head h of attention layer i (j = 2i+1); fills its q, k, v sources. */
+static int32_t node_head(plan *p, int32_t parent, int j, int h, int32_t src[3])
+{
+    int i = (j - 1) / 2, sym = graph_sym(&p->g, G_HEAD, i, h), rule;
+    int32_t n, kids[3], st = step(p, parent, sym);
+    if (st < 0)
+        return -1;
+    int split = rules_branch(p->rules, state_at(p, st), &rule) != SPLIT_NO;
+    if ((n = memo_find(p, sym, parent)) >= 0) {
+        for (int c = 0; c < 3; c++)
+            src[c] = split ? p->nodes[p->nodes[n].kids[c]].value : p->nodes[n].value;
+        return n;
+    }
+    if (split) {
+        for (int c = 0; c < 3; c++) {
+            kids[c] = node_input(p, st, graph_sym(&p->g, (gkind)(G_Q + c), i, h), j - 1);
+            if (kids[c] < 0)
+                return -1;
+            src[c] = p->nodes[kids[c]].value;
+        }
+        return node_add(p, sym, parent, -1, kids, 3, SPLIT_YES, rule);
+    }
+    if ((kids[0] = node_resid(p, st, j - 1)) < 0)
+        return -1;
+    src[0] = src[1] = src[2] = p->nodes[kids[0]].value;
+    return node_add(p, sym, parent, src[0], kids, 1, SPLIT_NO, rule);
+}
+
+/* The sublayer of residual node j (a{i}.head or f{i}.head), reached from
+ * the split node's state. */
+static int32_t node_sub(plan *p, int32_t parent, int j)
+{
+    int attn = j % 2, i = attn ? (j - 1) / 2 : (j - 2) / 2, H = p->g.H, T = p->g.T, rule;
+    int sym = graph_sym(&p->g, attn ? G_AHEAD : G_FHEAD, i, -1);
+    int32_t n = -1, value = -1, nk = 0, st = step(p, parent, sym);
+    int32_t *kids = malloc((size_t)(H > T ? H : T) * sizeof *kids + 8);
+    int32_t *src = malloc((size_t)(3 * H > T ? 3 * H : T) * sizeof *src + 8);
+    if (!kids || !src) {
+        npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning");
+        goto done;
+    }
+    if (st < 0 || (n = memo_find(p, sym, parent)) >= 0)
+        goto done;
+    int d = rules_branch(p->rules, state_at(p, st), &rule);
+    /* a{i}.head: true or "heads" splits heads; f{i}.head: true or
+     * "positions" splits positions (the only way an MLP splits). */
+    if (attn && (d == SPLIT_YES || d == SPLIT_HEADS)) {
+        d = SPLIT_HEADS;
+        for (int h = 0; h < H; h++)
+            if ((kids[nk++] = node_head(p, st, j, h, &src[3 * h])) < 0)
+                goto done;
+        value = val_attn(p, i, src);
+    } else if (d == SPLIT_POSITIONS || (!attn && d == SPLIT_YES)) {
+        d = SPLIT_POSITIONS;
+        for (int t = 0; t < T; t++) {
+            kids[nk] = node_input(p, st, graph_sym(&p->g, attn ? G_APOS : G_FPOS, i, t), j - 1);
+            if (kids[nk] < 0)
+                goto done;
+            src[t] = p->nodes[kids[nk++]].value;
+        }
+        int32_t mix = val_op(p, OP_MIX, -1, src, T);
+        value = mix < 0 ? -1 : attn ? val_attn_shared(p, i, mix) : val_op(p, OP_MLP, i, &mix, 1);
+    } else {
+        d = SPLIT_NO;
+        if ((kids[nk++] = node_resid(p, st, j - 1)) < 0)
+            goto done;
+        int32_t x = p->nodes[kids[0]].value;
+        value = attn ? val_attn_shared(p, i, x) : val_op(p, OP_MLP, i, &x, 1);
+    }
+    if (value >= 0)
+        n = node_add(p, sym, parent, value, kids, nk, d, rule);
+done:
+    free(kids);
+    free(src);
+    return n;
+}
+
+static int32_t node_resid(plan *p, int32_t prefix, int j)
+{
+    int sym = graph_resid_sym(&p->g, j), rule;
+    int32_t n, kids[2], value, st = step(p, prefix, sym);
+    if (st < 0)
+        return -1;
+    if ((n = memo_find(p, sym, prefix)) >= 0)
+        return n;
+    if (j == 0) {
+        int k = rules_which(p->rules, state_at(p, st), &rule);
+        if ((value = val_emb(p, k)) < 0)
+            return -1;
+        return node_add(p, sym, prefix, value, NULL, 0, k, rule);
+    }
+    if (rules_branch(p->rules, state_at(p, st), &rule) != SPLIT_NO) {
+        /* The skip branch continues with the path without this node. */
+        if ((kids[0] = node_resid(p, prefix, j - 1)) < 0 || (kids[1] = node_sub(p, st, j)) < 0)
+            return -1;
+        int32_t in[2] = {p->nodes[kids[0]].value, p->nodes[kids[1]].value};
+        if ((value = val_op(p, OP_ADD, -1, in, 2)) < 0)
+            return -1;
+        return node_add(p, sym, prefix, value, kids, 2, SPLIT_YES, rule);
+    }
+    /* Residual and sublayer read one input, through this node. */
+    if ((kids[0] = node_resid(p, st, j - 1)) < 0)
+        return -1;
+    if ((value = val_block_step(p, j, p->nodes[kids[0]].value)) < 0)
+        return -1;
+    return node_add(p, sym, prefix, value, kids, 1, SPLIT_NO, rule);
+}
+
+int plan_patched(plan *p, const ruleset *r, int32_t *root, npp_err *e)
+{
+    p->err = e;
+    p->rules = r;
+    p->words = rules_state_words(r);
+    *root = -1;
+    if (p->plan_seconds > 0 && p->deadline_ms <= 0)
+        p->deadline_ms = mono_ms() + p->plan_seconds * 1e3;
+    free(p->scratch);
+    if (!(p->scratch = malloc((size_t)p->words * 8 + 8)))
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory planning");
+    int sym = graph_sym(&p->g, G_LN_FINAL, -1, -1);
+    rules_start(r, p->scratch);
+    int32_t st0 = state_intern(p, p->scratch), st = st0 < 0 ? -1 : step(p, st0, sym);
+    int32_t kid = st < 0 ? -1 : node_resid(p, st, 2 * p->g.L);
+    if (kid < 0)
+        return e && e->code ? e->code : NPP_ELIMIT;
+    int32_t x = p->nodes[kid].value, v = val_op(p, OP_LNF, -1, &x, 1);
+    if (v < 0 || (p->root_node = node_add(p, sym, st0, v, &kid, 1, SPLIT_NO, -1)) < 0)
+        return e && e->code ? e->code : NPP_ELIMIT;
+    int rc = check_size(p);
+    if (!rc)
+        *root = v;
+    return rc;
+}
+
+int plan_merge(plan *p, const plan *src, int32_t src_root, int32_t *root, npp_err *e)
+{
+    p->err = e;
+    *root = -1;
+    int32_t *map = malloc(((size_t)src->nv + 1) * sizeof *map), *in = NULL;
+    int nin_cap = 0, rc = 0;
+    if (!map)
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory planning");
+    /* values are stored after their inputs, so one pass in order suffices */
+    for (int32_t i = 0; i < src->nv && !rc; i++) {
+        const plan_value *v = &src->v[i];
+        if (v->nin > nin_cap) {
+            int32_t *n = realloc(in, (size_t)v->nin * sizeof *n);
+            if (!n) {
+                rc = npp_fail(e, NPP_ENOMEM, "", "out of memory planning");
+                break;
+            }
+            in = n, nin_cap = v->nin;
+        }
+        for (int k = 0; k < v->nin; k++)
+            in[k] = map[v->in[k]];
+        if ((map[i] = intern(p, v->key, v->op, v->layer, v->rank, in, v->nin)) < 0)
+            rc = e && e->code ? e->code : NPP_ENOMEM;
+    }
+    if (!rc && !(rc = check_size(p)))
+        *root = map[src_root];
+    free(map);
+    free(in);
+    return rc;
+}

@@ -1,0 +1,119 @@
+/* plan.h - the planner: walks GPT-2's graph with the rules and builds the
+ * DAG of values a job needs (DESIGN.md section 4).
+ *
+ * A value is one tensor the model would compute, named by a content key:
+ * SHA-256 of the operation, its layer, and its inputs' keys (embeddings
+ * hash the model fingerprint and the token ids). Equal keys mean equal
+ * tensors, within a job and across jobs. Canonical forms make equal
+ * computations share a key: an attention whose heads all read one input
+ * is keyed like the unsplit attention; a per-position mix of one value is
+ * that value. So splitting without changing inputs plans exactly the
+ * values of the unsplit run.
+ *
+ * The walk memoises on (node, rule-automaton state before the node): all
+ * decisions below a node depend on nothing else (the skip branch of a split
+ * continues from that state), so planning stays polynomial where the
+ * paths are exponential. The memo entries are also the path tree's nodes
+ * (shared sub-trees once), which the SVG renderer draws.
+ *
+ *     plan p;
+ *     plan_init(&p, m, n_inputs, B, T, ids, max_values);
+ *     int32_t root;
+ *     if (plan_patched(&p, rules, &root, &err)) ...   // NPP_ELIMIT if too big
+ *     int32_t clean = plan_plain(&p, 0, &err);
+ *     ... exec over p.v ...
+ *     plan_free(&p);
+ */
+#ifndef NPP_PLAN_H
+#define NPP_PLAN_H
+
+#include <stdint.h>
+
+#include "base/err.h"
+#include "model/model.h"
+#include "patch/graph.h"
+#include "patch/rules.h"
+
+typedef enum { OP_EMB, OP_ADD, OP_MIX, OP_ATTN, OP_MLP, OP_LNF } plan_op;
+
+typedef struct {
+    plan_op op;
+    int layer;   /* ATTN / MLP layer; EMB: the input index; else -1 */
+    int rank;    /* execution order: every input has a smaller rank */
+    int nin;     /* ADD 2; MIX T (one per position); ATTN 3H (q, k, v per head); MLP, LNF 1 */
+    int32_t *in; /* value indices (into the plan's pool) */
+    uint8_t key[32];
+} plan_value;
+
+typedef struct {
+    int sym;       /* graph symbol of this path element */
+    int32_t value; /* the value at this node, -1 where none (a split head) */
+    int nkids;
+    int32_t *kids;  /* child nodes (into the plan's pool) */
+    uint32_t reads; /* bit k: some path below reads input k */
+    int decision;   /* branch decision here (SPLIT_*), or the input at emb */
+    int rule;       /* index of the deciding rule, -1 for the default */
+    int32_t state;  /* the walk state before this node (an interned state) */
+} plan_node;
+
+typedef struct plan {
+    const model *m;
+    graph_dims g;
+    int n_inputs, B, T;
+    const int64_t *ids; /* n_inputs x B x T, borrowed */
+    size_t max_values;
+    plan_value *v;
+    int32_t nv;
+    plan_node *nodes;
+    int32_t nn;
+    int32_t root_node; /* ln_final of the patched run, -1 before plan_patched */
+    /* private */
+    int32_t capv, capn;
+    int32_t *pool;
+    size_t npool, cappool;
+    int32_t *vslots, *nslots, *sslots; /* hash tables: value by key, node by (sym,
+                                        * state), state by its words */
+    size_t vcap, ncap, scap;
+    uint64_t *states; /* interned walk state i at states[i * words] */
+    int32_t nstates;
+    size_t capstates;
+    uint64_t *scratch; /* one state, for rules_step */
+    const ruleset *rules;
+    int words;
+    npp_err *err;
+    unsigned long ticks;
+    /* bounds (plan_init sets the defaults; a caller may lower them) */
+    size_t max_nodes;           /* path-tree nodes: PLAN_MAX_NODES */
+    size_t max_bytes;           /* planning memory: PLAN_MAX_BYTES */
+    double plan_seconds;        /* > 0: fail with NPP_ELIMIT past this long (0: no limit) */
+    double deadline_ms;         /* set from plan_seconds at the first plan_patched */
+    const volatile int *cancel; /* non-zero: stop with NPP_ECANCELED */
+} plan;
+
+#define PLAN_MAX_NODES 4000000      /* memo entries, a guard on planning time */
+#define PLAN_MAX_BYTES (256u << 20) /* planning memory */
+
+/* ids: n_inputs x B x T token ids (borrowed, must outlive the plan). */
+void plan_init(plan *p, const model *m, int n_inputs, int B, int T, const int64_t *ids,
+               size_t max_values);
+void plan_free(plan *p);
+/* Plans the patched run; *root gets its final hidden state value (LNF).
+ * Fails with NPP_ELIMIT (and the size) over max_values values, max_nodes
+ * path nodes, max_bytes of memory or plan_seconds; NPP_ECANCELED when
+ * *cancel is set (checked every 1024 new nodes or values). */
+int plan_patched(plan *p, const ruleset *r, int32_t *root, npp_err *e);
+/* Plans the plain forward pass of input k; returns its LNF value or -1. */
+int32_t plan_plain(plan *p, int k, npp_err *e);
+
+/* Adds src's values to p, equal keys becoming one value (a sweep's union);
+ * *root gets the index in p of src's value src_root. src must have p's
+ * inputs. Fails with NPP_ELIMIT when p grows over max_values values. */
+int plan_merge(plan *p, const plan *src, int32_t src_root, int32_t *root, npp_err *e);
+
+/* Memory the plan holds, in bytes. */
+size_t plan_bytes(const plan *p);
+
+/* Short name of an op ("attn", ...). */
+const char *plan_op_name(plan_op op);
+
+#endif

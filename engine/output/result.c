@@ -1,0 +1,673 @@
+/* result.c - the result document of a computed job: each patched run's
+ * outputs (top-k, logits, token log-probs, hidden states) and metric, the
+ * plain runs' attention and the baselines, stats and trace; and, kept
+ * beside the code it mirrors, the estimate of what building it holds and
+ * how long its text is. Logits are computed only at the requested
+ * positions, and only for the token columns a metric needs when nothing
+ * asks for the full vocabulary. */
+#include "output/result.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/npy.h"
+#include "model/gpt2.h"
+
+json_t *result_json_num(double x)
+{
+    if (isnan(x))
+        return json_string("NaN");
+    if (isinf(x))
+        return json_string(x > 0 ? "Infinity" : "-Infinity");
+    return json_real(x);
+}
+
+char *result_base64_f32(const float *x, size_t n)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const unsigned char *b = (const unsigned char *)x; /* little-endian host (checked at build) */
+    size_t len = n * 4, o = 0;
+    char *s = malloc((len + 2) / 3 * 4 + 1);
+    if (!s)
+        return NULL;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)b[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)b[i + 1] << 8;
+        if (i + 2 < len)
+            v |= b[i + 2];
+        s[o++] = tab[v >> 18 & 63];
+        s[o++] = tab[v >> 12 & 63];
+        s[o++] = i + 1 < len ? tab[v >> 6 & 63] : '=';
+        s[o++] = i + 2 < len ? tab[v & 63] : '=';
+    }
+    s[o] = 0;
+    return s;
+}
+
+typedef struct {
+    const model *m;
+    const job *j;
+    const result_opts *o;
+    npp_err *e;
+} ctx;
+
+/* Building outputs checks the cancel flag between patched runs and
+ * between the layers of an attention output. */
+static int cancelled(const ctx *c)
+{
+    if (!c->o->cancel || !__atomic_load_n(c->o->cancel, __ATOMIC_RELAXED))
+        return 0;
+    npp_fail(c->e, NPP_ECANCELED, "", "the job was cancelled");
+    return 1;
+}
+
+/* A tensor for the result: base64 or an .npy file. */
+static json_t *tensor_json(ctx *c, const char *name, const float *x, const int64_t *shape, int nd)
+{
+    size_t n = 1;
+    json_t *sh = json_array();
+    for (int i = 0; i < nd; i++) {
+        n *= (size_t)shape[i];
+        json_array_append_new(sh, json_integer(shape[i]));
+    }
+    if (c->o->npy_dir) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s.npy", c->o->npy_dir, name);
+        if (npy_write_f32(path, x, shape, nd, c->e)) {
+            json_decref(sh);
+            return NULL;
+        }
+        return json_pack("{s:s,s:o,s:s}", "dtype", "float32", "shape", sh, "npy", path);
+    }
+    char *b64 = result_base64_f32(x, n);
+    if (!b64) {
+        json_decref(sh);
+        npp_fail(c->e, NPP_ENOMEM, "", "out of memory");
+        return NULL;
+    }
+    json_t *r = json_pack("{s:s,s:o,s:s}", "dtype", "float32", "shape", sh, "data", b64);
+    free(b64);
+    return r;
+}
+
+static json_t *token_json(const model *m, int64_t id)
+{
+    int32_t i = (int32_t)id;
+    char *s = NULL;
+    size_t len;
+    json_t *j = NULL;
+    if (!tok_decode(m->tok, &i, 1, &s, &len, NULL))
+        j = json_stringn(s, len);
+    free(s);
+    return j ? j : json_null();
+}
+
+static int shim_err(ctx *c, const shim_status *st)
+{
+    return npp_fail_shim(c->e, st);
+}
+
+/* Rows of hidden (B, T, C) at positions pos[0..np) -> (B*np, C). */
+static shim_tensor *rows_at(const model *m, const shim_tensor *hidden, const int *pos, int np,
+                            shim_status *st)
+{
+    int64_t B = shim_dim(hidden, 0), C = m->cfg.n_embd;
+    shim_tensor **parts = calloc((size_t)np, sizeof *parts);
+    if (!parts) {
+        st->code = SHIM_ENOMEM;
+        return NULL;
+    }
+    for (int i = 0; i < np; i++)
+        parts[i] = shim_narrow(hidden, 1, pos[i], 1, st); /* (B, 1, C) */
+    shim_tensor *cat = shim_cat(parts, np, 1, st);        /* (B, np, C) */
+    int64_t shape[2] = {B * np, C};
+    shim_tensor *r = shim_reshape(cat, shape, 2, st);
+    for (int i = 0; i < np; i++)
+        shim_free(parts[i]);
+    free(parts);
+    shim_free(cat);
+    return r;
+}
+
+/* Full-vocabulary logits (B*np, V) on the host, as float. */
+static float *logits_at(ctx *c, const shim_tensor *hidden, const int *pos, int np)
+{
+    shim_status st = {0};
+    int64_t B = shim_dim(hidden, 0), V = c->m->cfg.vocab_size;
+    shim_tensor *rows = rows_at(c->m, hidden, pos, np, &st);
+    shim_tensor *lg = gpt2_unembed(c->m, rows, &st); /* (B*np, V) */
+    float *h = st.code ? NULL : malloc((size_t)(B * np * V) * sizeof *h);
+    if (h && shim_to_host_f32(lg, h, (size_t)(B * np * V), &st)) {
+        free(h);
+        h = NULL;
+    }
+    shim_free(rows);
+    shim_free(lg);
+    if (!h)
+        shim_err(c, st.code ? &st : &(shim_status){SHIM_ENOMEM, "out of memory"});
+    return h;
+}
+
+/* log-softmax of each row, in place (double accumulation). */
+static void log_softmax(float *x, size_t rows, size_t V)
+{
+    for (size_t r = 0; r < rows; r++) {
+        float *v = x + r * V;
+        double mx = -INFINITY, s = 0;
+        for (size_t i = 0; i < V; i++)
+            mx = v[i] > mx ? v[i] : mx;
+        for (size_t i = 0; i < V; i++)
+            s += exp((double)v[i] - mx);
+        double lse = mx + log(s);
+        for (size_t i = 0; i < V; i++)
+            v[i] = (float)((double)v[i] - lse);
+    }
+}
+
+static json_t *top_k_json(const model *m, const float *lp, size_t V, int k)
+{
+    json_t *arr = json_array();
+    int *best = malloc((size_t)k * sizeof *best);
+    int nb = 0;
+    if (!best)
+        return arr;
+    for (size_t i = 0; i < V; i++) { /* insertion into a sorted top-k */
+        if (nb == k && !(lp[i] > lp[best[nb - 1]]))
+            continue;
+        int p = nb < k ? nb++ : nb - 1;
+        while (p > 0 && lp[i] > lp[best[p - 1]]) {
+            best[p] = best[p - 1];
+            p--;
+        }
+        best[p] = (int)i;
+    }
+    for (int i = 0; i < nb; i++)
+        json_array_append_new(arr, json_pack("{s:i,s:o,s:o}", "id", best[i], "token",
+                                             token_json(m, best[i]), "logprob",
+                                             result_json_num(lp[best[i]])));
+    free(best);
+    return arr;
+}
+
+/* The metric of one run, per example (patch/metric.h evaluates it); ref
+ * is the reference run's hidden state (input 0's plain run) when the metric
+ * needs it. Returns {"per_example", "mean"}. */
+static json_t *metric_json(ctx *c, const shim_tensor *hidden, const shim_tensor *ref)
+{
+    const job *j = c->j;
+    const metric_def *md = j->metric;
+    int64_t B = j->B, V = c->m->cfg.vocab_size, nt = metric_ntokens(md);
+    double *val = calloc((size_t)B, sizeof *val);
+    float *lg = NULL, *rl = NULL, *h = NULL;
+    json_t *r = NULL;
+    if (!val)
+        return npp_fail(c->e, NPP_ENOMEM, "", "out of memory"), NULL;
+    if (!md->full_vocab) {
+        /* Only the needed columns: example b's row times its own tokens. */
+        shim_status st = {0};
+        int64_t *cols = malloc((size_t)(nt * B + 1) * sizeof *cols);
+        h = malloc((size_t)(B * nt * B + 1) * sizeof *h);
+        shim_tensor *rows = rows_at(c->m, hidden, &j->m_pos, 1, &st), *w = NULL, *l2 = NULL;
+        if (!cols || !h) {
+            st.code = SHIM_ENOMEM;
+            snprintf(st.msg, sizeof st.msg, "out of memory");
+        }
+        for (int64_t b = 0; cols && b < B; b++)
+            for (int64_t k = 0; k < nt; k++)
+                cols[nt * b + k] = j->m_tokens[k][b];
+        if (!st.code)
+            w = shim_take_rows(c->m->lm_head, cols, nt * B, &st); /* (nt*B, C) */
+        l2 = shim_matmul_nt(rows, w, &st);                        /* (B, nt*B) */
+        if (!st.code && !shim_to_host_f32(l2, h, (size_t)(B * nt * B), &st))
+            for (int64_t b = 0; b < B; b++) {
+                metric_in in = {.logits = h + b * nt * B + nt * b, /* its own columns */
+                                .vocab = V,
+                                .tokens = cols + nt * b};
+                val[b] = md->eval(&in);
+            }
+        free(cols);
+        shim_free(rows);
+        shim_free(w);
+        shim_free(l2);
+        if (st.code) {
+            shim_err(c, &st);
+            goto done;
+        }
+    } else {
+        if (!(lg = logits_at(c, hidden, &j->m_pos, 1)))
+            goto done;
+        log_softmax(lg, (size_t)B, (size_t)V);
+        if (md->needs_ref) {
+            if (!(rl = logits_at(c, ref, &j->m_pos, 1)))
+                goto done;
+            log_softmax(rl, (size_t)B, (size_t)V);
+        }
+        for (int64_t b = 0; b < B; b++) {
+            int64_t toks[METRIC_MAX_TOKENS];
+            for (int64_t k = 0; k < nt; k++)
+                toks[k] = j->m_tokens[k][b];
+            metric_in in = {
+                .logprobs = lg + b * V, .ref = rl ? rl + b * V : NULL, .vocab = V, .tokens = toks};
+            val[b] = md->eval(&in);
+        }
+    }
+    json_t *pe = json_array();
+    double mean = 0;
+    for (int64_t b = 0; b < B; b++) {
+        json_array_append_new(pe, result_json_num(val[b]));
+        mean += val[b] / (double)B;
+    }
+    r = json_pack("{s:o,s:o}", "per_example", pe, "mean", result_json_num(mean));
+done:
+    free(val);
+    free(lg);
+    free(rl);
+    free(h);
+    return r;
+}
+
+/* outputs{} of one run (hidden (B, T, C)); tag names .npy files. */
+static json_t *outputs_json(ctx *c, const shim_tensor *hidden, const char *tag, int full)
+{
+    const job *j = c->j;
+    int64_t B = j->B, V = c->m->cfg.vocab_size, np = j->npos;
+    json_t *o = json_object(), *pos = json_array();
+    float *lp = NULL;
+    char name[64];
+    for (int i = 0; i < j->npos; i++)
+        json_array_append_new(pos, json_integer(j->positions[i]));
+    json_object_set_new(o, "positions", pos);
+    int need = j->top_k > 0 || (full && (j->want_logits || j->ntoklp));
+    if (need) {
+        float *raw = logits_at(c, hidden, j->positions, j->npos);
+        if (!raw)
+            goto fail;
+        if (full && j->want_logits) {
+            int64_t shape[3] = {B, np, V};
+            snprintf(name, sizeof name, "%s_logits", tag);
+            json_t *t = tensor_json(c, name, raw, shape, 3);
+            if (!t) {
+                free(raw);
+                goto fail;
+            }
+            json_object_set_new(o, "logits", t);
+        }
+        log_softmax(raw, (size_t)(B * np), (size_t)V);
+        lp = raw;
+    }
+    if (j->top_k > 0) {
+        json_t *tk = json_array();
+        for (int64_t b = 0; b < B; b++) {
+            json_t *ex = json_array();
+            for (int64_t p = 0; p < np; p++)
+                json_array_append_new(
+                    ex, json_pack("{s:i,s:o}", "position", j->positions[p], "tokens",
+                                  top_k_json(c->m, lp + (b * np + p) * V, (size_t)V, j->top_k)));
+            json_array_append_new(tk, ex);
+        }
+        json_object_set_new(o, "top_k", tk);
+    }
+    if (full && j->ntoklp) {
+        json_t *toks = json_array(), *vals = json_array();
+        for (int t = 0; t < j->ntoklp; t++)
+            json_array_append_new(toks, json_pack("{s:I,s:o}", "id", (json_int_t)j->toklp[t],
+                                                  "token", token_json(c->m, j->toklp[t])));
+        for (int64_t b = 0; b < B; b++) {
+            json_t *ex = json_array();
+            for (int64_t p = 0; p < np; p++) {
+                json_t *row = json_array();
+                for (int t = 0; t < j->ntoklp; t++)
+                    json_array_append_new(row, result_json_num(lp[(b * np + p) * V + j->toklp[t]]));
+                json_array_append_new(ex, row);
+            }
+            json_array_append_new(vals, ex);
+        }
+        json_object_set_new(o, "token_logprobs",
+                            json_pack("{s:o,s:o}", "tokens", toks, "values", vals));
+    }
+    if (full && j->want_hidden) {
+        int64_t T = j->T, C = c->m->cfg.n_embd, shape[3] = {B, T, C};
+        float *h = malloc((size_t)(B * T * C) * sizeof *h);
+        shim_status st = {0};
+        if (!h || shim_to_host_f32(hidden, h, (size_t)(B * T * C), &st)) {
+            free(h);
+            shim_err(c, st.code ? &st : &(shim_status){SHIM_ENOMEM, "out of memory"});
+            goto fail;
+        }
+        snprintf(name, sizeof name, "%s_hidden_states", tag);
+        json_t *t = tensor_json(c, name, h, shape, 3);
+        free(h);
+        if (!t)
+            goto fail;
+        json_object_set_new(o, "hidden_states", t);
+    }
+    free(lp);
+    return o;
+fail:
+    free(lp);
+    json_decref(o);
+    return NULL;
+}
+
+/* Attention patterns of each input's plain run at the requested layers. */
+static json_t *attention_json(ctx *c)
+{
+    const job *j = c->j;
+    const model *m = c->m;
+    json_t *arr = json_array();
+    for (int k = 0; k < j->n_inputs; k++) {
+        shim_status st = {0};
+        const int64_t *ids = j->ids + (size_t)k * j->B * j->T;
+        shim_tensor *x = gpt2_embed(m, ids, j->B, j->T, &st);
+        for (int l = 0; l < m->cfg.n_layer && !st.code; l++) {
+            if (cancelled(c)) {
+                shim_free(x);
+                json_decref(arr);
+                return NULL;
+            }
+            int want = 0;
+            for (int i = 0; i < j->nattn; i++)
+                want |= j->attn_layers[i] == l;
+            shim_tensor *probs = NULL;
+            shim_tensor *a = gpt2_attn(m, l, x, want ? &probs : NULL, &st);
+            shim_tensor *x2 = shim_add(x, a, &st);
+            shim_tensor *f = gpt2_mlp(m, l, x2, &st);
+            shim_tensor *x3 = shim_add(x2, f, &st);
+            shim_free(a);
+            shim_free(x2);
+            shim_free(f);
+            shim_free(x);
+            x = x3;
+            if (probs && !st.code) {
+                int64_t H = m->cfg.n_head, T = j->T, shape[4] = {j->B, H, T, T};
+                size_t n = (size_t)(j->B * H * T * T);
+                float *h = malloc(n * sizeof *h);
+                char name[64];
+                snprintf(name, sizeof name, "attention_input%d_layer%d", k, l);
+                json_t *t = NULL;
+                if (h && !shim_to_host_f32(probs, h, n, &st))
+                    t = tensor_json(c, name, h, shape, 4);
+                free(h);
+                if (t)
+                    json_array_append_new(
+                        arr, json_pack("{s:i,s:i,s:o}", "input", k, "layer", l, "probs", t));
+                else if (!st.code)
+                    st.code = SHIM_ENOMEM;
+            }
+            shim_free(probs);
+        }
+        shim_free(x);
+        if (st.code) {
+            json_decref(arr);
+            shim_err(c, &st);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+static json_t *inputs_json(const job *j)
+{
+    json_t *a = json_array();
+    for (int k = 0; k < j->n_inputs; k++) {
+        json_t *batch = json_array();
+        for (int b = 0; b < j->B; b++) {
+            json_t *ids = json_array();
+            for (int t = 0; t < j->T; t++)
+                json_array_append_new(ids, json_integer(j->ids[((size_t)k * j->B + b) * j->T + t]));
+            json_array_append_new(batch, ids);
+        }
+        json_array_append_new(a, batch);
+    }
+    return a;
+}
+
+/* The rules, outputs and metric of one patched run (the job's, or one
+ * variant's): {"rules", "outputs", "metric"}. */
+static json_t *patched_json(ctx *c, json_t *rules, const shim_tensor *h, const shim_tensor *kl_ref,
+                            const char *tag)
+{
+    const job *j = c->j;
+    json_t *o = outputs_json(c, h, tag, 1);
+    if (!o)
+        return NULL;
+    json_t *res = json_pack("{s:O,s:o}", "rules", rules, "outputs", o);
+    if (res && j->metric) {
+        json_t *mt = metric_json(c, h, kl_ref);
+        if (!mt) {
+            json_decref(res);
+            return NULL;
+        }
+        json_object_set_new(mt, "type", json_string(j->metric->name));
+        json_object_set_new(mt, "position", json_integer(j->m_pos));
+        json_object_set_new(res, "metric", mt);
+    }
+    return res;
+}
+
+int result_build(const result_opts *o, shim_tensor *const *hs, int nroots, json_t *stats,
+                 json_t *trace, json_t **out, npp_err *e)
+{
+    ctx cc = {o->m, o->j, o, e}, *c = &cc;
+    const job *j = c->j;
+    int npatched = j->nvar ? j->nvar : 1;
+    const shim_tensor *kl_ref = j->metric && j->metric->needs_ref ? hs[npatched] : NULL;
+    json_t *res = json_object();
+    json_object_set_new(res, "model", json_string(o->model_name ? o->model_name : o->m->dir));
+    json_object_set_new(res, "batch", json_integer(j->B));
+    json_object_set_new(res, "tokens", json_integer(j->T));
+    json_object_set_new(res, "inputs", inputs_json(j));
+    if (!j->nvar) {
+        json_t *p = patched_json(c, j->compiled, hs[0], kl_ref, "patched");
+        if (!p)
+            goto fail;
+        json_object_update(res, p);
+        json_decref(p);
+    } else {
+        json_t *sw = json_array();
+        json_object_set_new(res, "sweep", sw);
+        for (int i = 0; i < j->nvar; i++) {
+            char tag[32];
+            if (cancelled(c))
+                goto fail;
+            snprintf(tag, sizeof tag, "variant%d", i);
+            json_t *p = patched_json(c, j->var[i].compiled, hs[i], kl_ref, tag);
+            if (!p)
+                goto fail;
+            json_object_set_new(p, "variant", json_integer(i));
+            if (j->var[i].name)
+                json_object_set(p, "name", j->var[i].name);
+            json_array_append_new(sw, p);
+        }
+    }
+    if (j->nattn) {
+        json_t *a = attention_json(c);
+        if (!a)
+            goto fail;
+        /* a plain job's outputs hold it; a sweep's are per variant, so it
+         * sits at the top, as the baselines do */
+        json_object_set_new(j->nvar ? res : json_object_get(res, "outputs"), "attention", a);
+    }
+    if (j->want_baselines) {
+        json_t *bl = json_array();
+        json_object_set_new(res, "baselines", bl);
+        for (int k = 0; k < j->n_inputs; k++) {
+            char tag[32];
+            if (cancelled(c))
+                goto fail;
+            snprintf(tag, sizeof tag, "input%d", k);
+            const shim_tensor *h = hs[nroots - j->n_inputs + k];
+            json_t *b = json_pack("{s:i}", "input", k);
+            json_array_append_new(bl, b);
+            if (j->top_k) {
+                json_t *ob = outputs_json(c, h, tag, 0);
+                if (!ob)
+                    goto fail;
+                json_object_set_new(b, "top_k", json_incref(json_object_get(ob, "top_k")));
+                json_decref(ob);
+            }
+            if (j->metric) {
+                json_t *mt = metric_json(c, h, kl_ref);
+                if (!mt)
+                    goto fail;
+                json_object_set_new(b, "metric", mt);
+            }
+        }
+    }
+    json_object_set_new(res, "stats", json_incref(stats));
+    if (trace)
+        json_object_set_new(res, "trace", json_incref(trace));
+    *out = res;
+    return 0;
+fail:
+    json_decref(res);
+    return c->e && c->e->code ? c->e->code : NPP_ENOMEM;
+}
+
+/* ---- the estimate ------------------------------------------------------------ */
+
+#define JSON_NUM_MEM  64  /* a number in jansson's memory, with its array slot */
+#define JSON_OBJ_MEM  320 /* a small object (a few keys) in jansson's memory */
+#define JSON_NUM_TEXT 26  /* a number as text: "-1.2345678901234567e-123," */
+
+static size_t b64_len(size_t bytes)
+{
+    return (bytes + 2) / 3 * 4;
+}
+
+/* The largest of several contributions, and the field it comes from. */
+typedef struct {
+    size_t bytes;
+    const char *field;
+} part;
+
+static void take(part *best, size_t bytes, const char *field)
+{
+    if (bytes > best->bytes)
+        best->bytes = bytes, best->field = field;
+}
+
+/* The result tree grows while outputs are built: kept is what it holds,
+ * peak the high-water mark of kept plus what the step in progress holds. */
+typedef struct {
+    size_t kept, peak, text; /* text: the document's length */
+} sim;
+
+static void step_holds(sim *s, size_t transient)
+{
+    if (s->kept + transient > s->peak)
+        s->peak = s->kept + transient;
+}
+
+/* Building one run's outputs as outputs_json and metric_json do, step by
+ * step; full: a patched run (else a baseline). mem/res get the run's
+ * largest part in memory and in the document. */
+static void estimate_run(const model *m, const job *j, int full, sim *s, part *mem, part *res)
+{
+    size_t B = (size_t)j->B, np = (size_t)j->npos, V = (size_t)m->cfg.vocab_size;
+    size_t C = (size_t)m->cfg.n_embd, T = (size_t)j->T, e = shim_dtype_size(m->dtype);
+    size_t tok_text = 6 * m->max_token_bytes + 2; /* escaped, quoted */
+    size_t raw = 0;                               /* the logits on the host, while kept */
+    if (j->top_k > 0 || (full && (j->want_logits || j->ntoklp))) {
+        raw = B * np * V * 4;
+        step_holds(s, B * np * (C + V) * e + raw); /* rows, logits, their host copy */
+        if (full && j->want_logits) {              /* base64, and jansson's copy of it */
+            size_t b = b64_len(raw);
+            step_holds(s, raw + 2 * b);
+            s->kept += b, s->text += b + 64;
+            take(mem, b, "outputs.logits");
+            take(res, b, "outputs.logits");
+        }
+    }
+    if (j->top_k) {
+        size_t rows = B * np, per = JSON_OBJ_MEM + 2 * JSON_NUM_MEM + 64 + tok_text;
+        size_t km = rows * (JSON_OBJ_MEM + (size_t)j->top_k * per);
+        size_t kt = rows * (32 + (size_t)j->top_k * (44 + tok_text));
+        s->kept += km, s->text += kt;
+        step_holds(s, raw);
+        take(mem, km, "outputs.top_k");
+        take(res, kt, "outputs.top_k");
+    }
+    if (full && j->ntoklp) {
+        size_t n = B * np * (size_t)j->ntoklp;
+        s->kept += n * JSON_NUM_MEM + (size_t)j->ntoklp * (JSON_OBJ_MEM + tok_text);
+        s->text += n * JSON_NUM_TEXT + (size_t)j->ntoklp * (24 + tok_text);
+        step_holds(s, raw);
+        take(mem, n * JSON_NUM_MEM, "outputs.token_logprobs");
+        take(res, n * JSON_NUM_TEXT, "outputs.token_logprobs");
+    }
+    if (full && j->want_hidden) { /* host copy, base64, jansson's copy */
+        size_t h = B * T * C * 4, b = b64_len(h);
+        step_holds(s, raw + h + 2 * b);
+        s->kept += b, s->text += b + 64;
+        take(mem, b, "outputs.hidden_states");
+        take(res, b, "outputs.hidden_states");
+    }
+    if (j->metric) {
+        int full_v = j->metric->full_vocab;
+        step_holds(s, full_v ? (j->metric->needs_ref ? 2 : 1) * B * (V * (e + 4) + C * e)
+                             : 4 * B * (C + B) * e);
+        s->kept += B * JSON_NUM_MEM + JSON_OBJ_MEM, s->text += B * JSON_NUM_TEXT + 96;
+    }
+}
+
+static size_t json_text_len(const json_t *j)
+{
+    return j ? json_dumpb(j, NULL, 0, JSON_COMPACT) : 0;
+}
+
+void result_estimate(const model *m, const job *j, size_t value_bytes, size_t nvalues,
+                     result_size *out)
+{
+    part mem = {0, NULL}, res = {0, NULL};
+    /* the patched runs one after another, then attention, baselines and
+     * the trace; what each keeps stays in the result tree */
+    sim s = {0, 0, 1024};
+    int npatched = j->nvar ? j->nvar : 1;
+    part pm = {0, NULL}, pr = {0, NULL}; /* one variant's largest parts */
+    for (int i = 0; i < npatched; i++) {
+        estimate_run(m, j, 1, &s, i ? &(part){0, NULL} : &pm, i ? &(part){0, NULL} : &pr);
+        s.text += json_text_len(j->nvar ? j->var[i].compiled : j->compiled) + 64;
+    }
+    take(&mem, pm.bytes * (size_t)npatched, pm.field);
+    take(&res, pr.bytes * (size_t)npatched, pr.field);
+    size_t B = (size_t)j->B, T = (size_t)j->T, H = (size_t)m->cfg.n_head, vb = value_bytes;
+    if (j->nattn) {
+        int layers = 0;
+        for (int l = 0; l < m->cfg.n_layer; l++)
+            for (int a = 0; a < j->nattn; a++)
+                if (j->attn_layers[a] == l) {
+                    layers++;
+                    break;
+                }
+        /* each input's plain forward, its attention unchunked: residuals,
+         * the sublayers' temporaries (a dozen (B, T, C)), the scores and
+         * probabilities, then the probabilities' host copy and text */
+        size_t probs = B * H * T * T * 4, b = b64_len(probs), each = (size_t)j->n_inputs * layers;
+        for (size_t k = 0; k < each; k++) {
+            step_holds(&s, 16 * vb + 2 * probs + 2 * b);
+            s.kept += b, s.text += b + 96;
+        }
+        take(&mem, each * b, "outputs.attention");
+        take(&res, each * b, "outputs.attention");
+    }
+    for (int i = 0; j->want_baselines && i < j->n_inputs; i++) {
+        estimate_run(m, j, 0, &s, &mem, &res);
+        s.text += 32;
+    }
+    if (j->want_trace) {
+        s.kept += nvalues * (JSON_OBJ_MEM + 4 * JSON_NUM_MEM), s.text += nvalues * 72;
+        take(&mem, nvalues * (JSON_OBJ_MEM + 4 * JSON_NUM_MEM), "outputs.trace");
+        take(&res, nvalues * 72, "outputs.trace");
+    }
+    step_holds(&s, 0);
+    s.text += (size_t)j->n_inputs * B * (T * 7 + 4); /* the inputs, echoed */
+    out->peak_bytes = s.peak;
+    out->text_bytes = s.text;
+    out->largest_bytes = mem.bytes;
+    out->largest_field = mem.field ? mem.field : "outputs";
+    out->text_field = res.field ? res.field : "outputs";
+}

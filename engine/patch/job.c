@@ -1,0 +1,553 @@
+/* job.c - parsing and validating a job document, and compiling presets
+ * into rules; see job.h. Every refusal names its field. */
+#include "patch/job.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/tok.h"
+#include "patch/job_internal.h"
+#include "patch/preset.h"
+
+/* ---- inputs --------------------------------------------------------------- */
+
+static int all_of(json_t *a, int (*pred)(const json_t *))
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(a, i, v) if (!pred(v)) return 0;
+    return 1;
+}
+
+static int is_int(const json_t *v)
+{
+    return json_is_integer(v);
+}
+static int is_str(const json_t *v)
+{
+    return json_is_string(v);
+}
+static int is_arr(const json_t *v)
+{
+    return json_is_array(v);
+}
+
+/* Token ids of one example (a text or an id list) into *ids (new). */
+static int example_ids(const model *m, json_t *v, const char *field, int64_t **ids, int *n,
+                       npp_err *e)
+{
+    if (json_is_string(v)) {
+        int32_t *t;
+        size_t k;
+        npp_err te = {0};
+        if (tok_encode(m->tok, json_string_value(v), json_string_length(v), &t, &k, &te))
+            return npp_fail(e, te.code, field, "%s: %s", field, te.message);
+        *ids = malloc((k ? k : 1) * sizeof **ids);
+        for (size_t i = 0; *ids && i < k; i++)
+            (*ids)[i] = t[i];
+        free(t);
+        *n = (int)k;
+        return *ids ? 0 : npp_fail(e, NPP_ENOMEM, field, "out of memory");
+    }
+    size_t k = json_array_size(v);
+    *ids = malloc((k ? k : 1) * sizeof **ids);
+    if (!*ids)
+        return npp_fail(e, NPP_ENOMEM, field, "out of memory");
+    for (size_t i = 0; i < k; i++) {
+        json_t *x = json_array_get(v, i);
+        if (!json_is_integer(x) || json_integer_value(x) < 0 ||
+            json_integer_value(x) >= m->cfg.vocab_size) {
+            free(*ids);
+            *ids = NULL;
+            return npp_fail(e, NPP_EINVAL, field, "%s[%zu]: not a token id in 0..%d", field, i,
+                            m->cfg.vocab_size - 1);
+        }
+        (*ids)[i] = json_integer_value(x);
+    }
+    *n = (int)k;
+    return 0;
+}
+
+static int parse_inputs(const model *m, json_t *in, job *j, npp_err *e)
+{
+    char f[64], f0[96] = "";
+    if (!json_is_array(in) || json_array_size(in) == 0)
+        return npp_fail(e, NPP_EINVAL, "inputs", "inputs: must be a non-empty array");
+    if (json_array_size(in) > JOB_MAX_INPUTS)
+        return npp_fail(e, NPP_EINVAL, "inputs", "inputs: %zu inputs, at most %d",
+                        json_array_size(in), JOB_MAX_INPUTS);
+    j->n_inputs = (int)json_array_size(in);
+    for (int i = 0; i < j->n_inputs; i++) {
+        json_t *x = json_array_get(in, (size_t)i);
+        json_t *examples;
+        int batch = 0;
+        snprintf(f, sizeof f, "inputs[%d]", i);
+        if (json_is_string(x) || (json_is_array(x) && json_array_size(x) && all_of(x, is_int))) {
+            examples = json_pack("[O]", x);
+        } else if (json_is_array(x) && json_array_size(x) &&
+                   (all_of(x, is_str) || all_of(x, is_arr))) {
+            examples = json_incref(x);
+            batch = 1;
+        } else {
+            return npp_fail(e, NPP_EINVAL, f,
+                            "%s: expected a text, a list of token ids, or a "
+                            "non-empty batch (a list of texts or of id lists)",
+                            f);
+        }
+        int B = (int)json_array_size(examples);
+        for (int b = 0; b < B; b++) {
+            char fb[80];
+            int64_t *ids = NULL;
+            int n = 0;
+            snprintf(fb, sizeof fb, batch ? "%s[%d]" : "%s", f, b);
+            int rc = example_ids(m, json_array_get(examples, (size_t)b), fb, &ids, &n, e);
+            if (rc) {
+                json_decref(examples);
+                return rc;
+            }
+            if (i == 0 && b == 0) {
+                if (n == 0) {
+                    free(ids);
+                    json_decref(examples);
+                    return npp_fail(e, NPP_EINVAL, fb, "%s: has no tokens", fb);
+                }
+                if (n > m->cfg.n_positions) {
+                    free(ids);
+                    json_decref(examples);
+                    return npp_fail(e, NPP_EINVAL, fb,
+                                    "%s: %d tokens, over the model's context of %d", fb, n,
+                                    m->cfg.n_positions);
+                }
+                j->T = n, j->B = B;
+                snprintf(f0, sizeof f0, "%s", fb);
+                j->ids = malloc((size_t)j->n_inputs * B * n * sizeof *j->ids);
+                if (!j->ids) {
+                    free(ids);
+                    json_decref(examples);
+                    return npp_fail(e, NPP_ENOMEM, "inputs", "out of memory");
+                }
+            }
+            if (B != j->B || n != j->T) {
+                free(ids);
+                json_decref(examples);
+                if (B != j->B)
+                    return npp_fail(e, NPP_EINVAL, f,
+                                    "%s: batch of %d but inputs[0] has %d (all inputs must have "
+                                    "the same batch size)",
+                                    f, B, j->B);
+                return npp_fail(e, NPP_EINVAL, fb,
+                                "%s: %d tokens but %s has %d (all inputs must have the same "
+                                "token length)",
+                                fb, n, f0, j->T);
+            }
+            memcpy(j->ids + ((size_t)i * B + b) * n, ids, (size_t)n * sizeof *ids);
+            free(ids);
+        }
+        json_decref(examples);
+    }
+    return 0;
+}
+
+/* ---- small typed getters ----------------------------------------------------- */
+
+static int get_token(const model *m, json_t *v, const char *field, int64_t *out, npp_err *e)
+{
+    if (json_is_integer(v)) {
+        if (json_integer_value(v) < 0 || json_integer_value(v) >= m->cfg.vocab_size)
+            return npp_fail(e, NPP_EINVAL, field, "%s: token id outside 0..%d", field,
+                            m->cfg.vocab_size - 1);
+        *out = json_integer_value(v);
+        return 0;
+    }
+    if (!json_is_string(v))
+        return npp_fail(e, NPP_EINVAL, field, "%s: expected a token (a text or an id)", field);
+    int32_t *t;
+    size_t n;
+    npp_err te = {0};
+    if (tok_encode(m->tok, json_string_value(v), json_string_length(v), &t, &n, &te))
+        return npp_fail(e, te.code, field, "%s: %s", field, te.message);
+    int64_t id = n ? t[0] : -1;
+    free(t);
+    if (n != 1)
+        return npp_fail(e, NPP_EINVAL, field,
+                        "%s: \"%s\" is %zu tokens; give a text that is one token (mind the "
+                        "leading space) or a token id",
+                        field, json_string_value(v), n);
+    *out = id;
+    return 0;
+}
+
+int job_position(json_t *v, int T, const char *field, int *out, npp_err *e)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < -T || json_integer_value(v) >= T)
+        return npp_fail(e, NPP_EINVAL, field,
+                        "%s: a position in %d..%d (negative counts from the end)", field, -T,
+                        T - 1);
+    int p = (int)json_integer_value(v);
+    *out = p < 0 ? p + T : p;
+    return 0;
+}
+
+int job_check_keys(json_t *obj, const char *field, const char *const *known, npp_err *e)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(obj, k, v)
+    {
+        int ok = 0;
+        for (int i = 0; known[i]; i++)
+            ok |= !strcmp(k, known[i]);
+        if (!ok)
+            return npp_fail(e, NPP_EINVAL, field, "%s: unknown key \"%s\"", field, k);
+    }
+    return 0;
+}
+
+static int get_bool(json_t *obj, const char *key, const char *field, int *out, npp_err *e)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v)
+        return 0;
+    if (!json_is_boolean(v))
+        return npp_fail(e, NPP_EINVAL, field, "%s.%s: must be true or false", field, key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* ---- outputs and metric ------------------------------------------------------- */
+
+static int parse_outputs(const model *m, json_t *o, job *j, npp_err *e)
+{
+    static const char *const known[] = {"positions",     "top_k",          "logits",
+                                        "hidden_states", "token_logprobs", "attention",
+                                        "baselines",     "trace",          NULL};
+    char f[64];
+    j->top_k = 5;
+    if (!o || json_is_null(o)) {
+        o = NULL;
+    } else if (!json_is_object(o)) {
+        return npp_fail(e, NPP_EINVAL, "outputs", "outputs: must be an object");
+    }
+    if (o && job_check_keys(o, "outputs", known, e))
+        return NPP_EINVAL;
+    json_t *pos = o ? json_object_get(o, "positions") : NULL;
+    if (!pos || (json_is_string(pos) && !strcmp(json_string_value(pos), "last"))) {
+        j->npos = 1;
+        if (!(j->positions = malloc(sizeof *j->positions)))
+            return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
+        j->positions[0] = j->T - 1;
+    } else if (json_is_string(pos) && !strcmp(json_string_value(pos), "all")) {
+        j->npos = j->T;
+        if (!(j->positions = malloc((size_t)j->T * sizeof *j->positions)))
+            return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
+        for (int t = 0; t < j->T; t++)
+            j->positions[t] = t;
+    } else if (json_is_array(pos) && json_array_size(pos) > 0) {
+        j->npos = (int)json_array_size(pos);
+        if (!(j->positions = malloc((size_t)j->npos * sizeof *j->positions)))
+            return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
+        /* A repeated position would only repeat rows of the result (and
+         * 20,000 of one position would make a large one): refused. */
+        int *seen = calloc((size_t)j->T, sizeof *seen);
+        if (!seen)
+            return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
+        for (int i = 0; i < j->npos; i++) {
+            snprintf(f, sizeof f, "outputs.positions[%d]", i);
+            int rc = job_position(json_array_get(pos, (size_t)i), j->T, f, &j->positions[i], e);
+            if (!rc && seen[j->positions[i]])
+                rc = npp_fail(e, NPP_EINVAL, f,
+                              "%s: position %d is already listed at outputs.positions[%d]; list "
+                              "each position once",
+                              f, j->positions[i], seen[j->positions[i]] - 1);
+            if (rc) {
+                free(seen);
+                return NPP_EINVAL;
+            }
+            seen[j->positions[i]] = i + 1;
+        }
+        free(seen);
+    } else {
+        return npp_fail(e, NPP_EINVAL, "outputs.positions",
+                        "outputs.positions: \"last\", \"all\" or a non-empty list of positions");
+    }
+    json_t *k = o ? json_object_get(o, "top_k") : NULL;
+    if (k) {
+        if (!json_is_integer(k) || json_integer_value(k) < 0 || json_integer_value(k) > 1000)
+            return npp_fail(e, NPP_EINVAL, "outputs.top_k", "outputs.top_k: an integer in 0..1000");
+        j->top_k = (int)json_integer_value(k);
+    }
+    if (o && (get_bool(o, "logits", "outputs", &j->want_logits, e) ||
+              get_bool(o, "hidden_states", "outputs", &j->want_hidden, e) ||
+              get_bool(o, "baselines", "outputs", &j->want_baselines, e) ||
+              get_bool(o, "trace", "outputs", &j->want_trace, e)))
+        return NPP_EINVAL;
+    json_t *tl = o ? json_object_get(o, "token_logprobs") : NULL;
+    if (tl) {
+        if (!json_is_array(tl))
+            return npp_fail(e, NPP_EINVAL, "outputs.token_logprobs",
+                            "outputs.token_logprobs: a list of tokens (texts or ids)");
+        j->ntoklp = (int)json_array_size(tl);
+        if (!(j->toklp = malloc(((size_t)j->ntoklp + 1) * sizeof *j->toklp)))
+            return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
+        for (int i = 0; i < j->ntoklp; i++) {
+            snprintf(f, sizeof f, "outputs.token_logprobs[%d]", i);
+            if (get_token(m, json_array_get(tl, (size_t)i), f, &j->toklp[i], e))
+                return NPP_EINVAL;
+        }
+    }
+    json_t *at = o ? json_object_get(o, "attention") : NULL;
+    if (at) {
+        if (!json_is_array(at))
+            return npp_fail(e, NPP_EINVAL, "outputs.attention",
+                            "outputs.attention: a list of layer indices");
+        j->nattn = (int)json_array_size(at);
+        if (!(j->attn_layers = malloc(((size_t)j->nattn + 1) * sizeof *j->attn_layers)))
+            return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
+        for (int i = 0; i < j->nattn; i++) {
+            json_t *l = json_array_get(at, (size_t)i);
+            if (!json_is_integer(l) || json_integer_value(l) < 0 ||
+                json_integer_value(l) >= m->cfg.n_layer)
+                return npp_fail(e, NPP_EINVAL, "outputs.attention",
+                                "outputs.attention[%d]: a layer in 0..%d", i, m->cfg.n_layer - 1);
+            j->attn_layers[i] = (int)json_integer_value(l);
+        }
+    }
+    return 0;
+}
+
+/* A metric token: one for the whole batch, or a list with one per example.
+ * *out is new (B entries). */
+static int get_tokens(const model *m, const job *j, json_t *v, const char *field, int64_t **out,
+                      npp_err *e)
+{
+    char f[96];
+    if (!(*out = malloc((size_t)j->B * sizeof **out)))
+        return npp_fail(e, NPP_ENOMEM, field, "out of memory");
+    if (!json_is_array(v)) {
+        if (get_token(m, v, field, &(*out)[0], e))
+            return NPP_EINVAL;
+        for (int b = 1; b < j->B; b++)
+            (*out)[b] = (*out)[0];
+        return 0;
+    }
+    if ((int)json_array_size(v) != j->B)
+        return npp_fail(e, NPP_EINVAL, field,
+                        "%s: a list of %zu tokens, but the batch has %d examples", field,
+                        json_array_size(v), j->B);
+    for (int b = 0; b < j->B; b++) {
+        snprintf(f, sizeof f, "%s[%d]", field, b);
+        if (get_token(m, json_array_get(v, (size_t)b), f, &(*out)[b], e))
+            return NPP_EINVAL;
+    }
+    return 0;
+}
+
+static int parse_metric(const model *m, json_t *mt, job *j, npp_err *e)
+{
+    static const char *const known[] = {"type", "target", "baseline", "token", "position", NULL};
+    char names[512], f[64];
+    if (!mt || json_is_null(mt))
+        return 0;
+    if (!json_is_object(mt))
+        return npp_fail(e, NPP_EINVAL, "metric", "metric: must be an object");
+    if (job_check_keys(mt, "metric", known, e))
+        return NPP_EINVAL;
+    json_t *t = json_object_get(mt, "type");
+    if (!(j->metric = metric_find(json_is_string(t) ? json_string_value(t) : NULL))) {
+        metric_names(names, sizeof names);
+        return npp_fail(e, NPP_EINVAL, "metric.type", "metric.type: one of %s", names);
+    }
+    j->m_pos = j->T - 1;
+    json_t *p = json_object_get(mt, "position");
+    if (p && job_position(p, j->T, "metric.position", &j->m_pos, e))
+        return NPP_EINVAL;
+    int n = metric_ntokens(j->metric);
+    for (int k = 0; k < n; k++) /* every field first, so a missing one is named */
+        if (!json_object_get(mt, j->metric->keys[k])) {
+            snprintf(f, sizeof f, "metric.%s", j->metric->keys[k]);
+            if (n == 2)
+                return npp_fail(e, NPP_EINVAL, f, "metric: %s needs \"%s\" and \"%s\" tokens",
+                                j->metric->name, j->metric->keys[0], j->metric->keys[1]);
+            return npp_fail(e, NPP_EINVAL, f, "metric: %s needs \"%s\"", j->metric->name,
+                            j->metric->keys[k]);
+        }
+    for (int k = 0; k < n; k++) {
+        snprintf(f, sizeof f, "metric.%s", j->metric->keys[k]);
+        if (get_tokens(m, j, json_object_get(mt, j->metric->keys[k]), f, &j->m_tokens[k], e))
+            return NPP_EINVAL;
+    }
+    return 0;
+}
+
+/* ---- the document -------------------------------------------------------------- */
+
+/* The rules of obj (a job or a sweep variant): a preset, or branch/which;
+ * their globs are compiled in gc, the job's context. */
+static int compile_rules(job *j, glob_ctx *gc, json_t *obj, ruleset **rules, json_t **compiled,
+                         npp_err *e)
+{
+    json_t *br = NULL, *wh = NULL;
+    int rc;
+    json_t *preset = json_object_get(obj, "preset");
+    if (preset && (json_object_get(obj, "branch") || json_object_get(obj, "which")))
+        return npp_fail(e, NPP_EINVAL, "preset",
+                        "preset: give either a preset or branch/which rules");
+    if (preset) {
+        if ((rc = preset_compile(j, preset, &br, &wh, e)))
+            goto done;
+    } else {
+        br = json_incref(json_object_get(obj, "branch"));
+        wh = json_incref(json_object_get(obj, "which"));
+    }
+    if ((rc = rules_parse(br, wh, gc, j->n_inputs, rules, e)))
+        goto done;
+    *compiled = json_pack("{s:o,s:o}", "branch", br ? json_incref(br) : json_array(), "which",
+                          wh ? json_incref(wh) : json_array());
+    if (!*compiled)
+        rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
+done:
+    json_decref(br);
+    json_decref(wh);
+    return rc;
+}
+
+/* Puts "sweep[i]." before the field an error names (and before the message,
+ * which starts with that field). */
+static int in_variant(npp_err *e, int i, int rc)
+{
+    if (!e)
+        return rc;
+    char f[sizeof e->field + 32], msg[sizeof e->message + 32]; /* cut to size below */
+    size_t fl = strlen(e->field);
+    const char *colon = strchr(e->message, ':');
+    size_t nl = colon ? (size_t)(colon - e->message) : 0; /* "preset: ..." for "preset.x" */
+    snprintf(f, sizeof f, "sweep[%d]%s%s", i, fl ? "." : "", e->field);
+    if (nl && nl <= fl && !strncmp(e->message, e->field, nl))
+        snprintf(msg, sizeof msg, "sweep[%d].%s", i, e->message);
+    else
+        snprintf(msg, sizeof msg, "sweep[%d]: %s", i, e->message);
+    memcpy(e->field, f, sizeof e->field - 1);
+    e->field[sizeof e->field - 1] = 0;
+    memcpy(e->message, msg, sizeof e->message - 1);
+    e->message[sizeof e->message - 1] = 0;
+    return rc;
+}
+
+static int parse_sweep(job *j, glob_ctx *gc, json_t *sw, npp_err *e)
+{
+    static const char *const known[] = {"name", "preset", "branch", "which", NULL};
+    if (!json_is_array(sw) || json_array_size(sw) == 0 || json_array_size(sw) > JOB_MAX_VARIANTS)
+        return npp_fail(e, NPP_EINVAL, "sweep", "sweep: must be an array of 1..%d variants",
+                        JOB_MAX_VARIANTS);
+    j->var = calloc(json_array_size(sw), sizeof *j->var);
+    if (!j->var)
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    for (size_t i = 0; i < json_array_size(sw); i++) {
+        json_t *v = json_array_get(sw, i), *name;
+        char f[48];
+        snprintf(f, sizeof f, "sweep[%zu]", i);
+        if (!json_is_object(v))
+            return npp_fail(
+                e, NPP_EINVAL, f,
+                "%s: must be an object with rules (\"preset\", or \"branch\"/\"which\") "
+                "and an optional \"name\"",
+                f);
+        if (job_check_keys(v, f, known, e))
+            return NPP_EINVAL;
+        if ((name = json_object_get(v, "name")) && !json_is_string(name)) {
+            snprintf(f, sizeof f, "sweep[%zu].name", i);
+            return npp_fail(e, NPP_EINVAL, f, "%s: must be a string", f);
+        }
+        job_variant *jv = &j->var[j->nvar++];
+        jv->name = json_incref(name);
+        int rc = compile_rules(j, gc, v, &jv->rules, &jv->compiled, e);
+        if (rc)
+            return in_variant(e, (int)i, rc);
+    }
+    return 0;
+}
+
+int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp_err *e)
+{
+    static const char *const known[] = {"inputs", "branch", "which",   "preset", "outputs",
+                                        "metric", "limits", "comment", "sweep",  NULL};
+    int rc = NPP_EINVAL;
+    *out = NULL;
+    if (!json_is_object(doc))
+        return npp_fail(e, NPP_EINVAL, "", "the job must be a JSON object");
+    if (job_check_keys(doc, "job", known, e))
+        return NPP_EINVAL;
+    job *j = calloc(1, sizeof *j);
+    if (!j)
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    j->max_values = lim && lim->max_values ? lim->max_values : 50000;
+    if ((rc = parse_inputs(m, json_object_get(doc, "inputs"), j, e)))
+        goto fail;
+    graph_dims_init(&j->g, m->cfg.n_layer, m->cfg.n_head, j->T);
+    json_t *sweep = json_object_get(doc, "sweep");
+    if (sweep && (json_object_get(doc, "preset") || json_object_get(doc, "branch") ||
+                  json_object_get(doc, "which"))) {
+        rc = npp_fail(e, NPP_EINVAL, "sweep",
+                      "sweep: give the rules (preset, or branch/which) in each variant, not at "
+                      "the top of the job");
+        goto fail;
+    }
+    glob_ctx *gc = glob_ctx_new(&j->g);
+    if (!gc) {
+        rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
+        goto fail;
+    }
+    rc = sweep ? parse_sweep(j, gc, sweep, e)
+               : compile_rules(j, gc, doc, &j->rules, &j->compiled, e);
+    glob_ctx_free(gc); /* the compiled globs keep what they share */
+    if (rc)
+        goto fail;
+    json_t *lm = json_object_get(doc, "limits");
+    if (lm) {
+        json_t *mv = json_object_get(lm, "max_values");
+        static const char *const lk[] = {"max_values", NULL};
+        if (!json_is_object(lm) || job_check_keys(lm, "limits", lk, e)) {
+            rc = npp_fail(e, NPP_EINVAL, "limits", "limits: an object with \"max_values\"");
+            goto fail;
+        }
+        if (mv && (!json_is_integer(mv) || json_integer_value(mv) < 1 ||
+                   (size_t)json_integer_value(mv) > j->max_values)) {
+            rc = npp_fail(e, NPP_EINVAL, "limits.max_values",
+                          "limits.max_values: an integer in 1..%zu (the server's ceiling)",
+                          j->max_values);
+            goto fail;
+        }
+        if (mv)
+            j->max_values = (size_t)json_integer_value(mv);
+    }
+    if ((rc = parse_outputs(m, json_object_get(doc, "outputs"), j, e)) ||
+        (rc = parse_metric(m, json_object_get(doc, "metric"), j, e)))
+        goto fail;
+    *out = j;
+    return 0;
+fail:
+    job_free(j);
+    return rc ? rc : NPP_EINVAL;
+}
+
+void job_free(job *j)
+{
+    if (!j)
+        return;
+    free(j->ids);
+    rules_free(j->rules);
+    json_decref(j->compiled);
+    for (int i = 0; i < j->nvar; i++) {
+        json_decref(j->var[i].name);
+        rules_free(j->var[i].rules);
+        json_decref(j->var[i].compiled);
+    }
+    free(j->var);
+    free(j->positions);
+    free(j->toklp);
+    free(j->attn_layers);
+    for (int k = 0; k < METRIC_MAX_TOKENS; k++)
+        free(j->m_tokens[k]);
+    free(j);
+}

@@ -1,0 +1,85 @@
+// job.h - the job document (JSON) the CLI runs and the service accepts.
+//
+//   {
+//     "inputs":  ["The capital of Spain is", "The capital of Italy is"],
+//     "branch":  [{"match": "**/a1", "split": true}],
+//     "which":   [{"match": "**/a1/**", "input": 1}],
+//     "outputs": {"positions": [-1], "top_k": 5, "logits": false,
+//                 "hidden_states": false, "token_logprobs": [" Madrid"],
+//                 "attention": [0, 1], "baselines": true, "trace": false},
+//     "metric":  {"type": "logit_diff", "target": " Madrid", "baseline": " Rome"},
+//     "limits":  {"max_values": 50000}
+//   }
+//
+// inputs: 1..32 items; each a text, a list of token ids, or a batch (a list
+// of texts or of id lists). All inputs must have one token length and one
+// batch size. Instead of branch/which, "preset" compiles the common
+// experiments into rules (see job.c and docs): activation_patch (node,
+// from, into, positions) and path_patch (senders, receivers, from, into).
+// metric types: logit_diff (target, baseline), logit, logprob, prob (token),
+// kl (from the unpatched run of input 0); "position" defaults to the last.
+// A token is a text of one token or an id, or a list of them, one per
+// example of the batch.
+// A sweep runs many variants of one experiment in one job: "sweep": [{"name":
+// "a0.head1", "preset": {...}}, ...] (1..JOB_MAX_VARIANTS variants, each a
+// preset or branch/which, none at the top). The variants share the inputs,
+// outputs and metric; their plans are merged, so a value any two need is
+// computed once.
+// Errors name the field: "inputs[1]", "branch[0].match", "preset.node",
+// "sweep[3].preset.senders[0]".
+#ifndef NPP_JOB_H
+#define NPP_JOB_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "base/err.h"
+#include "model/model.h"
+#include "patch/metric.h"
+#include "patch/rules.h"
+
+#define JOB_MAX_INPUTS   32
+#define JOB_MAX_VARIANTS 1024
+
+/* One variant of a sweep: its own rules over the job's inputs. */
+typedef struct {
+    json_t *name; /* string or NULL (new ref) */
+    ruleset *rules;
+    json_t *compiled; /* as in job */
+} job_variant;
+
+typedef struct {
+    int n_inputs, B, T;
+    int64_t *ids; /* n_inputs x B x T */
+    graph_dims g;
+    ruleset *rules;
+    json_t *compiled; /* {"branch": [...], "which": [...]} as run (new ref) */
+    /* a sweep: nvar variants, each with its own rules (then rules and
+     * compiled are NULL); 0 for a plain job */
+    int nvar;
+    job_variant *var;
+    /* outputs */
+    int npos;
+    int *positions; /* resolved, 0..T-1 */
+    int top_k;
+    int want_logits, want_hidden, want_trace, want_baselines;
+    int ntoklp;
+    int64_t *toklp; /* token ids for token_logprobs */
+    int nattn;
+    int *attn_layers;
+    /* metric */
+    const metric_def *metric;             /* NULL: none */
+    int64_t *m_tokens[METRIC_MAX_TOKENS]; /* per token field, one per example (B) */
+    int m_pos;                            /* resolved position */
+    size_t max_values;
+} job;
+
+typedef struct {
+    size_t max_values; /* ceiling for limits.max_values (and its default) */
+} job_limits;
+
+/* Parses doc against model m. *out is new (job_free). */
+int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp_err *e);
+void job_free(job *j);
+
+#endif

@@ -1,0 +1,86 @@
+/* metric.c - the metrics table; see metric.h. Each function gets one
+ * example's numbers and returns its value; the mean over the batch is the
+ * result builder's. */
+#include "patch/metric.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static double logit_diff(const metric_in *in)
+{
+    return (double)in->logits[0] - (double)in->logits[1];
+}
+
+static double logit(const metric_in *in)
+{
+    return in->logits[0];
+}
+
+static double logprob(const metric_in *in)
+{
+    return in->logprobs[in->tokens[0]];
+}
+
+static double prob(const metric_in *in)
+{
+    return exp(in->logprobs[in->tokens[0]]);
+}
+
+/* KL(reference || patched), over the vocabulary, in double. */
+static double kl(const metric_in *in)
+{
+    double s = 0;
+    for (int64_t i = 0; i < in->vocab; i++)
+        s += exp((double)in->ref[i]) * ((double)in->ref[i] - (double)in->logprobs[i]);
+    return s;
+}
+
+static const metric_def METRICS[] = {
+    {"logit_diff",
+     {"target", "baseline"},
+     0,
+     0,
+     logit_diff,
+     "logit of target minus logit of baseline"},
+    {"logit", {"token"}, 0, 0, logit, "the token's logit"},
+    {"logprob", {"token"}, 1, 0, logprob, "the token's log-probability"},
+    {"prob", {"token"}, 1, 0, prob, "the token's probability"},
+    {"kl", {NULL}, 1, 1, kl, "KL divergence from the plain run of input 0 to the patched run"},
+};
+
+#define NMETRICS (int)(sizeof METRICS / sizeof METRICS[0])
+
+const metric_def *metric_find(const char *name)
+{
+    for (int i = 0; name && i < NMETRICS; i++)
+        if (!strcmp(METRICS[i].name, name))
+            return &METRICS[i];
+    return NULL;
+}
+
+const metric_def *metric_at(int i)
+{
+    return i >= 0 && i < NMETRICS ? &METRICS[i] : NULL;
+}
+
+int metric_count(void)
+{
+    return NMETRICS;
+}
+
+int metric_ntokens(const metric_def *m)
+{
+    int n = 0;
+    while (n < METRIC_MAX_TOKENS && m->keys[n])
+        n++;
+    return n;
+}
+
+void metric_names(char *buf, size_t n)
+{
+    size_t w = 0;
+    buf[0] = 0;
+    for (int i = 0; i < NMETRICS && w < n; i++)
+        w += (size_t)snprintf(buf + w, n - w, "%s\"%s\"", i ? ", " : "", METRICS[i].name);
+}

@@ -1,0 +1,317 @@
+/* preset.c - the presets: common experiments compiled into branch/which
+ * rules (the job's result shows the rules they became). One row of the
+ * table and one function per preset; see preset.h. */
+#include "patch/preset.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "patch/job_internal.h"
+
+/* ---- presets ------------------------------------------------------------------ */
+
+typedef struct {
+    gkind kind;
+    int layer, idx, comp; /* comp: 0 q, 1 k, 2 v, -1 none */
+    char name[48];
+} pnode;
+
+/* Parses a preset node name into kind/layer/index; `what` limits kinds. */
+static int preset_node(const graph_dims *g, json_t *v, const char *field, pnode *n, npp_err *e)
+{
+    if (!json_is_string(v))
+        return npp_fail(e, NPP_EINVAL, field, "%s: a node name such as \"a1.head3\"", field);
+    int s = graph_parse(g, json_string_value(v));
+    if (s < 0)
+        return npp_fail(e, NPP_EINVAL, field,
+                        "%s: \"%s\" is not a node of this model (%d layers, %d heads)", field,
+                        json_string_value(v), g->L, g->H);
+    gnode d = graph_node(g, s);
+    n->kind = d.kind, n->layer = d.layer, n->idx = d.idx, n->comp = -1;
+    if (d.kind == G_Q || d.kind == G_K || d.kind == G_V)
+        n->comp = d.kind - G_Q;
+    snprintf(n->name, sizeof n->name, "%s", json_string_value(v));
+    return 0;
+}
+
+static json_t *rule_match(const char *pat, const char *key, json_t *val)
+{
+    return json_pack("{s:s,s:o}", "match", pat, key, val);
+}
+
+static int preset_from_into(json_t *p, int n_inputs, int *from, int *into, npp_err *e)
+{
+    json_t *f = json_object_get(p, "from"), *i = json_object_get(p, "into");
+    *from = 1, *into = 0;
+    if (f &&
+        (!json_is_integer(f) || json_integer_value(f) < 0 || json_integer_value(f) >= n_inputs))
+        return npp_fail(e, NPP_EINVAL, "preset.from", "preset.from: an input index in 0..%d",
+                        n_inputs - 1);
+    if (i &&
+        (!json_is_integer(i) || json_integer_value(i) < 0 || json_integer_value(i) >= n_inputs))
+        return npp_fail(e, NPP_EINVAL, "preset.into", "preset.into: an input index in 0..%d",
+                        n_inputs - 1);
+    if (f)
+        *from = (int)json_integer_value(f);
+    if (i)
+        *into = (int)json_integer_value(i);
+    if (*from >= n_inputs)
+        return npp_fail(e, NPP_EINVAL, "preset.from",
+                        "preset.from: defaults to input 1, but the job has one input");
+    return 0;
+}
+
+/* Activation patching of one node: the node's value (attention or MLP
+ * output, a head's output, one of its q/k/v inputs, or the embedding) is
+ * computed from input `from`, everything else from `into`, and everything
+ * downstream recomputes. positions (attention and MLP only): only the
+ * sublayer's input at those positions comes from `from`. */
+static int preset_activation(const job *j, json_t *p, json_t *br, json_t *wh, npp_err *e)
+{
+    static const char *const known[] = {"type", "node", "from", "into", "positions", NULL};
+    pnode n;
+    int from, into;
+    char pat[160];
+    if (job_check_keys(p, "preset", known, e) ||
+        preset_node(&j->g, json_object_get(p, "node"), "preset.node", &n, e) ||
+        preset_from_into(p, j->n_inputs, &from, &into, e))
+        return NPP_EINVAL;
+    json_t *pos = json_object_get(p, "positions");
+    int L = n.layer;
+    if (pos && n.kind != G_AHEAD && n.kind != G_FHEAD)
+        return npp_fail(e, NPP_EINVAL, "preset.positions",
+                        "preset.positions: only for a{i}.head (the attention's input at those "
+                        "positions) and f{i}.head (the MLP at those positions)");
+    json_t *pm = NULL;
+    switch (n.kind) {
+    case G_EMB: snprintf(pat, sizeof pat, "**/emb"); break;
+    case G_AHEAD:
+    case G_FHEAD: {
+        char c = n.kind == G_AHEAD ? 'a' : 'f';
+        snprintf(pat, sizeof pat, "**/%c%d", c, L);
+        json_array_append_new(br, rule_match(pat, "split", json_true()));
+        if (!pos) {
+            snprintf(pat, sizeof pat, "**/%c%d/%c%d.head/**", c, L, c, L);
+            break;
+        }
+        if (!json_is_array(pos) || !json_array_size(pos))
+            return npp_fail(e, NPP_EINVAL, "preset.positions",
+                            "preset.positions: a non-empty list of positions");
+        snprintf(pat, sizeof pat, "**/%c%d/%c%d.head", c, L, c, L);
+        json_array_append_new(br, rule_match(pat, "split", json_string("positions")));
+        pm = json_array();
+        for (size_t i = 0; i < json_array_size(pos); i++) {
+            int t;
+            char f[48];
+            snprintf(f, sizeof f, "preset.positions[%zu]", i);
+            if (job_position(json_array_get(pos, i), j->T, f, &t, e)) {
+                json_decref(pm);
+                return NPP_EINVAL;
+            }
+            snprintf(pat, sizeof pat, "**/%c%d.head/%c%d.head.pos%d/**", c, L, c, L, t);
+            json_array_append_new(pm, json_string(pat));
+        }
+        break;
+    }
+    case G_HEAD:
+    case G_Q:
+    case G_K:
+    case G_V:
+        snprintf(pat, sizeof pat, "**/a%d", L);
+        json_array_append_new(br, rule_match(pat, "split", json_true()));
+        snprintf(pat, sizeof pat, "**/a%d/a%d.head", L, L);
+        json_array_append_new(br, rule_match(pat, "split", json_string("heads")));
+        if (n.comp < 0) {
+            snprintf(pat, sizeof pat, "**/a%d.head/a%d.head%d/**", L, L, n.idx);
+        } else {
+            snprintf(pat, sizeof pat, "**/a%d.head/a%d.head%d", L, L, n.idx);
+            json_array_append_new(br, rule_match(pat, "split", json_true()));
+            snprintf(pat, sizeof pat, "**/a%d.head%d/a%d.head%d.%c/**", L, n.idx, L, n.idx,
+                     "qkv"[n.comp]);
+        }
+        break;
+    default:
+        return npp_fail(e, NPP_EINVAL, "preset.node",
+                        "preset.node: \"%s\" cannot be patched; use emb, a{i}.head, "
+                        "a{i}.head{h}, a{i}.head{h}.q|k|v or f{i}.head",
+                        n.name);
+    }
+    if (pm)
+        json_array_append_new(wh, json_pack("{s:o,s:i}", "any", pm, "input", from));
+    else
+        json_array_append_new(wh, rule_match(pat, "input", json_integer(from)));
+    if (into)
+        json_array_append_new(wh, rule_match("**", "input", json_integer(into)));
+    return 0;
+}
+
+/* Path from a residual node down to a sender's output. */
+static int sender_path(const pnode *s, char *buf, size_t n)
+{
+    switch (s->kind) {
+    case G_EMB: return snprintf(buf, n, "emb"), 0;
+    case G_AHEAD: return snprintf(buf, n, "a%d/a%d.head", s->layer, s->layer), 0;
+    case G_HEAD:
+        return snprintf(buf, n, "a%d/a%d.head/a%d.head%d", s->layer, s->layer, s->layer, s->idx), 0;
+    case G_FHEAD: return snprintf(buf, n, "f%d/f%d.head", s->layer, s->layer), 0;
+    default: return -1;
+    }
+}
+
+/* Path patching (Wang et al. 2022), direct paths only: each receiver's
+ * input is the clean residual with the senders' outputs taken from input
+ * `from`, reaching it through the residual stream alone (every a{i}, f{i}
+ * split); everything else reads `into`, and everything downstream of the
+ * receivers recomputes. */
+static int preset_path(const job *j, json_t *p, json_t *br, json_t *wh, npp_err *e)
+{
+    static const char *const known[] = {"type", "senders", "receivers", "from", "into", NULL};
+    int from, into;
+    char f[64], pat[256], sp[96];
+    const graph_dims *g = &j->g;
+    json_t *snd = json_object_get(p, "senders"), *rcv = json_object_get(p, "receivers");
+    if (job_check_keys(p, "preset", known, e) || preset_from_into(p, j->n_inputs, &from, &into, e))
+        return NPP_EINVAL;
+    if (!json_is_array(snd) || !json_array_size(snd))
+        return npp_fail(e, NPP_EINVAL, "preset.senders",
+                        "preset.senders: a non-empty list of "
+                        "nodes (a{i}.head{h}, a{i}.head, f{i}.head or emb)");
+    if (!json_is_array(rcv) || !json_array_size(rcv))
+        return npp_fail(e, NPP_EINVAL, "preset.receivers",
+                        "preset.receivers: a non-empty list of "
+                        "nodes (ln_final, a{i}.head{h}[.q|.k|.v], a{i}.head or f{i}.head)");
+    /* Split every residual node so that direct paths exist. */
+    char *all = malloc((size_t)g->L * 16 + 16);
+    if (!all)
+        return npp_fail(e, NPP_ENOMEM, "preset", "out of memory");
+    int w = sprintf(all, "**/{");
+    for (int i = 0; i < g->L; i++)
+        w += sprintf(all + w, "%sa%d,f%d", i ? "," : "", i, i);
+    sprintf(all + w, "}");
+    json_array_append_new(br, rule_match(all, "split", json_true()));
+    free(all);
+    json_t *heads = json_array(); /* "split": "heads" at these layers */
+    int *heads_done = calloc((size_t)g->L, sizeof *heads_done);
+    pnode *S = calloc(json_array_size(snd), sizeof *S);
+    int rc = 0;
+    if (!heads_done || !S) {
+        rc = npp_fail(e, NPP_ENOMEM, "preset", "out of memory");
+        goto done;
+    }
+    for (size_t s = 0; s < json_array_size(snd); s++) {
+        snprintf(f, sizeof f, "preset.senders[%zu]", s);
+        if ((rc = preset_node(g, json_array_get(snd, s), f, &S[s], e)))
+            goto done;
+        if (sender_path(&S[s], sp, sizeof sp)) {
+            rc = npp_fail(e, NPP_EINVAL, f,
+                          "%s: \"%s\" cannot send; use a{i}.head{h}, "
+                          "a{i}.head, f{i}.head or emb",
+                          f, S[s].name);
+            goto done;
+        }
+        if (S[s].kind == G_HEAD && !heads_done[S[s].layer]++) {
+            snprintf(pat, sizeof pat, "**/a%d/a%d.head", S[s].layer, S[s].layer);
+            json_array_append_new(heads, json_string(pat));
+        }
+    }
+    for (size_t r = 0; r < json_array_size(rcv); r++) {
+        pnode R;
+        char rp[128];
+        snprintf(f, sizeof f, "preset.receivers[%zu]", r);
+        if ((rc = preset_node(g, json_array_get(rcv, r), f, &R, e)))
+            goto done;
+        int order = graph_stream_index(g, R.kind, R.layer);
+        switch (R.kind) {
+        case G_LN_FINAL: snprintf(rp, sizeof rp, "ln_final"); break;
+        case G_AHEAD: snprintf(rp, sizeof rp, "**/a%d/a%d.head", R.layer, R.layer); break;
+        case G_FHEAD: snprintf(rp, sizeof rp, "**/f%d/f%d.head", R.layer, R.layer); break;
+        case G_HEAD:
+        case G_Q:
+        case G_K:
+        case G_V:
+            if (!heads_done[R.layer]++) {
+                snprintf(pat, sizeof pat, "**/a%d/a%d.head", R.layer, R.layer);
+                json_array_append_new(heads, json_string(pat));
+            }
+            if (R.comp < 0) {
+                snprintf(rp, sizeof rp, "**/a%d.head/a%d.head%d", R.layer, R.layer, R.idx);
+            } else {
+                snprintf(pat, sizeof pat, "**/a%d.head/a%d.head%d", R.layer, R.layer, R.idx);
+                json_array_append_new(br, rule_match(pat, "split", json_true()));
+                snprintf(rp, sizeof rp, "**/a%d.head%d/a%d.head%d.%c", R.layer, R.idx, R.layer,
+                         R.idx, "qkv"[R.comp]);
+            }
+            break;
+        default:
+            rc = npp_fail(e, NPP_EINVAL, f,
+                          "%s: \"%s\" cannot receive; use ln_final, "
+                          "a{i}.head{h}[.q|.k|.v], a{i}.head or f{i}.head",
+                          f, R.name);
+            goto done;
+        }
+        for (size_t s = 0; s < json_array_size(snd); s++) {
+            if (graph_stream_index(g, S[s].kind, S[s].layer) >= order) {
+                rc = npp_fail(e, NPP_EINVAL, "preset.senders",
+                              "preset: sender \"%s\" is not upstream of receiver \"%s\"", S[s].name,
+                              R.name);
+                goto done;
+            }
+            sender_path(&S[s], sp, sizeof sp);
+            snprintf(pat, sizeof pat, "%s/%s/**", rp, sp);
+            if (S[s].kind == G_EMB)
+                snprintf(pat, sizeof pat, "%s/emb", rp);
+            json_array_append_new(wh, rule_match(pat, "input", json_integer(from)));
+        }
+    }
+    if (json_array_size(heads))
+        json_array_append_new(br, json_pack("{s:O,s:s}", "any", heads, "split", "heads"));
+    if (into)
+        json_array_append_new(wh, rule_match("**", "input", json_integer(into)));
+done:
+    json_decref(heads);
+    free(heads_done);
+    free(S);
+    return rc;
+}
+
+/* ---- the table -------------------------------------------------------------- */
+
+static const preset_def PRESETS[] = {
+    {"activation_patch", preset_activation,
+     "one node's value from input `from`, all else from `into`; downstream recomputes"},
+    {"path_patch", preset_path,
+     "direct paths from senders to receivers read `from` (Wang et al. 2022), all else `into`"},
+};
+
+#define NPRESETS (int)(sizeof PRESETS / sizeof PRESETS[0])
+
+const preset_def *preset_find(const char *name)
+{
+    for (int i = 0; name && i < NPRESETS; i++)
+        if (!strcmp(PRESETS[i].name, name))
+            return &PRESETS[i];
+    return NULL;
+}
+
+int preset_compile(const job *j, json_t *p, json_t **br, json_t **wh, npp_err *e)
+{
+    *br = *wh = NULL;
+    if (!json_is_object(p))
+        return npp_fail(e, NPP_EINVAL, "preset", "preset: must be an object with a \"type\"");
+    json_t *t = json_object_get(p, "type");
+    const char *ty = json_is_string(t) ? json_string_value(t) : "";
+    const preset_def *d = preset_find(ty);
+    if (!d) {
+        char names[256];
+        size_t w = 0;
+        names[0] = 0;
+        for (int i = 0; i < NPRESETS && w < sizeof names; i++)
+            w += (size_t)snprintf(names + w, sizeof names - w, "%s%s", i ? ", " : "",
+                                  PRESETS[i].name);
+        return npp_fail(e, NPP_EINVAL, "preset.type", "preset.type: \"%s\" is not a preset (%s)",
+                        ty, names);
+    }
+    *br = json_array(), *wh = json_array();
+    return d->compile(j, p, *br, *wh, e);
+}

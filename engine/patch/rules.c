@@ -1,0 +1,296 @@
+/* rules.c - parsing and evaluating rule lists; see rules.h. */
+#include "patch/rules.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { M_GLOB, M_ANY, M_ALL } mkind;
+
+typedef struct matcher {
+    mkind kind;
+    int negate;
+    int glob; /* index into ruleset.globs (M_GLOB) */
+    struct matcher *kids;
+    int nkids;
+} matcher;
+
+typedef struct {
+    matcher m;
+    int value;
+} rule;
+
+struct ruleset {
+    glob **globs;
+    int *base; /* first state word of each glob */
+    int nglobs, capglobs, nwords;
+    rule *branch, *which;
+    int nbranch, nwhich;
+};
+
+static int add_glob(ruleset *r, const char *pat, glob_ctx *g, const char *field, npp_err *e)
+{
+    char msg[512];
+    glob *gl;
+    if (glob_compile(pat, g, &gl, msg, sizeof msg))
+        return npp_fail(e, NPP_EINVAL, field, "%s: %s", field, msg);
+    if (r->nwords + glob_nalts(gl) > RULES_MAX_ALTS) {
+        glob_free(gl);
+        return npp_fail(e, NPP_EINVAL, field,
+                        "%s: the rules have more than %d pattern alternatives in all (after "
+                        "expanding {...}); every alternative is state the planner carries at "
+                        "every node, so use fewer or simpler patterns",
+                        field, RULES_MAX_ALTS);
+    }
+    if (r->nglobs == r->capglobs) {
+        int c = r->capglobs ? 2 * r->capglobs : 16;
+        glob **gs = realloc(r->globs, (size_t)c * sizeof *gs);
+        int *b = gs ? realloc(r->base, (size_t)c * sizeof *b) : NULL;
+        if (gs)
+            r->globs = gs;
+        if (!gs || !b) {
+            glob_free(gl);
+            return npp_fail(e, NPP_ENOMEM, field, "out of memory");
+        }
+        r->base = b, r->capglobs = c;
+    }
+    r->globs[r->nglobs] = gl;
+    r->base[r->nglobs] = r->nwords;
+    r->nwords += glob_nalts(gl);
+    return r->nglobs++;
+}
+
+static int parse_matcher(ruleset *r, json_t *j, glob_ctx *g, const char *field, matcher *m,
+                         npp_err *e)
+{
+    char f[160];
+    memset(m, 0, sizeof *m);
+    if (json_is_string(j)) {
+        m->kind = M_GLOB;
+        m->glob = add_glob(r, json_string_value(j), g, field, e);
+        return m->glob < 0 ? -1 : 0;
+    }
+    if (!json_is_object(j))
+        return npp_fail(e, NPP_EINVAL, field,
+                        "%s: expected a glob string or an object with "
+                        "\"match\", \"any\" or \"all\"",
+                        field);
+    json_t *jm = json_object_get(j, "match"), *jany = json_object_get(j, "any"),
+           *jall = json_object_get(j, "all"), *jnot = json_object_get(j, "not");
+    if (!!jm + !!jany + !!jall != 1)
+        return npp_fail(e, NPP_EINVAL, field, "%s: give exactly one of \"match\", \"any\", \"all\"",
+                        field);
+    if (jnot && !json_is_boolean(jnot))
+        return npp_fail(e, NPP_EINVAL, field, "%s.not: must be true or false", field);
+    m->negate = jnot && json_is_true(jnot);
+    if (jm) {
+        snprintf(f, sizeof f, "%s.match", field);
+        if (!json_is_string(jm))
+            return npp_fail(e, NPP_EINVAL, f, "%s: must be a glob string", f);
+        m->kind = M_GLOB;
+        m->glob = add_glob(r, json_string_value(jm), g, f, e);
+        return m->glob < 0 ? -1 : 0;
+    }
+    json_t *arr = jany ? jany : jall;
+    const char *name = jany ? "any" : "all";
+    m->kind = jany ? M_ANY : M_ALL;
+    if (!json_is_array(arr) || json_array_size(arr) == 0)
+        return npp_fail(e, NPP_EINVAL, field, "%s.%s: must be a non-empty array", field, name);
+    m->nkids = (int)json_array_size(arr);
+    if (!(m->kids = calloc((size_t)m->nkids, sizeof *m->kids)))
+        return npp_fail(e, NPP_ENOMEM, field, "out of memory");
+    for (int i = 0; i < m->nkids; i++) {
+        snprintf(f, sizeof f, "%s.%s[%d]", field, name, i);
+        if (parse_matcher(r, json_array_get(arr, (size_t)i), g, f, &m->kids[i], e))
+            return -1;
+    }
+    return 0;
+}
+
+static void matcher_free(matcher *m)
+{
+    for (int i = 0; i < m->nkids; i++)
+        matcher_free(&m->kids[i]);
+    free(m->kids);
+}
+
+static int parse_value(json_t *j, int is_branch, int n_inputs, const char *field, int *out,
+                       npp_err *e)
+{
+    char f[160];
+    if (is_branch) {
+        json_t *v = json_object_get(j, "split");
+        snprintf(f, sizeof f, "%s.split", field);
+        if (json_object_get(j, "input"))
+            return npp_fail(e, NPP_EINVAL, field, "%s: \"input\" belongs in a which rule", field);
+        if (!v)
+            return npp_fail(e, NPP_EINVAL, f,
+                            "%s: missing (true, false, \"heads\" or "
+                            "\"positions\")",
+                            f);
+        if (json_is_boolean(v))
+            *out = json_is_true(v) ? SPLIT_YES : SPLIT_NO;
+        else if (json_is_string(v) && !strcmp(json_string_value(v), "heads"))
+            *out = SPLIT_HEADS;
+        else if (json_is_string(v) && !strcmp(json_string_value(v), "positions"))
+            *out = SPLIT_POSITIONS;
+        else
+            return npp_fail(e, NPP_EINVAL, f,
+                            "%s: must be true, false, \"heads\" or "
+                            "\"positions\"",
+                            f);
+        return 0;
+    }
+    json_t *v = json_object_get(j, "input");
+    snprintf(f, sizeof f, "%s.input", field);
+    if (json_object_get(j, "split"))
+        return npp_fail(e, NPP_EINVAL, field, "%s: \"split\" belongs in a branch rule", field);
+    if (!v)
+        return npp_fail(e, NPP_EINVAL, f, "%s: missing (the index of an input)", f);
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= n_inputs)
+        return npp_fail(e, NPP_EINVAL, f, "%s: must be an input index in 0..%d", f, n_inputs - 1);
+    *out = (int)json_integer_value(v);
+    return 0;
+}
+
+static int parse_list(ruleset *r, json_t *list, int is_branch, glob_ctx *g, int n_inputs,
+                      rule **out, int *n, npp_err *e)
+{
+    const char *name = is_branch ? "branch" : "which";
+    char f[64];
+    if (!list || json_is_null(list))
+        return 0;
+    if (!json_is_array(list))
+        return npp_fail(e, NPP_EINVAL, name, "%s: must be an array of rules", name);
+    *n = 0;
+    if (!(*out = calloc(json_array_size(list) + 1, sizeof **out)))
+        return npp_fail(e, NPP_ENOMEM, name, "out of memory");
+    for (size_t i = 0; i < json_array_size(list); i++) {
+        json_t *j = json_array_get(list, i);
+        snprintf(f, sizeof f, "%s[%zu]", name, i);
+        if (!json_is_object(j))
+            return npp_fail(e, NPP_EINVAL, f, "%s: a rule must be an object", f);
+        const char *k;
+        json_t *v;
+        json_object_foreach(j, k, v)
+        {
+            static const char *known[] = {"match", "any",   "all",    "not",
+                                          "split", "input", "comment"};
+            int ok = 0;
+            for (size_t q = 0; q < sizeof known / sizeof known[0]; q++)
+                ok |= !strcmp(k, known[q]);
+            if (!ok)
+                return npp_fail(e, NPP_EINVAL, f, "%s: unknown key \"%s\"", f, k);
+        }
+        rule *ru = &(*out)[(*n)++];
+        if (parse_matcher(r, j, g, f, &ru->m, e) ||
+            parse_value(j, is_branch, n_inputs, f, &ru->value, e))
+            return -1;
+    }
+    return 0;
+}
+
+int rules_parse(json_t *branch, json_t *which, glob_ctx *g, int n_inputs, ruleset **out, npp_err *e)
+{
+    ruleset *r = calloc(1, sizeof *r);
+    *out = NULL;
+    if (!r)
+        return npp_fail(e, NPP_ENOMEM, "branch", "out of memory");
+    if (parse_list(r, branch, 1, g, n_inputs, &r->branch, &r->nbranch, e) ||
+        parse_list(r, which, 0, g, n_inputs, &r->which, &r->nwhich, e)) {
+        rules_free(r);
+        return e && e->code ? e->code : NPP_EINVAL;
+    }
+    *out = r;
+    return 0;
+}
+
+void rules_free(ruleset *r)
+{
+    if (!r)
+        return;
+    for (int i = 0; i < r->nbranch; i++)
+        matcher_free(&r->branch[i].m);
+    for (int i = 0; i < r->nwhich; i++)
+        matcher_free(&r->which[i].m);
+    free(r->branch);
+    free(r->which);
+    for (int i = 0; i < r->nglobs; i++)
+        glob_free(r->globs[i]);
+    free(r->globs);
+    free(r->base);
+    free(r);
+}
+
+int rules_state_words(const ruleset *r)
+{
+    return r->nwords;
+}
+
+void rules_start(const ruleset *r, uint64_t *s)
+{
+    for (int g = 0; g < r->nglobs; g++)
+        for (int a = 0; a < glob_nalts(r->globs[g]); a++)
+            s[r->base[g] + a] = glob_start(r->globs[g], a);
+}
+
+void rules_step(const ruleset *r, const uint64_t *in, int sym, uint64_t *out)
+{
+    for (int g = 0; g < r->nglobs; g++)
+        for (int a = 0; a < glob_nalts(r->globs[g]); a++)
+            out[r->base[g] + a] = glob_step(r->globs[g], a, in[r->base[g] + a], sym);
+}
+
+static int glob_matches(const ruleset *r, int g, const uint64_t *s)
+{
+    for (int a = 0; a < glob_nalts(r->globs[g]); a++)
+        if (glob_accepts(r->globs[g], a, s[r->base[g] + a]))
+            return 1;
+    return 0;
+}
+
+static int eval(const ruleset *r, const matcher *m, const uint64_t *s)
+{
+    int v;
+    if (m->kind == M_GLOB) {
+        v = glob_matches(r, m->glob, s);
+    } else {
+        v = m->kind == M_ALL;
+        for (int i = 0; i < m->nkids; i++) {
+            int k = eval(r, &m->kids[i], s);
+            if (m->kind == M_ANY && k) {
+                v = 1;
+                break;
+            }
+            if (m->kind == M_ALL && !k) {
+                v = 0;
+                break;
+            }
+        }
+    }
+    return v != m->negate;
+}
+
+static int first(const ruleset *r, const rule *rs, int n, const uint64_t *s, int *idx)
+{
+    for (int i = 0; i < n; i++) {
+        if (eval(r, &rs[i].m, s)) {
+            if (idx)
+                *idx = i;
+            return rs[i].value;
+        }
+    }
+    if (idx)
+        *idx = -1;
+    return 0;
+}
+
+int rules_branch(const ruleset *r, const uint64_t *s, int *idx)
+{
+    return first(r, r->branch, r->nbranch, s, idx);
+}
+
+int rules_which(const ruleset *r, const uint64_t *s, int *idx)
+{
+    return first(r, r->which, r->nwhich, s, idx);
+}

@@ -1,0 +1,51 @@
+// rules.h - `branch` and `which` as data: ordered rule lists whose path
+// globs are walked as automata (DESIGN.md section 3).
+//
+// JSON form of a rule (first match wins; defaults split false, input 0):
+//   {"match": "**/a1", "split": true}
+//   {"any": ["**/a1/**", {"match": "**/f0/**"}], "not": true, "input": 1}
+//   {"all": [...], "split": "heads"}
+// A matcher is a glob string, or an object with exactly one of "match",
+// "any", "all", and optional "not". Split values: false, true, "heads",
+// "positions"; which values: "input": index of an input.
+//
+// The walk state is a vector of uint64 (one per glob alternative, see
+// glob.h); rules_step advances it by one name. Everything a traversal
+// decides below a node depends only on (node, state), which is what the
+// planner memoises on.
+#ifndef NPP_RULES_H
+#define NPP_RULES_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "base/err.h"
+#include "patch/glob.h"
+
+enum { SPLIT_NO = 0, SPLIT_YES = 1, SPLIT_HEADS = 2, SPLIT_POSITIONS = 3 };
+
+typedef struct ruleset ruleset;
+
+/* At most this many glob alternatives in one rule set (the words of a
+ * walk state). */
+#define RULES_MAX_ALTS 1024
+
+/* Parses both lists (either may be NULL = empty), compiling the globs in
+ * gc (the job's context: see glob.h). n_inputs bounds "input". Error
+ * fields look like "branch[2].match". *out is new. */
+int rules_parse(json_t *branch, json_t *which, glob_ctx *gc, int n_inputs, ruleset **out,
+                npp_err *e);
+void rules_free(ruleset *r);
+
+/* Number of uint64 words in a walk state. */
+int rules_state_words(const ruleset *r);
+/* Initial state (before ln_final). */
+void rules_start(const ruleset *r, uint64_t *state);
+/* out = state after one more name (out may equal in). */
+void rules_step(const ruleset *r, const uint64_t *in, int sym, uint64_t *out);
+/* Decisions at the path walked so far: the first matching rule's value,
+ * else the default. *rule_idx (if not NULL) gets the deciding rule or -1. */
+int rules_branch(const ruleset *r, const uint64_t *state, int *rule_idx);
+int rules_which(const ruleset *r, const uint64_t *state, int *rule_idx);
+
+#endif

@@ -1,0 +1,200 @@
+/* run.c - a job end to end; see run.h: parse and plan (patch/, compute/),
+ * estimate (compute/exec_estimate for the executor, output/result for the
+ * outputs), execute (compute/exec), and build the result (output/result). */
+#include "run/run.h"
+
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+void run_malloc_setup(void)
+{
+    mallopt(M_MMAP_THRESHOLD, 256 << 10);
+    mallopt(M_TRIM_THRESHOLD, 4 << 20);
+}
+
+long run_path_nodes(const run_output *r)
+{
+    long n = r->plan.nn;
+    for (int i = 0; i < r->nvplans; i++)
+        n += r->vplans[i].nn;
+    return n;
+}
+
+#define JOB_OVERHEAD (4u << 20) /* the job's structures, code and allocator slack */
+
+/* Fills r->est from the plans (run_prepare, after planning). */
+static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e)
+{
+    const job *j = r->job;
+    run_estimate *est = &r->est;
+    exec_estimate_t ex;
+    result_size rs;
+    size_t chunk = o->chunk_bytes ? o->chunk_bytes : EXEC_CHUNK_BYTES;
+    int rc = exec_estimate(&r->plan, r->roots, r->nroots, chunk, &ex, e);
+    if (rc)
+        return rc;
+    est->plan_bytes = plan_bytes(&r->plan) + JOB_OVERHEAD +
+                      (size_t)j->n_inputs * (size_t)j->B * (size_t)j->T * sizeof *j->ids;
+    for (int i = 0; i < r->nvplans; i++)
+        est->plan_bytes += plan_bytes(&r->vplans[i]);
+    est->exec_bytes = ex.peak_bytes;
+    est->chunks = ex.chunks;
+    result_estimate(m, j, ex.value_bytes, (size_t)r->plan.nv, &rs);
+    est->output_bytes = ex.end_bytes + rs.peak_bytes;
+    /* 5% for what the allocator rounds up and cannot hand back at once */
+    size_t work = est->exec_bytes > est->output_bytes ? est->exec_bytes : est->output_bytes;
+    est->peak_bytes = est->plan_bytes + work + work / 20;
+    est->result_bytes = rs.text_bytes;
+    /* the field behind the largest part of the peak */
+    const char *f = j->nvar > 1 ? "sweep" : "inputs";
+    size_t big = ex.peak_bytes;
+    if (est->plan_bytes > big)
+        big = est->plan_bytes, f = j->nvar ? "sweep" : "branch";
+    if (rs.largest_bytes > big)
+        f = rs.largest_field;
+    est->peak_field = f;
+    est->result_field = rs.text_field;
+    return 0;
+}
+
+int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out, npp_err *e)
+{
+    int rc;
+    job_limits lim = {o->max_values};
+    *out = NULL;
+    run_output *r = calloc(1, sizeof *r);
+    if (!r)
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    double t0 = now_ms();
+    if ((rc = job_parse(m, doc, &lim, &r->job, e)))
+        goto fail;
+    job *j = r->job;
+    int npatched = j->nvar ? j->nvar : 1;
+    /* the job's bounds on planning, shared by its variants */
+    size_t max_bytes = o->max_plan_bytes ? o->max_plan_bytes : PLAN_MAX_BYTES, used_bytes = 0;
+    size_t used_nodes = 0;
+    double deadline = o->plan_seconds > 0 ? t0 + o->plan_seconds * 1e3 : 0;
+    plan_init(&r->plan, m, j->n_inputs, j->B, j->T, j->ids, j->max_values);
+    r->plan.max_bytes = max_bytes, r->plan.cancel = o->cancel;
+    r->plan.plan_seconds = o->plan_seconds, r->plan.deadline_ms = deadline;
+    r->roots = malloc((size_t)(npatched + 1 + j->n_inputs) * sizeof *r->roots);
+    r->vplans = j->nvar ? calloc((size_t)j->nvar, sizeof *r->vplans) : NULL;
+    if (!r->roots || (j->nvar && !r->vplans)) {
+        rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
+        goto fail;
+    }
+    if (!j->nvar && (rc = plan_patched(&r->plan, j->rules, &r->roots[r->nroots++], e)))
+        goto fail;
+    /* a sweep: each variant planned alone (its path tree), then merged */
+    for (int i = 0; i < j->nvar; i++) {
+        int32_t root;
+        plan *vp = &r->vplans[i];
+        plan_init(vp, m, j->n_inputs, j->B, j->T, j->ids, j->max_values);
+        r->nvplans++;
+        used_bytes += i ? plan_bytes(&r->vplans[i - 1]) : 0;
+        used_nodes += i ? (size_t)r->vplans[i - 1].nn : 0;
+        if (used_nodes >= PLAN_MAX_NODES || used_bytes >= max_bytes) {
+            rc = npp_fail(e, NPP_ELIMIT, "sweep",
+                          "sweep[%d]: the variants before it already plan %zu path nodes and "
+                          "%zu MiB; the limits are %d nodes and %zu MiB for a job",
+                          i, used_nodes, used_bytes >> 20, PLAN_MAX_NODES, max_bytes >> 20);
+            goto fail;
+        }
+        vp->max_nodes = PLAN_MAX_NODES - used_nodes;
+        vp->max_bytes = max_bytes - used_bytes;
+        vp->cancel = o->cancel, vp->plan_seconds = o->plan_seconds, vp->deadline_ms = deadline;
+        if ((rc = plan_patched(vp, j->var[i].rules, &root, e)) ||
+            (rc = plan_merge(&r->plan, vp, root, &r->roots[r->nroots++], e)))
+            goto fail;
+    }
+    if (j->metric && j->metric->needs_ref &&
+        (r->roots[r->nroots++] = plan_plain(&r->plan, 0, e)) < 0)
+        goto fail_rc;
+    for (int k = 0; j->want_baselines && k < j->n_inputs; k++)
+        if ((r->roots[r->nroots++] = plan_plain(&r->plan, k, e)) < 0)
+            goto fail_rc;
+    if ((rc = estimate(m, r, o, e)))
+        goto fail;
+    r->plan_ms = now_ms() - t0;
+    *out = r;
+    return 0;
+fail_rc:
+    rc = e && e->code ? e->code : NPP_ENOMEM;
+fail:
+    run_output_free(r);
+    return rc;
+}
+
+static json_t *stats_json(const run_output *r, double exec_ms)
+{
+    return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f}", "values_planned",
+                     (json_int_t)r->stats.planned, "values_needed", (json_int_t)r->stats.needed,
+                     "values_computed", (json_int_t)r->stats.computed, "values_cached",
+                     (json_int_t)r->stats.cached, "values_waited", (json_int_t)r->stats.waited,
+                     "batches", (json_int_t)r->stats.batches, "path_nodes",
+                     (json_int_t)run_path_nodes(r), "plan_ms", r->plan_ms, "exec_ms", exec_ms);
+}
+
+int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
+{
+    int rc;
+    json_t *trace = r->job->want_trace ? json_array() : NULL;
+    shim_tensor **hs = calloc((size_t)r->nroots, sizeof *hs);
+    if (!hs) {
+        json_decref(trace);
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    }
+    double t1 = now_ms();
+    exec_opts eo = {o->cancel, o->progress, o->ud, trace,
+                    o->chunk_bytes ? o->chunk_bytes : EXEC_CHUNK_BYTES};
+    if ((rc = exec_run(&r->plan, o->cache, r->roots, r->nroots, hs, &eo, &r->stats, e)) == 0) {
+        result_opts ro = {m, r->job, o->npy_dir, o->model_name, o->cancel};
+        json_t *stats = stats_json(r, now_ms() - t1);
+        rc = result_build(&ro, hs, r->nroots, stats, trace, &r->result, e);
+        json_decref(stats);
+    }
+    for (int i = 0; i < r->nroots; i++)
+        shim_free(hs[i]);
+    free(hs);
+    json_decref(trace);
+    return rc;
+}
+
+int run_job(const model *m, json_t *doc, const run_opts *o, run_output **out, npp_err *e)
+{
+    int rc = run_prepare(m, doc, o, out, e);
+    if (!rc && (rc = run_execute(m, *out, o, e))) {
+        run_output_free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+const plan *run_tree(const run_output *r, int variant)
+{
+    return r->nvplans ? &r->vplans[variant] : &r->plan;
+}
+
+void run_output_free(run_output *r)
+{
+    if (!r)
+        return;
+    json_decref(r->result);
+    plan_free(&r->plan);
+    for (int i = 0; i < r->nvplans; i++)
+        plan_free(&r->vplans[i]);
+    free(r->vplans);
+    free(r->roots);
+    job_free(r->job);
+    free(r);
+}

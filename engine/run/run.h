@@ -1,0 +1,87 @@
+/* run.h - one job end to end, the engine's top layer: parse the document
+ * and compile its rules (patch/), plan it and estimate its memory
+ * (compute/, output/result), execute it against a cache (compute/exec), and
+ * build the result document (output/result.h describes it). This is what
+ * `npp run` does in-process and what the service's workers call.
+ *
+ *     run_opts o = {.cache = c};
+ *     run_output *r;
+ *     if (run_job(m, doc, &o, &r, &err)) { report err.field, err.message }
+ *     print(r->result); ... svg_render(run_tree(r, 0), r->job, ...) ...
+ *     run_output_free(r); */
+#ifndef NPP_RUN_H
+#define NPP_RUN_H
+
+#include <jansson.h>
+
+#include "compute/cache.h"
+#include "compute/exec.h"
+#include "compute/plan.h"
+#include "model/model.h"
+#include "output/result.h"
+#include "patch/job.h"
+
+typedef struct {
+    cache *cache;               /* required by run_execute */
+    const volatile int *cancel; /* optional: planning, execution and outputs stop */
+    void (*progress)(void *ud, long done, long total);
+    void *ud;
+    size_t max_values;      /* ceiling for limits.max_values; 0: 50000 */
+    const char *npy_dir;    /* write tensors as .npy files there */
+    const char *model_name; /* shown in the result */
+    size_t chunk_bytes;     /* the executor's chunk budget (exec.h); 0: EXEC_CHUNK_BYTES */
+    size_t max_plan_bytes;  /* planning memory; 0: PLAN_MAX_BYTES */
+    double plan_seconds;    /* planning time; 0: no limit */
+} run_opts;
+
+/* What a job will hold and return, estimated from its plan before any
+ * compute (run_prepare fills it). Upper bounds: the executor's schedule
+ * simulated as if the cache held nothing (exec_estimate), then every
+ * output built as run_execute builds it, one patched run after another. */
+typedef struct {
+    size_t plan_bytes;   /* the plans, the job's token ids and rules */
+    size_t exec_bytes;   /* the executor's high-water mark */
+    size_t output_bytes; /* while the result is built: roots, logits, host copies, JSON */
+    size_t peak_bytes;   /* the job's high-water mark: plan + max(exec, outputs) */
+    size_t result_bytes; /* the result document as compact JSON */
+    /* the job's field that contributes most to each ("inputs", "sweep",
+     * "outputs.logits", ...; static strings) */
+    const char *peak_field, *result_field;
+    long chunks; /* tensor calls for attention and MLP, at the chunk budget */
+} run_estimate;
+
+typedef struct {
+    json_t *result; /* new reference (after run_execute) */
+    job *job;
+    plan plan;    /* kept for the SVG (a sweep's: the union of its variants' values) */
+    plan *vplans; /* a sweep: each variant's own plan (its path tree); nvplans */
+    int nvplans;
+    exec_stats stats;
+    int32_t *roots; /* patched (one per variant in a sweep), [KL reference], [baselines] */
+    int nroots;
+    double plan_ms;
+    run_estimate est;
+} run_output;
+
+int run_job(const model *m, json_t *doc, const run_opts *o, run_output **out, npp_err *e);
+
+/* The same in two steps, so that a service can refuse a bad job before
+ * queueing it: run_prepare parses and plans (cheap; any refusal is the
+ * job's fault), run_execute computes and builds r->result. Each call's
+ * opts may differ (the cache and the cancel flag are used by run_execute).
+ * run_total gives the number of values the plan holds (progress total). */
+int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out, npp_err *e);
+int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e);
+void run_output_free(run_output *r);
+/* The plan whose path tree to draw: the job's, or a sweep's variant
+ * (0 <= variant < job->nvar). */
+const plan *run_tree(const run_output *r, int variant);
+/* The path tree's size in nodes (a sweep's: its variants' together). */
+long run_path_nodes(const run_output *r);
+
+/* Makes freed tensor memory go back to the system at once (glibc: a fixed
+ * mmap threshold of 256 KiB instead of the adaptive one), so that a
+ * process's RSS follows what its jobs hold. Call once at start-up. */
+void run_malloc_setup(void);
+
+#endif
