@@ -674,41 +674,51 @@ fail:
 
 /* ---- main -------------------------------------------------------------- */
 
-static const char MAIN_HELP[] =
-    "usage: npp COMMAND [options]\n"
-    "commands:\n"
-    "  make-model   write a random GPT-2 checkpoint in HuggingFace's layout\n"
-    "  tokenize     print GPT-2 token ids of a text\n"
-    "  forward      next-token predictions of a text (and all logits as .npy)\n"
-    "  version      print versions\n"
-    "'npp COMMAND --help' describes each command.\n";
+static int cmd_version(int argc, char **argv)
+{
+    (void)argc, (void)argv;
+    printf("npp %s (libtorch %s, %d CUDA device(s))\n", NPP_VERSION, shim_torch_version(),
+           shim_cuda_device_count());
+    return 0;
+}
+
+/* Every command once: `npp --help` and the dispatch both read this. */
+static const struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *summary;
+} COMMANDS[] = {
+    {"make-model", cmd_make_model, "write a random GPT-2 checkpoint in HuggingFace's layout"},
+    {"tokenize", cmd_tokenize, "print GPT-2 token ids of a text"},
+    {"forward", cmd_forward, "next-token predictions of a text (and all logits as .npy)"},
+    {"run", cmd_run, "run a path-patching job in-process and print its result"},
+    {"plan", cmd_plan, "plan jobs without computing: sizes, time, memory estimate"},
+    {"version", cmd_version, "print versions"},
+};
+
+static void main_help(FILE *f)
+{
+    fprintf(f, "usage: npp COMMAND [options]\ncommands:\n");
+    for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
+        fprintf(f, "  %-12s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
+    fprintf(f, "'npp COMMAND --help' describes each command.\n");
+}
 
 int main(int argc, char **argv)
 {
     run_malloc_setup();
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        fputs(MAIN_HELP, argc < 2 ? stderr : stdout);
+        main_help(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
     argv[1] = argv[0];
     argc--, argv++;
     optind = 1;
-    if (!strcmp(cmd, "make-model"))
-        return cmd_make_model(argc, argv);
-    if (!strcmp(cmd, "tokenize"))
-        return cmd_tokenize(argc, argv);
-    if (!strcmp(cmd, "forward"))
-        return cmd_forward(argc, argv);
-    if (!strcmp(cmd, "run"))
-        return cmd_run(argc, argv);
-    if (!strcmp(cmd, "plan"))
-        return cmd_plan(argc, argv);
-    if (!strcmp(cmd, "version")) {
-        printf("npp %s (libtorch %s, %d CUDA device(s))\n", NPP_VERSION, shim_torch_version(),
-               shim_cuda_device_count());
-        return 0;
-    }
-    fprintf(stderr, "%s: unknown command '%s'\n%s", prog, cmd, MAIN_HELP);
+    for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
+        if (!strcmp(cmd, COMMANDS[i].name))
+            return COMMANDS[i].fn(argc, argv);
+    fprintf(stderr, "%s: unknown command '%s'\n", prog, cmd);
+    main_help(stderr);
     return 2;
 }

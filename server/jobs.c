@@ -24,6 +24,10 @@ int jstate_parse(const char *name)
     return -1;
 }
 
+/* The latency histogram's bucket bounds, seconds (metrics.c prints them). */
+const double srv_lat_bounds[SRV_LAT_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                                1,     2.5,  5,     10,   30,  60,   300};
+
 /* ---- the table ----------------------------------------------------------------- */
 
 static unsigned bucket(const char *id)
@@ -142,16 +146,14 @@ void job_notify(sjob *j)
 
 void job_finish(sjob *j, jstate st)
 {
-    static const double bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                                    1,     2.5,  5,     10,   30,  60,   300};
     j->state = st;
     j->ended = srv_wall();
     j->expires = j->ended + S.result_ttl;
     S.jobs_total[st]++;
     double lat = srv_now() - j->t_submit;
     if (j->t_submit > 0) { /* not for a job recovered at start-up */
-        for (size_t i = 0; i < sizeof bounds / sizeof bounds[0]; i++)
-            if (lat <= bounds[i])
+        for (int i = 0; i < SRV_LAT_BUCKETS; i++)
+            if (lat <= srv_lat_bounds[i])
                 S.lat_bucket[i]++;
         S.lat_count++;
         S.lat_sum += lat;
@@ -251,4 +253,66 @@ json_t *jobs_list(const char *user, int admin)
     }
     free(v);
     return arr;
+}
+
+/* ---- jobs whose store rows change after S.mu is released ----------------------- */
+
+/* Keeps a reference to j (caller holds S.mu). */
+void joblist_add(joblist *l, sjob *j)
+{
+    if (l->n == l->cap) {
+        int c = l->cap ? 2 * l->cap : 16;
+        sjob **v = realloc(l->v, (size_t)c * sizeof *v);
+        if (!v)
+            return; /* the store keeps the old state; recovery sorts it out */
+        l->v = v, l->cap = c;
+    }
+    job_ref(j);
+    l->v[l->n++] = j;
+}
+
+/* Writes each job's final state to the store (S.mu not held), then drops
+ * the references. */
+void joblist_store(joblist *l, int (*write)(const sjob *))
+{
+    for (int i = 0; i < l->n; i++)
+        write(l->v[i]);
+    pthread_mutex_lock(&S.mu);
+    for (int i = 0; i < l->n; i++)
+        job_unref(l->v[i]);
+    pthread_mutex_unlock(&S.mu);
+    free(l->v);
+    *l = (joblist){0};
+}
+
+/* ---- results on disk ------------------------------------------------------------ */
+
+/* Removes the oldest results until the stored ones fit --results-disk-mb
+ * (caller holds S.mu); the jobs whose files go are added to gone. */
+void bound_results(joblist *gone)
+{
+    size_t limit = (size_t)S.results_disk_mb << 20;
+    while (S.results_disk > limit) {
+        sjob *old = NULL;
+        for (size_t b = 0; b < sizeof S.table / sizeof S.table[0]; b++)
+            for (sjob *j = S.table[b]; j; j = j->next)
+                if (j->state == J_DONE && !j->result_gone && (!old || j->ended < old->ended))
+                    old = j;
+        if (!old)
+            break;
+        old->result_gone = 1;
+        S.results_disk -= old->result_bytes;
+        S.results_evicted++;
+        joblist_add(gone, old);
+    }
+}
+
+int job_store_gone(const sjob *j)
+{
+    return store_result_gone(j->id);
+}
+
+int job_store_forget(const sjob *j)
+{
+    return store_forget(j->id);
 }

@@ -57,7 +57,7 @@ static const option_def OPTS[] = {
      1 << 24},
     {"memory-mb", "NPP_MEMORY_MB", "N",
      "memory for running jobs and the caches, MiB (jobs start while their estimates fit; "
-     "default: half the machine's memory)",
+     "the default is half the machine's memory)",
      T_LONG, &S.memory_mb, 1, 1 << 26},
     {"max-job-mb", "NPP_MAX_JOB_MB", "N",
      "a job whose estimated peak memory is larger is refused (422), MiB", T_LONG, &S.max_job_mb, 1,
@@ -162,6 +162,47 @@ static void wrapped(FILE *f, const char *text, int col)
         if (*p)
             fprintf(f, "%28s", "");
         col = 28;
+    }
+}
+
+static void md_cell(FILE *f, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '|')
+            fputc('\\', f);
+        fputc(*s, f);
+    }
+}
+
+/* The options as the Markdown table docs/server.md holds (a test checks
+ * that it does): nppd --help-markdown. Computed defaults are described. */
+static void help_markdown(FILE *f)
+{
+    fprintf(f, "| flag | variable | default | what |\n| --- | --- | --- | --- |\n");
+    for (int i = 0; i < NOPTS; i++) {
+        const option_def *o = &OPTS[i];
+        char def[160];
+        default_text(o, def, sizeof def);
+        const char *d = def;
+        if (o->dst == &S.memory_mb)
+            d = " (half the machine's memory)";
+        else if (o->dst == &S.max_job_mb)
+            d = " (what --memory-mb leaves after the caches)";
+        else if (o->type == T_FLAG)
+            d = " (off)";
+        else if (o->type == T_MODEL)
+            d = " (default=models/induction)";
+        else if (!def[0])
+            d = " (none)";
+        /* " (x)" -> "x"; a "|" in a cell would end it */
+        fprintf(f, "| `--%s", o->flag);
+        if (o->arg) {
+            fputc(' ', f);
+            md_cell(f, o->arg);
+        }
+        fprintf(f, "` | `%s` | %.*s | ", o->env, (int)strlen(d) - 3, d + 2);
+        md_cell(f, o->help);
+        fprintf(f, " |\n");
     }
 }
 
@@ -270,11 +311,12 @@ static void load_tokens(const char *path)
 
 static void parse_options(int argc, char **argv)
 {
-    struct option lo[NOPTS + 2];
+    struct option lo[NOPTS + 3];
     for (int i = 0; i < NOPTS; i++)
         lo[i] = (struct option){OPTS[i].flag, OPTS[i].type == T_FLAG ? 0 : 1, 0, 256 + i};
     lo[NOPTS] = (struct option){"help", 0, 0, 'h'};
-    lo[NOPTS + 1] = (struct option){0, 0, 0, 0};
+    lo[NOPTS + 1] = (struct option){"help-markdown", 0, 0, 'M'};
+    lo[NOPTS + 2] = (struct option){0, 0, 0, 0};
     set_defaults();
     int flag_models = 0;
     for (int i = 0; i < NOPTS; i++) { /* the environment first, then flags (which win) */
@@ -283,8 +325,8 @@ static void parse_options(int argc, char **argv)
             set_option(&OPTS[i], v, 0, &flag_models);
     }
     for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
-        if (c == 'h') {
-            help(stdout);
+        if (c == 'h' || c == 'M') {
+            (c == 'h' ? help : help_markdown)(stdout);
             exit(0);
         }
         if (c < 256 || c >= 256 + NOPTS) {

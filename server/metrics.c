@@ -38,8 +38,6 @@ static void put(buf *b, const char *fmt, ...)
 
 char *metrics_render(void)
 {
-    static const char *le[] = {"0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",
-                               "1",     "2.5",  "5",     "10",   "30",  "60",   "300"};
     buf b = {0};
     int now[J_NSTATES] = {0};
     long pending, open;
@@ -69,8 +67,8 @@ char *metrics_render(void)
             (unsigned long long)S.jobs_total[s]);
     put(&b, "# HELP npp_job_duration_seconds Submission to end of each job.\n"
             "# TYPE npp_job_duration_seconds histogram\n");
-    for (size_t i = 0; i < sizeof le / sizeof le[0]; i++)
-        put(&b, "npp_job_duration_seconds_bucket{le=\"%s\"} %llu\n", le[i],
+    for (int i = 0; i < SRV_LAT_BUCKETS; i++)
+        put(&b, "npp_job_duration_seconds_bucket{le=\"%g\"} %llu\n", srv_lat_bounds[i],
             (unsigned long long)S.lat_bucket[i]);
     put(&b, "npp_job_duration_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)S.lat_count);
     put(&b, "npp_job_duration_seconds_sum %.6f\nnpp_job_duration_seconds_count %llu\n", S.lat_sum,

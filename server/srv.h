@@ -1,7 +1,9 @@
 /* srv.h - nppd's shared state and the contracts between its modules:
- * options (main.c), tokens (tokens.c), the durable store (store.c), the
- * job table and queues (jobs.c), planners (planner.c), workers and the
- * loop (sched.c), connections (conn.c), HTTP (http.c), metrics.
+ * options (main.c), the token file (tokens.c), the durable store
+ * (store.c), the job table (jobs.c), admission (queue.c), planners
+ * (planner.c), workers (worker.c), the loop and signals (loop.c),
+ * connections (conn.c), HTTP (http.c, api.c, sse.c, auth.c:
+ * http_internal.h), metrics.
  * Private to server/; the engine knows nothing of it.
  *
  * Threads and what they may touch:
@@ -44,6 +46,7 @@
 #define SRV_MAX_WORKERS  64
 #define SRV_MAX_PLANNERS 16
 #define SRV_NAME_MAX     64 /* a user name (token name or client address), NUL included */
+#define SRV_LAT_BUCKETS  14 /* the job latency histogram (bounds in jobs.c) */
 
 typedef enum { J_QUEUED, J_RUNNING, J_DONE, J_FAILED, J_CANCELLED, J_NSTATES } jstate;
 
@@ -151,7 +154,7 @@ typedef struct {
     /* counters for /metrics */
     uint64_t jobs_total[J_NSTATES]; /* jobs that reached each terminal state */
     uint64_t http_total[6];         /* by status class 1xx..5xx */
-    uint64_t lat_bucket[16], lat_count;
+    uint64_t lat_bucket[SRV_LAT_BUCKETS], lat_count;
     double lat_sum;
     uint64_t results_evicted, plans_refused;
     /* loop */
@@ -219,12 +222,28 @@ void job_notify(sjob *j);
 void job_finish(sjob *j, jstate st);
 /* A new random id. */
 void job_new_id(char out[33]);
+extern const double srv_lat_bounds[SRV_LAT_BUCKETS];
 /* The index of a user's slot (created if new). */
 int sched_user(const char *name);
 /* The job as the API shows it (without its result). */
 json_t *job_json(const sjob *j);
 /* The list GET /v1/jobs shows user (all jobs for admins and without auth). */
 json_t *jobs_list(const char *user, int admin);
+
+/* Jobs whose store rows change once S.mu is released: collected under it
+ * (each holds a reference), written and dropped without it. */
+typedef struct {
+    sjob **v;
+    int n, cap;
+} joblist;
+void joblist_add(joblist *l, sjob *j); /* S.mu held */
+/* Calls write on each (S.mu not held), then drops the references. */
+void joblist_store(joblist *l, int (*write)(const sjob *));
+int job_store_gone(const sjob *j);   /* store_result_gone of j */
+int job_store_forget(const sjob *j); /* store_forget of j */
+/* Removes the oldest results until the stored ones fit --results-disk-mb;
+ * the jobs whose files go are added to gone (for job_store_gone). */
+void bound_results(joblist *gone);
 
 /* ---- planner.c --------------------------------------------------------------- */
 int planner_start(void);
@@ -235,15 +254,22 @@ void planner_stop(void); /* cancels plans in progress, joins the threads */
 /* New jobs get submission numbers after this one (start-up, recovery). */
 void planner_set_seq(int64_t after);
 
-/* ---- sched.c: workers, admission and the loop ----------------------------------- */
-int sched_start(void);
-/* Cancels j (caller holds S.mu): 1 if it was queued or running. */
+/* ---- queue.c: admission (S.mu held unless said) ------------------------------------ */
+/* Cancels j: 1 if it was queued or running. */
 int sched_cancel(sjob *j);
+/* Starts queued jobs on idle workers while their estimates fit. */
+void sched_dispatch(void);
+/* Re-queues the jobs the store holds as queued or running (start-up, no lock). */
+int sched_recover(void);
+
+/* ---- worker.c ---------------------------------------------------------------------- */
+int sched_start_workers(void);
+void sched_stop_workers(void); /* joins them, then frees the job table */
+
+/* ---- loop.c ---------------------------------------------------------------------------- */
+int sched_start(void); /* the loop's handles, then the workers */
 /* Asks the loop thread to dispatch (any thread, any lock state). */
 void srv_kick(void);
-void sched_stop_workers(void);
-/* Re-queues the jobs the store holds as queued or running (start-up). */
-int sched_recover(void);
 
 /* ---- conn.c: connections ------------------------------------------------------
  * A deadline for every request head (--header-timeout, counted from the

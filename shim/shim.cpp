@@ -56,16 +56,6 @@ at::ScalarType to_scalar(shim_dtype d)
     return at::kFloat;
 }
 
-shim_dtype from_scalar(at::ScalarType s)
-{
-    switch (s) {
-    case at::kHalf: return SHIM_F16;
-    case at::kBFloat16: return SHIM_BF16;
-    case at::kLong: return SHIM_I64;
-    default: return SHIM_F32;
-    }
-}
-
 at::Device to_device(shim_device d)
 {
     if (d.kind == SHIM_CUDA)
@@ -285,16 +275,6 @@ int64_t shim_dim(const shim_tensor *t, int i)
     return t->t.size(i);
 }
 
-int64_t shim_numel(const shim_tensor *t)
-{
-    return t->t.numel();
-}
-
-shim_dtype shim_dtype_of(const shim_tensor *t)
-{
-    return from_scalar(t->t.scalar_type());
-}
-
 size_t shim_nbytes(const shim_tensor *t)
 {
     return (size_t)t->t.numel() * t->t.element_size();
@@ -395,11 +375,6 @@ shim_tensor *shim_gelu(const shim_tensor *x, int tanh_approx, shim_status *st)
 shim_tensor *shim_add(const shim_tensor *a, const shim_tensor *b, shim_status *st)
 {
     SHIM_GUARD(st, nullptr, { return wrap(a->t + b->t); });
-}
-
-shim_tensor *shim_sub(const shim_tensor *a, const shim_tensor *b, shim_status *st)
-{
-    SHIM_GUARD(st, nullptr, { return wrap(a->t - b->t); });
 }
 
 shim_tensor *shim_attention(const shim_tensor *q, const shim_tensor *k, const shim_tensor *v,

@@ -94,8 +94,6 @@ void shim_free(shim_tensor *t); /* NULL is fine */
 
 int shim_ndim(const shim_tensor *t);
 int64_t shim_dim(const shim_tensor *t, int i); /* negative i counts from the end */
-int64_t shim_numel(const shim_tensor *t);
-shim_dtype shim_dtype_of(const shim_tensor *t);
 /* Bytes held by the tensor's elements (numel * element size). */
 size_t shim_nbytes(const shim_tensor *t);
 
@@ -128,8 +126,6 @@ shim_tensor *shim_linear(const shim_tensor *x, const shim_tensor *w, const shim_
 /* GELU; tanh_approx selects GPT-2's "gelu_new". */
 shim_tensor *shim_gelu(const shim_tensor *x, int tanh_approx, shim_status *st);
 shim_tensor *shim_add(const shim_tensor *a, const shim_tensor *b, shim_status *st);
-/* a - b */
-shim_tensor *shim_sub(const shim_tensor *a, const shim_tensor *b, shim_status *st);
 /* Causal multi-head attention core.
  * q, k, v: (B, T, H*D) holding H heads side by side -> (B, T, H*D).
  * scores = q·k / scale_div, causal mask, softmax in float32.

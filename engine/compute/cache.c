@@ -249,11 +249,3 @@ void cache_get_stats(cache *c, cache_stats *s)
     *s = c->st;
     pthread_mutex_unlock(&c->mu);
 }
-
-void cache_clear(cache *c)
-{
-    pthread_mutex_lock(&c->mu);
-    while (c->tail)
-        drop(c, c->tail);
-    pthread_mutex_unlock(&c->mu);
-}

@@ -49,7 +49,5 @@ void cache_abandon(cache *c, const uint8_t key[32]);
  * Gives up (returns -1) when *cancel becomes non-zero (polled). */
 int cache_wait(cache *c, const uint8_t key[32], shim_tensor **out, const volatile int *cancel);
 void cache_get_stats(cache *c, cache_stats *s);
-/* Drops every ready entry (in-flight claims stay). */
-void cache_clear(cache *c);
 
 #endif

@@ -81,14 +81,6 @@ const st_tensor *st_at(const st_file *f, size_t i)
     return i < f->n ? &f->ts[i] : NULL;
 }
 
-const st_tensor *st_find(const st_file *f, const char *name)
-{
-    for (size_t i = 0; i < f->n; i++)
-        if (strcmp(f->ts[i].name, name) == 0)
-            return &f->ts[i];
-    return NULL;
-}
-
 void st_close(st_file *f)
 {
     if (!f)

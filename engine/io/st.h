@@ -59,8 +59,7 @@ int st_open(const char *path, const char *label, st_file **out, npp_err *e);
 void st_close(st_file *f); /* NULL is fine */
 
 size_t st_count(const st_file *f);
-const st_tensor *st_at(const st_file *f, size_t i);           /* borrowed */
-const st_tensor *st_find(const st_file *f, const char *name); /* borrowed, NULL if absent */
+const st_tensor *st_at(const st_file *f, size_t i); /* borrowed */
 /* The raw header (the 8 length bytes and the JSON), borrowed. */
 const void *st_header(const st_file *f, size_t *len);
 const char *st_dtype_name(st_dtype d);

@@ -91,6 +91,13 @@ int model_config_load(const char *path, model_config *c, npp_err *e)
         rc = npp_fail(e, NPP_EFORMAT, path, "%s: add_cross_attention is not supported", path);
         goto fail;
     }
+    if (reorder) { /* GPT-2 checkpoints have false: it changes how the scores are rounded */
+        rc = npp_fail(e, NPP_EFORMAT, path,
+                      "%s: reorder_and_upcast_attn true is not supported (the scores' matmul "
+                      "runs in the compute dtype)",
+                      path);
+        goto fail;
+    }
     if (c->n_embd % c->n_head) {
         rc = npp_fail(e, NPP_EFORMAT, path, "%s: n_embd %d is not a multiple of n_head %d", path,
                       c->n_embd, c->n_head);

@@ -17,7 +17,7 @@ typedef struct {
     char name[48];
 } pnode;
 
-/* Parses a preset node name into kind/layer/index; `what` limits kinds. */
+/* Parses a preset node name into kind, layer, index and q/k/v component. */
 static int preset_node(const graph_dims *g, json_t *v, const char *field, pnode *n, npp_err *e)
 {
     if (!json_is_string(v))

@@ -1,0 +1,134 @@
+/* queue.c - admission: the users' queues served round-robin while the
+ * running jobs' memory estimates, the next one's and every model's cache
+ * budget fit --memory-mb (the job whose turn it is waits for memory rather
+ * than being overtaken, so a big job is never starved by small ones);
+ * cancelling; and, at start-up, the store's unfinished jobs queued again.
+ * Called with S.mu held unless a function says otherwise. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "srv.h"
+
+static size_t cache_budget(void)
+{
+    return (size_t)S.nmodels * ((size_t)S.cache_mb << 20);
+}
+
+int sched_cancel(sjob *j)
+{
+    if (j->state == J_QUEUED) {
+        job_unqueue(j);
+        npp_fail(&j->err, NPP_ECANCELED, "", "the job was cancelled before it ran");
+        job_finish(j, J_CANCELLED);
+        return 1;
+    }
+    if (j->state == J_RUNNING) {
+        __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED); /* the worker stops at its next chunk */
+        return 1;
+    }
+    return 0;
+}
+
+/* The job whose turn it is, round-robin over users, left in its queue
+ * (caller holds S.mu); *user gets its user's index. */
+static sjob *next_job(int *user)
+{
+    for (int k = 0; k < S.nusers; k++) {
+        int i = (S.rr + k) % S.nusers;
+        if (S.users[i].qhead) {
+            *user = i;
+            return S.users[i].qhead;
+        }
+    }
+    return NULL;
+}
+
+void sched_dispatch(void)
+{
+    size_t budget = (size_t)S.memory_mb << 20, cache = cache_budget();
+    for (int i = 0; i < S.workers; i++) {
+        srv_worker *w = &S.wk[i];
+        if (w->job || w->stop)
+            continue;
+        int u;
+        sjob *j = next_job(&u);
+        if (!j)
+            return;
+        if (S.nrunning > 0 && S.mem_running + j->est_peak + cache > budget)
+            return; /* its turn: it waits for memory, nobody overtakes it */
+        job_unqueue(j);
+        S.rr = (u + 1) % S.nusers;
+        j->state = J_RUNNING;
+        j->started = srv_wall();
+        job_ref(j); /* the worker's */
+        S.nrunning++;
+        S.mem_running += j->est_peak;
+        S.users[j->user].running++;
+        w->job = j;
+        job_notify(j);
+        pthread_cond_signal(&w->cv);
+    }
+}
+
+/* ---- recovery --------------------------------------------------------------------- */
+
+typedef struct {
+    joblist requeue, fail, forget;
+} recovery;
+
+static void recover_one(void *ud, sjob *j)
+{
+    recovery *rc = ud;
+    double wall = srv_wall();
+    planner_set_seq(j->seq);
+    pthread_mutex_lock(&S.mu);
+    j->user = sched_user(j->owner);
+    job_insert(j); /* the table's reference is its only one */
+    if (j->state == J_QUEUED || j->state == J_RUNNING) {
+        if (!j->model) {
+            npp_fail(&j->err, NPP_EINVAL, "model",
+                     "the job's model is not served by this server any more");
+            job_finish(j, J_FAILED);
+            joblist_add(&rc->fail, j);
+        } else {
+            if (j->state == J_RUNNING)
+                joblist_add(&rc->requeue, j);
+            j->state = J_QUEUED;
+            j->started = 0;
+            job_enqueue(j);
+        }
+    } else if (wall >= j->expires) {
+        joblist_add(&rc->forget, j);
+        job_remove(j);
+    } else if (j->state == J_DONE && !j->result_gone) {
+        S.results_disk += j->result_bytes;
+    }
+    pthread_mutex_unlock(&S.mu);
+}
+
+static int requeue(const sjob *j)
+{
+    return store_requeue(j);
+}
+
+int sched_recover(void)
+{
+    recovery rc = {{0}, {0}, {0}};
+    if (store_load(recover_one, &rc))
+        return -1;
+    int n = rc.requeue.n;
+    joblist_store(&rc.requeue, requeue);
+    joblist_store(&rc.fail, store_finished);
+    joblist_store(&rc.forget, job_store_forget);
+    joblist gone = {0};
+    pthread_mutex_lock(&S.mu);
+    bound_results(&gone);
+    fprintf(stderr,
+            "{\"event\": \"recovered\", \"queued\": %d, \"were_running\": %d, "
+            "\"results_bytes\": %zu}\n",
+            S.nqueued, n, S.results_disk);
+    pthread_mutex_unlock(&S.mu);
+    joblist_store(&gone, job_store_gone);
+    return 0;
+}
