@@ -27,6 +27,11 @@ static double prob(const metric_in *in)
     return exp(in->logprobs[in->tokens[0]]);
 }
 
+static double prob_diff(const metric_in *in)
+{
+    return exp(in->logprobs[in->tokens[0]]) - exp(in->logprobs[in->tokens[1]]);
+}
+
 /* KL(reference || patched), over the vocabulary, in double. */
 static double kl(const metric_in *in)
 {
@@ -46,6 +51,7 @@ static const metric_def METRICS[] = {
     {"logit", {"token"}, 0, 0, logit, "the token's logit"},
     {"logprob", {"token"}, 1, 0, logprob, "the token's log-probability"},
     {"prob", {"token"}, 1, 0, prob, "the token's probability"},
+    {"prob_diff", {"target", "baseline"}, 1, 0, prob_diff, "target's probability - baseline's"},
     {"kl", {NULL}, 1, 1, kl, "KL divergence from the plain run of input 0 to the patched run"},
 };
 

@@ -104,6 +104,12 @@ def main():
         want = lp0[:, -1, mary] if ty == "logprob" else np.exp(lp0[:, -1, mary])
         err = np.max(np.abs(np.array(r["metric"]["per_example"]) - want))
         check("%s metric = reference" % ty, err < 1e-5, "max err %.3g" % err)
+    r = run({"inputs": texts, "metric": {"type": "prob_diff", "target": " Mary", "baseline": [" John", " Anna"]},
+             "outputs": {"top_k": 0}})
+    want = np.exp(lp0[:, -1, mary]) - np.exp(lp0[np.arange(2), -1, [john, anna]])
+    err = np.max(np.abs(np.array(r["metric"]["per_example"]) - want))
+    check("prob_diff metric (per-example baselines) = reference", err < 1e-5 and
+          r["metric"]["type"] == "prob_diff", "max err %.3g" % err)
 
     # cache: a repeated job computes nothing; a cache too small changes nothing but speed
     small = dict(job, outputs={"hidden_states": True, "top_k": 0})
