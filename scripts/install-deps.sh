@@ -12,6 +12,7 @@ pkgs=(
   libgraphviz-dev                    # SVG path graphs (libgvc)
   libmicrohttpd-dev libuv1-dev       # nppd: HTTP, event loop
   libsqlite3-dev                     # nppd: the durable job store
+  nginx-light                        # the replicas test: nginx in front of two nppd
   python3-jsonschema python3-yaml    # server tests: responses vs api/openapi.yaml
   chromium                           # the web UI's end-to-end test (headless)
   python3-torch python3-numpy python3-pytest   # the independent reference (tests)

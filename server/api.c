@@ -95,7 +95,7 @@ static enum MHD_Result send_stream(req *r, unsigned status, stream *s, json_t *e
 {
     if (!s)
         return err ? send_json(r, 404, err) : send_error(r, 503, "nomem", NULL, "out of memory");
-    char loc[64];
+    char loc[96];
     snprintf(loc, sizeof loc, "/v1/jobs/%s", id);
     size_t total = s->hlen + s->flen + 2;
     struct MHD_Response *resp =
@@ -253,7 +253,7 @@ enum MHD_Result api_answer_wait(req *r)
         pthread_mutex_unlock(&S.mu);
         return MHD_YES;
     }
-    char id[33], loc[64];
+    char id[SRV_ID_MAX], loc[96];
     memcpy(id, j->id, sizeof id);
     snprintf(loc, sizeof loc, "/v1/jobs/%s", j->id);
     stream *st = NULL;

@@ -249,12 +249,12 @@ static enum MHD_Result not_allowed(req *r, const char *allow)
 
 /* Whether path matches pattern; {id} matches one non-empty segment,
  * copied into id. */
-static int matches(const char *pattern, const char *path, char id[40])
+static int matches(const char *pattern, const char *path, char id[SRV_ID_MAX])
 {
     while (*pattern && *path) {
         if (!strncmp(pattern, "{id}", 4)) {
             size_t n = strcspn(path, "/");
-            if (!n || n >= 40)
+            if (!n || n >= SRV_ID_MAX)
                 return 0;
             memcpy(id, path, n);
             id[n] = 0;
@@ -269,13 +269,13 @@ static int matches(const char *pattern, const char *path, char id[40])
 
 static enum MHD_Result route(req *r)
 {
-    char id[40] = "", allow[64] = "";
+    char id[SRV_ID_MAX] = "", allow[64] = "";
     const route_def *hit = NULL;
     int auth = 0;
     enum MHD_Result ret;
     for (int i = 0; i < api_nroutes; i++) {
         const route_def *e = &api_routes[i];
-        char this_id[40] = "";
+        char this_id[SRV_ID_MAX] = "";
         if (!matches(e->pattern, r->path, this_id))
             continue;
         auth |= e->auth;

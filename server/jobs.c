@@ -83,7 +83,7 @@ int job_visible(const sjob *j, const char *user, int admin)
     return !S.ntokens || admin || !strcmp(j->owner, user);
 }
 
-void job_new_id(char out[33])
+void job_new_id(char out[SRV_ID_MAX])
 {
     unsigned char b[16];
     if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) { /* never in practice */
@@ -91,8 +91,11 @@ void job_new_id(char out[33])
         memcpy(b, &t, 8);
         memcpy(b + 8, &w, 8);
     }
+    /* with --replica, the id names the replica that owns it (nginx routes
+     * on it: docs/deploy.md) */
+    int n = S.replica ? snprintf(out, SRV_ID_MAX, "%s-", S.replica) : 0;
     for (int i = 0; i < 16; i++)
-        snprintf(out + 2 * i, 3, "%02x", b[i]);
+        snprintf(out + n + 2 * i, 3, "%02x", b[i]);
 }
 
 /* ---- users and their queues -------------------------------------------------------- */
@@ -175,7 +178,7 @@ static json_t *iso_time(double t)
 
 json_t *job_json(const sjob *j)
 {
-    char link[96];
+    char link[128];
     json_t *o = json_object();
     json_object_set_new(o, "id", json_string(j->id));
     json_object_set_new(o, "state", json_string(jstate_name(j->state)));

@@ -72,6 +72,10 @@ static const option_def OPTS[] = {
      1 << 30},
     {"listen", "NPP_LISTEN", "HOST:PORT", "address (loopback unless you say otherwise)", T_STR,
      &S.listen, 0, 0},
+    {"replica", "NPP_REPLICA", "NAME",
+     "this replica's name behind a load balancer: job ids start with NAME- so nginx routes "
+     "them back (lower-case letters and digits, at most 16)",
+     T_STR, &S.replica, 0, 0},
     {"token-file", "NPP_TOKEN_FILE", "FILE",
      "bearer tokens: 'NAME TOKEN' or 'NAME TOKEN admin' per line; jobs are private to their "
      "token (admins see and cancel all)",
@@ -341,6 +345,14 @@ static void parse_options(int argc, char **argv)
         add_model("default=" NPP_DEFAULT_MODEL);
     if (S.token_file)
         load_tokens(S.token_file);
+    if (S.replica) {
+        size_t n = strlen(S.replica);
+        for (size_t i = 0; i < n; i++)
+            if (!islower((unsigned char)S.replica[i]) && !isdigit((unsigned char)S.replica[i]))
+                die("--replica '%s': lower-case letters and digits only", S.replica);
+        if (!n || n > 16)
+            die("--replica '%s': 1 to 16 characters", S.replica);
+    }
     /* the limits must leave room for one job at the limit */
     long caches = (long)S.nmodels * S.cache_mb;
     if (!S.max_job_mb)

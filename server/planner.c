@@ -128,7 +128,7 @@ static void submit(plan_task *t)
     if (t->wait > 0) {
         http_wait_on(t->r, j, t->wait);
     } else {
-        char loc[64];
+        char loc[96];
         snprintf(loc, sizeof loc, "/v1/jobs/%s", j->id);
         http_answer(t->r, 202, job_json(j), "Location", loc);
     }

@@ -47,6 +47,7 @@
 #define SRV_MAX_PLANNERS 16
 #define SRV_NAME_MAX     64 /* a user name (token name or client address), NUL included */
 #define SRV_LAT_BUCKETS  14 /* the job latency histogram (bounds in jobs.c) */
+#define SRV_ID_MAX       52 /* a job id: an optional replica name (16), '-', 32 hex, NUL */
 
 typedef enum { J_QUEUED, J_RUNNING, J_DONE, J_FAILED, J_CANCELLED, J_NSTATES } jstate;
 
@@ -64,7 +65,7 @@ typedef struct {
 typedef struct req req;
 
 typedef struct sjob {
-    char id[33];
+    char id[SRV_ID_MAX]; /* [REPLICA-]32 hex digits */
     int refs;
     jstate state;
     srv_model *model;
@@ -128,7 +129,7 @@ typedef struct {
     /* configuration (read-only after start) */
     srv_model models[SRV_MAX_MODELS];
     int nmodels;
-    const char *device, *dtype, *listen, *token_file, *state_dir;
+    const char *device, *dtype, *listen, *token_file, *state_dir, *replica;
     int threads, workers, planners, queue_max, max_inflight, max_conn_per_ip, conn_timeout;
     int max_connections, header_timeout, drain_cancel;
     long cache_mb, max_body_kb, max_values, memory_mb, max_job_mb, max_result_mb;
@@ -220,8 +221,8 @@ void job_notify(sjob *j);
 /* Ends j in state st (terminal), updates the counters and wakes watchers;
  * the caller writes the store afterwards (without S.mu). */
 void job_finish(sjob *j, jstate st);
-/* A new random id. */
-void job_new_id(char out[33]);
+/* A new random id: 32 hex digits, after "REPLICA-" with --replica. */
+void job_new_id(char out[SRV_ID_MAX]);
 extern const double srv_lat_bounds[SRV_LAT_BUCKETS];
 /* The index of a user's slot (created if new). */
 int sched_user(const char *name);

@@ -59,8 +59,8 @@ class Server:
     """A running nppd; stderr (the request log) is captured in a file."""
 
     def __init__(self, *args, auth=True, models=None, env=None, state_dir=None, tokens=None,
-                 admins=()):
-        self.port = free_port()
+                 admins=(), listen_port=None):
+        self.port = listen_port or free_port()
         self.tmp = tempfile.TemporaryDirectory()
         self.log_path = os.path.join(self.tmp.name, "nppd.log")
         # each server its own job store, unless a test restarts one on the same

@@ -23,6 +23,7 @@ Only the standard library is required; numpy is used for arrays when
 present. Server errors raise NppError(status, code, field, message).
 """
 import base64
+import hashlib
 import http.client
 import json
 import struct
@@ -77,18 +78,37 @@ class Client:
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
         self.token, self.timeout = token, timeout
 
-    def _request(self, method, path, body=None, raw=False, timeout=None):
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
-        headers = {"Content-Type": "application/json"}
+    # Behind nginx with replicas (docs/deploy.md), a replica that is down or
+    # restarting answers 502 or 503; new work is retried (nginx sends it to
+    # another replica), and so is a read of a job whose owner comes back.
+    RETRY_STATUSES = (502, 503)
+
+    def _request(self, method, path, body=None, raw=False, timeout=None, headers=None,
+                 retries=5):
+        h = {"Content-Type": "application/json"}
         if self.token:
-            headers["Authorization"] = "Bearer " + self.token
-        try:
-            conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                         headers=headers)
-            r = conn.getresponse()
-            data = r.read()
-        finally:
-            conn.close()
+            h["Authorization"] = "Bearer " + self.token
+        h.update(headers or {})
+        payload = json.dumps(body) if body is not None else None
+        for attempt in range(retries + 1):
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
+            try:
+                conn.request(method, path, body=payload, headers=h)
+                r = conn.getresponse()
+                data = r.read()
+            finally:
+                conn.close()
+            if r.status not in self.RETRY_STATUSES or attempt == retries:
+                break
+            code = None
+            try:
+                code = json.loads(data)["error"]["code"]
+            except (ValueError, KeyError, TypeError):
+                pass
+            if code in ("draining", "loading") or r.status == 502:  # comes back, or another will
+                time.sleep(min(float(r.getheader("Retry-After") or 1), 5.0))
+                continue
+            break
         if r.status >= 400:
             try:
                 e = json.loads(data)["error"]
@@ -145,8 +165,13 @@ class Model:
         return doc
 
     def submit(self, inputs, **kw):
-        """Queues a job; returns a Job handle at once."""
-        _, body = self.client._request("POST", "/v1/jobs", self.job_document(inputs, **kw))
+        """Queues a job; returns a Job handle at once. The X-Npp-Affinity
+        header (the model and the inputs) lets a load balancer send related
+        jobs to the replica whose cache already holds their values."""
+        doc = self.job_document(inputs, **kw)
+        key = hashlib.sha256(json.dumps([self.name, doc["inputs"]], sort_keys=True).encode())
+        _, body = self.client._request("POST", "/v1/jobs", doc,
+                                       headers={"X-Npp-Affinity": key.hexdigest()[:32]})
         return Job(self.client, body["id"], body)
 
     def run(self, inputs, which=None, branch=None, outputs=None, metric=None, preset=None,
