@@ -139,7 +139,7 @@ static void unstack(shim_tensor *y, int n, int64_t bn, shim_tensor **out, shim_s
 static void run_mlp(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
                     shim_tensor **out, shim_status *st)
 {
-    int32_t *in = malloc((size_t)n * sizeof *in);
+    int32_t *in = calloc((size_t)n, sizeof *in);
     if (!in) {
         st->code = SHIM_ENOMEM;
         snprintf(st->msg, sizeof st->msg, "out of memory");
