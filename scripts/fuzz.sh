@@ -12,7 +12,7 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(glob tokens safetensors config tokenizer job)
 dir=build-fuzz
-CC=clang CXX=clang++ cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNPP_FUZZ=ON >/dev/null
+CC=clang CXX=clang++ cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNPP_FUZZ=ON -DNPP_WERROR=ON >/dev/null
 cmake --build "$dir" -j"$(nproc)" >/dev/null
 model="$dir/fuzz-model"
 [ -f "$model/model.safetensors" ] ||

@@ -8,7 +8,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 scripts/install-deps.sh
 scripts/fetch-npm.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"
 model=models/induction   # the small GPT-2 with an induction circuit (models/induction/README.md)
 echo "setup: a first job, in-process: build/npp run --model $model docs/examples/first-job.json"
