@@ -564,6 +564,9 @@ static int cmd_run(int argc, char **argv)
     }
     json_dumpf(r->result, stdout, (compact ? JSON_COMPACT : JSON_INDENT(1)) | JSON_PRESERVE_ORDER);
     putchar('\n');
+    for (size_t k = 0; k < json_array_size(r->job->warnings); k++)
+        fprintf(stderr, "npp: warning: %s\n",
+                json_string_value(json_object_get(json_array_get(r->job->warnings, k), "message")));
     if (memory_report) {
         fflush(stdout);
         fprintf(stderr,

@@ -627,3 +627,40 @@ int plan_merge(plan *p, const plan *src, int32_t src_root, int32_t *root, npp_er
     free(in);
     return rc;
 }
+
+int plan_check_rules(const plan *p, const ruleset *r, npp_err *e)
+{
+    int nb = rules_count(r, 1), nw = rules_count(r, 0), emb = graph_sym(&p->g, G_EMB, -1, -1);
+    uint8_t *used = calloc((size_t)(nb + nw) + 1, 1);
+    if (!used)
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    for (int32_t i = 0; i < p->nn; i++) {
+        const plan_node *n = &p->nodes[i];
+        if (n->rule >= 0)
+            used[n->sym == emb ? nb + n->rule : n->rule] = 1;
+    }
+    int rc = 0;
+    for (int k = 0; k < nb + nw && !rc; k++) {
+        int is_branch = k < nb, idx = is_branch ? k : k - nb;
+        if (used[k] || rules_optional(r, is_branch, idx))
+            continue;
+        /* the plain path of this model, to show what names a path holds */
+        char path[96];
+        int L = p->g.L;
+        if (L == 1)
+            snprintf(path, sizeof path, "ln_final/f0/a0/emb");
+        else
+            snprintf(path, sizeof path, "ln_final/f%d/a%d/%sf0/a0/emb", L - 1, L - 1,
+                     L > 2 ? ".../" : "");
+        const char *f = rules_field(r, is_branch, idx);
+        rc = npp_fail(e, NPP_EINVAL, f,
+                      "%s: this rule decides nothing in this job: its pattern matches no %s, "
+                      "or earlier rules decide everything it matches. A path names every node "
+                      "from ln_final down to emb (unsplit, %s), so a pattern for a node "
+                      "below the top needs a leading **/ (see docs/jobs.md). Add "
+                      "\"optional\": true to keep a rule that may decide nothing",
+                      f, is_branch ? "node where the path tree can branch" : "path", path);
+    }
+    free(used);
+    return rc;
+}

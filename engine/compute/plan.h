@@ -116,4 +116,12 @@ size_t plan_bytes(const plan *p);
 /* Short name of an op ("attn", ...). */
 const char *plan_op_name(plan_op op);
 
+/* After plan_patched with rules r: every rule not marked "optional"
+ * decided at least one node of the path tree (a which rule some emb, a
+ * branch rule some node where the tree can branch); else NPP_EINVAL naming
+ * the first that decided nothing (its field, e.g. "which[0].match"). Such a
+ * rule is almost always a mistake: a pattern that matches no path, or one
+ * that earlier rules shadow, and the job would quietly be the clean run. */
+int plan_check_rules(const plan *p, const ruleset *r, npp_err *e);
+
 #endif

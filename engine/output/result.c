@@ -105,6 +105,30 @@ static json_t *token_json(const model *m, int64_t id)
     return j ? j : json_null();
 }
 
+/* The metric's tokens as resolved: {"target": {"id": 1327, "text": " hard"},
+ * ...}, a list of them (one per example) where the examples differ. */
+static json_t *metric_tokens_json(const model *m, const job *j)
+{
+    json_t *o = json_object();
+    for (int k = 0; k < metric_ntokens(j->metric); k++) {
+        const int64_t *t = j->m_tokens[k];
+        int same = 1;
+        for (int b = 1; b < j->B; b++)
+            same &= t[b] == t[0];
+        json_t *v = same ? NULL : json_array();
+        for (int b = 0; b < (same ? 1 : j->B); b++) {
+            json_t *one =
+                json_pack("{s:I,s:o}", "id", (json_int_t)t[b], "text", token_json(m, t[b]));
+            if (same)
+                v = one;
+            else
+                json_array_append_new(v, one);
+        }
+        json_object_set_new(o, j->metric->keys[k], v);
+    }
+    return o;
+}
+
 static int shim_err(ctx *c, const shim_status *st)
 {
     return npp_fail_shim(c->e, st);
@@ -443,6 +467,7 @@ static json_t *patched_json(ctx *c, json_t *rules, const shim_tensor *h, const s
         }
         json_object_set_new(mt, "type", json_string(j->metric->name));
         json_object_set_new(mt, "position", json_integer(j->m_pos));
+        json_object_set_new(mt, "tokens", metric_tokens_json(c->m, j));
         json_object_set_new(res, "metric", mt);
     }
     return res;
@@ -460,6 +485,8 @@ int result_build(const result_opts *o, shim_tensor *const *hs, int nroots, json_
     json_object_set_new(res, "batch", json_integer(j->B));
     json_object_set_new(res, "tokens", json_integer(j->T));
     json_object_set_new(res, "inputs", inputs_json(j));
+    if (json_array_size(j->warnings))
+        json_object_set(res, "warnings", j->warnings);
     if (!j->nvar) {
         json_t *p = patched_json(c, j->compiled, hs[0], kl_ref, "patched");
         if (!p)

@@ -151,7 +151,34 @@ static int parse_inputs(const model *m, json_t *in, job *j, npp_err *e)
 
 /* ---- small typed getters ----------------------------------------------------- */
 
-static int get_token(const model *m, json_t *v, const char *field, int64_t *out, npp_err *e)
+/* A text whose space-prefixed form is also one token is most likely meant
+ * with GPT-2's leading space (" hard", as the word is after another word):
+ * the job runs as written, with a warning in the result. */
+static void warn_space(const model *m, json_t *v, const char *field, int64_t id, json_t *warnings)
+{
+    const char *s = json_string_value(v);
+    size_t n = json_string_length(v), k;
+    int32_t *t = NULL;
+    if (!warnings || !n || s[0] == ' ' || n > 256)
+        return;
+    char buf[260];
+    buf[0] = ' ';
+    memcpy(buf + 1, s, n);
+    if (tok_encode(m->tok, buf, n + 1, &t, &k, NULL) == 0 && k == 1) {
+        json_t *w = json_object();
+        json_object_set_new(w, "field", json_string(field));
+        json_object_set_new(w, "message",
+                            json_sprintf("%s: \"%s\" is token %lld; \" %s\" (with GPT-2's leading "
+                                         "space, as a word is after another word) is token %d. "
+                                         "The job used %lld",
+                                         field, s, (long long)id, s, t[0], (long long)id));
+        json_array_append_new(warnings, w);
+    }
+    free(t);
+}
+
+static int get_token(const model *m, json_t *v, const char *field, int64_t *out, json_t *warnings,
+                     npp_err *e)
 {
     if (json_is_integer(v)) {
         if (json_integer_value(v) < 0 || json_integer_value(v) >= m->cfg.vocab_size)
@@ -175,6 +202,7 @@ static int get_token(const model *m, json_t *v, const char *field, int64_t *out,
                         "leading space) or a token id",
                         field, json_string_value(v), n);
     *out = id;
+    warn_space(m, v, field, id, warnings);
     return 0;
 }
 
@@ -292,7 +320,7 @@ static int parse_outputs(const model *m, json_t *o, job *j, npp_err *e)
             return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
         for (int i = 0; i < j->ntoklp; i++) {
             snprintf(f, sizeof f, "outputs.token_logprobs[%d]", i);
-            if (get_token(m, json_array_get(tl, (size_t)i), f, &j->toklp[i], e))
+            if (get_token(m, json_array_get(tl, (size_t)i), f, &j->toklp[i], j->warnings, e))
                 return NPP_EINVAL;
         }
     }
@@ -325,7 +353,7 @@ static int get_tokens(const model *m, const job *j, json_t *v, const char *field
     if (!(*out = malloc((size_t)j->B * sizeof **out)))
         return npp_fail(e, NPP_ENOMEM, field, "out of memory");
     if (!json_is_array(v)) {
-        if (get_token(m, v, field, &(*out)[0], e))
+        if (get_token(m, v, field, &(*out)[0], j->warnings, e))
             return NPP_EINVAL;
         for (int b = 1; b < j->B; b++)
             (*out)[b] = (*out)[0];
@@ -337,7 +365,7 @@ static int get_tokens(const model *m, const job *j, json_t *v, const char *field
                         json_array_size(v), j->B);
     for (int b = 0; b < j->B; b++) {
         snprintf(f, sizeof f, "%s[%d]", field, b);
-        if (get_token(m, json_array_get(v, (size_t)b), f, &(*out)[b], e))
+        if (get_token(m, json_array_get(v, (size_t)b), f, &(*out)[b], j->warnings, e))
             return NPP_EINVAL;
     }
     return 0;
@@ -383,9 +411,10 @@ static int parse_metric(const model *m, json_t *mt, job *j, npp_err *e)
 /* ---- the document -------------------------------------------------------------- */
 
 /* The rules of obj (a job or a sweep variant): a preset, or branch/which;
- * their globs are compiled in gc, the job's context. */
+ * their globs are compiled in gc, the job's context. *written: 1 for rules
+ * the user wrote (checked to decide something once planned). */
 static int compile_rules(job *j, glob_ctx *gc, json_t *obj, ruleset **rules, json_t **compiled,
-                         npp_err *e)
+                         int *written, npp_err *e)
 {
     json_t *br = NULL, *wh = NULL;
     int rc;
@@ -399,6 +428,7 @@ static int compile_rules(job *j, glob_ctx *gc, json_t *obj, ruleset **rules, jso
     } else {
         br = json_incref(json_object_get(obj, "branch"));
         wh = json_incref(json_object_get(obj, "which"));
+        *written = 1;
     }
     if ((rc = rules_parse(br, wh, gc, j->n_inputs, rules, e)))
         goto done;
@@ -412,9 +442,7 @@ done:
     return rc;
 }
 
-/* Puts "sweep[i]." before the field an error names (and before the message,
- * which starts with that field). */
-static int in_variant(npp_err *e, int i, int rc)
+int job_in_variant(npp_err *e, int i, int rc)
 {
     if (!e)
         return rc;
@@ -461,9 +489,9 @@ static int parse_sweep(job *j, glob_ctx *gc, json_t *sw, npp_err *e)
         }
         job_variant *jv = &j->var[j->nvar++];
         jv->name = json_incref(name);
-        int rc = compile_rules(j, gc, v, &jv->rules, &jv->compiled, e);
+        int rc = compile_rules(j, gc, v, &jv->rules, &jv->compiled, &jv->written, e);
         if (rc)
-            return in_variant(e, (int)i, rc);
+            return job_in_variant(e, (int)i, rc);
     }
     return 0;
 }
@@ -482,6 +510,10 @@ int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp
     if (!j)
         return npp_fail(e, NPP_ENOMEM, "", "out of memory");
     j->max_values = lim && lim->max_values ? lim->max_values : 50000;
+    if (!(j->warnings = json_array())) {
+        free(j);
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    }
     if ((rc = parse_inputs(m, json_object_get(doc, "inputs"), j, e)))
         goto fail;
     graph_dims_init(&j->g, m->cfg.n_layer, m->cfg.n_head, j->T);
@@ -499,7 +531,7 @@ int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp
         goto fail;
     }
     rc = sweep ? parse_sweep(j, gc, sweep, e)
-               : compile_rules(j, gc, doc, &j->rules, &j->compiled, e);
+               : compile_rules(j, gc, doc, &j->rules, &j->compiled, &j->written, e);
     glob_ctx_free(gc); /* the compiled globs keep what they share */
     if (rc)
         goto fail;
@@ -538,6 +570,7 @@ void job_free(job *j)
     free(j->ids);
     rules_free(j->rules);
     json_decref(j->compiled);
+    json_decref(j->warnings);
     for (int i = 0; i < j->nvar; i++) {
         json_decref(j->var[i].name);
         rules_free(j->var[i].rules);

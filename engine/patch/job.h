@@ -46,6 +46,7 @@ typedef struct {
     json_t *name; /* string or NULL (new ref) */
     ruleset *rules;
     json_t *compiled; /* as in job */
+    int written;      /* as in job */
 } job_variant;
 
 typedef struct {
@@ -54,6 +55,7 @@ typedef struct {
     graph_dims g;
     ruleset *rules;
     json_t *compiled; /* {"branch": [...], "which": [...]} as run (new ref) */
+    int written;      /* the rules are the user's branch/which (not a preset's) */
     /* a sweep: nvar variants, each with its own rules (then rules and
      * compiled are NULL); 0 for a plain job */
     int nvar;
@@ -72,6 +74,7 @@ typedef struct {
     int64_t *m_tokens[METRIC_MAX_TOKENS]; /* per token field, one per example (B) */
     int m_pos;                            /* resolved position */
     size_t max_values;
+    json_t *warnings; /* [{"field", "message"}]: what ran, but may not be meant */
 } job;
 
 typedef struct {
@@ -81,5 +84,8 @@ typedef struct {
 /* Parses doc against model m. *out is new (job_free). */
 int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp_err *e);
 void job_free(job *j);
+/* Puts "sweep[i]." before the field e names (and before its message, which
+ * starts with that field); returns rc. For errors found in variant i. */
+int job_in_variant(npp_err *e, int i, int rc);
 
 #endif

@@ -18,6 +18,8 @@ typedef struct matcher {
 typedef struct {
     matcher m;
     int value;
+    int optional; /* "optional": true: may decide no path */
+    char *field;  /* "which[0].match" (or "which[0]" for any/all), for errors */
 } rule;
 
 struct ruleset {
@@ -174,8 +176,8 @@ static int parse_list(ruleset *r, json_t *list, int is_branch, glob_ctx *g, int 
         json_t *v;
         json_object_foreach(j, k, v)
         {
-            static const char *known[] = {"match", "any",   "all",    "not",
-                                          "split", "input", "comment"};
+            static const char *known[] = {"match", "any",   "all",     "not",
+                                          "split", "input", "comment", "optional"};
             int ok = 0;
             for (size_t q = 0; q < sizeof known / sizeof known[0]; q++)
                 ok |= !strcmp(k, known[q]);
@@ -183,6 +185,17 @@ static int parse_list(ruleset *r, json_t *list, int is_branch, glob_ctx *g, int 
                 return npp_fail(e, NPP_EINVAL, f, "%s: unknown key \"%s\"", f, k);
         }
         rule *ru = &(*out)[(*n)++];
+        json_t *opt = json_object_get(j, "optional");
+        if (opt && !json_is_boolean(opt)) {
+            char of[80];
+            snprintf(of, sizeof of, "%s.optional", f);
+            return npp_fail(e, NPP_EINVAL, of, "%s: must be true or false", of);
+        }
+        ru->optional = opt && json_is_true(opt);
+        char rf[80];
+        snprintf(rf, sizeof rf, json_object_get(j, "match") ? "%s.match" : "%s", f);
+        if (!(ru->field = strdup(rf)))
+            return npp_fail(e, NPP_ENOMEM, f, "out of memory");
         if (parse_matcher(r, j, g, f, &ru->m, e) ||
             parse_value(j, is_branch, n_inputs, f, &ru->value, e))
             return -1;
@@ -209,10 +222,14 @@ void rules_free(ruleset *r)
 {
     if (!r)
         return;
-    for (int i = 0; i < r->nbranch; i++)
+    for (int i = 0; i < r->nbranch; i++) {
         matcher_free(&r->branch[i].m);
-    for (int i = 0; i < r->nwhich; i++)
+        free(r->branch[i].field);
+    }
+    for (int i = 0; i < r->nwhich; i++) {
         matcher_free(&r->which[i].m);
+        free(r->which[i].field);
+    }
     free(r->branch);
     free(r->which);
     for (int i = 0; i < r->nglobs; i++)
@@ -293,4 +310,19 @@ int rules_branch(const ruleset *r, const uint64_t *s, int *idx)
 int rules_which(const ruleset *r, const uint64_t *s, int *idx)
 {
     return first(r, r->which, r->nwhich, s, idx);
+}
+
+int rules_count(const ruleset *r, int is_branch)
+{
+    return is_branch ? r->nbranch : r->nwhich;
+}
+
+int rules_optional(const ruleset *r, int is_branch, int idx)
+{
+    return (is_branch ? r->branch : r->which)[idx].optional;
+}
+
+const char *rules_field(const ruleset *r, int is_branch, int idx)
+{
+    return (is_branch ? r->branch : r->which)[idx].field;
 }

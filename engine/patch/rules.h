@@ -7,7 +7,9 @@
 //   {"all": [...], "split": "heads"}
 // A matcher is a glob string, or an object with exactly one of "match",
 // "any", "all", and optional "not". Split values: false, true, "heads",
-// "positions"; which values: "input": index of an input.
+// "positions"; which values: "input": index of an input. A rule that
+// decides no path of a job is an error (plan_check_rules) unless it says
+// "optional": true.
 //
 // The walk state is a vector of uint64 (one per glob alternative, see
 // glob.h); rules_step advances it by one name. Everything a traversal
@@ -47,5 +49,12 @@ void rules_step(const ruleset *r, const uint64_t *in, int sym, uint64_t *out);
  * else the default. *rule_idx (if not NULL) gets the deciding rule or -1. */
 int rules_branch(const ruleset *r, const uint64_t *state, int *rule_idx);
 int rules_which(const ruleset *r, const uint64_t *state, int *rule_idx);
+
+/* The rules of one list (is_branch: branch, else which): how many, whether
+ * rule idx said "optional": true, and its field for errors
+ * ("which[0].match", or "which[0]" for any/all). */
+int rules_count(const ruleset *r, int is_branch);
+int rules_optional(const ruleset *r, int is_branch, int idx);
+const char *rules_field(const ruleset *r, int is_branch, int idx);
 
 #endif

@@ -93,7 +93,8 @@ int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out
         rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
         goto fail;
     }
-    if (!j->nvar && (rc = plan_patched(&r->plan, j->rules, &r->roots[r->nroots++], e)))
+    if (!j->nvar && ((rc = plan_patched(&r->plan, j->rules, &r->roots[r->nroots++], e)) ||
+                     (j->written && (rc = plan_check_rules(&r->plan, j->rules, e)))))
         goto fail;
     /* a sweep: each variant planned alone (its path tree), then merged */
     for (int i = 0; i < j->nvar; i++) {
@@ -113,8 +114,13 @@ int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out
         vp->max_nodes = PLAN_MAX_NODES - used_nodes;
         vp->max_bytes = max_bytes - used_bytes;
         vp->cancel = o->cancel, vp->plan_seconds = o->plan_seconds, vp->deadline_ms = deadline;
-        if ((rc = plan_patched(vp, j->var[i].rules, &root, e)) ||
-            (rc = plan_merge(&r->plan, vp, root, &r->roots[r->nroots++], e)))
+        if ((rc = plan_patched(vp, j->var[i].rules, &root, e)))
+            goto fail;
+        if (j->var[i].written && (rc = plan_check_rules(vp, j->var[i].rules, e))) {
+            job_in_variant(e, i, rc);
+            goto fail;
+        }
+        if ((rc = plan_merge(&r->plan, vp, root, &r->roots[r->nroots++], e)))
             goto fail;
     }
     if (j->metric && j->metric->needs_ref &&

@@ -67,6 +67,31 @@ def test_presets_and_errors(server):
         m.run(SPAIN, which=[(contains("a99"), 1)])
     assert e.value.status == 422 and e.value.field == "which[0].match"
     assert "'a99' matches no node" in e.value.message
+    # a rule that decides no path would quietly give the clean run: refused,
+    # unless it says it may decide nothing
+    with pytest.raises(npp.NppError) as e:
+        m.run(SPAIN, which=[("a1", 1)])
+    assert e.value.status == 422 and e.value.field == "which[0].match"
+    assert "decides nothing" in e.value.message and "**/" in e.value.message
+    doc = m.job_document(SPAIN, which=[("a1", 1), (contains("a0"), 1)])
+    doc["which"][0]["optional"] = True
+    body = m.client._request("POST", "/v1/jobs?wait=60", doc)[1]
+    assert body["state"] == "done" and body["result"]["rules"]["which"][0]["optional"] is True
+    # the metric echoes the tokens it used; a word without GPT-2's leading
+    # space, when the spaced form is one token too, runs with a warning
+    res = m.run(SPAIN, metric={"type": "logit", "token": "hard"})
+    assert res.raw["metric"]["tokens"] == {"token": {"id": 10424, "text": "hard"}}
+    assert [w["field"] for w in res.raw["warnings"]] == ["metric.token"]
+    assert '" hard"' in res.raw["warnings"][0]["message"] and "1327" in res.raw["warnings"][0]["message"]
+    res = m.run([["a b", "c d"]], metric={"type": "logit_diff", "target": [" hard", " soft"],
+                                          "baseline": " Rome"})
+    assert "warnings" not in res.raw
+    assert res.raw["metric"]["tokens"] == {
+        "target": [{"id": 1327, "text": " hard"}, {"id": 2705, "text": " soft"}],
+        "baseline": {"id": 10598, "text": " Rome"}}
+    # a bare string is one input, not a list of characters
+    with pytest.raises(TypeError, match="not a bare string"):
+        m.run("The capital of Spain is")
     with pytest.raises(npp.NppError) as e:
         npp.connect("http://127.0.0.1:%d" % server.port, token="wrong").models()
     assert e.value.status == 403 and e.value.code == "forbidden"

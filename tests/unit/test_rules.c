@@ -75,5 +75,22 @@ int main(void)
     CHECK(!parse("[{\"match\": \"**\", \"split\": \"rows\"}]", NULL, &e) &&
               !strcmp(e.field, "branch[0].split"),
           "%s: %s", e.field, e.message);
+    /* what plan_check_rules names: the field, and whether it may decide nothing */
+    r = parse("[{\"match\": \"**/a1\", \"split\": true}]",
+              "[{\"any\": [\"**/a1/**\"], \"input\": 1}, "
+              "{\"match\": \"a1\", \"input\": 2, \"optional\": true}]",
+              &e);
+    CHECK(r != NULL, "%s", e.message);
+    CHECK(rules_count(r, 1) == 1 && rules_count(r, 0) == 2, "counts");
+    CHECK(!strcmp(rules_field(r, 1, 0), "branch[0].match") &&
+              !strcmp(rules_field(r, 0, 0), "which[0]") &&
+              !strcmp(rules_field(r, 0, 1), "which[1].match"),
+          "fields %s %s %s", rules_field(r, 1, 0), rules_field(r, 0, 0), rules_field(r, 0, 1));
+    CHECK(!rules_optional(r, 1, 0) && !rules_optional(r, 0, 0) && rules_optional(r, 0, 1),
+          "optional");
+    rules_free(r);
+    CHECK(!parse(NULL, "[{\"match\": \"**\", \"input\": 1, \"optional\": 1}]", &e) &&
+              !strcmp(e.field, "which[0].optional"),
+          "%s: %s", e.field, e.message);
     return check_done("rules");
 }

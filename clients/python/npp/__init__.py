@@ -150,6 +150,10 @@ class Model:
     def job_document(self, inputs, which=None, branch=None, outputs=None, metric=None,
                      preset=None, limits=None, sweep=None):
         """The JSON document run() and sweep() send (see docs/jobs.md)."""
+        if isinstance(inputs, (str, bytes)):
+            # list("a string") would be one input per character
+            raise TypeError("inputs: a list of inputs (texts, token id lists or batches), "
+                            "not a bare string; write [%r]" % (inputs[:40],))
         doc = {"model": self.name, "inputs": list(inputs)}
         if which is not None:
             doc["which"] = rules.rules(which, "input")
