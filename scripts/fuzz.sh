@@ -22,20 +22,35 @@ export NPP_FUZZ_MODEL=$model NPP_FUZZ_VOCAB=$root/vocab
 export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export LSAN_OPTIONS=suppressions=$root/tests/lsan.supp
 mkdir -p "$dir/crashes"
-failed=0
-for t in "${targets[@]}"; do
+# One target per core at a time (each libFuzzer run is one process).
+fuzz_one() {
+  local t=$1 work
   work=$(mktemp -d)
-  dict=()
+  local dict=()
   [ -f "fuzz/$t.dict" ] && dict=(-dict="fuzz/$t.dict")
   if "$dir/fuzz/fuzz_$t" "$work" "fuzz/corpus/$t" "${dict[@]}" -max_total_time="$secs" -timeout=20 \
       -rss_limit_mb=4096 -max_len=65536 -artifact_prefix="$dir/crashes/$t-" \
       -print_final_stats=1 >"$dir/fuzz-$t.log" 2>&1; then
     echo "fuzz $t: ok, $(grep -o 'stat::number_of_executed_units: *[0-9]*' "$dir/fuzz-$t.log" | grep -o '[0-9]*$') runs in ${secs} s"
+    rm -rf "$work"
   else
     echo "fuzz $t: FAILED (see $dir/fuzz-$t.log; inputs in $dir/crashes/)"
     tail -30 "$dir/fuzz-$t.log"
-    failed=1
+    rm -rf "$work"
+    return 1
   fi
-  rm -rf "$work"
+}
+failed=0
+pids=()
+for t in "${targets[@]}"; do
+  fuzz_one "$t" &
+  pids+=($!)
+  if [ ${#pids[@]} -ge "$(nproc)" ]; then
+    wait "${pids[0]}" || failed=1
+    pids=("${pids[@]:1}")
+  fi
+done
+for p in "${pids[@]}"; do
+  wait "$p" || failed=1
 done
 exit $failed
