@@ -476,9 +476,11 @@ static void describe(const graph_dims *g, char *buf, size_t n)
 
 static int no_match(const glob_ctx *c, const char *text, char *err, size_t errn)
 {
-    char dims[160];
+    char dims[160], near[48], hint[80] = "";
     describe(&c->g, dims, sizeof dims);
-    return snprintf(err, errn, "'%s' matches no node of this model (%s)", text, dims), -1;
+    if (!has_meta(text) && graph_closest(&c->g, text, near, sizeof near))
+        snprintf(hint, sizeof hint, "; did you mean '%s'?", near);
+    return snprintf(err, errn, "'%s' matches no node of this model (%s)%s", text, dims, hint), -1;
 }
 
 /* One name of a pattern: a symbol, or the set of symbols a wildcard name

@@ -156,3 +156,46 @@ int graph_resid_sym(const graph_dims *g, int j)
         return graph_sym(g, G_EMB, -1, -1);
     return graph_sym(g, j % 2 ? G_A : G_F, (j - 1) / 2, -1);
 }
+
+/* Levenshtein distance of two short strings (99 when either is long). */
+static int edit_distance(const char *a, const char *b)
+{
+    size_t n = strlen(a), m = strlen(b);
+    if (n > 40 || m > 40)
+        return 99;
+    int row[41];
+    for (size_t j = 0; j <= m; j++)
+        row[j] = (int)j;
+    for (size_t i = 1; i <= n; i++) {
+        int diag = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= m; j++) {
+            int up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best)
+                best = up + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[m];
+}
+
+int graph_closest(const graph_dims *g, const char *name, char *buf, size_t n)
+{
+    int best = 99, pos = strstr(name, "pos") != NULL;
+    char cand[48];
+    for (int s = 0; s < g->nsym; s++) {
+        gkind k = graph_node(g, s).kind;
+        if (!pos && (k == G_APOS || k == G_FPOS)) /* thousands, and not what was meant */
+            continue;
+        graph_name(g, s, cand, sizeof cand);
+        int d = edit_distance(name, cand);
+        if (d < best) {
+            best = d;
+            snprintf(buf, n, "%s", cand);
+        }
+    }
+    return best <= (strlen(name) > 6 ? 3 : 2);
+}

@@ -46,6 +46,9 @@ gnode graph_node(const graph_dims *g, int sym);
 void graph_name(const graph_dims *g, int sym, char *buf, size_t n);
 /* Symbol of a name, or -1 if no node of this model has that name. */
 int graph_parse(const graph_dims *g, const char *name);
+/* For a name that is no node: the closest node name (edit distance) into
+ * buf; returns 1 if it is close enough to suggest ("did you mean ...?"). */
+int graph_closest(const graph_dims *g, const char *name, char *buf, size_t n);
 
 /* The residual stream in order: emb 0, the attention of layer i 2i+1, its
  * MLP 2i+2, ln_final 2L+1. A node inside a sublayer (a{i}.head, its heads,

@@ -159,8 +159,8 @@ static void warn_space(const model *m, json_t *v, const char *field, int64_t id,
     const char *s = json_string_value(v);
     size_t n = json_string_length(v), k;
     int32_t *t = NULL;
-    if (!warnings || !n || s[0] == ' ' || n > 256)
-        return;
+    if (!warnings || !n || s[0] == ' ' || n > 256 || json_array_size(warnings) >= 16)
+        return; /* 16 say it: a batch of 1,000 same mistakes need not */
     char buf[260];
     buf[0] = ' ';
     memcpy(buf + 1, s, n);

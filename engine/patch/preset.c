@@ -23,10 +23,17 @@ static int preset_node(const graph_dims *g, json_t *v, const char *field, pnode 
     if (!json_is_string(v))
         return npp_fail(e, NPP_EINVAL, field, "%s: a node name such as \"a1.head3\"", field);
     int s = graph_parse(g, json_string_value(v));
-    if (s < 0)
-        return npp_fail(e, NPP_EINVAL, field,
-                        "%s: \"%s\" is not a node of this model (%d layers, %d heads)", field,
-                        json_string_value(v), g->L, g->H);
+    if (s < 0) {
+        char near[48], hint[80] = "";
+        if (graph_closest(g, json_string_value(v), near, sizeof near))
+            snprintf(hint, sizeof hint, "; did you mean \"%s\"?", near);
+        return npp_fail(
+            e, NPP_EINVAL, field,
+            "%s: \"%s\" is not a node of this model (%d layers, %d heads; node "
+            "names: ln_final, emb, a{i}, f{i}, a{i}.head, a{i}.head{h}, a{i}.head{h}.q|k|v, "
+            "f{i}.head)%s",
+            field, json_string_value(v), g->L, g->H, hint);
+    }
     gnode d = graph_node(g, s);
     n->kind = d.kind, n->layer = d.layer, n->idx = d.idx, n->comp = -1;
     if (d.kind == G_Q || d.kind == G_K || d.kind == G_V)

@@ -29,5 +29,13 @@ int main(void)
         gnode d = graph_node(&g, graph_resid_sym(&g, j));
         CHECK(graph_stream_index(&g, d.kind, d.layer) == j, "residual %d", j);
     }
+    /* "did you mean": the closest name, when it is close */
+    char near[48];
+    CHECK(graph_closest(&g, "a1.heads2", near, sizeof near) && !strcmp(near, "a1.head2"), "%s",
+          near);
+    CHECK(graph_closest(&g, "ln_finl", near, sizeof near) && !strcmp(near, "ln_final"), "%s", near);
+    CHECK(graph_closest(&g, "f2.head.pos", near, sizeof near) && !strncmp(near, "f2.head.pos", 11),
+          "%s", near);
+    CHECK(!graph_closest(&g, "mlp_out_of_layer_seven", near, sizeof near), "far: %s", near);
     return check_done("graph");
 }
