@@ -5,7 +5,7 @@ set -euo pipefail
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 pkgs=(
-  cmake make g++ pkg-config git ca-certificates clang-format
+  cmake make g++ pkg-config git ca-certificates clang-format curl
   clang libclang-rt-14-dev           # fuzz targets (libFuzzer and the sanitizers' runtimes)
   libtorch-dev libopenblas0-openmp   # libtorch; OpenBLAS, else matmuls are ~25x slower
   libjansson-dev libpcre2-dev        # JSON, the tokenizer's pattern

@@ -107,6 +107,11 @@ static json_t *token_json(const model *m, int64_t id)
 
 /* The metric's tokens as resolved: {"target": {"id": 1327, "text": " hard"},
  * ...}, a list of them (one per example) where the examples differ. */
+static json_t *resolved_json(const model *m, int64_t id)
+{
+    return json_pack("{s:I,s:o}", "id", (json_int_t)id, "text", token_json(m, id));
+}
+
 static json_t *metric_tokens_json(const model *m, const job *j)
 {
     json_t *o = json_object();
@@ -115,15 +120,9 @@ static json_t *metric_tokens_json(const model *m, const job *j)
         int same = 1;
         for (int b = 1; b < j->B; b++)
             same &= t[b] == t[0];
-        json_t *v = same ? NULL : json_array();
-        for (int b = 0; b < (same ? 1 : j->B); b++) {
-            json_t *one =
-                json_pack("{s:I,s:o}", "id", (json_int_t)t[b], "text", token_json(m, t[b]));
-            if (same)
-                v = one;
-            else
-                json_array_append_new(v, one);
-        }
+        json_t *v = same ? resolved_json(m, t[0]) : json_array();
+        for (int b = 0; !same && b < j->B; b++)
+            json_array_append_new(v, resolved_json(m, t[b]));
         json_object_set_new(o, j->metric->keys[k], v);
     }
     return o;
@@ -638,6 +637,11 @@ static void estimate_run(const model *m, const job *j, int full, sim *s, part *m
         step_holds(s, full_v ? (j->metric->needs_ref ? 2 : 1) * B * (V * (e + 4) + C * e)
                              : 4 * B * (C + B) * e);
         s->kept += B * JSON_NUM_MEM + JSON_OBJ_MEM, s->text += B * JSON_NUM_TEXT + 96;
+        if (full) { /* the tokens it resolved: one per field and example at most */
+            size_t n = (size_t)metric_ntokens(j->metric) * B;
+            s->kept += n * (JSON_OBJ_MEM + JSON_NUM_MEM + tok_text);
+            s->text += n * (JSON_NUM_TEXT + tok_text + 24);
+        }
     }
 }
 
@@ -692,6 +696,7 @@ void result_estimate(const model *m, const job *j, size_t value_bytes, size_t nv
     }
     step_holds(&s, 0);
     s.text += (size_t)j->n_inputs * B * (T * 7 + 4); /* the inputs, echoed */
+    s.text += json_text_len(j->warnings);            /* held by the job already */
     out->peak_bytes = s.peak;
     out->text_bytes = s.text;
     out->largest_bytes = mem.bytes;
