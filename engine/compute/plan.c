@@ -80,6 +80,23 @@ static int32_t *pool_take(plan *p, size_t n)
     return r;
 }
 
+/* Room for one more element in arr (n used of *cap): doubles it within the
+ * plan's byte budget. Returns the array (moved or not), or NULL with the
+ * error set. */
+static void *grow(plan *p, void *arr, int32_t n, int32_t *cap, size_t elem)
+{
+    if (n < *cap)
+        return arr;
+    int32_t c = *cap ? 2 * *cap : 256;
+    if (!room(p, (size_t)(c - *cap) * elem))
+        return NULL;
+    void *a = realloc(arr, (size_t)c * elem);
+    if (!a)
+        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), NULL;
+    *cap = c;
+    return a;
+}
+
 static uint64_t hash_bytes(const void *d, size_t n, uint64_t h)
 {
     const unsigned char *s = d;
@@ -237,15 +254,10 @@ static int32_t intern(plan *p, const uint8_t key[32], plan_op op, int layer, int
         return too_many(p);
     if (check_time(p))
         return -1;
-    if (p->nv == p->capv) {
-        int32_t c = p->capv ? 2 * p->capv : 256;
-        if (!room(p, (size_t)(c - p->capv) * sizeof *p->v))
-            return -1;
-        plan_value *nv = realloc(p->v, (size_t)c * sizeof *nv);
-        if (!nv)
-            return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
-        p->v = nv, p->capv = c;
-    }
+    plan_value *nv = grow(p, p->v, p->nv, &p->capv, sizeof *p->v);
+    if (!nv)
+        return -1;
+    p->v = nv;
     int32_t *copy = nin ? pool_take(p, (size_t)nin) : NULL;
     if (nin && !copy)
         return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
@@ -424,15 +436,10 @@ static int32_t node_add(plan *p, int sym, int32_t st, int32_t value, const int32
                -1;
     if (check_time(p))
         return -1;
-    if (p->nn == p->capn) {
-        int32_t c = p->capn ? 2 * p->capn : 256;
-        if (!room(p, (size_t)(c - p->capn) * sizeof *p->nodes))
-            return -1;
-        plan_node *nn = realloc(p->nodes, (size_t)c * sizeof *nn);
-        if (!nn)
-            return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
-        p->nodes = nn, p->capn = c;
-    }
+    plan_node *nn = grow(p, p->nodes, p->nn, &p->capn, sizeof *p->nodes);
+    if (!nn)
+        return -1;
+    p->nodes = nn;
     int32_t *kc = nkids ? pool_take(p, (size_t)nkids) : NULL;
     if (nkids && !kc)
         return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
