@@ -223,7 +223,9 @@ def test_health_answers_while_the_biggest_plan_runs(make_server):
     assert st == 422 and body["error"]["code"] == "plan_too_large", body
     assert n >= 20, "the plan ended too soon to measure (%d rounds)" % n
     print("while planning: %d rounds, slowest answer %.1f ms" % (n, worst * 1e3))
-    assert worst < 0.05, "a request took %.0f ms while a plan ran" % (worst * 1e3)
+    # planning on the HTTP thread stalls every answer for the whole plan (seconds);
+    # a loaded 2-core machine under TSan answers in tens of milliseconds
+    assert worst < 1.0, "a request took %.0f ms while a plan ran" % (worst * 1e3)
 
 
 # ---- cancellation -------------------------------------------------------------------------
