@@ -133,26 +133,65 @@ static int shim_err(ctx *c, const shim_status *st)
     return npp_fail_shim(c->e, st);
 }
 
-/* Rows of hidden (B, T, C) at positions pos[0..np) -> (B*np, C). */
+/* Rows of hidden (B, T, C) at each example's positions pos[b * np + i]
+ * -> (B*np, C), row b * np + i. */
 static shim_tensor *rows_at(const model *m, const shim_tensor *hidden, const int *pos, int np,
                             shim_status *st)
 {
-    int64_t B = shim_dim(hidden, 0), C = m->cfg.n_embd;
-    shim_tensor **parts = calloc((size_t)np, sizeof *parts);
-    if (!parts) {
+    int64_t B = shim_dim(hidden, 0), T = shim_dim(hidden, 1), C = m->cfg.n_embd;
+    int64_t *idx = malloc((size_t)(B * np) * sizeof *idx), shape[2] = {B * T, C};
+    if (!idx) {
         st->code = SHIM_ENOMEM;
         return NULL;
     }
-    for (int i = 0; i < np; i++)
-        parts[i] = shim_narrow(hidden, 1, pos[i], 1, st); /* (B, 1, C) */
-    shim_tensor *cat = shim_cat(parts, np, 1, st);        /* (B, np, C) */
-    int64_t shape[2] = {B * np, C};
-    shim_tensor *r = shim_reshape(cat, shape, 2, st);
-    for (int i = 0; i < np; i++)
-        shim_free(parts[i]);
-    free(parts);
-    shim_free(cat);
+    for (int64_t b = 0; b < B; b++)
+        for (int i = 0; i < np; i++)
+            idx[b * np + i] = b * T + pos[b * np + i];
+    shim_tensor *flat = shim_reshape(hidden, shape, 2, st);
+    shim_tensor *r = shim_take_rows(flat, idx, B * np, st);
+    shim_free(flat);
+    free(idx);
     return r;
+}
+
+/* Is row i of example b (a position at or past its length) padding? */
+static int padding(const job *j, int64_t b, int i)
+{
+    return j->positions[b * j->npos + i] >= j->len[b];
+}
+
+/* Do the examples' positions pos[b * np + i] differ? */
+static int per_example(const job *j, const int *pos, int np)
+{
+    for (int b = 1; b < j->B; b++)
+        if (memcmp(pos, pos + (size_t)b * np, (size_t)np * sizeof *pos))
+            return 1;
+    return 0;
+}
+
+/* The resolved positions: one list when every example has the same, else
+ * a list per example. */
+static json_t *positions_json(const job *j, const int *pos, int np)
+{
+    json_t *all = json_array();
+    int each = per_example(j, pos, np);
+    for (int b = 0; b < (each ? j->B : 1); b++) {
+        json_t *a = json_array();
+        for (int i = 0; i < np; i++)
+            json_array_append_new(a, json_integer(pos[b * np + i]));
+        if (!each)
+            return json_decref(all), a;
+        json_array_append_new(all, a);
+    }
+    return all;
+}
+
+/* Zeroes the rows t >= len[b] of x (B, T, row) on the host. */
+static void zero_padding(const job *j, float *x, size_t row)
+{
+    for (int b = 0; j->uneven && b < j->B; b++)
+        memset(x + ((size_t)b * j->T + (size_t)j->len[b]) * row, 0,
+               (size_t)(j->T - j->len[b]) * row * sizeof *x);
 }
 
 /* Full-vocabulary logits (B*np, V) on the host, as float. */
@@ -233,7 +272,7 @@ static json_t *metric_json(ctx *c, const shim_tensor *hidden, const shim_tensor 
         shim_status st = {0};
         int64_t *cols = malloc((size_t)(nt * B + 1) * sizeof *cols);
         h = malloc((size_t)(B * nt * B + 1) * sizeof *h);
-        shim_tensor *rows = rows_at(c->m, hidden, &j->m_pos, 1, &st), *w = NULL, *l2 = NULL;
+        shim_tensor *rows = rows_at(c->m, hidden, j->m_pos, 1, &st), *w = NULL, *l2 = NULL;
         if (!cols || !h) {
             st.code = SHIM_ENOMEM;
             snprintf(st.msg, sizeof st.msg, "out of memory");
@@ -260,11 +299,11 @@ static json_t *metric_json(ctx *c, const shim_tensor *hidden, const shim_tensor 
             goto done;
         }
     } else {
-        if (!(lg = logits_at(c, hidden, &j->m_pos, 1)))
+        if (!(lg = logits_at(c, hidden, j->m_pos, 1)))
             goto done;
         log_softmax(lg, (size_t)B, (size_t)V);
         if (md->needs_ref) {
-            if (!(rl = logits_at(c, ref, &j->m_pos, 1)))
+            if (!(rl = logits_at(c, ref, j->m_pos, 1)))
                 goto done;
             log_softmax(rl, (size_t)B, (size_t)V);
         }
@@ -297,12 +336,10 @@ static json_t *outputs_json(ctx *c, const shim_tensor *hidden, const char *tag, 
 {
     const job *j = c->j;
     int64_t B = j->B, V = c->m->cfg.vocab_size, np = j->npos;
-    json_t *o = json_object(), *pos = json_array();
+    json_t *o = json_object();
     float *lp = NULL;
     char name[64];
-    for (int i = 0; i < j->npos; i++)
-        json_array_append_new(pos, json_integer(j->positions[i]));
-    json_object_set_new(o, "positions", pos);
+    json_object_set_new(o, "positions", positions_json(j, j->positions, j->npos));
     int need = j->top_k > 0 || (full && (j->want_logits || j->ntoklp));
     if (need) {
         float *raw = logits_at(c, hidden, j->positions, j->npos);
@@ -310,6 +347,10 @@ static json_t *outputs_json(ctx *c, const shim_tensor *hidden, const char *tag, 
             goto fail;
         if (full && j->want_logits) {
             int64_t shape[3] = {B, np, V};
+            for (int64_t b = 0; b < B; b++) /* padding rows are zeros */
+                for (int64_t p = 0; p < np; p++)
+                    if (padding(j, b, (int)p))
+                        memset(raw + (b * np + p) * V, 0, (size_t)V * sizeof *raw);
             snprintf(name, sizeof name, "%s_logits", tag);
             json_t *t = tensor_json(c, name, raw, shape, 3);
             if (!t) {
@@ -326,8 +367,10 @@ static json_t *outputs_json(ctx *c, const shim_tensor *hidden, const char *tag, 
         for (int64_t b = 0; b < B; b++) {
             json_t *ex = json_array();
             for (int64_t p = 0; p < np; p++)
-                json_array_append_new(
-                    ex, json_pack("{s:i,s:o}", "position", j->positions[p], "tokens",
+                if (!padding(j, b, (int)p)) /* a shorter example has fewer rows */
+                    json_array_append_new(
+                        ex,
+                        json_pack("{s:i,s:o}", "position", j->positions[b * np + p], "tokens",
                                   top_k_json(c->m, lp + (b * np + p) * V, (size_t)V, j->top_k)));
             json_array_append_new(tk, ex);
         }
@@ -341,8 +384,8 @@ static json_t *outputs_json(ctx *c, const shim_tensor *hidden, const char *tag, 
         for (int64_t b = 0; b < B; b++) {
             json_t *ex = json_array();
             for (int64_t p = 0; p < np; p++) {
-                json_t *row = json_array();
-                for (int t = 0; t < j->ntoklp; t++)
+                json_t *row = padding(j, b, (int)p) ? json_null() : json_array();
+                for (int t = 0; !json_is_null(row) && t < j->ntoklp; t++)
                     json_array_append_new(row, result_json_num(lp[(b * np + p) * V + j->toklp[t]]));
                 json_array_append_new(ex, row);
             }
@@ -360,6 +403,7 @@ static json_t *outputs_json(ctx *c, const shim_tensor *hidden, const char *tag, 
             shim_err(c, st.code ? &st : &(shim_status){SHIM_ENOMEM, "out of memory"});
             goto fail;
         }
+        zero_padding(j, h, (size_t)C);
         snprintf(name, sizeof name, "%s_hidden_states", tag);
         json_t *t = tensor_json(c, name, h, shape, 3);
         free(h);
@@ -411,8 +455,13 @@ static json_t *attention_json(ctx *c)
                 char name[64];
                 snprintf(name, sizeof name, "attention_input%d_layer%d", k, l);
                 json_t *t = NULL;
-                if (h && !shim_to_host_f32(probs, h, n, &st))
+                if (h && !shim_to_host_f32(probs, h, n, &st)) {
+                    for (int b = 0; j->uneven && b < j->B; b++) /* padding queries */
+                        for (int64_t hh = 0; hh < H; hh++)
+                            memset(h + (((size_t)b * H + hh) * T + j->len[b]) * T, 0,
+                                   (size_t)(T - j->len[b]) * T * sizeof *h);
                     t = tensor_json(c, name, h, shape, 4);
+                }
                 free(h);
                 if (t)
                     json_array_append_new(
@@ -439,7 +488,7 @@ static json_t *inputs_json(const job *j)
         json_t *batch = json_array();
         for (int b = 0; b < j->B; b++) {
             json_t *ids = json_array();
-            for (int t = 0; t < j->T; t++)
+            for (int t = 0; t < j->len[b]; t++)
                 json_array_append_new(ids, json_integer(j->ids[((size_t)k * j->B + b) * j->T + t]));
             json_array_append_new(batch, ids);
         }
@@ -465,7 +514,13 @@ static json_t *patched_json(ctx *c, json_t *rules, const shim_tensor *h, const s
             return NULL;
         }
         json_object_set_new(mt, "type", json_string(j->metric->name));
-        json_object_set_new(mt, "position", json_integer(j->m_pos));
+        json_t *mp = json_array(); /* one position, or one per example */
+        for (int b = 0; b < (per_example(j, j->m_pos, 1) ? j->B : 1); b++)
+            json_array_append_new(mp, json_integer(j->m_pos[b]));
+        json_object_set_new(mt, "position",
+                            json_array_size(mp) > 1 ? json_incref(mp)
+                                                    : json_incref(json_array_get(mp, 0)));
+        json_decref(mp);
         json_object_set_new(mt, "tokens", metric_tokens_json(c->m, j));
         json_object_set_new(res, "metric", mt);
     }
@@ -483,6 +538,10 @@ int result_build(const result_opts *o, shim_tensor *const *hs, int nroots, json_
     json_object_set_new(res, "model", json_string(o->model_name ? o->model_name : o->m->dir));
     json_object_set_new(res, "batch", json_integer(j->B));
     json_object_set_new(res, "tokens", json_integer(j->T));
+    json_t *lens = json_array();
+    for (int b = 0; b < j->B; b++)
+        json_array_append_new(lens, json_integer(j->len[b]));
+    json_object_set_new(res, "lengths", lens);
     json_object_set_new(res, "inputs", inputs_json(j));
     if (json_array_size(j->warnings))
         json_object_set(res, "warnings", j->warnings);
@@ -597,6 +656,7 @@ static void estimate_run(const model *m, const job *j, int full, sim *s, part *m
     size_t C = (size_t)m->cfg.n_embd, T = (size_t)j->T, e = shim_dtype_size(m->dtype);
     size_t tok_text = 6 * m->max_token_bytes + 2; /* escaped, quoted */
     size_t raw = 0;                               /* the logits on the host, while kept */
+    s->kept += B * np * JSON_NUM_MEM, s->text += B * np * 8; /* positions, per example at most */
     if (j->top_k > 0 || (full && (j->want_logits || j->ntoklp))) {
         raw = B * np * V * 4;
         step_holds(s, B * np * (C + V) * e + raw); /* rows, logits, their host copy */
@@ -696,6 +756,7 @@ void result_estimate(const model *m, const job *j, size_t value_bytes, size_t nv
     }
     step_holds(&s, 0);
     s.text += (size_t)j->n_inputs * B * (T * 7 + 4); /* the inputs, echoed */
+    s.text += B * 8;                                 /* lengths */
     s.text += json_text_len(j->warnings);            /* held by the job already */
     out->peak_bytes = s.peak;
     out->text_bytes = s.text;

@@ -69,16 +69,24 @@ static int example_ids(const model *m, json_t *v, const char *field, int64_t **i
     return 0;
 }
 
+/* Every input's examples into j->ids, right-padded to the longest (T).
+ * Example b may be shorter than others, but has one length in every input:
+ * under causal attention no position reads a later one, so positions
+ * before an example's length are exactly what it gives alone, whatever
+ * the padding (token 0) computes. */
 static int parse_inputs(const model *m, json_t *in, job *j, npp_err *e)
 {
-    char f[64], f0[96] = "";
+    char f[64];
+    int rc = 0;
     if (!json_is_array(in) || json_array_size(in) == 0)
         return npp_fail(e, NPP_EINVAL, "inputs", "inputs: must be a non-empty array");
     if (json_array_size(in) > JOB_MAX_INPUTS)
         return npp_fail(e, NPP_EINVAL, "inputs", "inputs: %zu inputs, at most %d",
                         json_array_size(in), JOB_MAX_INPUTS);
     j->n_inputs = (int)json_array_size(in);
-    for (int i = 0; i < j->n_inputs; i++) {
+    int64_t **ex = NULL; /* n_inputs x B examples' ids, until copied */
+    int batch0_is_list = 0;
+    for (int i = 0; i < j->n_inputs && !rc; i++) {
         json_t *x = json_array_get(in, (size_t)i);
         json_t *examples;
         int batch = 0;
@@ -90,63 +98,66 @@ static int parse_inputs(const model *m, json_t *in, job *j, npp_err *e)
             examples = json_incref(x);
             batch = 1;
         } else {
-            return npp_fail(e, NPP_EINVAL, f,
-                            "%s: expected a text, a list of token ids, or a "
-                            "non-empty batch (a list of texts or of id lists)",
-                            f);
+            rc = npp_fail(e, NPP_EINVAL, f,
+                          "%s: expected a text, a list of token ids, or a "
+                          "non-empty batch (a list of texts or of id lists)",
+                          f);
+            break;
         }
         int B = (int)json_array_size(examples);
-        for (int b = 0; b < B; b++) {
-            char fb[80];
-            int64_t *ids = NULL;
+        if (i == 0) {
+            j->B = B;
+            batch0_is_list = batch;
+            ex = calloc((size_t)j->n_inputs * B, sizeof *ex);
+            j->len = calloc((size_t)B, sizeof *j->len);
+            if (!ex || !j->len)
+                rc = npp_fail(e, NPP_ENOMEM, "inputs", "out of memory");
+        } else if (B != j->B) {
+            rc = npp_fail(e, NPP_EINVAL, f,
+                          "%s: batch of %d but inputs[0] has %d (all inputs must have "
+                          "the same batch size)",
+                          f, B, j->B);
+        }
+        for (int b = 0; b < B && !rc; b++) {
+            char fb[80], f0[80];
             int n = 0;
+            int64_t **ids = &ex[(size_t)i * B + b];
             snprintf(fb, sizeof fb, batch ? "%s[%d]" : "%s", f, b);
-            int rc = example_ids(m, json_array_get(examples, (size_t)b), fb, &ids, &n, e);
-            if (rc) {
-                json_decref(examples);
-                return rc;
-            }
-            if (i == 0 && b == 0) {
-                if (n == 0) {
-                    free(ids);
-                    json_decref(examples);
-                    return npp_fail(e, NPP_EINVAL, fb, "%s: has no tokens", fb);
-                }
-                if (n > m->cfg.n_positions) {
-                    free(ids);
-                    json_decref(examples);
-                    return npp_fail(e, NPP_EINVAL, fb,
-                                    "%s: %d tokens, over the model's context of %d", fb, n,
-                                    m->cfg.n_positions);
-                }
-                j->T = n, j->B = B;
-                snprintf(f0, sizeof f0, "%s", fb);
-                j->ids = malloc((size_t)j->n_inputs * B * n * sizeof *j->ids);
-                if (!j->ids) {
-                    free(ids);
-                    json_decref(examples);
-                    return npp_fail(e, NPP_ENOMEM, "inputs", "out of memory");
-                }
-            }
-            if (B != j->B || n != j->T) {
-                free(ids);
-                json_decref(examples);
-                if (B != j->B)
-                    return npp_fail(e, NPP_EINVAL, f,
-                                    "%s: batch of %d but inputs[0] has %d (all inputs must have "
-                                    "the same batch size)",
-                                    f, B, j->B);
-                return npp_fail(e, NPP_EINVAL, fb,
-                                "%s: %d tokens but %s has %d (all inputs must have the same "
-                                "token length)",
-                                fb, n, f0, j->T);
-            }
-            memcpy(j->ids + ((size_t)i * B + b) * n, ids, (size_t)n * sizeof *ids);
-            free(ids);
+            if (batch0_is_list)
+                snprintf(f0, sizeof f0, "inputs[0][%d]", b);
+            else
+                snprintf(f0, sizeof f0, "inputs[0]");
+            if ((rc = example_ids(m, json_array_get(examples, (size_t)b), fb, ids, &n, e)))
+                break;
+            if (n == 0)
+                rc = npp_fail(e, NPP_EINVAL, fb, "%s: has no tokens", fb);
+            else if (n > m->cfg.n_positions)
+                rc = npp_fail(e, NPP_EINVAL, fb, "%s: %d tokens, over the model's context of %d",
+                              fb, n, m->cfg.n_positions);
+            else if (i == 0)
+                j->len[b] = n, j->T = n > j->T ? n : j->T;
+            else if (n != j->len[b])
+                rc = npp_fail(e, NPP_EINVAL, fb,
+                              "%s: %d tokens but %s has %d (example %d must have the same "
+                              "length in every input; examples may differ from each other)",
+                              fb, n, f0, j->len[b], b);
         }
         json_decref(examples);
     }
-    return 0;
+    if (!rc && !(j->ids = calloc((size_t)j->n_inputs * j->B * j->T, sizeof *j->ids)))
+        rc = npp_fail(e, NPP_ENOMEM, "inputs", "out of memory");
+    for (int b = 0; !rc && b < j->B; b++)
+        j->uneven |= j->len[b] != j->T;
+    for (int i = 0; ex && i < j->n_inputs; i++)
+        for (int b = 0; b < j->B; b++) {
+            int64_t *src = ex[(size_t)i * j->B + b];
+            if (!rc) /* the padding stays token 0 */
+                memcpy(j->ids + ((size_t)i * j->B + b) * j->T, src,
+                       (size_t)j->len[b] * sizeof *src);
+            free(src);
+        }
+    free(ex);
+    return rc;
 }
 
 /* ---- small typed getters ----------------------------------------------------- */
@@ -206,14 +217,53 @@ static int get_token(const model *m, json_t *v, const char *field, int64_t *out,
     return 0;
 }
 
-int job_position(json_t *v, int T, const char *field, int *out, npp_err *e)
+int job_position(const job *j, json_t *v, const char *field, int *out, npp_err *e)
 {
+    int T = j->T;
+    if (j->uneven && json_is_integer(v) && json_integer_value(v) < 0)
+        return npp_fail(e, NPP_EINVAL, field,
+                        "%s: the examples have different lengths, so a position here counts "
+                        "from the start: 0..%d",
+                        field, T - 1);
     if (!json_is_integer(v) || json_integer_value(v) < -T || json_integer_value(v) >= T)
         return npp_fail(e, NPP_EINVAL, field,
                         "%s: a position in %d..%d (negative counts from the end)", field, -T,
                         T - 1);
     int p = (int)json_integer_value(v);
     *out = p < 0 ? p + T : p;
+    return 0;
+}
+
+/* The shortest example's length. */
+static int min_len(const job *j)
+{
+    int n = j->T;
+    for (int b = 0; b < j->B; b++)
+        n = j->len[b] < n ? j->len[b] : n;
+    return n;
+}
+
+/* A position of each example: out[b * stride] for b in 0..B-1. Negative
+ * counts from each example's own end. hi: the largest allowed (T - 1 for
+ * an output row, which may be padding in a shorter example; the shortest
+ * length - 1 where every example needs a real token). */
+static int example_position(const job *j, json_t *v, const char *field, int hi, int *out,
+                            int stride, npp_err *e)
+{
+    int lo = -min_len(j);
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
+        if (!j->uneven)
+            return npp_fail(e, NPP_EINVAL, field,
+                            "%s: a position in %d..%d (negative counts from the end)", field, lo,
+                            hi);
+        return npp_fail(e, NPP_EINVAL, field,
+                        "%s: a position in %d..%d (negative counts from each example's end; "
+                        "the shortest example has %d tokens, the longest %d)",
+                        field, lo, hi, -lo, j->T);
+    }
+    int p = (int)json_integer_value(v);
+    for (int b = 0; b < j->B; b++)
+        out[(size_t)b * stride] = p < 0 ? p + j->len[b] : p;
     return 0;
 }
 
@@ -260,21 +310,18 @@ static int parse_outputs(const model *m, json_t *o, job *j, npp_err *e)
     if (o && job_check_keys(o, "outputs", known, e))
         return NPP_EINVAL;
     json_t *pos = o ? json_object_get(o, "positions") : NULL;
-    if (!pos || (json_is_string(pos) && !strcmp(json_string_value(pos), "last"))) {
-        j->npos = 1;
-        if (!(j->positions = malloc(sizeof *j->positions)))
-            return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
-        j->positions[0] = j->T - 1;
-    } else if (json_is_string(pos) && !strcmp(json_string_value(pos), "all")) {
-        j->npos = j->T;
-        if (!(j->positions = malloc((size_t)j->T * sizeof *j->positions)))
-            return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
-        for (int t = 0; t < j->T; t++)
-            j->positions[t] = t;
-    } else if (json_is_array(pos) && json_array_size(pos) > 0) {
-        j->npos = (int)json_array_size(pos);
-        if (!(j->positions = malloc((size_t)j->npos * sizeof *j->positions)))
-            return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
+    int last = !pos || (json_is_string(pos) && !strcmp(json_string_value(pos), "last"));
+    int all = json_is_string(pos) && !strcmp(json_string_value(pos), "all");
+    if (!last && !all && !(json_is_array(pos) && json_array_size(pos) > 0))
+        return npp_fail(e, NPP_EINVAL, "outputs.positions",
+                        "outputs.positions: \"last\", \"all\" or a non-empty list of positions");
+    j->npos = last ? 1 : all ? j->T : (int)json_array_size(pos);
+    if (!(j->positions = malloc((size_t)j->B * j->npos * sizeof *j->positions)))
+        return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
+    for (int b = 0; b < j->B; b++)
+        for (int i = 0; i < j->npos && !json_is_array(pos); i++)
+            j->positions[b * j->npos + i] = last ? j->len[b] - 1 : i;
+    if (json_is_array(pos)) {
         /* A repeated position would only repeat rows of the result (and
          * 20,000 of one position would make a large one): refused. */
         int *seen = calloc((size_t)j->T, sizeof *seen);
@@ -282,22 +329,36 @@ static int parse_outputs(const model *m, json_t *o, job *j, npp_err *e)
             return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
         for (int i = 0; i < j->npos; i++) {
             snprintf(f, sizeof f, "outputs.positions[%d]", i);
-            int rc = job_position(json_array_get(pos, (size_t)i), j->T, f, &j->positions[i], e);
-            if (!rc && seen[j->positions[i]])
-                rc = npp_fail(e, NPP_EINVAL, f,
-                              "%s: position %d is already listed at outputs.positions[%d]; list "
-                              "each position once",
-                              f, j->positions[i], seen[j->positions[i]] - 1);
-            if (rc) {
+            if (example_position(j, json_array_get(pos, (size_t)i), f, j->T - 1, j->positions + i,
+                                 j->npos, e)) {
                 free(seen);
                 return NPP_EINVAL;
             }
-            seen[j->positions[i]] = i + 1;
+        }
+        for (int b = 0; b < j->B; b++) {
+            const int *row = j->positions + b * j->npos;
+            for (int i = 0; i < j->npos; i++) {
+                if (seen[row[i]]) {
+                    int first = seen[row[i]] - 1;
+                    snprintf(f, sizeof f, "outputs.positions[%d]", i);
+                    free(seen);
+                    if (j->uneven)
+                        return npp_fail(e, NPP_EINVAL, f,
+                                        "%s: in example %d (%d tokens) this is position %d, "
+                                        "already listed at outputs.positions[%d]; list each "
+                                        "position once",
+                                        f, b, j->len[b], row[i], first);
+                    return npp_fail(e, NPP_EINVAL, f,
+                                    "%s: position %d is already listed at "
+                                    "outputs.positions[%d]; list each position once",
+                                    f, row[i], first);
+                }
+                seen[row[i]] = i + 1;
+            }
+            for (int i = 0; i < j->npos; i++)
+                seen[row[i]] = 0;
         }
         free(seen);
-    } else {
-        return npp_fail(e, NPP_EINVAL, "outputs.positions",
-                        "outputs.positions: \"last\", \"all\" or a non-empty list of positions");
     }
     json_t *k = o ? json_object_get(o, "top_k") : NULL;
     if (k) {
@@ -386,9 +447,13 @@ static int parse_metric(const model *m, json_t *mt, job *j, npp_err *e)
         metric_names(names, sizeof names);
         return npp_fail(e, NPP_EINVAL, "metric.type", "metric.type: one of %s", names);
     }
-    j->m_pos = j->T - 1;
+    if (!(j->m_pos = malloc((size_t)j->B * sizeof *j->m_pos)))
+        return npp_fail(e, NPP_ENOMEM, "metric", "out of memory");
+    for (int b = 0; b < j->B; b++)
+        j->m_pos[b] = j->len[b] - 1;
     json_t *p = json_object_get(mt, "position");
-    if (p && job_position(p, j->T, "metric.position", &j->m_pos, e))
+    /* every example needs a real token there */
+    if (p && example_position(j, p, "metric.position", min_len(j) - 1, j->m_pos, 1, e))
         return NPP_EINVAL;
     int n = metric_ntokens(j->metric);
     for (int k = 0; k < n; k++) /* every field first, so a missing one is named */
@@ -578,6 +643,8 @@ void job_free(job *j)
     }
     free(j->var);
     free(j->positions);
+    free(j->len);
+    free(j->m_pos);
     free(j->toklp);
     free(j->attn_layers);
     for (int k = 0; k < METRIC_MAX_TOKENS; k++)

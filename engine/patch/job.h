@@ -12,21 +12,18 @@
 //   }
 //
 // inputs: 1..32 items; each a text, a list of token ids, or a batch (a list
-// of texts or of id lists). All inputs must have one token length and one
-// batch size. Instead of branch/which, "preset" compiles the common
-// experiments into rules (see job.c and docs): activation_patch (node,
-// from, into, positions) and path_patch (senders, receivers, from, into).
-// metric types: logit_diff (target, baseline), logit, logprob, prob (token),
-// kl (from the unpatched run of input 0); "position" defaults to the last.
-// A token is a text of one token or an id, or a list of them, one per
-// example of the batch.
-// A sweep runs many variants of one experiment in one job: "sweep": [{"name":
-// "a0.head1", "preset": {...}}, ...] (1..JOB_MAX_VARIANTS variants, each a
-// preset or branch/which, none at the top). The variants share the inputs,
-// outputs and metric; their plans are merged, so a value any two need is
-// computed once.
-// Errors name the field: "inputs[1]", "branch[0].match", "preset.node",
-// "sweep[3].preset.senders[0]".
+// of texts or of id lists). All inputs have one batch size; examples may
+// differ in length, but example b has one length in every input (shorter
+// ones are right-padded, which causal attention makes exact). Instead of branch/which, "preset"
+// compiles the common experiments into rules (see job.c and docs): activation_patch (node, from,
+// into, positions) and path_patch (senders, receivers, from, into). metric types: logit_diff
+// (target, baseline), logit, logprob, prob (token), kl (from the unpatched run of input 0);
+// "position" defaults to the last. A token is a text of one token or an id, or a list of them, one
+// per example of the batch. A sweep runs many variants of one experiment in one job: "sweep":
+// [{"name": "a0.head1", "preset": {...}}, ...] (1..JOB_MAX_VARIANTS variants, each a preset or
+// branch/which, none at the top). The variants share the inputs, outputs and metric; their plans
+// are merged, so a value any two need is computed once. Errors name the field: "inputs[1]",
+// "branch[0].match", "preset.node", "sweep[3].preset.senders[0]".
 #ifndef NPP_JOB_H
 #define NPP_JOB_H
 
@@ -51,7 +48,9 @@ typedef struct {
 
 typedef struct {
     int n_inputs, B, T;
-    int64_t *ids; /* n_inputs x B x T */
+    int64_t *ids; /* n_inputs x B x T, example b right-padded with token 0 */
+    int *len;     /* B: example b's length (the same in every input); T the longest */
+    int uneven;   /* some example is shorter than T */
     graph_dims g;
     ruleset *rules;
     json_t *compiled; /* {"branch": [...], "which": [...]} as run (new ref) */
@@ -62,7 +61,8 @@ typedef struct {
     job_variant *var;
     /* outputs */
     int npos;
-    int *positions; /* resolved, 0..T-1 */
+    int *positions; /* B x npos, resolved per example (0..T-1; len[b] and up
+                     * are padding rows) */
     int top_k;
     int want_logits, want_hidden, want_trace, want_baselines;
     int ntoklp;
@@ -72,7 +72,7 @@ typedef struct {
     /* metric */
     const metric_def *metric;             /* NULL: none */
     int64_t *m_tokens[METRIC_MAX_TOKENS]; /* per token field, one per example (B) */
-    int m_pos;                            /* resolved position */
+    int *m_pos;                           /* B: resolved position per example */
     size_t max_values;
     json_t *warnings; /* [{"field", "message"}]: what ran, but may not be meant */
 } job;

@@ -6,10 +6,13 @@
 #include <jansson.h>
 
 #include "base/err.h"
+#include "patch/job.h"
 
 /* Refuses a key of obj not in known (NULL-ended); field names obj. */
 int job_check_keys(json_t *obj, const char *field, const char *const *known, npp_err *e);
-/* A position in -T..T-1 (negative from the end) into *out (0..T-1). */
-int job_position(json_t *v, int T, const char *field, int *out, npp_err *e);
+/* A position shared by every example (a node's, as in a preset) into
+ * *out (0..T-1): in -T..T-1, negative from the end; 0..T-1 only when the
+ * examples differ in length (each would have its own end). */
+int job_position(const job *j, json_t *v, const char *field, int *out, npp_err *e);
 
 #endif

@@ -112,7 +112,7 @@ static int preset_activation(const job *j, json_t *p, json_t *br, json_t *wh, np
             int t;
             char f[48];
             snprintf(f, sizeof f, "preset.positions[%zu]", i);
-            if (job_position(json_array_get(pos, i), j->T, f, &t, e)) {
+            if (job_position(j, json_array_get(pos, i), f, &t, e)) {
                 json_decref(pm);
                 return NPP_EINVAL;
             }

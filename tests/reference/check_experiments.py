@@ -1,0 +1,132 @@
+#!/usr/bin/python3
+"""The everyday experiments against per-example runs and hooks on the
+independent reference (gpt2_ref.py).
+
+    check_experiments.py --npp BUILD/npp --model DIR
+
+Uneven prompts: a batch whose examples differ in length (right-padded
+inside the engine) gives, for every output and metric, what each example
+gives run alone, within 1e-5 (another batch shape may round differently in
+the last bits); padding rows are zeros; "last" and negative positions are
+per example. Each experiment must also move the output, so that no check
+passes vacuously."""
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpt2_ref  # noqa: E402
+import harness  # noqa: E402
+from harness import check, run, tensor  # noqa: E402
+
+CFG = W = None
+
+
+def close(a, b, tol=1e-5):
+    """Max error relative to max(1, |b|): within tol?"""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return False, "shapes %s and %s" % (a.shape, b.shape)
+    err = float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(b)))) if a.size else 0.0
+    return err <= tol, "max error %.3g (tol %.0e)" % (err, tol)
+
+
+def ref_hidden(ids):
+    with torch.inference_mode():
+        h, _ = gpt2_ref.forward(CFG, W, torch.tensor([ids]))
+    return h[0].numpy()
+
+
+def uneven(rng):
+    lens = [7, 4, 6]
+    ex = [[rng.integers(0, 50000, n).tolist() for n in lens] for _ in range(2)]
+    for b in range(3):  # inputs 0 and 1 differ in one token of each example
+        ex[1][b][:] = ex[0][b]
+        ex[1][b][1] = (ex[0][b][1] + 1234) % 50000
+    preset = {"type": "path_patch", "senders": ["a0.head1"], "receivers": ["a1.head0.v", "a1.head2.q"],
+              "from": 1, "into": 0}
+    outputs = {"positions": "all", "logits": True, "hidden_states": True, "top_k": 3,
+               "token_logprobs": [11, 500], "attention": [0, 1], "baselines": True}
+    metrics = [{"type": "logit_diff", "target": 11, "baseline": 500},
+               {"type": "kl", "position": -2}]
+    for metric in metrics:
+        res = run({"inputs": ex, "preset": preset, "outputs": outputs, "metric": metric})
+        name = metric["type"]
+        check("%s: lengths echoed, inputs echoed without padding" % name,
+              res["lengths"] == lens and res["tokens"] == 7 and
+              [len(x) for x in res["inputs"][0]] == lens and res["inputs"][1] == ex[1])
+        o = res["outputs"]
+        hs, lg = tensor(o["hidden_states"]), tensor(o["logits"])
+        check("%s: [B, T_max, ...] tensors" % name,
+              hs.shape[:2] == (3, 7) and lg.shape[:2] == (3, 7), str((hs.shape, lg.shape)))
+        check("%s: padding rows are zeros" % name,
+              all(not hs[b, n:].any() and not lg[b, n:].any() for b, n in enumerate(lens)))
+        check("%s: metric position -2 is per example" % name,
+              name != "kl" or res["metric"]["position"] == [n - 2 for n in lens],
+              str(res["metric"]["position"]))
+        for b, n in enumerate(lens):
+            one = run({"inputs": [ex[0][b], ex[1][b]], "preset": preset, "outputs": outputs,
+                       "metric": metric})
+            oo = one["outputs"]
+            ok1, d1 = close(hs[b, :n], tensor(oo["hidden_states"])[0])
+            ok2, d2 = close(lg[b, :n], tensor(oo["logits"])[0])
+            check("%s: example %d (%d tokens): hidden states and logits = alone" % (name, b, n),
+                  ok1 and ok2, d1 + "; " + d2)
+            tk = [[t["id"] for t in row["tokens"]] for row in o["top_k"][b]]
+            tk1 = [[t["id"] for t in row["tokens"]] for row in oo["top_k"][0]]
+            tl = o["token_logprobs"]["values"][b]
+            ok3, d3 = close(tl[:n], oo["token_logprobs"]["values"][0])
+            check("%s: example %d: top-k ids and token log-probs = alone; padding rows null"
+                  % (name, b), tk == tk1 and ok3 and all(r is None for r in tl[n:]), d3)
+            ok4, d4 = close(res["metric"]["per_example"][b], one["metric"]["per_example"][0])
+            oks = [close(bl["metric"]["per_example"][b], bo["metric"]["per_example"][0])[0]
+                   for bl, bo in zip(res["baselines"], one["baselines"])]
+            check("%s: example %d: metric and baselines' metrics = alone" % (name, b),
+                  ok4 and all(oks), d4)
+            att = {(a["input"], a["layer"]): tensor(a["probs"]) for a in o["attention"]}
+            okA = True
+            for a in oo["attention"]:
+                p = att[(a["input"], a["layer"])]
+                okA &= close(p[b, :, :n, :n], tensor(a["probs"])[0])[0]
+                okA &= not p[b, :, n:].any()
+            check("%s: example %d: attention = alone, padding queries zero" % (name, b), okA)
+        if name == "kl":
+            continue
+        plain = run({"inputs": ex[:1], "outputs": {"hidden_states": True, "top_k": 0}})
+        ph = tensor(plain["outputs"]["hidden_states"])
+        for b, n in enumerate(lens):
+            ok, d = close(ph[b, :n], ref_hidden(ex[0][b]))
+            check("plain uneven run, example %d = reference forward alone" % b, ok, d)
+        ok, d = close(hs, ph)
+        check("the path patch moves the output (not vacuous)", not ok, d)
+    last = run({"inputs": ex, "preset": preset, "outputs": {"top_k": 1}})
+    check("\"last\" is each example's last token",
+          last["outputs"]["positions"] == [[n - 1] for n in lens] and
+          [row[0]["position"] for row in last["outputs"]["top_k"]] == [n - 1 for n in lens],
+          str(last["outputs"]["positions"]))
+    neg = run({"inputs": ex, "preset": preset, "outputs": {"top_k": 1, "positions": [0, -1]}})
+    check("negative positions count from each example's end",
+          neg["outputs"]["positions"] == [[0, n - 1] for n in lens])
+    even = run({"inputs": [[x[:4] for x in ex[0]]], "outputs": {"top_k": 1, "positions": [-1]}})
+    check("an even batch keeps one list of positions", even["outputs"]["positions"] == [3])
+
+
+def main():
+    global CFG, W
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--npp", required=True)
+    ap.add_argument("--model", required=True)
+    a = ap.parse_args()
+    harness.setup(a.npp, a.model)
+    CFG, W = gpt2_ref.load(a.model, torch.float64)
+    assert CFG["n_layer"] >= 2 and CFG["n_head"] >= 3, "needs 2+ layers and 3+ heads"
+    rng = np.random.default_rng(11)
+    uneven(rng)
+    sys.exit(harness.summary())
+
+
+if __name__ == "__main__":
+    main()
