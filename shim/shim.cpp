@@ -362,7 +362,8 @@ shim_tensor *shim_linear(const shim_tensor *x, const shim_tensor *w, const shim_
         }
         std::vector<int64_t> osz(X.sizes().begin(), X.sizes().end());
         osz.back() = out;
-        at::Tensor y = at::addmm(b->t, X.reshape({-1, in}), w->t); // (N, out)
+        at::Tensor X2 = X.reshape({-1, in});
+        at::Tensor y = b ? at::addmm(b->t, X2, w->t) : at::mm(X2, w->t); // (N, out)
         return wrap(y.view(osz));
     });
 }

@@ -120,7 +120,7 @@ shim_tensor *shim_embed(const shim_tensor *wte, const shim_tensor *wpe, const in
 /* Layer norm over the last dim: (..., C) -> (..., C). */
 shim_tensor *shim_layernorm(const shim_tensor *x, const shim_tensor *w, const shim_tensor *b,
                             double eps, shim_status *st);
-/* Conv1D as GPT-2 stores it: x (..., in) @ w (in, out) + b (out). */
+/* Conv1D as GPT-2 stores it: x (..., in) @ w (in, out) + b (out); b NULL: no bias. */
 shim_tensor *shim_linear(const shim_tensor *x, const shim_tensor *w, const shim_tensor *b,
                          shim_status *st);
 /* GELU; tanh_approx selects GPT-2's "gelu_new". */

@@ -481,6 +481,149 @@ static json_t *attention_json(ctx *c)
     return arr;
 }
 
+/* The index of activation (kind, layer, idx) in j->act, or -1. */
+static int act_index(const job *j, int kind, int layer, int idx)
+{
+    for (int i = 0; i < j->nact; i++)
+        if (j->act[i].kind == kind && j->act[i].layer == layer && j->act[i].idx == idx)
+            return i;
+    return -1;
+}
+
+/* Puts tensor t ([B, T, ...], rows past each example's length zeroed) into
+ * nodes under activation i's name. */
+static int put_act(ctx *c, json_t *nodes, int i, const shim_tensor *t, shim_status *st)
+{
+    const job *j = c->j;
+    if (i < 0 || st->code)
+        return st->code;
+    int nd = shim_ndim(t);
+    int64_t shape[4];
+    size_t n = 1, row = 1;
+    for (int d = 0; d < nd && d < 4; d++)
+        shape[d] = shim_dim(t, d), n *= (size_t)shape[d];
+    float *h = malloc(n * sizeof *h);
+    if (!h) {
+        st->code = SHIM_ENOMEM;
+        return st->code;
+    }
+    if (!shim_to_host_f32(t, h, n, st)) {
+        char name[96];
+        if (j->act[i].kind < 0) { /* (B, H, T, T): padding queries */
+            for (int64_t b = 0; j->uneven && b < j->B; b++)
+                for (int64_t hh = 0; hh < shape[1]; hh++)
+                    memset(h + ((size_t)(b * shape[1] + hh) * j->T + (size_t)j->len[b]) * j->T, 0,
+                           (size_t)(j->T - j->len[b]) * j->T * sizeof *h);
+        } else {
+            row = (size_t)shape[2];
+            zero_padding(j, h, row);
+        }
+        snprintf(name, sizeof name, "activation_input%d_%s", j->act_input, j->act[i].name);
+        json_t *tj = tensor_json(c, name, h, shape, nd);
+        if (tj)
+            json_object_set_new(nodes, j->act[i].name, tj);
+        else
+            st->code = SHIM_ENOMEM;
+    }
+    free(h);
+    return st->code;
+}
+
+/* The attention sublayer of block l on x, keeping what the activations
+ * ask for: head h's share z_h W_O[h] (no bias) and the probabilities. */
+static shim_tensor *attn_with_heads(ctx *c, json_t *nodes, int l, const shim_tensor *x,
+                                    shim_status *st)
+{
+    const model *m = c->m;
+    const model_block *blk = &m->blocks[l];
+    int64_t C = m->cfg.n_embd, H = m->cfg.n_head, D = C / H;
+    int ip = act_index(c->j, -1, l, -1), heads = 0;
+    for (int h = 0; h < H; h++)
+        heads |= act_index(c->j, G_HEAD, l, h) >= 0;
+    if (!heads) {
+        shim_tensor *probs = NULL;
+        shim_tensor *a = gpt2_attn(m, l, x, ip >= 0 ? &probs : NULL, st);
+        put_act(c, nodes, ip, probs, st);
+        shim_free(probs);
+        return a;
+    }
+    shim_tensor *qkv = gpt2_attn_qkv(m, l, x, st), *probs = NULL;
+    shim_tensor *q = shim_narrow(qkv, 2, 0, C, st), *k = shim_narrow(qkv, 2, C, C, st);
+    shim_tensor *v = shim_narrow(qkv, 2, 2 * C, C, st);
+    shim_tensor *z = shim_attention(q, k, v, (int)H, gpt2_attn_scale(m, l), ip >= 0 ? &probs : NULL,
+                                    st); /* (B, T, C) */
+    shim_tensor *a = shim_linear(z, blk->proj_w, blk->proj_b, st);
+    put_act(c, nodes, ip, probs, st);
+    for (int h = 0; h < H && !st->code; h++) {
+        int i = act_index(c->j, G_HEAD, l, h);
+        if (i < 0)
+            continue;
+        shim_tensor *zh = shim_narrow(z, 2, h * D, D, st);
+        shim_tensor *wh = shim_narrow(blk->proj_w, 0, h * D, D, st);
+        shim_tensor *oh = shim_linear(zh, wh, NULL, st); /* (B, T, C) */
+        put_act(c, nodes, i, oh, st);
+        shim_free(zh);
+        shim_free(wh);
+        shim_free(oh);
+    }
+    shim_free(probs);
+    shim_free(qkv);
+    shim_free(q);
+    shim_free(k);
+    shim_free(v);
+    shim_free(z);
+    if (st->code) {
+        shim_free(a);
+        return NULL;
+    }
+    return a;
+}
+
+/* outputs.activations: {"input": K, "nodes": {name: tensor}} from one plain
+ * forward pass of input K, in the order asked. */
+static json_t *activations_json(ctx *c)
+{
+    const job *j = c->j;
+    const model *m = c->m;
+    shim_status st = {0};
+    json_t *nodes = json_object();
+    for (int i = 0; i < j->nact; i++) /* the order asked */
+        json_object_set_new(nodes, j->act[i].name, json_null());
+    int last = 0; /* the last layer anything is asked of */
+    for (int i = 0; i < j->nact; i++)
+        last = j->act[i].layer > last ? j->act[i].layer : last;
+    shim_tensor *x = gpt2_embed(m, j->ids + (size_t)j->act_input * j->B * j->T, j->B, j->T, &st);
+    put_act(c, nodes, act_index(j, G_EMB, -1, -1), x, &st);
+    for (int l = 0; l <= last && !st.code; l++) {
+        if (cancelled(c)) {
+            shim_free(x);
+            json_decref(nodes);
+            return NULL;
+        }
+        shim_tensor *a = attn_with_heads(c, nodes, l, x, &st);
+        put_act(c, nodes, act_index(j, G_AHEAD, l, -1), a, &st);
+        shim_tensor *x2 = shim_add(x, a, &st);
+        put_act(c, nodes, act_index(j, G_A, l, -1), x2, &st);
+        shim_tensor *f = gpt2_mlp(m, l, x2, &st);
+        put_act(c, nodes, act_index(j, G_FHEAD, l, -1), f, &st);
+        shim_tensor *x3 = shim_add(x2, f, &st);
+        put_act(c, nodes, act_index(j, G_F, l, -1), x3, &st);
+        shim_free(a);
+        shim_free(x2);
+        shim_free(f);
+        shim_free(x);
+        x = x3;
+    }
+    shim_free(x);
+    if (st.code) {
+        json_decref(nodes);
+        if (!c->e || !c->e->code)
+            shim_err(c, &st);
+        return NULL;
+    }
+    return json_pack("{s:i,s:o}", "input", j->act_input, "nodes", nodes);
+}
+
 static json_t *inputs_json(const job *j)
 {
     json_t *a = json_array();
@@ -575,6 +718,12 @@ int result_build(const result_opts *o, shim_tensor *const *hs, int nroots, json_
         /* a plain job's outputs hold it; a sweep's are per variant, so it
          * sits at the top, as the baselines do */
         json_object_set_new(j->nvar ? res : json_object_get(res, "outputs"), "attention", a);
+    }
+    if (j->nact) {
+        json_t *a = activations_json(c);
+        if (!a)
+            goto fail;
+        json_object_set_new(j->nvar ? res : json_object_get(res, "outputs"), "activations", a);
     }
     if (j->want_baselines) {
         json_t *bl = json_array();
@@ -744,6 +893,17 @@ void result_estimate(const model *m, const job *j, size_t value_bytes, size_t nv
         }
         take(&mem, each * b, "outputs.attention");
         take(&res, each * b, "outputs.attention");
+    }
+    if (j->nact) { /* one plain forward; each node's host copy, base64 and its copy */
+        size_t all = 0;
+        for (int i = 0; i < j->nact; i++) {
+            size_t bytes = (j->act[i].kind < 0 ? B * H * T * T : B * T * (size_t)m->cfg.n_embd) * 4,
+                   b = b64_len(bytes);
+            step_holds(&s, 16 * vb + 2 * bytes + 2 * b);
+            s.kept += b, s.text += b + 128, all += b;
+        }
+        take(&mem, all, "outputs.activations");
+        take(&res, all, "outputs.activations");
     }
     for (int i = 0; j->want_baselines && i < j->n_inputs; i++) {
         estimate_run(m, j, 0, &s, &mem, &res);

@@ -295,11 +295,77 @@ static int get_bool(json_t *obj, const char *key, const char *field, int *out, n
 
 /* ---- outputs and metric ------------------------------------------------------- */
 
+#define ACT_NAMES                                                                                  \
+    "emb, a{i}, f{i} (the residual stream after block i's attention, after block i), "             \
+    "a{i}.head (the attention output), a{i}.head{h} (head h's share of it, without the "           \
+    "bias), f{i}.head (the MLP output), a{i}.pattern (the attention probabilities)"
+
+/* outputs.activations: {"nodes": [names], "input": K}. */
+static int parse_activations(const model *m, json_t *a, job *j, npp_err *e)
+{
+    static const char *const known[] = {"nodes", "input", NULL};
+    char f[64];
+    if (!json_is_object(a))
+        return npp_fail(e, NPP_EINVAL, "outputs.activations",
+                        "outputs.activations: an object {\"nodes\": [names], \"input\": K}");
+    if (job_check_keys(a, "outputs.activations", known, e))
+        return NPP_EINVAL;
+    json_t *in = json_object_get(a, "input"), *nodes = json_object_get(a, "nodes");
+    if (in && (!json_is_integer(in) || json_integer_value(in) < 0 ||
+               json_integer_value(in) >= j->n_inputs))
+        return npp_fail(e, NPP_EINVAL, "outputs.activations.input",
+                        "outputs.activations.input: an input index in 0..%d", j->n_inputs - 1);
+    j->act_input = in ? (int)json_integer_value(in) : 0;
+    size_t most = 4 * (size_t)m->cfg.n_layer * (m->cfg.n_head + 4) + 1; /* every name once */
+    if (!json_is_array(nodes) || !json_array_size(nodes) || json_array_size(nodes) > most)
+        return npp_fail(e, NPP_EINVAL, "outputs.activations.nodes",
+                        "outputs.activations.nodes: a non-empty list of node names (" ACT_NAMES
+                        ")");
+    j->nact = (int)json_array_size(nodes);
+    if (!(j->act = calloc((size_t)j->nact, sizeof *j->act)))
+        return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
+    for (int i = 0; i < j->nact; i++) {
+        json_t *v = json_array_get(nodes, (size_t)i);
+        job_act *ac = &j->act[i];
+        const char *name = json_is_string(v) ? json_string_value(v) : "";
+        int layer = -1;
+        char canon[32] = "";
+        snprintf(f, sizeof f, "outputs.activations.nodes[%d]", i);
+        if (sscanf(name, "a%d.pattern", &layer) == 1)
+            snprintf(canon, sizeof canon, "a%d.pattern", layer);
+        if (canon[0] && !strcmp(canon, name) && layer >= 0 && layer < m->cfg.n_layer) {
+            ac->kind = -1, ac->layer = layer, ac->idx = -1;
+        } else {
+            int sym = json_is_string(v) ? graph_parse(&j->g, name) : -1;
+            gnode d = sym >= 0 ? graph_node(&j->g, sym) : (gnode){G_LN_FINAL, -1, -1};
+            if (sym < 0 || !(d.kind == G_EMB || d.kind == G_A || d.kind == G_F ||
+                             d.kind == G_AHEAD || d.kind == G_HEAD || d.kind == G_FHEAD)) {
+                char near[48], hint[80] = "";
+                if (sym < 0 && json_is_string(v) && graph_closest(&j->g, name, near, sizeof near))
+                    snprintf(hint, sizeof hint, "; did you mean \"%s\"?", near);
+                return npp_fail(e, NPP_EINVAL, f,
+                                "%s: %s%s%s; activations are %s (%d layers, %d heads)%s", f,
+                                json_is_string(v) ? "\"" : "not a name", name,
+                                json_is_string(v) ? "\" is not one" : "", ACT_NAMES, m->cfg.n_layer,
+                                m->cfg.n_head, hint);
+            }
+            ac->kind = (int)d.kind, ac->layer = d.layer, ac->idx = d.idx;
+        }
+        snprintf(ac->name, sizeof ac->name, "%s", name);
+        for (int k = 0; k < i; k++)
+            if (!strcmp(j->act[k].name, ac->name))
+                return npp_fail(e, NPP_EINVAL, f,
+                                "%s: \"%s\" is already listed at outputs.activations.nodes[%d]", f,
+                                name, k);
+    }
+    return 0;
+}
+
 static int parse_outputs(const model *m, json_t *o, job *j, npp_err *e)
 {
-    static const char *const known[] = {"positions",     "top_k",          "logits",
-                                        "hidden_states", "token_logprobs", "attention",
-                                        "baselines",     "trace",          NULL};
+    static const char *const known[] = {"positions",      "top_k",     "logits",    "hidden_states",
+                                        "token_logprobs", "attention", "baselines", "trace",
+                                        "activations",    NULL};
     char f[64];
     j->top_k = 5;
     if (!o || json_is_null(o)) {
@@ -385,6 +451,9 @@ static int parse_outputs(const model *m, json_t *o, job *j, npp_err *e)
                 return NPP_EINVAL;
         }
     }
+    json_t *ac = o ? json_object_get(o, "activations") : NULL;
+    if (ac && parse_activations(m, ac, j, e))
+        return NPP_EINVAL;
     json_t *at = o ? json_object_get(o, "attention") : NULL;
     if (at) {
         if (!json_is_array(at))
@@ -647,6 +716,7 @@ void job_free(job *j)
     free(j->m_pos);
     free(j->toklp);
     free(j->attn_layers);
+    free(j->act);
     for (int k = 0; k < METRIC_MAX_TOKENS; k++)
         free(j->m_tokens[k]);
     free(j);

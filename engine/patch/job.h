@@ -46,6 +46,13 @@ typedef struct {
     int written;      /* as in job */
 } job_variant;
 
+/* One activation to return: a graph node's value (kind G_EMB, G_A, G_F,
+ * G_AHEAD, G_HEAD or G_FHEAD), or kind -1 for a{layer}.pattern. */
+typedef struct {
+    char name[32];
+    int kind, layer, idx;
+} job_act;
+
 typedef struct {
     int n_inputs, B, T;
     int64_t *ids; /* n_inputs x B x T, example b right-padded with token 0 */
@@ -69,6 +76,9 @@ typedef struct {
     int64_t *toklp; /* token ids for token_logprobs */
     int nattn;
     int *attn_layers;
+    int nact; /* outputs.activations: nodes of input act_input's plain run */
+    int act_input;
+    job_act *act;
     /* metric */
     const metric_def *metric;             /* NULL: none */
     int64_t *m_tokens[METRIC_MAX_TOKENS]; /* per token field, one per example (B) */

@@ -114,6 +114,68 @@ def uneven(rng):
     check("an even batch keeps one list of positions", even["outputs"]["positions"] == [3])
 
 
+def reference_activations(ids):
+    """Every activation of the plain run of ids (B, T) on the reference."""
+    L, H = CFG["n_layer"], CFG["n_head"]
+    C = CFG["n_embd"]
+    D = C // H
+    got = {}
+    with torch.inference_mode():
+        x = W["wte.weight"][torch.tensor(ids)] + W["wpe.weight"][:len(ids[0])]
+        got["emb"] = x.clone()
+        for l in range(L):
+            a, z, probs = gpt2_ref.attention(CFG, W, l, x, x, x)
+            got["a%d.head" % l], got["a%d.pattern" % l] = a, probs
+            Wo = W["h.%d.attn.c_proj.weight" % l]
+            for h in range(H):
+                got["a%d.head%d" % (l, h)] = z[:, h] @ Wo[h * D:(h + 1) * D]
+            x = x + a
+            got["a%d" % l] = x.clone()
+            m = gpt2_ref.mlp(CFG, W, l, x)
+            got["f%d.head" % l] = m
+            x = x + m
+            got["f%d" % l] = x.clone()
+    return {k: v.numpy() for k, v in got.items()}
+
+
+def activations(rng):
+    L, H = CFG["n_layer"], CFG["n_head"]
+    ids = rng.integers(0, 50000, size=(2, 6)).tolist()
+    other = rng.integers(0, 50000, size=(2, 6)).tolist()
+    want = reference_activations(other)
+    names = ["emb"] + ["a%d%s" % (l, s) for l in range(L) for s in ("", ".head", ".pattern")]
+    names += ["f%d%s" % (l, s) for l in range(L) for s in ("", ".head")]
+    names += ["a%d.head%d" % (l, h) for l in range(L) for h in range(H)]
+    res = run({"inputs": [ids, other], "outputs": {"top_k": 0,
+               "activations": {"nodes": names, "input": 1}}})
+    acts = res["outputs"]["activations"]
+    check("activations: input 1, every node asked for, in order",
+          acts["input"] == 1 and list(acts["nodes"]) == names)
+    for n in names:
+        ok, d = close(tensor(acts["nodes"][n]), want[n])
+        check("activation %s of input 1 = reference" % n, ok, d)
+    s = sum(tensor(acts["nodes"]["a0.head%d" % h]) for h in range(H))
+    bias = W["h.0.attn.c_proj.bias"].numpy()
+    ok, d = close(s + bias, want["a0.head"])
+    check("heads' shares plus the bias = the attention output", ok, d)
+    # uneven: the padding rows zero, each example as alone
+    ex = [ids[0], ids[1][:4]]
+    res = run({"inputs": [ex], "outputs": {"top_k": 0, "activations": {"nodes": ["a1", "a1.pattern", "f0.head"]}}})
+    nodes = res["outputs"]["activations"]["nodes"]
+    for b, seq in enumerate(ex):
+        w = reference_activations([seq])
+        n = len(seq)
+        ok1, d1 = close(tensor(nodes["a1"])[b, :n], w["a1"][0])
+        ok2, d2 = close(tensor(nodes["a1.pattern"])[b, :, :n, :n], w["a1.pattern"][0])
+        pad = not tensor(nodes["a1"])[b, n:].any() and not tensor(nodes["a1.pattern"])[b, :, n:].any()
+        check("uneven activations, example %d = alone, padding zero" % b, ok1 and ok2 and pad,
+              d1 + "; " + d2)
+    sw = run({"inputs": [ids, other], "outputs": {"top_k": 0, "activations": {"nodes": ["f1"]}},
+              "sweep": [{"preset": {"type": "activation_patch", "node": "a0.head"}}]})
+    ok, d = close(tensor(sw["activations"]["nodes"]["f1"]), reference_activations(ids)["f1"])
+    check("a sweep's activations sit at the top (input 0 by default)", ok, d)
+
+
 def main():
     global CFG, W
     ap = argparse.ArgumentParser()
@@ -125,6 +187,7 @@ def main():
     assert CFG["n_layer"] >= 2 and CFG["n_head"] >= 3, "needs 2+ layers and 3+ heads"
     rng = np.random.default_rng(11)
     uneven(rng)
+    activations(rng)
     sys.exit(harness.summary())
 
 

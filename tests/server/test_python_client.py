@@ -57,6 +57,27 @@ def test_original_example(server):
     assert os.path.getsize(svg_path) > 1000 and ET.fromstring(svg).tag.endswith("svg")
 
 
+def test_uneven_prompts_and_activations(server):
+    m = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token).model()
+    batch = ["The capital of Spain is", "Madrid is the capital of"]
+    lens = [len(m.tokenize(t)) for t in batch]
+    assert lens[0] != lens[1]
+    res = m.run([batch], activations=["a1", "a0.pattern"], outputs={"top_k": 1})
+    assert res.lengths == lens and res.positions == [[n - 1] for n in lens]
+    a1, pat = res.activations["a1"], res.activations["a0.pattern"]
+    assert a1.shape == (2, max(lens), 64) and pat.shape == (2, 4, max(lens), max(lens))
+    short = lens.index(min(lens))
+    assert not a1[short, min(lens):].any() and a1[short, :min(lens)].any()
+    alone = m.run([batch[short]], activations={"nodes": ["a1"], "input": 0}, outputs={"top_k": 1})
+    assert np.allclose(alone.activations["a1"][0], a1[short, :min(lens)], atol=1e-5)
+    with pytest.raises(TypeError):
+        m.run([batch], activations="a1")
+    with pytest.raises(npp.NppError) as e:
+        m.run([batch], activations=["a1.hed0"])
+    assert e.value.status == 422 and e.value.field == "outputs.activations.nodes[0]"
+    assert 'did you mean "a1.head0"' in e.value.message
+
+
 def test_presets_and_errors(server):
     m = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token).model()
     res = m.run(SPAIN, preset=npp.activation_patch("a1.head2"), outputs={"top_k": 1})

@@ -9,6 +9,7 @@
                 which=[(contains("a1"), 1)], branch=[(last("a1"), True)])
     res.top_k()            # [(token, logprob), ...] for example 0, last position
     res.hidden_states      # numpy array (batch, tokens, width) if numpy is installed
+    m.run(batch, activations=["a0", "a1.pattern"]).activations["a1.pattern"]
     res.visualise_path("paths.svg")
 
     # a sweep: many variants in one job, shared values computed once
@@ -148,8 +149,10 @@ class Model:
         return self.client._request("POST", "/v1/tokenize", {"model": self.name, "text": text})[1]["ids"]
 
     def job_document(self, inputs, which=None, branch=None, outputs=None, metric=None,
-                     preset=None, limits=None, sweep=None):
-        """The JSON document run() and sweep() send (see docs/jobs.md)."""
+                     preset=None, limits=None, sweep=None, activations=None):
+        """The JSON document run() and sweep() send (see docs/jobs.md).
+        activations: node names of input 0's plain run to return (or
+        {"nodes": [...], "input": K}); the Result has them as .activations."""
         if isinstance(inputs, (str, bytes)):
             # list("a string") would be one input per character
             raise TypeError("inputs: a list of inputs (texts, token id lists or batches), "
@@ -166,6 +169,12 @@ class Model:
         for k, v in (("outputs", outputs), ("metric", metric), ("limits", limits)):
             if v is not None:
                 doc[k] = v
+        if activations is not None:
+            if isinstance(activations, str):
+                raise TypeError("activations: a list of node names, not a bare string; "
+                                "write [%r]" % activations)
+            acts = activations if isinstance(activations, dict) else {"nodes": list(activations)}
+            doc["outputs"] = dict(doc.get("outputs") or {}, activations=acts)
         return doc
 
     def submit(self, inputs, **kw):
@@ -179,13 +188,14 @@ class Model:
         return Job(self.client, body["id"], body)
 
     def run(self, inputs, which=None, branch=None, outputs=None, metric=None, preset=None,
-            limits=None, progress=None):
+            limits=None, progress=None, activations=None):
         """Runs a job and returns its Result. which / branch: ordered lists of
         (pattern, value) pairs, first match wins: which values are input
         indices, branch values True, False, "heads" or "positions". progress:
-        show a progress bar (default: only for jobs that take a while)."""
+        show a progress bar (default: only for jobs that take a while).
+        activations: node names to return as .activations (see job_document)."""
         job = self.submit(inputs, which=which, branch=branch, outputs=outputs, metric=metric,
-                          preset=preset, limits=limits)
+                          preset=preset, limits=limits, activations=activations)
         return job.wait(progress=progress)
 
     def sweep(self, inputs, variants, outputs=None, metric=None, limits=None, progress=None):
@@ -362,6 +372,11 @@ class Result(_Patched):
         self.raw = body["result"]
         self.stats = self.raw["stats"]
         self.baselines = self.raw.get("baselines")
+        self.lengths = self.raw.get("lengths")
+        acts = self.raw.get("activations") or (self.raw.get("outputs") or {}).get("activations")
+        # name -> array ([batch, tokens, width], or [batch, heads, tokens, tokens]
+        # for a{i}.pattern); padding rows of shorter examples are zeros
+        self.activations = {k: _tensor(v) for k, v in (acts or {}).get("nodes", {}).items()}
         self.variants = None
         if "sweep" in self.raw:
             self.variants = [Variant(self, v) for v in self.raw["sweep"]]
