@@ -317,6 +317,47 @@ shim_tensor *shim_take_rows(const shim_tensor *t, const int64_t *idx, int64_t n,
     });
 }
 
+shim_tensor *shim_edit_positions(const shim_tensor *x, const shim_tensor *minus,
+                                 const shim_tensor *plus, const int64_t *pos, int64_t npos,
+                                 const float *vec, float scale, int replace, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        const at::Tensor &X = x->t; // (B, T, C)
+        at::Tensor i = at::from_blob(const_cast<int64_t *>(pos), {npos}, at::kLong).to(X.device());
+        at::Tensor y = X.clone(at::MemoryFormat::Contiguous);
+        if (replace) {
+            if (plus)
+                y.index_copy_(1, i, plus->t.index_select(1, i).to(X.scalar_type()));
+            else
+                y.index_fill_(1, i, 0);
+            return wrap(y);
+        }
+        at::Tensor d = at::zeros({X.size(0), npos, X.size(2)}, X.options());
+        if (plus)
+            d += plus->t.index_select(1, i);
+        if (minus)
+            d -= minus->t.index_select(1, i);
+        if (vec) {
+            at::Tensor v = at::from_blob(const_cast<float *>(vec), {X.size(2)}, at::kFloat)
+                               .to(X.device(), X.scalar_type());
+            d += v * scale;
+        }
+        y.index_add_(1, i, d);
+        return wrap(y);
+    });
+}
+
+shim_tensor *shim_batch_mean(const shim_tensor *x, const float *w, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        const at::Tensor &X = x->t; // (B, T, C)
+        int64_t B = X.size(0), T = X.size(1);
+        at::Tensor W = at::from_blob(const_cast<float *>(w), {B, T, 1}, at::kFloat).to(X.device());
+        at::Tensor m = (X.to(at::kFloat) * W).sum(0, true).to(X.scalar_type()); // (1, T, C)
+        return wrap(m.expand_as(X).contiguous());
+    });
+}
+
 shim_tensor *shim_embed(const shim_tensor *wte, const shim_tensor *wpe, const int64_t *ids,
                         int64_t B, int64_t T, shim_status *st)
 {

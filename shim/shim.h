@@ -111,6 +111,18 @@ shim_tensor *shim_clone(const shim_tensor *t, shim_status *st);
 /* Rows idx[0..n) of t along dim 0 (idx on the host). */
 shim_tensor *shim_take_rows(const shim_tensor *t, const int64_t *idx, int64_t n, shim_status *st);
 
+/* x (B, T, C) changed at positions pos[0..npos) (along dim 1), as a new
+ * tensor. replace: those rows become plus's (or zeros when plus is NULL);
+ * else they get plus - minus + scale * vec added (each part optional; vec:
+ * C host floats). */
+shim_tensor *shim_edit_positions(const shim_tensor *x, const shim_tensor *minus,
+                                 const shim_tensor *plus, const int64_t *pos, int64_t npos,
+                                 const float *vec, float scale, int replace, shim_status *st);
+/* Row (b, t) of the result is sum over b' of w[b' * T + t] * x[b', t]
+ * (w: B*T host floats), accumulated in float32: a weighted batch mean,
+ * broadcast back to (B, T, C). */
+shim_tensor *shim_batch_mean(const shim_tensor *x, const float *w, shim_status *st);
+
 /* ---- GPT-2 operations ------------------------------------------------ */
 
 /* Token + position embedding: wte[ids[b][t]] + wpe[t].

@@ -133,7 +133,9 @@ static void vset_clear(vset *s)
 int exec_chunks(const plan *p, const int32_t *vs, int n, size_t budget, exec_chunk **out, int *nout)
 {
     const op_def *op = op_info(p->v[vs[0]].op);
-    int attn = p->v[vs[0]].op == OP_ATTN, nin = attn ? p->v[vs[0]].nin : 1, cap = 16, nc = 0;
+    /* attention and heads' shares read several sources per value */
+    int attn = p->v[vs[0]].op == OP_ATTN || p->v[vs[0]].op == OP_HEAD;
+    int nin = attn ? p->v[vs[0]].nin : 1, cap = 16, nc = 0;
     exec_chunk *c = malloc((size_t)cap * sizeof *c);
     vset set = {NULL, 1, 0};
     while (set.cap < 4 * (size_t)nin * (size_t)n + 4)
@@ -500,7 +502,9 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
         while (j < nm && p->v[mine[j]].rank == p->v[mine[i]].rank &&
                p->v[mine[j]].op == p->v[mine[i]].op)
             j++;
-        size_t outs = (size_t)(j - i) * vb, holds = outs; /* light ops: their outputs */
+        /* light ops, one at a time: their outputs, and one's temporaries */
+        size_t outs = (size_t)(j - i) * vb,
+               holds = outs + (size_t)op_info(p->v[mine[i]].op)->temps * vb;
         if (op_info(p->v[mine[i]].op)->batched) {
             exec_chunk *ch;
             int nch;

@@ -54,6 +54,60 @@ static shim_tensor *run_mix(const op_env *x, int32_t v, shim_status *st)
     return r;
 }
 
+static shim_tensor *no_memory(shim_status *st)
+{
+    st->code = SHIM_ENOMEM;
+    snprintf(st->msg, sizeof st->msg, "out of memory");
+    return NULL;
+}
+
+/* An intervention (patch/edit.h) at its positions: EDIT_SET replaces the
+ * rows (zeros, or in[1]'s) or adds scale x vec; EDIT_HEAD takes the head's
+ * share in[1] out of the attention output and puts in[2] (if any) in. */
+static shim_tensor *run_edit(const op_env *x, int32_t v, shim_status *st)
+{
+    const plan *p = x->p;
+    const plan_value *pv = &p->v[v];
+    const edit *d = &p->edits->e[pv->aux];
+    int64_t *pos = malloc((size_t)p->T * sizeof *pos), n = 0;
+    if (!pos)
+        return no_memory(st);
+    for (int t = 0; t < p->T; t++)
+        if (d->mask[t])
+            pos[n++] = t;
+    shim_tensor *X = x->h[pv->in[0]], *r;
+    shim_tensor *in1 = pv->nin > 1 ? x->h[pv->in[1]] : NULL,
+                *in2 = pv->nin > 2 ? x->h[pv->in[2]] : NULL;
+    if (pv->layer == EDIT_HEAD)
+        r = shim_edit_positions(X, in1, in2, pos, n, NULL, 0, 0, st);
+    else if (d->kind == EDIT_STEER)
+        r = shim_edit_positions(X, NULL, NULL, pos, n, d->vec, d->scale, 0, st);
+    else
+        r = shim_edit_positions(X, NULL, in1, pos, n, NULL, 0, 1, st);
+    free(pos);
+    return r;
+}
+
+/* The batch mean at each position over the examples that have it. */
+static shim_tensor *run_mean(const op_env *x, int32_t v, shim_status *st)
+{
+    const plan *p = x->p;
+    size_t B = (size_t)p->B, T = (size_t)p->T;
+    float *w = calloc(B * T, sizeof *w);
+    if (!w)
+        return no_memory(st);
+    for (size_t t = 0; t < T; t++) {
+        int n = 0;
+        for (size_t b = 0; b < B; b++)
+            n += !p->len || (size_t)p->len[b] > t;
+        for (size_t b = 0; b < B && n; b++)
+            w[b * T + t] = !p->len || (size_t)p->len[b] > t ? 1.0f / (float)n : 0.0f;
+    }
+    shim_tensor *r = shim_batch_mean(x->h[p->v[v].in[0]], w, st);
+    free(w);
+    return r;
+}
+
 /* ---- batched ops, and the bounds of one call -------------------------------------- */
 
 /* What one attention (or MLP) call on n values of ns distinct sources,
@@ -251,10 +305,58 @@ done:
     free(pieces);
 }
 
+/* One head's share of the attention output for values vs[0..n) of one
+ * layer, rows [b0, b0+bn): each from its own q, k, v sources, projected
+ * as the attention projects them, then z_h W_O[h] (no bias). */
+static void run_head(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
+                     shim_tensor **out, shim_status *st)
+{
+    const model *m = x->p->m;
+    int layer = x->p->v[vs[0]].layer;
+    int64_t C = m->cfg.n_embd, D = C / m->cfg.n_head;
+    const model_block *blk = &m->blocks[layer];
+    for (int i = 0; i < n && !st->code; i++) {
+        const plan_value *pv = &x->p->v[vs[i]];
+        int h = pv->aux;
+        shim_tensor *qkv[3] = {NULL, NULL, NULL}, *part[3] = {NULL, NULL, NULL};
+        for (int c = 0; c < 3; c++) {
+            int same = c > 0 && pv->in[c] == pv->in[c - 1];
+            if (same) {
+                qkv[c] = NULL;
+                continue;
+            }
+            shim_tensor *rows = shim_narrow(x->h[pv->in[c]], 0, b0, bn, st);
+            qkv[c] = gpt2_attn_qkv(m, layer, rows, st); /* (bn, T, 3C) */
+            shim_free(rows);
+        }
+        for (int c = 0; c < 3; c++) {
+            int k = c;
+            while (!qkv[k])
+                k--;
+            part[c] = shim_narrow(qkv[k], 2, c * C + h * D, D, st); /* (bn, T, D) */
+        }
+        shim_tensor *z =
+            shim_attention(part[0], part[1], part[2], 1, gpt2_attn_scale(m, layer), NULL, st);
+        shim_tensor *wh = shim_narrow(blk->proj_w, 0, h * D, D, st);
+        out[i] = shim_linear(z, wh, NULL, st); /* (bn, T, C) */
+        shim_free(z);
+        shim_free(wh);
+        for (int c = 0; c < 3; c++) {
+            shim_free(part[c]);
+            shim_free(qkv[c]);
+        }
+    }
+}
+
 /* ---- ranks ---------------------------------------------------------------------- */
 
 /* Ranks: light ops run right after their inputs; each layer's attention
- * (and MLP) at one fixed rank, so they batch; ln_f last. */
+ * (and MLP, and heads' shares) at one fixed rank, so they batch; ln_f
+ * last. A layer spans RANKS_PER_LAYER: the light ops between two batched
+ * ones (edits one after another for each intervened head, residual sums,
+ * means, mixes) need at most a few per head, so this holds models of up to
+ * 100 heads. */
+#define RANKS_PER_LAYER 512
 static int after_inputs(const plan *p, int layer, int max_input_rank)
 {
     (void)p, (void)layer;
@@ -264,19 +366,19 @@ static int after_inputs(const plan *p, int layer, int max_input_rank)
 static int attn_rank(const plan *p, int layer, int max_input_rank)
 {
     (void)p, (void)max_input_rank;
-    return 12 * layer + 4;
+    return RANKS_PER_LAYER * layer + 4;
 }
 
 static int mlp_rank(const plan *p, int layer, int max_input_rank)
 {
     (void)p, (void)max_input_rank;
-    return 12 * layer + 10;
+    return RANKS_PER_LAYER * layer + RANKS_PER_LAYER / 2 + 4;
 }
 
 static int lnf_rank(const plan *p, int layer, int max_input_rank)
 {
     (void)layer, (void)max_input_rank;
-    return 12 * p->g.L + 20;
+    return RANKS_PER_LAYER * p->g.L + 20;
 }
 
 /* ---- the table -------------------------------------------------------------------- */
@@ -288,6 +390,9 @@ static const op_def OPS[] = {
     [OP_ATTN] = {"attn", 1, attn_rank, NULL, run_attn, attn_cost},
     [OP_MLP] = {"mlp", 1, mlp_rank, NULL, run_mlp, mlp_cost},
     [OP_LNF] = {"ln_f", 0, lnf_rank, run_lnf, NULL, NULL},
+    [OP_HEAD] = {"head", 1, attn_rank, NULL, run_head, attn_cost},
+    [OP_EDIT] = {"edit", 0, after_inputs, run_edit, NULL, NULL, 2}, /* the rows, their change */
+    [OP_MEAN] = {"mean", 0, after_inputs, run_mean, NULL, NULL, 1}, /* the weighted copy */
 };
 
 const op_def *op_info(plan_op op)

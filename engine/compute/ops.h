@@ -33,6 +33,8 @@ typedef struct {
     /* a batched op: bound on the temporaries of one call on n values of ns
      * distinct inputs, b examples each, in bytes */
     size_t (*cost)(const plan *p, int ns, int n, int64_t b);
+    /* a light op: temporaries it holds besides its output, in values */
+    int temps;
 } op_def;
 
 const op_def *op_info(plan_op op);

@@ -241,7 +241,7 @@ static int check_size(plan *p)
 }
 
 /* Finds or adds the value with this key; in/nin are copied. */
-static int32_t intern(plan *p, const uint8_t key[32], plan_op op, int layer, int rank,
+static int32_t intern(plan *p, const uint8_t key[32], plan_op op, int layer, int aux, int rank,
                       const int32_t *in, int nin)
 {
     if (p->vcap) {
@@ -265,7 +265,7 @@ static int32_t intern(plan *p, const uint8_t key[32], plan_op op, int layer, int
         memcpy(copy, in, (size_t)nin * sizeof *in);
     int32_t idx = p->nv++;
     plan_value *v = &p->v[idx];
-    *v = (plan_value){op, layer, rank, nin, copy, {0}};
+    *v = (plan_value){op, layer, aux, rank, nin, copy, {0}};
     memcpy(v->key, key, 32);
     return index_new(p, &p->vslots, &p->vcap, idx, p->nv, vtable_insert) ? -1 : idx;
 }
@@ -277,7 +277,11 @@ static void put_u32(sha256_ctx *c, uint32_t x)
     sha256_update(c, b, 4);
 }
 
-static int32_t val_op(plan *p, plan_op op, int layer, const int32_t *in, int nin)
+/* A value of op on inputs in[0..nin): its key hashes the op, the layer,
+ * the inputs' keys and, for the newer ops, aux (HEAD: the head) or extra
+ * bytes (an edit's key, the lengths a mean runs over). */
+static int32_t val_op_x(plan *p, plan_op op, int layer, int aux, const void *extra, size_t nextra,
+                        const int32_t *in, int nin)
 {
     if (op == OP_MIX) { /* a mix of one value is that value */
         int same = 1;
@@ -299,9 +303,18 @@ static int32_t val_op(plan *p, plan_op op, int layer, const int32_t *in, int nin
         if (p->v[in[i]].rank > rank)
             rank = p->v[in[i]].rank;
     }
+    if (op == OP_HEAD)
+        put_u32(&c, (uint32_t)aux);
+    if (nextra)
+        sha256_update(&c, extra, nextra);
     sha256_final(&c, key);
     rank = op_info(op)->rank(p, layer, rank); /* every input's rank is below (ops.c) */
-    return intern(p, key, op, layer, rank, in, nin);
+    return intern(p, key, op, layer, aux, rank, in, nin);
+}
+
+static int32_t val_op(plan *p, plan_op op, int layer, const int32_t *in, int nin)
+{
+    return val_op_x(p, op, layer, 0, NULL, 0, in, nin);
 }
 
 static int32_t val_emb(plan *p, int k)
@@ -319,7 +332,7 @@ static int32_t val_emb(plan *p, int k)
     for (size_t i = 0; i < n; i++)
         put_u32(&c, (uint32_t)ids[i]);
     sha256_final(&c, key);
-    return intern(p, key, OP_EMB, k, 0, NULL, 0);
+    return intern(p, key, OP_EMB, k, 0, 0, NULL, 0);
 }
 
 /* The value of a sublayer (attention of layer i or its MLP) given, per
@@ -351,6 +364,107 @@ static int32_t val_block_step(plan *p, int j, int32_t x)
         return -1;
     int32_t in[2] = {x, sub};
     return val_op(p, OP_ADD, -1, in, 2);
+}
+
+/* ---- interventions ---------------------------------------------------------------- */
+
+static const uint64_t *state_at(const plan *p, int32_t id);
+
+/* Residual j of input k's plain run. */
+static int32_t plain_resid(plan *p, int k, int j)
+{
+    int32_t x = val_emb(p, k);
+    for (int i = 1; i <= j && x >= 0; i++)
+        x = val_block_step(p, i, x);
+    return x;
+}
+
+static int32_t val_head(plan *p, int layer, int h, const int32_t src[3])
+{
+    return val_op_x(p, OP_HEAD, layer, h, NULL, 0, src, 3);
+}
+
+/* The value at node (kind, layer, head) of input k's plain run. */
+static int32_t plain_node(plan *p, int k, gkind kind, int layer, int h)
+{
+    switch (kind) {
+    case G_EMB: return val_emb(p, k);
+    case G_A: return plain_resid(p, k, 2 * layer + 1);
+    case G_F: return plain_resid(p, k, 2 * layer + 2);
+    case G_FHEAD: {
+        int32_t x = plain_resid(p, k, 2 * layer + 1);
+        return x < 0 ? -1 : val_op(p, OP_MLP, layer, &x, 1);
+    }
+    case G_AHEAD:
+    case G_HEAD: {
+        int32_t x = plain_resid(p, k, 2 * layer), src[3] = {x, x, x};
+        return x < 0            ? -1
+               : kind == G_HEAD ? val_head(p, layer, h, src)
+                                : val_attn_shared(p, layer, x);
+    }
+    default: return npp_fail(p->err, NPP_EINVAL, "", "internal: no plain value here"), -1;
+    }
+}
+
+/* The batch mean of x per position (over the examples that have it): the
+ * lengths are part of its key. */
+static int32_t val_mean(plan *p, int32_t x)
+{
+    if (x < 0)
+        return -1;
+    uint32_t lens[256], n = 0;
+    sha256_ctx c;
+    uint8_t h[32];
+    sha256_init(&c);
+    for (int b = 0; b < p->B; b++) {
+        lens[n++] = (uint32_t)(p->len ? p->len[b] : p->T);
+        if (n == 256 || b == p->B - 1) {
+            sha256_update(&c, lens, n * sizeof *lens);
+            n = 0;
+        }
+    }
+    sha256_final(&c, h);
+    return val_op_x(p, OP_MEAN, -1, 0, h, sizeof h, &x, 1);
+}
+
+/* Value x at node (kind, layer, head h) after edit ed. At a head, x is the
+ * attention output and src the head's q, k, v sources: the head's share
+ * is what changes. */
+static int32_t val_edit(plan *p, int32_t x, int ed, gkind kind, int layer, int h,
+                        const int32_t *src)
+{
+    const edit *d = &p->edits->e[ed];
+    int32_t in[3] = {x, -1, -1};
+    int nin = 1, mode = EDIT_SET;
+    if (x < 0)
+        return -1;
+    if (kind == G_HEAD && d->kind != EDIT_STEER) {
+        mode = EDIT_HEAD;
+        if ((in[nin++] = val_head(p, layer, h, src)) < 0)
+            return -1;
+    }
+    if (d->kind == EDIT_MEAN || d->kind == EDIT_PATCH) {
+        int32_t r = plain_node(p, d->input, kind, layer, h);
+        if (d->kind == EDIT_MEAN)
+            r = val_mean(p, r);
+        if (r < 0)
+            return -1;
+        int all = 1;
+        for (int t = 0; t < p->T; t++)
+            all &= d->mask[t];
+        if (all && mode == EDIT_SET)
+            return r; /* replaced everywhere: that value itself */
+        in[nin++] = r;
+    }
+    return val_op_x(p, OP_EDIT, mode, ed, d->key, sizeof d->key, in, nin);
+}
+
+/* The edit the intervene rules choose at the node reached with state st
+ * (-1: none); *rule gets the deciding rule. */
+static int edit_at(plan *p, int32_t st, int *rule)
+{
+    *rule = -1;
+    return p->edits && p->edits->n ? rules_intervene(p->rules, state_at(p, st), rule) : -1;
 }
 
 int32_t plan_plain(plan *p, int k, npp_err *e)
@@ -451,7 +565,7 @@ static int32_t node_add(plan *p, int sym, int32_t st, int32_t value, const int32
     if (sym == graph_sym(&p->g, G_EMB, -1, -1))
         reads = 1u << decision;
     int32_t idx = p->nn++;
-    p->nodes[idx] = (plan_node){sym, value, nkids, kc, reads, decision, rule, st};
+    p->nodes[idx] = (plan_node){sym, value, nkids, kc, reads, decision, rule, st, -1, -1};
     return index_new(p, &p->nslots, &p->ncap, idx, p->nn, ntable_insert) ? -1 : idx;
 }
 
@@ -483,6 +597,7 @@ static int32_t node_head(plan *p, int32_t parent, int j, int h, int32_t src[3])
             src[c] = split ? p->nodes[p->nodes[n].kids[c]].value : p->nodes[n].value;
         return n;
     }
+    int erule, ed = edit_at(p, st, &erule); /* on this head's share of the output */
     if (split) {
         for (int c = 0; c < 3; c++) {
             kids[c] = node_input(p, st, graph_sym(&p->g, (gkind)(G_Q + c), i, h), j - 1);
@@ -490,12 +605,16 @@ static int32_t node_head(plan *p, int32_t parent, int j, int h, int32_t src[3])
                 return -1;
             src[c] = p->nodes[kids[c]].value;
         }
-        return node_add(p, sym, parent, -1, kids, 3, SPLIT_YES, rule);
+        n = node_add(p, sym, parent, -1, kids, 3, SPLIT_YES, rule);
+    } else {
+        if ((kids[0] = node_resid(p, st, j - 1)) < 0)
+            return -1;
+        src[0] = src[1] = src[2] = p->nodes[kids[0]].value;
+        n = node_add(p, sym, parent, src[0], kids, 1, SPLIT_NO, rule);
     }
-    if ((kids[0] = node_resid(p, st, j - 1)) < 0)
-        return -1;
-    src[0] = src[1] = src[2] = p->nodes[kids[0]].value;
-    return node_add(p, sym, parent, src[0], kids, 1, SPLIT_NO, rule);
+    if (n >= 0)
+        p->nodes[n].edit = ed, p->nodes[n].erule = erule;
+    return n;
 }
 
 /* The sublayer of residual node j (a{i}.head or f{i}.head), reached from
@@ -522,6 +641,9 @@ static int32_t node_sub(plan *p, int32_t parent, int j)
             if ((kids[nk++] = node_head(p, st, j, h, &src[3 * h])) < 0)
                 goto done;
         value = val_attn(p, i, src);
+        for (int h = 0; h < H && value >= 0; h++)
+            if (p->nodes[kids[h]].edit >= 0)
+                value = val_edit(p, value, p->nodes[kids[h]].edit, G_HEAD, i, h, &src[3 * h]);
     } else if (d == SPLIT_POSITIONS || (!attn && d == SPLIT_YES)) {
         d = SPLIT_POSITIONS;
         for (int t = 0; t < T; t++) {
@@ -539,11 +661,36 @@ static int32_t node_sub(plan *p, int32_t parent, int j)
         int32_t x = p->nodes[kids[0]].value;
         value = attn ? val_attn_shared(p, i, x) : val_op(p, OP_MLP, i, &x, 1);
     }
-    if (value >= 0)
-        n = node_add(p, sym, parent, value, kids, nk, d, rule);
+    int erule, ed = value >= 0 ? edit_at(p, st, &erule) : -1;
+    if (ed >= 0)
+        value = val_edit(p, value, ed, attn ? G_AHEAD : G_FHEAD, i, -1, NULL);
+    if (value >= 0 && (n = node_add(p, sym, parent, value, kids, nk, d, rule)) >= 0)
+        p->nodes[n].edit = ed, p->nodes[n].erule = ed >= 0 ? erule : -1;
 done:
     free(kids);
     free(src);
+    return n;
+}
+
+/* The residual node j's value after the edit the rules choose at it. */
+static int32_t resid_edit(plan *p, int32_t st, int j, int32_t value, int *ed, int *erule)
+{
+    *ed = value < 0 ? -1 : edit_at(p, st, erule);
+    if (*ed < 0)
+        return value;
+    gkind kind = j == 0 ? G_EMB : j % 2 ? G_A : G_F;
+    return val_edit(p, value, *ed, kind, j == 0 ? -1 : (j - 1) / 2, -1, NULL);
+}
+
+static int32_t resid_add(plan *p, int sym, int32_t prefix, int32_t st, int j, int32_t value,
+                         const int32_t *kids, int nkids, int decision, int rule)
+{
+    int ed, erule;
+    if ((value = resid_edit(p, st, j, value, &ed, &erule)) < 0)
+        return -1;
+    int32_t n = node_add(p, sym, prefix, value, kids, nkids, decision, rule);
+    if (n >= 0)
+        p->nodes[n].edit = ed, p->nodes[n].erule = ed >= 0 ? erule : -1;
     return n;
 }
 
@@ -559,7 +706,7 @@ static int32_t node_resid(plan *p, int32_t prefix, int j)
         int k = rules_which(p->rules, state_at(p, st), &rule);
         if ((value = val_emb(p, k)) < 0)
             return -1;
-        return node_add(p, sym, prefix, value, NULL, 0, k, rule);
+        return resid_add(p, sym, prefix, st, j, value, NULL, 0, k, rule);
     }
     if (rules_branch(p->rules, state_at(p, st), &rule) != SPLIT_NO) {
         /* The skip branch continues with the path without this node. */
@@ -568,14 +715,14 @@ static int32_t node_resid(plan *p, int32_t prefix, int j)
         int32_t in[2] = {p->nodes[kids[0]].value, p->nodes[kids[1]].value};
         if ((value = val_op(p, OP_ADD, -1, in, 2)) < 0)
             return -1;
-        return node_add(p, sym, prefix, value, kids, 2, SPLIT_YES, rule);
+        return resid_add(p, sym, prefix, st, j, value, kids, 2, SPLIT_YES, rule);
     }
     /* Residual and sublayer read one input, through this node. */
     if ((kids[0] = node_resid(p, st, j - 1)) < 0)
         return -1;
     if ((value = val_block_step(p, j, p->nodes[kids[0]].value)) < 0)
         return -1;
-    return node_add(p, sym, prefix, value, kids, 1, SPLIT_NO, rule);
+    return resid_add(p, sym, prefix, st, j, value, kids, 1, SPLIT_NO, rule);
 }
 
 int plan_patched(plan *p, const ruleset *r, int32_t *root, npp_err *e)
@@ -625,7 +772,7 @@ int plan_merge(plan *p, const plan *src, int32_t src_root, int32_t *root, npp_er
         }
         for (int k = 0; k < v->nin; k++)
             in[k] = map[v->in[k]];
-        if ((map[i] = intern(p, v->key, v->op, v->layer, v->rank, in, v->nin)) < 0)
+        if ((map[i] = intern(p, v->key, v->op, v->layer, v->aux, v->rank, in, v->nin)) < 0)
             rc = e && e->code ? e->code : NPP_ENOMEM;
     }
     if (!rc && !(rc = check_size(p)))
@@ -637,19 +784,23 @@ int plan_merge(plan *p, const plan *src, int32_t src_root, int32_t *root, npp_er
 
 int plan_check_rules(const plan *p, const ruleset *r, npp_err *e)
 {
-    int nb = rules_count(r, 1), nw = rules_count(r, 0), emb = graph_sym(&p->g, G_EMB, -1, -1);
-    uint8_t *used = calloc((size_t)(nb + nw) + 1, 1);
+    int nb = rules_count(r, RULES_BRANCH), nw = rules_count(r, RULES_WHICH),
+        ni = rules_count(r, RULES_INTERVENE), emb = graph_sym(&p->g, G_EMB, -1, -1);
+    uint8_t *used = calloc((size_t)(nb + nw + ni) + 1, 1);
     if (!used)
         return npp_fail(e, NPP_ENOMEM, "", "out of memory");
     for (int32_t i = 0; i < p->nn; i++) {
         const plan_node *n = &p->nodes[i];
         if (n->rule >= 0)
             used[n->sym == emb ? nb + n->rule : n->rule] = 1;
+        if (n->erule >= 0)
+            used[nb + nw + n->erule] = 1;
     }
     int rc = 0;
-    for (int k = 0; k < nb + nw && !rc; k++) {
-        int is_branch = k < nb, idx = is_branch ? k : k - nb;
-        if (used[k] || rules_optional(r, is_branch, idx))
+    for (int k = 0; k < nb + nw + ni && !rc; k++) {
+        int kind = k < nb ? RULES_BRANCH : k < nb + nw ? RULES_WHICH : RULES_INTERVENE;
+        int idx = k < nb ? k : k < nb + nw ? k - nb : k - nb - nw;
+        if (used[k] || rules_optional(r, kind, idx))
             continue;
         /* the plain path of this model, to show what names a path holds */
         char path[96];
@@ -659,14 +810,20 @@ int plan_check_rules(const plan *p, const ruleset *r, npp_err *e)
         else
             snprintf(path, sizeof path, "ln_final/f%d/a%d/%sf0/a0/emb", L - 1, L - 1,
                      L > 2 ? ".../" : "");
-        const char *f = rules_field(r, is_branch, idx);
+        const char *f = rules_field(r, kind, idx);
+        const char *what = kind == RULES_BRANCH ? "node where the path tree can branch"
+                           : kind == RULES_WHICH
+                               ? "path"
+                               : "node that takes an intervention (emb, a{i}, f{i}, a{i}.head "
+                                 "under a split a{i}, a{i}.head{h} under a heads split, "
+                                 "f{i}.head under a split f{i})";
         rc = npp_fail(e, NPP_EINVAL, f,
                       "%s: this rule decides nothing in this job: its pattern matches no %s, "
                       "or earlier rules decide everything it matches. A path names every node "
                       "from ln_final down to emb (unsplit, %s), so a pattern for a node "
                       "below the top needs a leading **/ (see docs/jobs.md). Add "
                       "\"optional\": true to keep a rule that may decide nothing",
-                      f, is_branch ? "node where the path tree can branch" : "path", path);
+                      f, what, path);
     }
     free(used);
     return rc;

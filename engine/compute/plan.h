@@ -31,16 +31,30 @@
 
 #include "base/err.h"
 #include "model/model.h"
+#include "patch/edit.h"
 #include "patch/graph.h"
 #include "patch/rules.h"
 
-typedef enum { OP_EMB, OP_ADD, OP_MIX, OP_ATTN, OP_MLP, OP_LNF } plan_op;
+/* HEAD: one head's share of an attention output (z_h W_O[h], no bias),
+ * from its q, k, v sources; EDIT: an intervention (patch/edit.h) on a
+ * value; MEAN: a value's mean over the batch, per position, broadcast. */
+typedef enum { OP_EMB, OP_ADD, OP_MIX, OP_ATTN, OP_MLP, OP_LNF, OP_HEAD, OP_EDIT, OP_MEAN } plan_op;
+
+/* How an EDIT value changes its first input x at the edit's positions. */
+enum {
+    EDIT_SET,  /* x = 0 (zero), x = in[1] (mean, patch), x += scale * vec (steer) */
+    EDIT_HEAD, /* x is an attention output, in[1] one head's share of it:
+                * x -= in[1] (zero), x += in[2] - in[1] (mean, patch) */
+};
 
 typedef struct {
     plan_op op;
-    int layer;   /* ATTN / MLP layer; EMB: the input index; else -1 */
+    int layer;   /* ATTN / MLP / HEAD layer; EMB: the input index; EDIT: EDIT_SET or
+                  * EDIT_HEAD; else -1 */
+    int aux;     /* HEAD: the head; EDIT: the edit's index in the plan's table; else 0 */
     int rank;    /* execution order: every input has a smaller rank */
-    int nin;     /* ADD 2; MIX T (one per position); ATTN 3H (q, k, v per head); MLP, LNF 1 */
+    int nin;     /* ADD 2; MIX T (one per position); ATTN 3H (q, k, v per head); HEAD 3;
+                  * EDIT 1..3; MLP, LNF, MEAN 1 */
     int32_t *in; /* value indices (into the plan's pool) */
     uint8_t key[32];
 } plan_value;
@@ -54,13 +68,17 @@ typedef struct {
     int decision;   /* branch decision here (SPLIT_*), or the input at emb */
     int rule;       /* index of the deciding rule, -1 for the default */
     int32_t state;  /* the walk state before this node (an interned state) */
+    int edit;       /* the intervention on this node's value (its table index), or -1 */
+    int erule;      /* the intervene rule that chose it, -1 for none */
 } plan_node;
 
 typedef struct plan {
     const model *m;
     graph_dims g;
     int n_inputs, B, T;
-    const int64_t *ids; /* n_inputs x B x T, borrowed */
+    const int64_t *ids;      /* n_inputs x B x T, borrowed */
+    const int *len;          /* B example lengths (NULL: all T), borrowed */
+    const edit_table *edits; /* the job's interventions (NULL: none), borrowed */
     size_t max_values;
     plan_value *v;
     int32_t nv;

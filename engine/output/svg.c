@@ -113,6 +113,18 @@ int svg_render(const plan *p, const job *j, char **out, size_t *len, npp_err *e)
             snprintf(label, sizeof label, "%s\npositions", name);
         else
             snprintf(label, sizeof label, "%s", name);
+        if (n->edit >= 0 && p->edits) { /* the intervention on its value */
+            const edit *ed = &p->edits->e[n->edit];
+            size_t w = strlen(label);
+            if (ed->kind == EDIT_ZERO)
+                snprintf(label + w, sizeof label - w, "\nzero-ablated");
+            else if (ed->kind == EDIT_MEAN)
+                snprintf(label + w, sizeof label - w, "\nmean of input %d", ed->input);
+            else if (ed->kind == EDIT_PATCH)
+                snprintf(label + w, sizeof label - w, "\nfrom input %d", ed->input);
+            else
+                snprintf(label + w, sizeof label - w, "\nsteered x%g", (double)ed->scale);
+        }
         snprintf(id, sizeof id, "n%d", i);
         gn[i] = agnode(g, id, 1);
         set(gn[i], "label", label);
@@ -120,6 +132,8 @@ int svg_render(const plan *p, const job *j, char **out, size_t *len, npp_err *e)
         set(gn[i], "fillcolor", k < 0 ? "#dddddd" : PALETTE[(size_t)k % NPAL]);
         if (n->decision != SPLIT_NO && d.kind != G_EMB)
             set(gn[i], "penwidth", "2");
+        if (n->edit >= 0)
+            set(gn[i], "style", "filled,rounded,dashed");
         for (int c = 0; c < n->nkids; c++)
             agedge(g, gn[i], gn[n->kids[c]], NULL, 1);
     }

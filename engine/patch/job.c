@@ -544,35 +544,78 @@ static int parse_metric(const model *m, json_t *mt, job *j, npp_err *e)
 
 /* ---- the document -------------------------------------------------------------- */
 
-/* The rules of obj (a job or a sweep variant): a preset, or branch/which;
- * their globs are compiled in gc, the job's context. *written: 1 for rules
- * the user wrote (checked to decide something once planned). */
+/* An intervene rule's edit, into the job's table (shared by variants). */
+static int edit_cb(void *ud, json_t *rule, const char *field, npp_err *e)
+{
+    job *j = ud;
+    return edit_parse(&j->edits, rule, field, j->uneven, e);
+}
+
+/* An error in the intervene rule a preset compiled, named as the preset's
+ * field: "intervene[0].steer" -> "preset.vector". */
+static int preset_field(npp_err *e, int rc)
+{
+    static const char *const map[][2] = {{"intervene[0].steer", "preset.vector"},
+                                         {"intervene[0].positions", "preset.positions"},
+                                         {"intervene[0].scale", "preset.scale"},
+                                         {"intervene[0].of", "preset.of"},
+                                         {"intervene[0]", "preset"}};
+    for (size_t i = 0; e && i < sizeof map / sizeof map[0]; i++) {
+        size_t n = strlen(map[i][0]);
+        if (strncmp(e->field, map[i][0], n))
+            continue;
+        char f[sizeof e->field], m[sizeof e->message];
+        snprintf(f, sizeof f, "%s%s", map[i][1], e->field + n);
+        if (!strncmp(e->message, map[i][0], n))
+            snprintf(m, sizeof m, "%s%s", map[i][1], e->message + n);
+        else
+            snprintf(m, sizeof m, "%s", e->message);
+        memcpy(e->field, f, sizeof f);
+        memcpy(e->message, m, sizeof m);
+        break;
+    }
+    return rc;
+}
+
+/* The rules of obj (a job or a sweep variant): a preset, or
+ * branch/which/intervene; their globs are compiled in gc, the job's
+ * context. *written: 1 for rules the user wrote (checked to decide
+ * something once planned). */
 static int compile_rules(job *j, glob_ctx *gc, json_t *obj, ruleset **rules, json_t **compiled,
                          int *written, npp_err *e)
 {
-    json_t *br = NULL, *wh = NULL;
+    json_t *br = NULL, *wh = NULL, *iv = NULL;
     int rc;
     json_t *preset = json_object_get(obj, "preset");
-    if (preset && (json_object_get(obj, "branch") || json_object_get(obj, "which")))
+    rules_edits ed = {EDIT_KEYS, edit_cb, j};
+    if (preset && (json_object_get(obj, "branch") || json_object_get(obj, "which") ||
+                   json_object_get(obj, "intervene")))
         return npp_fail(e, NPP_EINVAL, "preset",
-                        "preset: give either a preset or branch/which rules");
+                        "preset: give either a preset or branch/which/intervene rules");
     if (preset) {
-        if ((rc = preset_compile(j, preset, &br, &wh, e)))
+        if ((rc = preset_compile(j, preset, &br, &wh, &iv, e)))
             goto done;
     } else {
         br = json_incref(json_object_get(obj, "branch"));
         wh = json_incref(json_object_get(obj, "which"));
+        iv = json_incref(json_object_get(obj, "intervene"));
         *written = 1;
     }
-    if ((rc = rules_parse(br, wh, gc, j->n_inputs, rules, e)))
+    if ((rc = rules_parse(br, wh, iv, gc, j->n_inputs, &ed, rules, e))) {
+        if (preset)
+            preset_field(e, rc);
         goto done;
+    }
     *compiled = json_pack("{s:o,s:o}", "branch", br ? json_incref(br) : json_array(), "which",
                           wh ? json_incref(wh) : json_array());
+    if (*compiled && json_array_size(iv))
+        json_object_set(*compiled, "intervene", iv);
     if (!*compiled)
         rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
 done:
     json_decref(br);
     json_decref(wh);
+    json_decref(iv);
     return rc;
 }
 
@@ -598,7 +641,7 @@ int job_in_variant(npp_err *e, int i, int rc)
 
 static int parse_sweep(job *j, glob_ctx *gc, json_t *sw, npp_err *e)
 {
-    static const char *const known[] = {"name", "preset", "branch", "which", NULL};
+    static const char *const known[] = {"name", "preset", "branch", "which", "intervene", NULL};
     if (!json_is_array(sw) || json_array_size(sw) == 0 || json_array_size(sw) > JOB_MAX_VARIANTS)
         return npp_fail(e, NPP_EINVAL, "sweep", "sweep: must be an array of 1..%d variants",
                         JOB_MAX_VARIANTS);
@@ -610,11 +653,11 @@ static int parse_sweep(job *j, glob_ctx *gc, json_t *sw, npp_err *e)
         char f[48];
         snprintf(f, sizeof f, "sweep[%zu]", i);
         if (!json_is_object(v))
-            return npp_fail(
-                e, NPP_EINVAL, f,
-                "%s: must be an object with rules (\"preset\", or \"branch\"/\"which\") "
-                "and an optional \"name\"",
-                f);
+            return npp_fail(e, NPP_EINVAL, f,
+                            "%s: must be an object with rules (\"preset\", or "
+                            "\"branch\"/\"which\"/\"intervene\") "
+                            "and an optional \"name\"",
+                            f);
         if (job_check_keys(v, f, known, e))
             return NPP_EINVAL;
         if ((name = json_object_get(v, "name")) && !json_is_string(name)) {
@@ -632,8 +675,9 @@ static int parse_sweep(job *j, glob_ctx *gc, json_t *sw, npp_err *e)
 
 int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp_err *e)
 {
-    static const char *const known[] = {"inputs", "branch", "which",   "preset", "outputs",
-                                        "metric", "limits", "comment", "sweep",  NULL};
+    static const char *const known[] = {"inputs",  "branch",  "which",  "intervene",
+                                        "preset",  "outputs", "metric", "limits",
+                                        "comment", "sweep",   NULL};
     int rc = NPP_EINVAL;
     *out = NULL;
     if (!json_is_object(doc))
@@ -651,12 +695,13 @@ int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp
     if ((rc = parse_inputs(m, json_object_get(doc, "inputs"), j, e)))
         goto fail;
     graph_dims_init(&j->g, m->cfg.n_layer, m->cfg.n_head, j->T);
+    edit_table_init(&j->edits, j->T, m->cfg.n_embd, j->n_inputs);
     json_t *sweep = json_object_get(doc, "sweep");
     if (sweep && (json_object_get(doc, "preset") || json_object_get(doc, "branch") ||
-                  json_object_get(doc, "which"))) {
+                  json_object_get(doc, "which") || json_object_get(doc, "intervene"))) {
         rc = npp_fail(e, NPP_EINVAL, "sweep",
-                      "sweep: give the rules (preset, or branch/which) in each variant, not at "
-                      "the top of the job");
+                      "sweep: give the rules (preset, or branch/which/intervene) in each "
+                      "variant, not at the top of the job");
         goto fail;
     }
     glob_ctx *gc = glob_ctx_new(&j->g);
@@ -717,6 +762,7 @@ void job_free(job *j)
     free(j->toklp);
     free(j->attn_layers);
     free(j->act);
+    edit_table_free(&j->edits);
     for (int k = 0; k < METRIC_MAX_TOKENS; k++)
         free(j->m_tokens[k]);
     free(j);

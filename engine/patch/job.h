@@ -32,6 +32,7 @@
 
 #include "base/err.h"
 #include "model/model.h"
+#include "patch/edit.h"
 #include "patch/metric.h"
 #include "patch/rules.h"
 
@@ -60,7 +61,8 @@ typedef struct {
     int uneven;   /* some example is shorter than T */
     graph_dims g;
     ruleset *rules;
-    json_t *compiled; /* {"branch": [...], "which": [...]} as run (new ref) */
+    json_t *compiled; /* {"branch": [...], "which": [...], "intervene"?} as run (new ref) */
+    edit_table edits; /* every intervene rule's edit (all variants') */
     int written;      /* the rules are the user's branch/which (not a preset's) */
     /* a sweep: nvar variants, each with its own rules (then rules and
      * compiled are NULL); 0 for a plain job */

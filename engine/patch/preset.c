@@ -69,12 +69,70 @@ static int preset_from_into(json_t *p, int n_inputs, int *from, int *into, npp_e
     return 0;
 }
 
+/* The intervene pattern for node n's value on every path (appending the
+ * splits that make the node a path element) into pat; -1 if the node takes
+ * no intervention (q/k/v inputs, ln_final). */
+static int edit_target(const pnode *n, json_t *br, char *pat, size_t np)
+{
+    int L = n->layer;
+    switch (n->kind) {
+    case G_EMB: snprintf(pat, np, "**/emb"); return 0;
+    case G_A:
+    case G_F: snprintf(pat, np, "**/%c%d", n->kind == G_A ? 'a' : 'f', L); return 0;
+    case G_AHEAD:
+    case G_FHEAD: {
+        char c = n->kind == G_AHEAD ? 'a' : 'f', sp[32];
+        snprintf(sp, sizeof sp, "**/%c%d", c, L);
+        json_array_append_new(br, rule_match(sp, "split", json_true()));
+        snprintf(pat, np, "**/%c%d/%c%d.head", c, L, c, L);
+        return 0;
+    }
+    case G_HEAD: {
+        char sp[48];
+        snprintf(sp, sizeof sp, "**/a%d", L);
+        json_array_append_new(br, rule_match(sp, "split", json_true()));
+        snprintf(sp, sizeof sp, "**/a%d/a%d.head", L, L);
+        json_array_append_new(br, rule_match(sp, "split", json_string("heads")));
+        snprintf(pat, np, "**/a%d.head/a%d.head%d", L, L, n->idx);
+        return 0;
+    }
+    default: return -1;
+    }
+}
+
+#define EDIT_NODES "emb, a{i}, f{i}, a{i}.head, a{i}.head{h} or f{i}.head"
+
+/* The intervene rule {"match": pattern of node, key: value, ...} with the
+ * preset's optional fields copied under their rule names. */
+static int edit_rule(const job *j, json_t *p, const char *kind, json_t *br, json_t *iv,
+                     const char *key, json_t *val, const char *const *copy, npp_err *e)
+{
+    pnode n;
+    char pat[96];
+    if (preset_node(&j->g, json_object_get(p, "node"), "preset.node", &n, e)) {
+        json_decref(val);
+        return NPP_EINVAL;
+    }
+    if (edit_target(&n, br, pat, sizeof pat)) {
+        json_decref(val);
+        return npp_fail(e, NPP_EINVAL, "preset.node",
+                        "preset.node: \"%s\" cannot be %s; use " EDIT_NODES, n.name, kind);
+    }
+    json_t *r = rule_match(pat, key, val);
+    for (int i = 0; copy[i]; i += 2)
+        if (json_object_get(p, copy[i]))
+            json_object_set(r, copy[i + 1], json_object_get(p, copy[i]));
+    json_array_append_new(iv, r);
+    return 0;
+}
+
 /* Activation patching of one node: the node's value (attention or MLP
  * output, a head's output, one of its q/k/v inputs, or the embedding) is
  * computed from input `from`, everything else from `into`, and everything
  * downstream recomputes. positions (attention and MLP only): only the
  * sublayer's input at those positions comes from `from`. */
-static int preset_activation(const job *j, json_t *p, json_t *br, json_t *wh, npp_err *e)
+static int preset_activation(const job *j, json_t *p, json_t *br, json_t *wh, json_t *iv,
+                             npp_err *e)
 {
     static const char *const known[] = {"type", "node", "from", "into", "positions", NULL};
     pnode n;
@@ -86,10 +144,20 @@ static int preset_activation(const job *j, json_t *p, json_t *br, json_t *wh, np
         return NPP_EINVAL;
     json_t *pos = json_object_get(p, "positions");
     int L = n.layer;
+    if (n.kind == G_A || n.kind == G_F || (n.kind == G_HEAD && pos)) {
+        /* the residual stream at a{i} / f{i}, or one head's output, at the
+         * positions: input `from`'s value there, everything downstream
+         * recomputes */
+        static const char *const copy[] = {"positions", "positions", NULL};
+        if (into)
+            json_array_append_new(wh, rule_match("**", "input", json_integer(into)));
+        return edit_rule(j, p, "patched", br, iv, "patch", json_integer(from), copy, e);
+    }
     if (pos && n.kind != G_AHEAD && n.kind != G_FHEAD)
         return npp_fail(e, NPP_EINVAL, "preset.positions",
-                        "preset.positions: only for a{i}.head (the attention's input at those "
-                        "positions) and f{i}.head (the MLP at those positions)");
+                        "preset.positions: only for a{i} and f{i} (the residual stream), "
+                        "a{i}.head{h} (the head's output), a{i}.head (the attention's input at "
+                        "those positions) and f{i}.head (the MLP at those positions)");
     json_t *pm = NULL;
     switch (n.kind) {
     case G_EMB: snprintf(pat, sizeof pat, "**/emb"); break;
@@ -140,7 +208,7 @@ static int preset_activation(const job *j, json_t *p, json_t *br, json_t *wh, np
         break;
     default:
         return npp_fail(e, NPP_EINVAL, "preset.node",
-                        "preset.node: \"%s\" cannot be patched; use emb, a{i}.head, "
+                        "preset.node: \"%s\" cannot be patched; use emb, a{i}, f{i}, a{i}.head, "
                         "a{i}.head{h}, a{i}.head{h}.q|k|v or f{i}.head",
                         n.name);
     }
@@ -171,9 +239,10 @@ static int sender_path(const pnode *s, char *buf, size_t n)
  * `from`, reaching it through the residual stream alone (every a{i}, f{i}
  * split); everything else reads `into`, and everything downstream of the
  * receivers recomputes. */
-static int preset_path(const job *j, json_t *p, json_t *br, json_t *wh, npp_err *e)
+static int preset_path(const job *j, json_t *p, json_t *br, json_t *wh, json_t *iv, npp_err *e)
 {
     static const char *const known[] = {"type", "senders", "receivers", "from", "into", NULL};
+    (void)iv;
     int from, into;
     char f[64], pat[256], sp[96];
     const graph_dims *g = &j->g;
@@ -282,6 +351,59 @@ done:
     return rc;
 }
 
+/* The run reads input `into` (default 0) everywhere. */
+static int preset_into(const job *j, json_t *p, json_t *wh, int *into, npp_err *e)
+{
+    json_t *i = json_object_get(p, "into");
+    *into = 0;
+    if (i &&
+        (!json_is_integer(i) || json_integer_value(i) < 0 || json_integer_value(i) >= j->n_inputs))
+        return npp_fail(e, NPP_EINVAL, "preset.into", "preset.into: an input index in 0..%d",
+                        j->n_inputs - 1);
+    if (i && (*into = (int)json_integer_value(i)))
+        json_array_append_new(wh, rule_match("**", "input", json_integer(*into)));
+    return 0;
+}
+
+/* Ablation of one node's value on every path: zero, or the mean over
+ * input `of`'s batch (default `into`) of its plain-run value there. */
+static int preset_ablate(const job *j, json_t *p, json_t *br, json_t *wh, json_t *iv, npp_err *e)
+{
+    static const char *const known[] = {"type", "node", "value", "of", "into", "positions", NULL};
+    static const char *const copy[] = {"positions", "positions", "of", "of", NULL};
+    int into;
+    json_t *v = json_object_get(p, "value");
+    const char *val = v ? (json_is_string(v) ? json_string_value(v) : "") : "zero";
+    if (job_check_keys(p, "preset", known, e) || preset_into(j, p, wh, &into, e))
+        return NPP_EINVAL;
+    if (strcmp(val, "zero") && strcmp(val, "mean"))
+        return npp_fail(e, NPP_EINVAL, "preset.value", "preset.value: \"zero\" or \"mean\"");
+    if (json_object_get(p, "of") && strcmp(val, "mean"))
+        return npp_fail(e, NPP_EINVAL, "preset.of", "preset.of: only with \"value\": \"mean\"");
+    int rc = edit_rule(j, p, "ablated", br, iv, "ablate", json_string(val), copy, e);
+    if (!rc && !strcmp(val, "mean") && !json_object_get(p, "of"))
+        json_object_set_new(json_array_get(iv, json_array_size(iv) - 1), "of", json_integer(into));
+    return rc;
+}
+
+/* Steering: scale x vector added to one node's value on every path. */
+static int preset_steer(const job *j, json_t *p, json_t *br, json_t *wh, json_t *iv, npp_err *e)
+{
+    static const char *const known[] = {"type", "node",      "vector", "scale",
+                                        "into", "positions", NULL};
+    static const char *const copy[] = {"positions", "positions", "scale", "scale", NULL};
+    int into;
+    json_t *v = json_object_get(p, "vector");
+    if (job_check_keys(p, "preset", known, e) || preset_into(j, p, wh, &into, e))
+        return NPP_EINVAL;
+    if (!v)
+        return npp_fail(
+            e, NPP_EINVAL, "preset.vector",
+            "preset.vector: missing (%d numbers, or {\"base64\": ..., \"shape\": [%d]})",
+            j->edits.C, j->edits.C);
+    return edit_rule(j, p, "steered", br, iv, "steer", json_incref(v), copy, e);
+}
+
 /* ---- the table -------------------------------------------------------------- */
 
 static const preset_def PRESETS[] = {
@@ -289,6 +411,8 @@ static const preset_def PRESETS[] = {
      "one node's value from input `from`, all else from `into`; downstream recomputes"},
     {"path_patch", preset_path,
      "direct paths from senders to receivers read `from` (Wang et al. 2022), all else `into`"},
+    {"ablate", preset_ablate, "one node's value zeroed or replaced by a batch mean, on every path"},
+    {"steer", preset_steer, "scale x vector added to one node's value, on every path"},
 };
 
 #define NPRESETS (int)(sizeof PRESETS / sizeof PRESETS[0])
@@ -301,9 +425,9 @@ const preset_def *preset_find(const char *name)
     return NULL;
 }
 
-int preset_compile(const job *j, json_t *p, json_t **br, json_t **wh, npp_err *e)
+int preset_compile(const job *j, json_t *p, json_t **br, json_t **wh, json_t **iv, npp_err *e)
 {
-    *br = *wh = NULL;
+    *br = *wh = *iv = NULL;
     if (!json_is_object(p))
         return npp_fail(e, NPP_EINVAL, "preset", "preset: must be an object with a \"type\"");
     json_t *t = json_object_get(p, "type");
@@ -319,6 +443,6 @@ int preset_compile(const job *j, json_t *p, json_t **br, json_t **wh, npp_err *e
         return npp_fail(e, NPP_EINVAL, "preset.type", "preset.type: \"%s\" is not a preset (%s)",
                         ty, names);
     }
-    *br = json_array(), *wh = json_array();
-    return d->compile(j, p, *br, *wh, e);
+    *br = json_array(), *wh = json_array(), *iv = json_array();
+    return d->compile(j, p, *br, *wh, *iv, e);
 }

@@ -26,8 +26,8 @@ struct ruleset {
     glob **globs;
     int *base; /* first state word of each glob */
     int nglobs, capglobs, nwords;
-    rule *branch, *which;
-    int nbranch, nwhich;
+    rule *list[3]; /* RULES_WHICH, RULES_BRANCH, RULES_INTERVENE */
+    int n[3];
 };
 
 static int add_glob(ruleset *r, const char *pat, glob_ctx *g, const char *field, npp_err *e)
@@ -123,8 +123,6 @@ static int parse_value(json_t *j, int is_branch, int n_inputs, const char *field
     if (is_branch) {
         json_t *v = json_object_get(j, "split");
         snprintf(f, sizeof f, "%s.split", field);
-        if (json_object_get(j, "input"))
-            return npp_fail(e, NPP_EINVAL, field, "%s: \"input\" belongs in a which rule", field);
         if (!v)
             return npp_fail(e, NPP_EINVAL, f,
                             "%s: missing (true, false, \"heads\" or "
@@ -145,8 +143,6 @@ static int parse_value(json_t *j, int is_branch, int n_inputs, const char *field
     }
     json_t *v = json_object_get(j, "input");
     snprintf(f, sizeof f, "%s.input", field);
-    if (json_object_get(j, "split"))
-        return npp_fail(e, NPP_EINVAL, field, "%s: \"split\" belongs in a branch rule", field);
     if (!v)
         return npp_fail(e, NPP_EINVAL, f, "%s: missing (the index of an input)", f);
     if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= n_inputs)
@@ -155,10 +151,13 @@ static int parse_value(json_t *j, int is_branch, int n_inputs, const char *field
     return 0;
 }
 
-static int parse_list(ruleset *r, json_t *list, int is_branch, glob_ctx *g, int n_inputs,
-                      rule **out, int *n, npp_err *e)
+static int parse_list(ruleset *r, json_t *list, int kind, glob_ctx *g, int n_inputs,
+                      const rules_edits *ed, npp_err *e)
 {
-    const char *name = is_branch ? "branch" : "which";
+    static const char *const names[] = {"which", "branch", "intervene"};
+    const char *name = names[kind];
+    rule **out = &r->list[kind];
+    int *n = &r->n[kind];
     char f[64];
     if (!list || json_is_null(list))
         return 0;
@@ -176,13 +175,23 @@ static int parse_list(ruleset *r, json_t *list, int is_branch, glob_ctx *g, int 
         json_t *v;
         json_object_foreach(j, k, v)
         {
-            static const char *known[] = {"match", "any",   "all",     "not",
-                                          "split", "input", "comment", "optional"};
+            static const char *known[] = {"match", "any", "all", "not", "comment", "optional"};
             int ok = 0;
             for (size_t q = 0; q < sizeof known / sizeof known[0]; q++)
                 ok |= !strcmp(k, known[q]);
+            ok |= kind == RULES_BRANCH && !strcmp(k, "split");
+            ok |= kind == RULES_WHICH && !strcmp(k, "input");
+            for (int q = 0; kind == RULES_INTERVENE && ed->keys[q]; q++)
+                ok |= !strcmp(k, ed->keys[q]);
+            if (!ok && kind != RULES_INTERVENE && (!strcmp(k, "split") || !strcmp(k, "input")))
+                return npp_fail(e, NPP_EINVAL, f, "%s: \"%s\" belongs in a %s rule", f, k,
+                                !strcmp(k, "split") ? "branch" : "which");
             if (!ok)
-                return npp_fail(e, NPP_EINVAL, f, "%s: unknown key \"%s\"", f, k);
+                return npp_fail(e, NPP_EINVAL, f, "%s: unknown key \"%s\"%s", f, k,
+                                kind == RULES_INTERVENE &&
+                                        (!strcmp(k, "split") || !strcmp(k, "input"))
+                                    ? " (an intervene rule says \"ablate\", \"patch\" or \"steer\")"
+                                    : "");
         }
         rule *ru = &(*out)[(*n)++];
         json_t *opt = json_object_get(j, "optional");
@@ -196,21 +205,29 @@ static int parse_list(ruleset *r, json_t *list, int is_branch, glob_ctx *g, int 
         snprintf(rf, sizeof rf, json_object_get(j, "match") ? "%s.match" : "%s", f);
         if (!(ru->field = strdup(rf)))
             return npp_fail(e, NPP_ENOMEM, f, "out of memory");
-        if (parse_matcher(r, j, g, f, &ru->m, e) ||
-            parse_value(j, is_branch, n_inputs, f, &ru->value, e))
+        if (parse_matcher(r, j, g, f, &ru->m, e))
             return -1;
+        if (kind == RULES_INTERVENE) {
+            if (!ed || (ru->value = ed->parse(ed->ud, j, f, e)) < 0)
+                return ed ? -1
+                          : npp_fail(e, NPP_EINVAL, f, "%s: interventions are not taken here", f);
+        } else if (parse_value(j, kind == RULES_BRANCH, n_inputs, f, &ru->value, e)) {
+            return -1;
+        }
     }
     return 0;
 }
 
-int rules_parse(json_t *branch, json_t *which, glob_ctx *g, int n_inputs, ruleset **out, npp_err *e)
+int rules_parse(json_t *branch, json_t *which, json_t *intervene, glob_ctx *g, int n_inputs,
+                const rules_edits *ed, ruleset **out, npp_err *e)
 {
     ruleset *r = calloc(1, sizeof *r);
     *out = NULL;
     if (!r)
         return npp_fail(e, NPP_ENOMEM, "branch", "out of memory");
-    if (parse_list(r, branch, 1, g, n_inputs, &r->branch, &r->nbranch, e) ||
-        parse_list(r, which, 0, g, n_inputs, &r->which, &r->nwhich, e)) {
+    if (parse_list(r, branch, RULES_BRANCH, g, n_inputs, ed, e) ||
+        parse_list(r, which, RULES_WHICH, g, n_inputs, ed, e) ||
+        parse_list(r, intervene, RULES_INTERVENE, g, n_inputs, ed, e)) {
         rules_free(r);
         return e && e->code ? e->code : NPP_EINVAL;
     }
@@ -222,16 +239,13 @@ void rules_free(ruleset *r)
 {
     if (!r)
         return;
-    for (int i = 0; i < r->nbranch; i++) {
-        matcher_free(&r->branch[i].m);
-        free(r->branch[i].field);
+    for (int k = 0; k < 3; k++) {
+        for (int i = 0; i < r->n[k]; i++) {
+            matcher_free(&r->list[k][i].m);
+            free(r->list[k][i].field);
+        }
+        free(r->list[k]);
     }
-    for (int i = 0; i < r->nwhich; i++) {
-        matcher_free(&r->which[i].m);
-        free(r->which[i].field);
-    }
-    free(r->branch);
-    free(r->which);
     for (int i = 0; i < r->nglobs; i++)
         glob_free(r->globs[i]);
     free(r->globs);
@@ -288,41 +302,46 @@ static int eval(const ruleset *r, const matcher *m, const uint64_t *s)
     return v != m->negate;
 }
 
-static int first(const ruleset *r, const rule *rs, int n, const uint64_t *s, int *idx)
+static int first(const ruleset *r, int kind, const uint64_t *s, int *idx, int dflt)
 {
-    for (int i = 0; i < n; i++) {
-        if (eval(r, &rs[i].m, s)) {
+    for (int i = 0; i < r->n[kind]; i++) {
+        if (eval(r, &r->list[kind][i].m, s)) {
             if (idx)
                 *idx = i;
-            return rs[i].value;
+            return r->list[kind][i].value;
         }
     }
     if (idx)
         *idx = -1;
-    return 0;
+    return dflt;
 }
 
 int rules_branch(const ruleset *r, const uint64_t *s, int *idx)
 {
-    return first(r, r->branch, r->nbranch, s, idx);
+    return first(r, RULES_BRANCH, s, idx, SPLIT_NO);
 }
 
 int rules_which(const ruleset *r, const uint64_t *s, int *idx)
 {
-    return first(r, r->which, r->nwhich, s, idx);
+    return first(r, RULES_WHICH, s, idx, 0);
 }
 
-int rules_count(const ruleset *r, int is_branch)
+int rules_intervene(const ruleset *r, const uint64_t *s, int *idx)
 {
-    return is_branch ? r->nbranch : r->nwhich;
+    return first(r, RULES_INTERVENE, s, idx, -1);
 }
 
-int rules_optional(const ruleset *r, int is_branch, int idx)
+int rules_count(const ruleset *r, int kind)
 {
-    return (is_branch ? r->branch : r->which)[idx].optional;
+    return r->n[kind];
 }
 
-const char *rules_field(const ruleset *r, int is_branch, int idx)
+int rules_optional(const ruleset *r, int kind, int idx)
 {
-    return (is_branch ? r->branch : r->which)[idx].field;
+    return r->list[kind][idx].optional;
+}
+
+const char *rules_field(const ruleset *r, int kind, int idx)
+{
+    return r->list[kind][idx].field;
 }

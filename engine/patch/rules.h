@@ -1,5 +1,5 @@
-// rules.h - `branch` and `which` as data: ordered rule lists whose path
-// globs are walked as automata (DESIGN.md section 3).
+// rules.h - `branch`, `which` and `intervene` as data: ordered rule lists
+// whose path globs are walked as automata (DESIGN.md section 3).
 //
 // JSON form of a rule (first match wins; defaults split false, input 0):
 //   {"match": "**/a1", "split": true}
@@ -32,11 +32,23 @@ typedef struct ruleset ruleset;
  * walk state). */
 #define RULES_MAX_ALTS 1024
 
-/* Parses both lists (either may be NULL = empty), compiling the globs in
- * gc (the job's context: see glob.h). n_inputs bounds "input". Error
- * fields look like "branch[2].match". *out is new. */
-int rules_parse(json_t *branch, json_t *which, glob_ctx *gc, int n_inputs, ruleset **out,
-                npp_err *e);
+enum { RULES_WHICH = 0, RULES_BRANCH = 1, RULES_INTERVENE = 2 };
+
+/* How intervene rules are read: keys (NULL-ended) an intervene rule may
+ * have besides its matcher; parse(ud, rule, field, e) returns the index of
+ * the rule's edit (patch/edit.h), or -1 with e set. */
+typedef struct {
+    const char *const *keys;
+    int (*parse)(void *ud, json_t *rule, const char *field, npp_err *e);
+    void *ud;
+} rules_edits;
+
+/* Parses the three lists (any may be NULL = empty), compiling the globs in
+ * gc (the job's context: see glob.h). n_inputs bounds "input"; ed reads
+ * interventions (NULL: none are taken). Error fields look like
+ * "branch[2].match". *out is new. */
+int rules_parse(json_t *branch, json_t *which, json_t *intervene, glob_ctx *gc, int n_inputs,
+                const rules_edits *ed, ruleset **out, npp_err *e);
 void rules_free(ruleset *r);
 
 /* Number of uint64 words in a walk state. */
@@ -49,12 +61,15 @@ void rules_step(const ruleset *r, const uint64_t *in, int sym, uint64_t *out);
  * else the default. *rule_idx (if not NULL) gets the deciding rule or -1. */
 int rules_branch(const ruleset *r, const uint64_t *state, int *rule_idx);
 int rules_which(const ruleset *r, const uint64_t *state, int *rule_idx);
+/* The edit (an index into the job's table) of the first intervene rule
+ * matching the path walked so far, or -1. */
+int rules_intervene(const ruleset *r, const uint64_t *state, int *rule_idx);
 
-/* The rules of one list (is_branch: branch, else which): how many, whether
- * rule idx said "optional": true, and its field for errors
- * ("which[0].match", or "which[0]" for any/all). */
-int rules_count(const ruleset *r, int is_branch);
-int rules_optional(const ruleset *r, int is_branch, int idx);
-const char *rules_field(const ruleset *r, int is_branch, int idx);
+/* The rules of one list (kind: RULES_*): how many, whether rule idx said
+ * "optional": true, and its field for errors ("which[0].match", or
+ * "which[0]" for any/all). */
+int rules_count(const ruleset *r, int kind);
+int rules_optional(const ruleset *r, int kind, int idx);
+const char *rules_field(const ruleset *r, int kind, int idx);
 
 #endif

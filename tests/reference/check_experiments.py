@@ -11,6 +11,7 @@ the last bits); padding rows are zeros; "last" and negative positions are
 per example. Each experiment must also move the output, so that no check
 passes vacuously."""
 import argparse
+import base64
 import os
 import sys
 
@@ -176,6 +177,151 @@ def activations(rng):
     check("a sweep's activations sit at the top (input 0 by default)", ok, d)
 
 
+def ref_run(ids, resid=None, attn_out=None, mlp_out=None, z=None):
+    """The reference forward of ids (B, T) with hooks: resid(name, x) at
+    emb, a{i}, f{i}; attn_out(l, a), mlp_out(l, m), z(l, z) (per-head z
+    (B, H, T, D) before c_proj). Returns the hidden states after ln_f."""
+    eps = CFG.get("layer_norm_epsilon", 1e-5)
+    zh = {"z": z} if z else None
+    with torch.inference_mode():
+        ids = torch.tensor(ids)
+        x = W["wte.weight"][ids] + W["wpe.weight"][:ids.shape[1]]
+        x = resid("emb", x) if resid else x
+        for l in range(CFG["n_layer"]):
+            a, _, _ = gpt2_ref.attention(CFG, W, l, x, x, x, zh)
+            a = attn_out(l, a) if attn_out else a
+            x = x + a
+            x = resid("a%d" % l, x) if resid else x
+            m = gpt2_ref.mlp(CFG, W, l, x)
+            m = mlp_out(l, m) if mlp_out else m
+            x = x + m
+            x = resid("f%d" % l, x) if resid else x
+        return gpt2_ref.layer_norm(x, W["ln_f.weight"], W["ln_f.bias"], eps).numpy()
+
+
+def interventions(rng):
+    L, H, C = CFG["n_layer"], CFG["n_head"], CFG["n_embd"]
+    T = 6
+    ids = rng.integers(0, 50000, size=(2, 3, T)).tolist()  # 2 inputs, batch 3
+    base = ref_run(ids[0])
+    acts = [reference_activations(ids[k]) for k in range(2)]
+
+    def z_of(k, l):
+        with torch.inference_mode():
+            x = torch.tensor(acts[k]["f%d" % (l - 1)] if l else acts[k]["emb"])
+            return gpt2_ref.attention(CFG, W, l, x, x, x)[1]
+
+    def engine(preset=None, **rules):
+        job = {"inputs": ids, "outputs": {"hidden_states": True, "top_k": 0}}
+        if preset:
+            job["preset"] = preset
+        job.update(rules)
+        return tensor(run(job)["outputs"]["hidden_states"])
+
+    def case(name, got, want, tol=1e-5):
+        ok, d = close(got, want, tol)
+        moved = float(np.max(np.abs(want - base)))
+        check(name, ok and moved > 100 * tol, d + "; moves the output by %.3g" % moved)
+
+    l, h = 1, 2
+    vec = rng.standard_normal(C).tolist()
+
+    def set_z(value, positions=slice(None)):
+        def hook(l_, z):
+            if l_ == l:
+                z = z.clone()
+                z[:, h, positions] = value if isinstance(value, float) else value[:, h, positions]
+            return z
+        return hook
+    case("ablate zero a1.head2 = hook zeroing its z",
+         engine({"type": "ablate", "node": "a1.head2"}), ref_run(ids[0], z=set_z(0.0)))
+    zm = z_of(1, l).mean(0, keepdim=True)
+    case("ablate mean a1.head2 of input 1 = hook: z = input 1's batch mean",
+         engine({"type": "ablate", "node": "a1.head2", "value": "mean", "of": 1}),
+         ref_run(ids[0], z=set_z(zm.expand(3, -1, -1, -1))))
+    z1 = z_of(1, l)
+    case("activation_patch a1.head2 @ [2, 4] = hook: its z there from input 1",
+         engine({"type": "activation_patch", "node": "a1.head2", "positions": [2, 4]}),
+         ref_run(ids[0], z=set_z(z1, [2, 4])))
+
+    def zero_rows(target, rows):
+        def hook(l_, a):
+            if l_ == target:
+                a = a.clone()
+                a[:, rows] = 0
+            return a
+        return hook
+    case("ablate zero a0.head @ [1, 3] = hook on attn_out",
+         engine({"type": "ablate", "node": "a0.head", "positions": [1, 3]}),
+         ref_run(ids[0], attn_out=zero_rows(0, [1, 3])))
+    m0 = torch.tensor(acts[0]["f0.head"]).mean(0, keepdim=True)
+    case("ablate mean f0.head = hook: mlp_out = its batch mean",
+         engine({"type": "ablate", "node": "f0.head", "value": "mean"}),
+         ref_run(ids[0], mlp_out=lambda l_, m: m0.expand(3, -1, -1) if l_ == 0 else m))
+
+    def resid_hook(target, fn):
+        return lambda name, x: fn(x.clone()) if name == target else x
+
+    def rows(x, r, v):
+        x[:, r] = v
+        return x
+    case("ablate zero a1 (residual) @ [2]",
+         engine({"type": "ablate", "node": "a1", "positions": [2]}),
+         ref_run(ids[0], resid=resid_hook("a1", lambda x: rows(x, [2], 0.0))))
+    a0_1 = torch.tensor(acts[1]["a0"])
+    case("activation_patch a0 (residual) @ [1, 3] from input 1 = hook on resid_mid",
+         engine({"type": "activation_patch", "node": "a0", "positions": [1, 3]}),
+         ref_run(ids[0], resid=resid_hook("a0", lambda x: rows(x, [1, 3], a0_1[:, [1, 3]]))))
+    f0_1 = torch.tensor(acts[1]["f0"])
+    case("activation_patch f0 (every position) from input 1",
+         engine({"type": "activation_patch", "node": "f0"}),
+         ref_run(ids[0], resid=resid_hook("f0", lambda x: f0_1.clone())))
+    v = torch.tensor(vec, dtype=torch.float64)
+
+    def add_rows(x, r, d):
+        x[:, r] += d
+        return x
+    case("steer f0 @ [0, 4] by 3 x vector",
+         engine({"type": "steer", "node": "f0", "vector": vec, "scale": 3, "positions": [0, 4]}),
+         ref_run(ids[0], resid=resid_hook("f0", lambda x: add_rows(x, [0, 4], 3 * v))))
+    b64 = base64.b64encode(np.array(vec, "<f4").tobytes()).decode()
+    v32 = torch.tensor(np.array(vec, "<f4").astype(np.float64))
+    case("steer emb (base64 vector) on every position",
+         engine({"type": "steer", "node": "emb", "vector": {"base64": b64, "shape": [C]}}),
+         ref_run(ids[0], resid=resid_hook("emb", lambda x: x + v32)))
+    case("steer a1.head0 (a head: the attention output moves)",
+         engine({"type": "steer", "node": "a1.head0", "vector": vec, "scale": -2}),
+         ref_run(ids[0], attn_out=lambda l_, a: a - 2 * v if l_ == 1 else a))
+    # path-specific: f0's MLP ablated only where attention 1 reads it
+    with torch.inference_mode():
+        x_a0 = torch.tensor(acts[0]["a0"])
+        x_f0 = torch.tensor(acts[0]["f0"])
+        a1o, _, _ = gpt2_ref.attention(CFG, W, 1, x_a0, x_a0, x_a0)
+        x = x_f0 + a1o
+        for ll in range(1, L):
+            if ll > 1:
+                x = x + gpt2_ref.attention(CFG, W, ll, x, x, x)[0]
+            x = x + gpt2_ref.mlp(CFG, W, ll, x)
+        want = gpt2_ref.layer_norm(x, W["ln_f.weight"], W["ln_f.bias"], 1e-5).numpy()
+    got = engine(branch=[{"match": "**/{a1,f0}", "split": True}],
+                 intervene=[{"match": "**/a1.head/**/f0/f0.head", "ablate": "zero"}])
+    case("rule form: f0.head zeroed only on paths through a1.head", got, want)
+    # an uneven batch: the mean at each position over the examples that have it
+    ex = [ids[0][0], ids[0][1][:4], ids[0][2][:5]]
+    res = run({"inputs": [ex], "outputs": {"hidden_states": True, "top_k": 0},
+               "preset": {"type": "ablate", "node": "f0.head", "value": "mean"}})
+    got = tensor(res["outputs"]["hidden_states"])
+    ms = [torch.tensor(reference_activations([e])["f0.head"][0]) for e in ex]
+    mean = torch.stack([sum(m[t] for m in ms if t < len(m)) / sum(t < len(m) for m in ms)
+                        for t in range(T)])
+    ok = True
+    for b, e in enumerate(ex):
+        want = ref_run([e], mlp_out=lambda l_, m: mean[:len(e)].unsqueeze(0) if l_ == 0 else m)
+        ok &= close(got[b, :len(e)], want[0])[0]
+    check("uneven batch: mean ablation averages each position over the examples that have it",
+          ok)
+
+
 def main():
     global CFG, W
     ap = argparse.ArgumentParser()
@@ -188,6 +334,7 @@ def main():
     rng = np.random.default_rng(11)
     uneven(rng)
     activations(rng)
+    interventions(rng)
     sys.exit(harness.summary())
 
 

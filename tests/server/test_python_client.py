@@ -78,6 +78,27 @@ def test_uneven_prompts_and_activations(server):
     assert 'did you mean "a1.head0"' in e.value.message
 
 
+def test_ablate_and_steer_presets(server):
+    m = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token).model()
+    plain = m.run(SPAIN, outputs={"hidden_states": True, "top_k": 0})
+    abl = m.run(SPAIN, preset=npp.ablate("a1.head2", "mean", of=1, positions=[4]),
+                outputs={"hidden_states": True, "top_k": 0})
+    assert abl.rules["intervene"] == [{"match": "**/a1.head/a1.head2", "ablate": "mean",
+                                       "of": 1, "positions": [4]}]
+    assert not np.allclose(abl.hidden_states, plain.hidden_states)
+    # only the last position changes: the earlier ones are the plain run's
+    assert np.allclose(abl.hidden_states[:, :4], plain.hidden_states[:, :4], atol=1e-5)
+    v = np.linspace(-1, 1, 64).astype(np.float32)
+    a = m.run(SPAIN, preset=npp.steer("f0", v, scale=2), outputs={"hidden_states": True, "top_k": 0})
+    b = m.run(SPAIN, preset=npp.steer("f0", v.tolist(), scale=2),
+              outputs={"hidden_states": True, "top_k": 0})
+    assert np.allclose(a.hidden_states, b.hidden_states, atol=1e-6)
+    assert not np.allclose(a.hidden_states, plain.hidden_states)
+    with pytest.raises(npp.NppError) as e:
+        m.run(SPAIN, preset=npp.steer("f0", [1.0, 2.0]))
+    assert e.value.status == 422 and e.value.field == "preset.vector"
+
+
 def test_presets_and_errors(server):
     m = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token).model()
     res = m.run(SPAIN, preset=npp.activation_patch("a1.head2"), outputs={"top_k": 1})

@@ -14,7 +14,7 @@ static ruleset *parse(const char *branch, const char *which, npp_err *e)
     glob_ctx *c = glob_ctx_new(&G);
     ruleset *r = NULL;
     memset(e, 0, sizeof *e);
-    if (rules_parse(b, w, c, 3, &r, e))
+    if (rules_parse(b, w, NULL, c, 3, NULL, &r, e))
         r = NULL;
     glob_ctx_free(c);
     json_decref(b);

@@ -33,7 +33,7 @@ import time
 import urllib.parse
 
 from . import rules  # noqa: F401  (npp.rules)
-from .rules import activation_patch, path_patch  # noqa: F401
+from .rules import ablate, activation_patch, path_patch, steer  # noqa: F401
 
 try:
     import numpy as _np

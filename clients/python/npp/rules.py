@@ -79,7 +79,8 @@ def rules(pairs, key):
 
 def activation_patch(node, positions=None, from_input=1, into=0):
     """Preset: the node's value from input `from_input`, the rest from `into`
-    (nodes: emb, a{i}.head, a{i}.head{h}, a{i}.head{h}.q|k|v, f{i}.head)."""
+    (nodes: emb, a{i}, f{i} (the residual stream), a{i}.head, a{i}.head{h},
+    a{i}.head{h}.q|k|v, f{i}.head)."""
     p = {"type": "activation_patch", "node": node, "from": from_input, "into": into}
     if positions is not None:
         p["positions"] = list(positions)
@@ -92,3 +93,30 @@ def path_patch(senders, receivers, from_input=1, into=0):
     as_list = lambda x: [x] if isinstance(x, str) else list(x)  # noqa: E731
     return {"type": "path_patch", "senders": as_list(senders), "receivers": as_list(receivers),
             "from": from_input, "into": into}
+
+
+def ablate(node, value="zero", of=None, positions=None, into=0):
+    """Preset: the node's value zeroed ("zero") or replaced by input `of`'s
+    batch mean ("mean", default of = into) on every path (nodes: emb, a{i},
+    f{i}, a{i}.head, a{i}.head{h}, f{i}.head)."""
+    p = {"type": "ablate", "node": node, "value": value, "into": into}
+    if of is not None:
+        p["of"] = of
+    if positions is not None:
+        p["positions"] = list(positions)
+    return p
+
+
+def steer(node, vector, scale=1.0, positions=None, into=0):
+    """Preset: scale x vector added to the node's value on every path. vector:
+    the model's width of numbers (a list, or a numpy array: sent as base64)."""
+    if hasattr(vector, "astype"):
+        import base64
+        raw = vector.astype("<f4").tobytes()
+        vector = {"base64": base64.b64encode(raw).decode(), "shape": [len(raw) // 4]}
+    else:
+        vector = [float(x) for x in vector]
+    p = {"type": "steer", "node": node, "vector": vector, "scale": scale, "into": into}
+    if positions is not None:
+        p["positions"] = list(positions)
+    return p
