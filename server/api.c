@@ -479,6 +479,50 @@ static enum MHD_Result get_graph_svg(req *r, const char *id)
     return err ? send_json(r, status, err) : ret;
 }
 
+/* heatmap.svg: drawn when a grid job finished, kept beside its result */
+static enum MHD_Result get_heatmap_svg(req *r, const char *id)
+{
+    char path[4200];
+    pthread_mutex_lock(&S.mu);
+    sjob *j = visible_job(r, id);
+    if (!j) {
+        pthread_mutex_unlock(&S.mu);
+        return unknown_job(r, id);
+    }
+    jstate st = j->state;
+    int gone = j->result_gone;
+    store_heatmap_path(j->id, path, sizeof path);
+    pthread_mutex_unlock(&S.mu);
+    if (st == J_QUEUED || st == J_RUNNING)
+        return send_error(r, 409, "not_done", "id",
+                          "job %s is %s; its heatmap comes with its result", id, jstate_name(st));
+    if (st != J_DONE)
+        return send_error(r, 404, "no_heatmap", "id", "job %s %s: it has no result", id,
+                          jstate_name(st));
+    if (gone)
+        return send_error(r, 404, "result_removed", "id",
+                          "the result of job %s was removed to keep stored results under "
+                          "--results-disk-mb",
+                          id);
+    FILE *f = fopen(path, "r");
+    char *svg = NULL;
+    long n = -1;
+    if (f && !fseek(f, 0, SEEK_END) && (n = ftell(f)) >= 0 && !fseek(f, 0, SEEK_SET) &&
+        (svg = malloc((size_t)n + 1)) && fread(svg, 1, (size_t)n, f) != (size_t)n)
+        n = -1;
+    if (f)
+        fclose(f);
+    if (!f || n < 0) {
+        free(svg);
+        return send_error(r, 404, "no_heatmap", "id",
+                          "job %s has no heatmap: it is not a grid of one or two axes (a "
+                          "\"grid\" job draws one)",
+                          id);
+    }
+    svg[n] = 0;
+    return http_send_text(r, 200, "image/svg+xml", svg, (size_t)n);
+}
+
 /* ---- status, documents and the web UI ------------------------------------------- */
 
 static enum MHD_Result serve_file(req *r, const char *ctype, const char *body)
@@ -555,6 +599,7 @@ const route_def api_routes[] = {
     {"GET", "/v1/jobs/{id}", 1, 0, get_job},
     {"DELETE", "/v1/jobs/{id}", 1, 0, delete_job},
     {"GET", "/v1/jobs/{id}/graph.svg", 1, 0, get_graph_svg},
+    {"GET", "/v1/jobs/{id}/heatmap.svg", 1, 0, get_heatmap_svg},
     {"GET", "/v1/jobs/{id}/events", 1, 0, get_events},
 };
 const int api_nroutes = (int)(sizeof api_routes / sizeof api_routes[0]);

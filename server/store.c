@@ -114,6 +114,11 @@ void store_result_path(const char *id, char *buf, size_t n)
     snprintf(buf, n, "%s/%s.json", results_dir, id);
 }
 
+void store_heatmap_path(const char *id, char *buf, size_t n)
+{
+    snprintf(buf, n, "%s/%s.heatmap.svg", results_dir, id);
+}
+
 /* Runs sql with the binds given as a format: 't' text, 'i' int64, 'd'
  * double, 'z' size_t (as int64); the values follow. */
 static int exec_bind(const char *what, const char *sql, const char *fmt, ...)
@@ -199,6 +204,8 @@ int store_result_gone(const char *id)
     char path[4200];
     store_result_path(id, path, sizeof path);
     unlink(path);
+    store_heatmap_path(id, path, sizeof path);
+    unlink(path);
     return exec_bind("result_gone", "UPDATE jobs SET result_gone = 1 WHERE id = ?", "t", id);
 }
 
@@ -206,6 +213,8 @@ int store_forget(const char *id)
 {
     char path[4200];
     store_result_path(id, path, sizeof path);
+    unlink(path);
+    store_heatmap_path(id, path, sizeof path);
     unlink(path);
     return exec_bind("forget", "DELETE FROM jobs WHERE id = ?", "t", id);
 }

@@ -7,7 +7,31 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "output/heatmap.h"
 #include "srv.h"
+
+/* A grid job's heatmap beside its result (a grid of three axes has none:
+ * GET heatmap.svg says why); *bytes grows by its size. */
+static int write_heatmap(const sjob *j, const run_output *run, size_t *bytes, npp_err *e)
+{
+    char path[4200], tmp[4300], *svg = NULL;
+    size_t n = 0;
+    json_t *grid = json_object_get(run->result, "grid");
+    if (!grid || heatmap_svg(grid, &svg, &n, NULL))
+        return 0;
+    store_heatmap_path(j->id, path, sizeof path);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    int ok = f && fwrite(svg, 1, n, f) == n;
+    ok = f && !fclose(f) && ok && !rename(tmp, path);
+    free(svg);
+    if (!ok) {
+        unlink(tmp);
+        return npp_fail(e, NPP_EIO, "", "could not store the heatmap in %s", path);
+    }
+    *bytes += n;
+    return 0;
+}
 
 /* Writes r's result to its file (a temporary name, then renamed, so a
  * crash never leaves half a result under the real one). */
@@ -23,7 +47,7 @@ static int write_result(const sjob *j, const run_output *run, size_t *bytes, npp
         return npp_fail(e, NPP_EIO, "", "could not store the result in %s", path);
     }
     *bytes = (size_t)sb.st_size;
-    return 0;
+    return write_heatmap(j, run, bytes, e);
 }
 
 static void on_progress(void *ud, long done, long total)

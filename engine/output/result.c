@@ -643,7 +643,7 @@ static json_t *inputs_json(const job *j)
 /* The rules, outputs and metric of one patched run (the job's, or one
  * variant's): {"rules", "outputs", "metric"}. */
 static json_t *patched_json(ctx *c, json_t *rules, const shim_tensor *h, const shim_tensor *kl_ref,
-                            const char *tag)
+                            const char *tag, const int *norm, const double *plain)
 {
     const job *j = c->j;
     json_t *o = outputs_json(c, h, tag, 1);
@@ -665,9 +665,62 @@ static json_t *patched_json(ctx *c, json_t *rules, const shim_tensor *h, const s
                                                     : json_incref(json_array_get(mp, 0)));
         json_decref(mp);
         json_object_set_new(mt, "tokens", metric_tokens_json(c->m, j));
+        if (plain) { /* 0: the run's own input unpatched, 1: the source's behaviour */
+            double zero = plain[norm[0]], one = plain[norm[1]];
+            double v = json_real_value(json_object_get(mt, "mean"));
+            json_t *mean = json_object_get(mt, "mean");
+            if (json_is_integer(mean))
+                v = (double)json_integer_value(mean);
+            json_object_set_new(mt, "normalized",
+                                fabs(one - zero) > 1e-12 && json_is_number(mean)
+                                    ? result_json_num((v - zero) / (one - zero))
+                                    : json_null());
+            json_object_set_new(mt, "normalized_by",
+                                json_pack("{s:i,s:i}", "zero", norm[0], "one", norm[1]));
+        }
         json_object_set_new(res, "metric", mt);
     }
     return res;
+}
+
+/* Nested lists of shape n[0..na) from the flat row-major vals[*at...]. */
+static json_t *nest(json_t *flat, const int *n, int na, size_t *at)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < n[0]; i++)
+        json_array_append_new(a, na == 1 ? json_incref(json_array_get(flat, (*at)++))
+                                         : nest(flat, n + 1, na - 1, at));
+    return a;
+}
+
+/* "grid": the axes, their values, and per cell the metric (normalized when
+ * asked) and the variant's name, nested by axis. */
+static json_t *grid_json(const job *j, json_t *sweep)
+{
+    const job_grid *g = j->grid;
+    json_t *axes = json_array(), *shape = json_array(), *ticks = json_object();
+    json_t *vals = json_array(), *names = json_array();
+    for (int a = 0; a < g->naxes; a++) {
+        json_t *t = json_array();
+        for (int i = 0; i < g->n[a]; i++)
+            json_array_append_new(t, json_integer(g->ticks[a][i]));
+        json_array_append_new(axes, json_string(g->axis[a]));
+        json_array_append_new(shape, json_integer(g->n[a]));
+        json_object_set_new(ticks, g->axis[a], t);
+    }
+    for (size_t i = 0; i < json_array_size(sweep); i++) {
+        json_t *v = json_array_get(sweep, i), *mt = json_object_get(v, "metric");
+        json_array_append(vals, json_object_get(mt, j->normalize ? "normalized" : "mean"));
+        json_array_append(names, json_object_get(v, "name"));
+    }
+    size_t a0 = 0, a1 = 0;
+    json_t *r = json_pack("{s:o,s:o,s:o,s:o,s:o,s:b,s:s}", "axes", axes, "shape", shape, "ticks",
+                          ticks, "values", nest(vals, g->n, g->naxes, &a0), "names",
+                          nest(names, g->n, g->naxes, &a1), "normalized", j->normalize, "metric",
+                          j->metric->name);
+    json_decref(vals);
+    json_decref(names);
+    return r;
 }
 
 int result_build(const result_opts *o, shim_tensor *const *hs, int nroots, json_t *stats,
@@ -688,8 +741,17 @@ int result_build(const result_opts *o, shim_tensor *const *hs, int nroots, json_
     json_object_set_new(res, "inputs", inputs_json(j));
     if (json_array_size(j->warnings))
         json_object_set(res, "warnings", j->warnings);
+    double plain[JOB_MAX_INPUTS] = {0}; /* each input's unpatched metric mean */
+    for (int k = 0; j->normalize && k < j->n_inputs; k++) {
+        json_t *mt = metric_json(c, hs[nroots - j->n_inputs + k], kl_ref);
+        if (!mt)
+            goto fail;
+        plain[k] = json_number_value(json_object_get(mt, "mean"));
+        json_decref(mt);
+    }
+    const double *pl = j->normalize ? plain : NULL;
     if (!j->nvar) {
-        json_t *p = patched_json(c, j->compiled, hs[0], kl_ref, "patched");
+        json_t *p = patched_json(c, j->compiled, hs[0], kl_ref, "patched", j->norm, pl);
         if (!p)
             goto fail;
         json_object_update(res, p);
@@ -702,7 +764,7 @@ int result_build(const result_opts *o, shim_tensor *const *hs, int nroots, json_
             if (cancelled(c))
                 goto fail;
             snprintf(tag, sizeof tag, "variant%d", i);
-            json_t *p = patched_json(c, j->var[i].compiled, hs[i], kl_ref, tag);
+            json_t *p = patched_json(c, j->var[i].compiled, hs[i], kl_ref, tag, j->var[i].norm, pl);
             if (!p)
                 goto fail;
             json_object_set_new(p, "variant", json_integer(i));
@@ -710,6 +772,8 @@ int result_build(const result_opts *o, shim_tensor *const *hs, int nroots, json_
                 json_object_set(p, "name", j->var[i].name);
             json_array_append_new(sw, p);
         }
+        if (j->grid)
+            json_object_set_new(res, "grid", grid_json(j, sw));
     }
     if (j->nattn) {
         json_t *a = attention_json(c);
@@ -917,7 +981,9 @@ void result_estimate(const model *m, const job *j, size_t value_bytes, size_t nv
     step_holds(&s, 0);
     s.text += (size_t)j->n_inputs * B * (T * 7 + 4); /* the inputs, echoed */
     s.text += B * 8;                                 /* lengths */
-    s.text += json_text_len(j->warnings);            /* held by the job already */
+    if (j->grid) /* each cell's value and name, twice (the sweep has them too) */
+        s.kept += (size_t)j->nvar * 2 * JSON_NUM_MEM, s.text += (size_t)j->nvar * 96;
+    s.text += json_text_len(j->warnings); /* held by the job already */
     out->peak_bytes = s.peak;
     out->text_bytes = s.text;
     out->largest_bytes = mem.bytes;

@@ -503,7 +503,8 @@ static int get_tokens(const model *m, const job *j, json_t *v, const char *field
 
 static int parse_metric(const model *m, json_t *mt, job *j, npp_err *e)
 {
-    static const char *const known[] = {"type", "target", "baseline", "token", "position", NULL};
+    static const char *const known[] = {"type",     "target",    "baseline", "token",
+                                        "position", "normalize", NULL};
     char names[512], f[64];
     if (!mt || json_is_null(mt))
         return 0;
@@ -520,6 +521,12 @@ static int parse_metric(const model *m, json_t *mt, job *j, npp_err *e)
         return npp_fail(e, NPP_ENOMEM, "metric", "out of memory");
     for (int b = 0; b < j->B; b++)
         j->m_pos[b] = j->len[b] - 1;
+    if (get_bool(mt, "normalize", "metric", &j->normalize, e))
+        return NPP_EINVAL;
+    if (j->normalize && j->n_inputs < 2)
+        return npp_fail(e, NPP_EINVAL, "metric.normalize",
+                        "metric.normalize: needs two inputs (0 is the patched run's input, 1 the "
+                        "source's); the job has one");
     json_t *p = json_object_get(mt, "position");
     /* every example needs a real token there */
     if (p && example_position(j, p, "metric.position", min_len(j) - 1, j->m_pos, 1, e))
@@ -581,13 +588,33 @@ static int preset_field(npp_err *e, int rc)
  * branch/which/intervene; their globs are compiled in gc, the job's
  * context. *written: 1 for rules the user wrote (checked to decide
  * something once planned). */
+/* normalize's inputs for the rules of obj: a preset's `into` (0) and
+ * `from` (its source: `of` for a mean ablation, else the other input);
+ * 0 and 1 for written rules. */
+static void norm_pair(const job *j, json_t *preset, int norm[2])
+{
+    json_t *f = json_object_get(preset, "from"), *i = json_object_get(preset, "into");
+    json_t *of = json_object_get(preset, "of"), *t = json_object_get(preset, "type");
+    int into = json_is_integer(i) ? (int)json_integer_value(i) : 0;
+    int patch = json_is_string(t) && (!strcmp(json_string_value(t), "activation_patch") ||
+                                      !strcmp(json_string_value(t), "path_patch"));
+    norm[0] = preset ? into : 0;
+    norm[1] = !preset               ? 1
+              : patch               ? (json_is_integer(f) ? (int)json_integer_value(f) : 1)
+              : json_is_integer(of) ? (int)json_integer_value(of)
+                                    : (into ? 0 : 1);
+    if (norm[1] >= j->n_inputs)
+        norm[1] = j->n_inputs - 1;
+}
+
 static int compile_rules(job *j, glob_ctx *gc, json_t *obj, ruleset **rules, json_t **compiled,
-                         int *written, npp_err *e)
+                         int *written, int norm[2], npp_err *e)
 {
     json_t *br = NULL, *wh = NULL, *iv = NULL;
     int rc;
     json_t *preset = json_object_get(obj, "preset");
     rules_edits ed = {EDIT_KEYS, edit_cb, j};
+    norm_pair(j, preset, norm);
     if (preset && (json_object_get(obj, "branch") || json_object_get(obj, "which") ||
                    json_object_get(obj, "intervene")))
         return npp_fail(e, NPP_EINVAL, "preset",
@@ -666,9 +693,180 @@ static int parse_sweep(job *j, glob_ctx *gc, json_t *sw, npp_err *e)
         }
         job_variant *jv = &j->var[j->nvar++];
         jv->name = json_incref(name);
-        int rc = compile_rules(j, gc, v, &jv->rules, &jv->compiled, &jv->written, e);
+        int rc = compile_rules(j, gc, v, &jv->rules, &jv->compiled, &jv->written, jv->norm, e);
         if (rc)
             return job_in_variant(e, (int)i, rc);
+    }
+    return 0;
+}
+
+/* ---- grids -------------------------------------------------------------------- */
+
+static const char *const GRID_AXES[GRID_MAX_AXES] = {"layer", "head", "pos"};
+
+/* v with every "{layer}", "{head}", "{pos}" in its strings replaced by the
+ * cell's values (a string that is only a placeholder becomes the number).
+ * New reference. */
+static json_t *grid_subst(json_t *v, const job_grid *g, const int *val)
+{
+    if (json_is_array(v)) {
+        json_t *a = json_array();
+        for (size_t i = 0; i < json_array_size(v); i++)
+            json_array_append_new(a, grid_subst(json_array_get(v, i), g, val));
+        return a;
+    }
+    if (json_is_object(v)) {
+        json_t *o = json_object();
+        const char *k;
+        json_t *x;
+        json_object_foreach(v, k, x) json_object_set_new(o, k, grid_subst(x, g, val));
+        return o;
+    }
+    if (!json_is_string(v))
+        return json_incref(v);
+    const char *s = json_string_value(v);
+    char ph[16], out[512];
+    for (int a = 0; a < g->naxes; a++) {
+        snprintf(ph, sizeof ph, "{%s}", g->axis[a]);
+        if (!strcmp(s, ph))
+            return json_integer(val[a]);
+    }
+    size_t w = 0;
+    while (*s && w + 16 < sizeof out) {
+        int hit = 0;
+        for (int a = 0; a < g->naxes && !hit; a++) {
+            size_t n = (size_t)snprintf(ph, sizeof ph, "{%s}", g->axis[a]);
+            if (!strncmp(s, ph, n)) {
+                w += (size_t)snprintf(out + w, sizeof out - w, "%d", val[a]);
+                s += n, hit = 1;
+            }
+        }
+        if (!hit)
+            out[w++] = *s++;
+    }
+    out[w] = 0;
+    return json_string(out);
+}
+
+/* Does a string in v contain needle? */
+static int json_mentions(json_t *v, const char *needle)
+{
+    size_t i;
+    const char *k;
+    json_t *x;
+    if (json_is_string(v))
+        return strstr(json_string_value(v), needle) != NULL;
+    if (json_is_array(v))
+        json_array_foreach(v, i, x) if (json_mentions(x, needle)) return 1;
+    if (json_is_object(v))
+        json_object_foreach(v, k, x) if (json_mentions(x, needle)) return 1;
+    return 0;
+}
+
+/* An error in one cell's preset, named as the grid's: "preset.node" ->
+ * "grid.preset.node", with the cell. */
+static int grid_cell_error(npp_err *e, const char *cell, int rc)
+{
+    if (!e)
+        return rc;
+    char f[sizeof e->field + 8], msg[sizeof e->message + 128]; /* cut to size below */
+    snprintf(f, sizeof f, "grid.%s", e->field);
+    snprintf(msg, sizeof msg, "grid.%s (in the cell %s)", e->message, cell);
+    memcpy(e->field, f, sizeof e->field - 1);
+    e->field[sizeof e->field - 1] = 0;
+    memcpy(e->message, msg, sizeof e->message - 1);
+    e->message[sizeof e->message - 1] = 0;
+    return rc;
+}
+
+/* "grid": a sweep with one variant per cell of up to three axes. */
+static int parse_grid(job *j, glob_ctx *gc, json_t *gd, npp_err *e)
+{
+    static const char *const known[] = {"node", "layer", "head", "pos", "preset", NULL};
+    char f[64];
+    if (!json_is_object(gd))
+        return npp_fail(e, NPP_EINVAL, "grid",
+                        "grid: an object with \"preset\", axes \"layer\", \"head\", \"pos\" "
+                        "(\"all\" or a list) and an optional \"node\" template");
+    if (job_check_keys(gd, "grid", known, e))
+        return NPP_EINVAL;
+    json_t *node = json_object_get(gd, "node"), *preset = json_object_get(gd, "preset");
+    if (node && !json_is_string(node))
+        return npp_fail(e, NPP_EINVAL, "grid.node",
+                        "grid.node: a node name template such as \"a{layer}.head{head}\"");
+    if (!json_is_object(preset))
+        return npp_fail(e, NPP_EINVAL, "grid.preset",
+                        "grid.preset: the preset each cell runs (activation_patch, path_patch, "
+                        "ablate, steer), with {layer}, {head}, {pos} where the cell's values go");
+    job_grid *g = j->grid = calloc(1, sizeof *g);
+    if (!g)
+        return npp_fail(e, NPP_ENOMEM, "grid", "out of memory");
+    const int limit[GRID_MAX_AXES] = {j->g.L, j->g.H, j->T};
+    size_t cells = 1;
+    for (int a = 0; a < GRID_MAX_AXES; a++) {
+        json_t *v = json_object_get(gd, GRID_AXES[a]);
+        char ph[16];
+        if (!v)
+            continue;
+        snprintf(f, sizeof f, "grid.%s", GRID_AXES[a]);
+        int k = g->naxes, all = json_is_string(v) && !strcmp(json_string_value(v), "all");
+        int n = all ? limit[a] : json_is_array(v) ? (int)json_array_size(v) : 0;
+        if (n == 0)
+            return npp_fail(e, NPP_EINVAL, f, "%s: \"all\" or a non-empty list of %ss in 0..%d", f,
+                            GRID_AXES[a], limit[a] - 1);
+        if (!(g->ticks[k] = malloc((size_t)n * sizeof *g->ticks[k])))
+            return npp_fail(e, NPP_ENOMEM, "grid", "out of memory");
+        g->axis[k] = GRID_AXES[a], g->n[k] = n, g->naxes++;
+        for (int i = 0; i < n; i++) {
+            json_t *x = all ? NULL : json_array_get(v, (size_t)i);
+            int t = all ? i : (int)json_integer_value(x);
+            if (!all && (!json_is_integer(x) || json_integer_value(x) < 0 ||
+                         json_integer_value(x) >= limit[a]))
+                return npp_fail(e, NPP_EINVAL, f, "%s[%d]: a %s in 0..%d", f, i, GRID_AXES[a],
+                                limit[a] - 1);
+            for (int q = 0; q < i; q++)
+                if (g->ticks[k][q] == t)
+                    return npp_fail(e, NPP_EINVAL, f, "%s[%d]: %d is already listed", f, i, t);
+            g->ticks[k][i] = t;
+        }
+        snprintf(ph, sizeof ph, "{%s}", GRID_AXES[a]);
+        if (!json_mentions(preset, ph) && !(node && json_mentions(node, ph)))
+            return npp_fail(e, NPP_EINVAL, f,
+                            "%s: \"%s\" appears nowhere in grid.node or grid.preset, so every "
+                            "cell along it would be the same",
+                            f, ph);
+        cells *= (size_t)n;
+        if (cells > JOB_MAX_VARIANTS)
+            return npp_fail(e, NPP_EINVAL, "grid", "grid: over %d cells (%zu so far)",
+                            JOB_MAX_VARIANTS, cells);
+    }
+    if (!g->naxes)
+        return npp_fail(e, NPP_EINVAL, "grid",
+                        "grid: give at least one axis: \"layer\", \"head\" or \"pos\"");
+    if (!(j->var = calloc(cells, sizeof *j->var)))
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    for (size_t c = 0; c < cells; c++) {
+        int val[GRID_MAX_AXES], rest = (int)c;
+        char cell[96] = "";
+        size_t w = 0;
+        for (int a = g->naxes - 1; a >= 0; a--) {
+            val[a] = g->ticks[a][rest % g->n[a]];
+            rest /= g->n[a];
+        }
+        for (int a = 0; a < g->naxes; a++)
+            w += (size_t)snprintf(cell + w, sizeof cell - w, "%s%s %d", a ? ", " : "", g->axis[a],
+                                  val[a]);
+        json_t *p = grid_subst(preset, g, val), *t = json_object_get(p, "type");
+        const char *ty = json_is_string(t) ? json_string_value(t) : "";
+        if (node && !json_object_get(p, "node") && strcmp(ty, "path_patch"))
+            json_object_set_new(p, "node", grid_subst(node, g, val));
+        job_variant *jv = &j->var[j->nvar++];
+        jv->name = node ? grid_subst(node, g, val) : json_string(cell);
+        json_t *obj = json_pack("{s:o}", "preset", p);
+        int rc = compile_rules(j, gc, obj, &jv->rules, &jv->compiled, &jv->written, jv->norm, e);
+        json_decref(obj);
+        if (rc)
+            return grid_cell_error(e, cell, rc);
     }
     return 0;
 }
@@ -677,7 +875,7 @@ int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp
 {
     static const char *const known[] = {"inputs",  "branch",  "which",  "intervene",
                                         "preset",  "outputs", "metric", "limits",
-                                        "comment", "sweep",   NULL};
+                                        "comment", "sweep",   "grid",   NULL};
     int rc = NPP_EINVAL;
     *out = NULL;
     if (!json_is_object(doc))
@@ -696,12 +894,17 @@ int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp
         goto fail;
     graph_dims_init(&j->g, m->cfg.n_layer, m->cfg.n_head, j->T);
     edit_table_init(&j->edits, j->T, m->cfg.n_embd, j->n_inputs);
-    json_t *sweep = json_object_get(doc, "sweep");
-    if (sweep && (json_object_get(doc, "preset") || json_object_get(doc, "branch") ||
-                  json_object_get(doc, "which") || json_object_get(doc, "intervene"))) {
-        rc = npp_fail(e, NPP_EINVAL, "sweep",
-                      "sweep: give the rules (preset, or branch/which/intervene) in each "
-                      "variant, not at the top of the job");
+    json_t *sweep = json_object_get(doc, "sweep"), *grid = json_object_get(doc, "grid");
+    if ((sweep || grid) && (json_object_get(doc, "preset") || json_object_get(doc, "branch") ||
+                            json_object_get(doc, "which") || json_object_get(doc, "intervene"))) {
+        rc = npp_fail(e, NPP_EINVAL, sweep ? "sweep" : "grid",
+                      sweep ? "sweep: give the rules (preset, or branch/which/intervene) in each "
+                              "variant, not at the top of the job"
+                            : "grid: give the rules as grid.preset, not at the top of the job");
+        goto fail;
+    }
+    if (sweep && grid) {
+        rc = npp_fail(e, NPP_EINVAL, "grid", "grid: a job is a sweep or a grid, not both");
         goto fail;
     }
     glob_ctx *gc = glob_ctx_new(&j->g);
@@ -709,8 +912,9 @@ int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp
         rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
         goto fail;
     }
-    rc = sweep ? parse_sweep(j, gc, sweep, e)
-               : compile_rules(j, gc, doc, &j->rules, &j->compiled, &j->written, e);
+    rc = sweep  ? parse_sweep(j, gc, sweep, e)
+         : grid ? parse_grid(j, gc, grid, e)
+                : compile_rules(j, gc, doc, &j->rules, &j->compiled, &j->written, j->norm, e);
     glob_ctx_free(gc); /* the compiled globs keep what they share */
     if (rc)
         goto fail;
@@ -735,6 +939,11 @@ int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp
     if ((rc = parse_outputs(m, json_object_get(doc, "outputs"), j, e)) ||
         (rc = parse_metric(m, json_object_get(doc, "metric"), j, e)))
         goto fail;
+    if (j->grid && !j->metric) {
+        rc = npp_fail(e, NPP_EINVAL, "metric",
+                      "metric: a grid needs one (each cell's value is the metric's mean)");
+        goto fail;
+    }
     *out = j;
     return 0;
 fail:
@@ -756,6 +965,9 @@ void job_free(job *j)
         json_decref(j->var[i].compiled);
     }
     free(j->var);
+    for (int a = 0; j->grid && a < j->grid->naxes; a++)
+        free(j->grid->ticks[a]);
+    free(j->grid);
     free(j->positions);
     free(j->len);
     free(j->m_pos);

@@ -45,7 +45,18 @@ typedef struct {
     ruleset *rules;
     json_t *compiled; /* as in job */
     int written;      /* as in job */
+    int norm[2];      /* as in job */
 } job_variant;
+
+/* A grid: a sweep over up to three axes (layer, head, pos), one variant
+ * per cell, row-major. */
+#define GRID_MAX_AXES 3
+typedef struct {
+    int naxes;
+    const char *axis[GRID_MAX_AXES]; /* "layer", "head", "pos" */
+    int n[GRID_MAX_AXES];            /* cells along each axis */
+    int *ticks[GRID_MAX_AXES];       /* the axis' values */
+} job_grid;
 
 /* One activation to return: a graph node's value (kind G_EMB, G_A, G_F,
  * G_AHEAD, G_HEAD or G_FHEAD), or kind -1 for a{layer}.pattern. */
@@ -64,10 +75,12 @@ typedef struct {
     json_t *compiled; /* {"branch": [...], "which": [...], "intervene"?} as run (new ref) */
     edit_table edits; /* every intervene rule's edit (all variants') */
     int written;      /* the rules are the user's branch/which (not a preset's) */
+    int norm[2];      /* normalize: the inputs whose metric is 0 and 1 */
     /* a sweep: nvar variants, each with its own rules (then rules and
      * compiled are NULL); 0 for a plain job */
     int nvar;
     job_variant *var;
+    job_grid *grid; /* a sweep made by "grid" (NULL otherwise) */
     /* outputs */
     int npos;
     int *positions; /* B x npos, resolved per example (0..T-1; len[b] and up
@@ -83,6 +96,7 @@ typedef struct {
     job_act *act;
     /* metric */
     const metric_def *metric;             /* NULL: none */
+    int normalize;                        /* metric.normalize */
     int64_t *m_tokens[METRIC_MAX_TOKENS]; /* per token field, one per example (B) */
     int *m_pos;                           /* B: resolved position per example */
     size_t max_values;

@@ -128,7 +128,7 @@ int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out
     if (j->metric && j->metric->needs_ref &&
         (r->roots[r->nroots++] = plan_plain(&r->plan, 0, e)) < 0)
         goto fail_rc;
-    for (int k = 0; j->want_baselines && k < j->n_inputs; k++)
+    for (int k = 0; (j->want_baselines || j->normalize) && k < j->n_inputs; k++)
         if ((r->roots[r->nroots++] = plan_plain(&r->plan, k, e)) < 0)
             goto fail_rc;
     if ((rc = estimate(m, r, o, e)))

@@ -14,6 +14,8 @@ import argparse
 import base64
 import os
 import sys
+import tempfile
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ import harness  # noqa: E402
 from harness import check, run, tensor  # noqa: E402
 
 CFG = W = None
+TMP = tempfile.mkdtemp(prefix="npp-experiments-")
 
 
 def close(a, b, tol=1e-5):
@@ -322,6 +325,68 @@ def interventions(rng):
           ok)
 
 
+def grids(rng):
+    L, H = CFG["n_layer"], CFG["n_head"]
+    T = 5
+    ids = rng.integers(0, 50000, size=(2, 2, T)).tolist()
+    metric = {"type": "logit_diff", "target": 11, "baseline": 500, "normalize": True}
+    out = {"top_k": 3}
+    heat = os.path.join(TMP, "grid.svg")
+    res = run({"inputs": ids, "metric": metric, "outputs": out,
+               "grid": {"node": "a{layer}.head{head}", "layer": "all", "head": "all",
+                        "preset": {"type": "activation_patch", "from": 1, "into": 0}}},
+              "--heatmap", heat)
+    g = res["grid"]
+    check("layer x head grid: axes, shape, names",
+          g["axes"] == ["layer", "head"] and g["shape"] == [L, H] and
+          g["names"][1][2] == "a1.head2" and g["ticks"]["head"] == list(range(H)), str(g["shape"]))
+    plain = [run({"inputs": [ids[k]], "metric": dict(metric, normalize=False),
+                  "outputs": {"top_k": 0}})["metric"]["mean"] for k in range(2)]
+    ok_all, worst = True, 0.0
+    for l in range(L):
+        for h in range(H):
+            one = run({"inputs": ids, "metric": metric, "outputs": out,
+                       "preset": {"type": "activation_patch", "node": "a%d.head%d" % (l, h)}})
+            v = res["sweep"][l * H + h]
+            want = (one["metric"]["mean"] - plain[0]) / (plain[1] - plain[0])
+            ok1, _ = close(g["values"][l][h], one["metric"]["normalized"])
+            ok2, _ = close(one["metric"]["normalized"], want)
+            ok3 = [[t["id"] for t in r["tokens"]] for r in v["outputs"]["top_k"][0]] == \
+                [[t["id"] for t in r["tokens"]] for r in one["outputs"]["top_k"][0]]
+            worst = max(worst, abs(v["metric"]["mean"] - one["metric"]["mean"]))
+            ok_all &= ok1 and ok2 and ok3
+    check("every cell = its variant run as a single job (normalized within 1e-5, same top-k)",
+          ok_all, "max |metric difference| %.3g" % worst)
+    spread = np.ptp(np.array(g["values"], dtype=float))
+    check("the cells differ (the grid is not vacuous)", spread > 1e-3, "range %.3g" % spread)
+    svg = ET.parse(heat).getroot()
+    cells = [e for e in svg.iter() if e.get("class") == "cell"]
+    vals = {(int(c.get("data-row")), int(c.get("data-col"))): float(c.get("data-value"))
+            for c in cells}
+    check("--heatmap: one cell per grid cell, each with its value",
+          len(cells) == L * H and all(abs(vals[(l, h)] - g["values"][l][h]) <=
+                                      1e-6 * max(1, abs(g["values"][l][h]))
+                                      for l in range(L) for h in range(H)))
+    # layer x position: the residual stream at each position from input 1
+    res = run({"inputs": ids, "metric": dict(metric, normalize=False), "outputs": {"top_k": 0},
+               "grid": {"layer": "all", "pos": [0, 2, 4],
+                        "preset": {"type": "activation_patch", "node": "a{layer}",
+                                   "positions": ["{pos}"]}}})
+    g = res["grid"]
+    ok = g["shape"] == [L, 3] and g["names"][0][1] == "layer 0, pos 2"
+    for l in range(L):
+        for i, t in enumerate([0, 2, 4]):
+            one = run({"inputs": ids, "metric": dict(metric, normalize=False),
+                       "outputs": {"top_k": 0},
+                       "preset": {"type": "activation_patch", "node": "a%d" % l, "positions": [t]}})
+            ok &= close(g["values"][l][i], one["metric"]["mean"])[0]
+    check("layer x position residual grid = single jobs", ok)
+    last = g["values"][L - 1]  # after the last attention only per-position work remains
+    check("the last a{i}: earlier positions leave the metric as clean, the last moves it",
+          close(last[0], plain[0])[0] and close(last[1], plain[0])[0] and
+          not close(last[2], plain[0])[0], str(last))
+
+
 def main():
     global CFG, W
     ap = argparse.ArgumentParser()
@@ -335,6 +400,7 @@ def main():
     uneven(rng)
     activations(rng)
     interventions(rng)
+    grids(rng)
     sys.exit(harness.summary())
 
 

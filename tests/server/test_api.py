@@ -137,6 +137,50 @@ def test_sweep(server):
     validate("/v1/jobs", "POST", st, err)
 
 
+def test_grid_and_its_heatmap(make_server):
+    """A grid job through the service: its result's grid equals the cells
+    run one by one, GET heatmap.svg draws it (one rect per cell, its value),
+    and every other case answers with a reason."""
+    srv = make_server(models={"m": MODEL, "slow": SLOW_MODEL})
+    base = {"inputs": ["The capital of Spain is", "The capital of Italy is"],
+            "metric": {"type": "logit_diff", "target": " Madrid", "baseline": " Rome",
+                       "normalize": True}, "outputs": {"top_k": 1}}
+    grid = {"node": "a{layer}.head{head}", "layer": "all", "head": [0, 2, 3],
+            "preset": {"type": "activation_patch"}}
+    st, _, body = srv.request("POST", "/v1/jobs?wait=60", dict(base, grid=grid))
+    assert st == 200 and body["state"] == "done", body
+    validate("/v1/jobs", "POST", st, body)
+    g = body["result"]["grid"]
+    assert g["shape"] == [2, 3] and g["names"][1][1] == "a1.head2" and g["normalized"]
+    st, _, one = srv.request("POST", "/v1/jobs?wait=60",
+                             dict(base, preset={"type": "activation_patch", "node": "a1.head2"}))
+    assert abs(one["result"]["metric"]["normalized"] - g["values"][1][1]) < 1e-6
+    st, h, svg = srv.request("GET", "/v1/jobs/%s/heatmap.svg" % body["id"])
+    assert st == 200 and h["Content-Type"] == "image/svg+xml"
+    cells = [e for e in ET.fromstring(svg).iter() if e.get("class") == "cell"]
+    assert len(cells) == 6
+    got = {(int(c.get("data-row")), int(c.get("data-col"))): float(c.get("data-value")) for c in cells}
+    assert all(abs(got[(r, c)] - g["values"][r][c]) < 1e-6 for r in range(2) for c in range(3))
+    # not a grid; not done yet; a grid too big for one job
+    st, _, err = srv.request("GET", "/v1/jobs/%s/heatmap.svg" % one["id"])
+    assert st == 404 and err["error"]["code"] == "no_heatmap", err
+    validate("/v1/jobs/{id}/heatmap.svg", "GET", st, err)
+    slow = slow_job(7)
+    slow["model"] = "slow"
+    st, _, running = srv.request("POST", "/v1/jobs", slow)
+    st, _, err = srv.request("GET", "/v1/jobs/%s/heatmap.svg" % running["id"])
+    assert st == 409 and err["error"]["code"] == "not_done", err
+    validate("/v1/jobs/{id}/heatmap.svg", "GET", st, err)
+    srv.request("DELETE", "/v1/jobs/" + running["id"])
+    big = {"model": "slow", "inputs": [list(range(1, 34)), list(range(2, 35))],
+           "metric": {"type": "logit", "token": 5},
+           "grid": {"layer": "all", "head": "all", "pos": "all",
+                    "preset": {"type": "activation_patch", "node": "a{layer}.head{head}",
+                               "positions": ["{pos}"]}}}
+    st, _, err = srv.request("POST", "/v1/jobs", big)
+    assert st == 422 and err["error"]["field"] == "grid" and "over 1024 cells" in err["error"]["message"]
+
+
 def test_events_stream_progress(make_server):
     srv = make_server(models={"slow": SLOW_MODEL})
     st, _, body = srv.request("POST", "/v1/jobs", slow_job(1))

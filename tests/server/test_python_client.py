@@ -99,6 +99,21 @@ def test_ablate_and_steer_presets(server):
     assert e.value.status == 422 and e.value.field == "preset.vector"
 
 
+def test_grid(server):
+    m = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token).model()
+    metric = {"type": "logit_diff", "target": " Madrid", "baseline": " Rome", "normalize": True}
+    res = m.grid(SPAIN, npp.activation_patch("a{layer}.head{head}"), metric,
+                 layer="all", head="all")
+    vals, axes = res.grid()
+    assert vals.shape == (2, 4) and axes == [("layer", [0, 1]), ("head", [0, 1, 2, 3])]
+    one = m.run(SPAIN, preset=npp.activation_patch("a1.head3"), metric=metric)
+    assert abs(one.raw["metric"]["normalized"] - vals[1, 3]) < 1e-6
+    svg = res.heatmap()
+    assert svg.count('class="cell"') == 8
+    with pytest.raises(ValueError):
+        one.grid()
+
+
 def test_presets_and_errors(server):
     m = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token).model()
     res = m.run(SPAIN, preset=npp.activation_patch("a1.head2"), outputs={"top_k": 1})

@@ -198,6 +198,24 @@ class Model:
                           preset=preset, limits=limits, activations=activations)
         return job.wait(progress=progress)
 
+    def grid(self, inputs, preset, metric, layer=None, head=None, pos=None, node=None,
+             outputs=None, limits=None, progress=None):
+        """Runs a grid: one variant per cell of the axes given ("all" or a
+        list), preset fields holding "{layer}", "{head}", "{pos}" where the
+        cell's values go, e.g. m.grid(prompts, npp.activation_patch("a{layer}.head{head}"),
+        metric, layer="all", head="all"). Returns a Result: .grid() gives
+        the values and axes, .heatmap() the SVG."""
+        g = {"preset": preset}
+        for k, v in (("layer", layer), ("head", head), ("pos", pos), ("node", node)):
+            if v is not None:
+                g[k] = v
+        doc = self.job_document(inputs, outputs=outputs, metric=metric, limits=limits)
+        doc["grid"] = g
+        key = hashlib.sha256(json.dumps([self.name, doc["inputs"]], sort_keys=True).encode())
+        _, body = self.client._request("POST", "/v1/jobs", doc,
+                                       headers={"X-Npp-Affinity": key.hexdigest()[:32]})
+        return Job(self.client, body["id"], body).wait(progress=progress)
+
     def sweep(self, inputs, variants, outputs=None, metric=None, limits=None, progress=None):
         """Runs many variants of one experiment as one job: the variants share
         the inputs, outputs and metric, and every value two of them need is
@@ -384,6 +402,29 @@ class Result(_Patched):
             self.positions = self.hidden_states = self.logits = None
         else:
             self._load(self.raw)
+
+    def grid(self):
+        """A grid job's cells: (values, axes), values a numpy array (nested
+        lists without numpy) of shape grid["shape"], normalized when the
+        metric asked, and axes a list of (name, ticks), e.g.
+        [("layer", [0, ..., 11]), ("head", [0, ..., 11])]."""
+        g = self.raw.get("grid")
+        if g is None:
+            raise ValueError("not a grid job (see \"grid\" in docs/jobs.md)")
+        vals = g["values"]
+        if _np is not None:
+            vals = _np.array(vals, dtype=float)  # a null (equal baselines) becomes nan
+        return vals, [(a, g["ticks"][a]) for a in g["axes"]]
+
+    def heatmap(self, filename=None):
+        """A grid job's heatmap as SVG text (the server draws it); also
+        written to filename if given."""
+        _, svg = self.client._request("GET", "/v1/jobs/%s/heatmap.svg" % self.id, raw=True)
+        text = svg.decode()
+        if filename:
+            with open(filename, "w") as f:
+                f.write(text)
+        return text
 
     def metrics(self):
         """A sweep's metric means by variant name (or index when unnamed)."""
