@@ -14,6 +14,7 @@ pkgs=(
   libsqlite3-dev                     # nppd: the durable job store
   nginx-light                        # the replicas test: nginx in front of two nppd
   python3-jsonschema python3-yaml    # server tests: responses vs api/openapi.yaml
+  python3-pip python3-setuptools python3-wheel  # the Python client installs offline (a test)
   chromium                           # the web UI's end-to-end test (headless)
   python3-torch python3-numpy python3-pytest   # the independent reference (tests)
   wamerican                          # word list used by tools/train_induction.py

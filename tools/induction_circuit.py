@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Finds the induction circuit of a model with this project's engine alone
 (`npp run`), on held-out repeated sequences, and prints every number the
 tutorial (docs/induction.md) and the model card quote.

@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -112,6 +113,40 @@ def test_grid(server):
     assert svg.count('class="cell"') == 8
     with pytest.raises(ValueError):
         one.grid()
+
+
+def test_client_conveniences(server, tmp_path):
+    m = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token).model()
+    assert m.to_str_tokens("Hello world") == ["Hello", " world"]
+    res = m.run(SPAIN, outputs={"top_k": 2, "token_logprobs": [" Madrid", " Rome"],
+                                "attention": [1]}, metric={"type": "logit", "token": " Madrid"})
+    assert res.hidden_states.shape == (1, 5, 64)  # without asking, as the original library
+    toks, lp = res.token_logprobs
+    assert toks == [" Madrid", " Rome"] and lp.shape == (1, 1, 2) and (lp < 0).all()
+    assert abs(lp[0, 0, 0] - res.raw["outputs"]["token_logprobs"]["values"][0][0][0]) < 1e-12
+    att = res.attention[(1, 1)]
+    assert att.shape == (1, 4, 5, 5) and np.allclose(att.sum(-1), 1, atol=1e-5)
+    html = res._repr_html_()
+    assert html.startswith("<table>") and "values computed" in html
+    svg = res.visualise_path()
+    assert isinstance(svg, str) and svg._repr_svg_().startswith("<?xml")
+    assert m.run(SPAIN, outputs={"hidden_states": False}).hidden_states is None
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="python3-matplotlib"):
+            res.plot()
+    # the package installs offline, as docs/python.md says
+    src = tmp_path / "src"  # a copy: setuptools builds in the source folder
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "../../clients/python"), src,
+                    ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation",
+                    "--no-index", "--target", str(tmp_path / "site"), str(src)], check=True,
+                   capture_output=True)
+    out = subprocess.run([sys.executable, "-c", "import npp, sys; print(npp.__file__)"],
+                         env=dict(os.environ, PYTHONPATH=str(tmp_path / "site")),
+                         capture_output=True, text=True, check=True, cwd=str(tmp_path)).stdout
+    assert out.startswith(str(tmp_path / "site"))
 
 
 def test_presets_and_errors(server):

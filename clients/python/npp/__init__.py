@@ -73,6 +73,24 @@ def _tensor(t):
     return flat
 
 
+class Svg(str):
+    """SVG text (a path graph or a heatmap) that Jupyter draws inline."""
+
+    def _repr_svg_(self):
+        return str(self)
+
+
+def _token_logprobs(t):
+    """outputs.token_logprobs as ([token texts], values [batch, positions,
+    tokens]); a padding row (an uneven batch) is NaN."""
+    if t is None:
+        return None
+    toks = [x.get("token") for x in t["tokens"]]
+    n = len(toks)
+    rows = [[r if r is not None else [float("nan")] * n for r in ex] for ex in t["values"]]
+    return toks, (_np.array(rows, dtype=float) if _np is not None else rows)
+
+
 class Client:
     def __init__(self, url, token=None, timeout=600):
         u = urllib.parse.urlparse(url)
@@ -148,6 +166,11 @@ class Model:
     def tokenize(self, text):
         return self.client._request("POST", "/v1/tokenize", {"model": self.name, "text": text})[1]["ids"]
 
+    def to_str_tokens(self, text):
+        """The text's tokens as strings (" Paris", with GPT-2's leading space)."""
+        return self.client._request("POST", "/v1/tokenize",
+                                    {"model": self.name, "text": text})[1]["tokens"]
+
     def job_document(self, inputs, which=None, branch=None, outputs=None, metric=None,
                      preset=None, limits=None, sweep=None, activations=None):
         """The JSON document run() and sweep() send (see docs/jobs.md).
@@ -193,7 +216,11 @@ class Model:
         (pattern, value) pairs, first match wins: which values are input
         indices, branch values True, False, "heads" or "positions". progress:
         show a progress bar (default: only for jobs that take a while).
-        activations: node names to return as .activations (see job_document)."""
+        activations: node names to return as .activations (see job_document).
+        As in the original library, .hidden_states (after ln_f) come back
+        unless outputs says "hidden_states": False."""
+        outputs = dict(outputs or {})
+        outputs.setdefault("hidden_states", True)
         job = self.submit(inputs, which=which, branch=branch, outputs=outputs, metric=metric,
                           preset=preset, limits=limits, activations=activations)
         return job.wait(progress=progress)
@@ -351,6 +378,8 @@ class _Patched:
         self.positions = out["positions"]
         self.hidden_states = _tensor(out.get("hidden_states"))
         self.logits = _tensor(out.get("logits"))
+        # ([token texts], log-probs [batch, positions, tokens])
+        self.token_logprobs = _token_logprobs(out.get("token_logprobs"))
         m = raw.get("metric")
         self.metric = m["mean"] if m else None
         self.metric_per_example = m["per_example"] if m else None
@@ -391,6 +420,9 @@ class Result(_Patched):
         self.stats = self.raw["stats"]
         self.baselines = self.raw.get("baselines")
         self.lengths = self.raw.get("lengths")
+        att = self.raw.get("attention") or (self.raw.get("outputs") or {}).get("attention")
+        # (input, layer) -> probabilities [batch, heads, tokens, tokens] of its plain run
+        self.attention = {(a["input"], a["layer"]): _tensor(a["probs"]) for a in att or []}
         acts = self.raw.get("activations") or (self.raw.get("outputs") or {}).get("activations")
         # name -> array ([batch, tokens, width], or [batch, heads, tokens, tokens]
         # for a{i}.pattern); padding rows of shorter examples are zeros
@@ -399,7 +431,7 @@ class Result(_Patched):
         if "sweep" in self.raw:
             self.variants = [Variant(self, v) for v in self.raw["sweep"]]
             self.metric = self.metric_per_example = self.rules = self._outputs = None
-            self.positions = self.hidden_states = self.logits = None
+            self.positions = self.hidden_states = self.logits = self.token_logprobs = None
         else:
             self._load(self.raw)
 
@@ -424,7 +456,48 @@ class Result(_Patched):
         if filename:
             with open(filename, "w") as f:
                 f.write(text)
-        return text
+        return Svg(text)
+
+    def plot(self, ax=None):
+        """A grid job's values with matplotlib (imshow on a diverging map,
+        axes labelled and ticked); returns the Axes."""
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError("res.plot() needs matplotlib (Debian: python3-matplotlib); "
+                              "res.heatmap() draws the same grid as SVG without it") from None
+        vals, axes = self.grid()
+        vals = _np.atleast_2d(vals)
+        if len(axes) > 2:
+            raise ValueError("a grid of %d axes: plot a slice of res.grid()" % len(axes))
+        ax = ax or plt.gca()
+        vmax = float(_np.nanmax(_np.abs(vals))) or 1.0
+        im = ax.imshow(vals, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
+        ax.set_xlabel(axes[-1][0])
+        ax.set_xticks(range(len(axes[-1][1])), axes[-1][1])
+        if len(axes) == 2:
+            ax.set_ylabel(axes[0][0])
+            ax.set_yticks(range(len(axes[0][1])), axes[0][1])
+        ax.figure.colorbar(im, ax=ax)
+        return ax
+
+    def _repr_html_(self):
+        """The metric, the top tokens of example 0 and the stats, as a table."""
+        import html
+        rows = []
+        if self.metric is not None:
+            rows.append(("metric", "%.6g" % self.metric))
+        if self.variants is not None:
+            rows.append(("variants", ", ".join("%s: %.4g" % (k, v) for k, v in
+                                               list(self.metrics().items())[:16]
+                                               if v is not None)))
+        elif self._outputs and self._outputs.get("top_k"):
+            rows.append(("top tokens (example 0, last position)",
+                         ", ".join("%r %.3f" % (t, lp) for t, lp in self.top_k())))
+        rows.append(("values computed", str(self.stats.get("values_computed"))))
+        body = "".join("<tr><th style='text-align:left'>%s</th><td>%s</td></tr>"
+                       % (html.escape(k), html.escape(v)) for k, v in rows)
+        return "<table><caption>npp job %s</caption>%s</table>" % (html.escape(self.id), body)
 
     def metrics(self):
         """A sweep's metric means by variant name (or index when unnamed)."""
@@ -439,7 +512,7 @@ class Result(_Patched):
         if filename:
             with open(filename, "w") as f:
                 f.write(text)
-        return text
+        return Svg(text)
 
     def __repr__(self):
         return "Result(job=%s, metric=%r, stats=%s)" % (self.id, self.metric, self.stats)
