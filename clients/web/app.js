@@ -1,7 +1,9 @@
-// The web UI of nppd: builds a job from the form, submits it, follows its
+// The web UI of nppd: builds a job from the form (activation or path
+// patching, ablation, steering, a grid, or rules), submits it, follows its
 // progress, and shows the top-k predictions of every input and of the
-// patched run (or of each run of a sweep), the metric and the path graph. Server errors are shown next
-// to the form field they name. No build step: plain browser JavaScript.
+// patched run (or of each run of a sweep), the metric, a grid's heatmap
+// and the path graph. Server errors are shown next to the form field they
+// name. No build step: plain browser JavaScript.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -39,6 +41,10 @@ function showError(err) {
   let box = null;
   const inputs = Array.from(document.querySelectorAll("[data-field]"));
   const f = field.replace(/^sweep\[\d+\]\./, ""); // a sweep's variant: the same form fields
+  if (f.startsWith("grid.preset")) { // a cell's error: beside the grid's fields
+    $("kind-grid").querySelector(".err").textContent = text;
+    return;
+  }
   const exact = inputs.find((el) => el.dataset.field === f.replace(/\[\d+\]$/, ""));
   const prefix = inputs.find((el) => f.startsWith(el.dataset.field));
   const el = exact || prefix;
@@ -58,6 +64,34 @@ function list(s) {
   return s.split(",").map((x) => x.trim()).filter(Boolean);
 }
 
+function positions(id) {
+  const pos = list($(id).value);
+  return pos.length ? pos.map(Number) : undefined;
+}
+
+// "all" or "0,2" for a grid axis; undefined when empty (not an axis).
+function axis(id) {
+  const v = $(id).value.trim();
+  return v === "" ? undefined : v === "all" ? "all" : list(v).map(Number);
+}
+
+function metric() {
+  const type = $("m-type").value, m = { type };
+  if (type === "logit_diff") Object.assign(m, { target: $("m-target").value, baseline: $("m-baseline").value });
+  else if (type !== "kl") m.token = $("m-target").value;
+  if ($("m-normalize").checked) m.normalize = true;
+  return m;
+}
+
+// Shows the token fields the chosen metric reads.
+function metricFields() {
+  const type = $("m-type").value;
+  $("m-target-label").classList.toggle("hidden", type === "kl");
+  $("m-baseline-label").classList.toggle("hidden", type !== "logit_diff");
+  $("m-target-name").textContent = type === "logit_diff" ? "target" : "token";
+  $("m-target").dataset.field = type === "logit_diff" ? "metric.target" : "metric.token";
+}
+
 // The job document (docs/jobs.md) for the form's contents.
 function buildJob() {
   const inputs = $("inputs").value.split("\n").filter((l) => l.trim() !== "");
@@ -65,9 +99,21 @@ function buildJob() {
     model: $("model").value,
     inputs,
     outputs: { top_k: 5, baselines: true },
-    metric: { type: "logit_diff", target: $("m-target").value, baseline: $("m-baseline").value },
+    metric: metric(),
   };
-  if (kind() === "activation_patch") {
+  const drop = (o) => { for (const k of Object.keys(o)) if (o[k] === undefined) delete o[k]; return o; };
+  if (kind() === "ablate") {
+    job.preset = drop({ type: "ablate", node: $("ab-node").value.trim(), value: $("ab-value").value, positions: positions("ab-positions") });
+  } else if (kind() === "steer") {
+    const vector = list($("st-vector").value).map(Number);
+    job.preset = drop({ type: "steer", node: $("st-node").value.trim(), vector, scale: Number($("st-scale").value), positions: positions("st-positions") });
+  } else if (kind() === "grid") {
+    const type = $("gr-type").value, node = $("gr-node").value.trim();
+    const preset = type === "path_patch" ? { type, senders: [node], receivers: list($("gr-receivers").value) }
+      : type === "ablate" ? { type } : { type, from: 1 };
+    if ($("gr-pos").value.trim() !== "" && type !== "path_patch") preset.positions = ["{pos}"];
+    job.grid = drop({ node, layer: axis("gr-layer"), head: axis("gr-head"), pos: axis("gr-pos"), preset });
+  } else if (kind() === "activation_patch") {
     job.preset = { type: "activation_patch", node: $("ap-node").value.trim(), from: Number($("ap-from").value) };
     const pos = list($("ap-positions").value);
     if (pos.length) job.preset.positions = pos.map(Number);
@@ -120,6 +166,40 @@ async function showGraph(job, variant) {
   }
 }
 
+// A grid: the server's heatmap; a click on a cell shows that cell's path
+// graph and top predictions.
+async function showHeatmap(job) {
+  const box = $("heatmap"), res = job.result, g = res.grid;
+  box.classList.remove("hidden");
+  try {
+    box.innerHTML = await api("GET", `/v1/jobs/${job.id}/heatmap.svg`);
+  } catch (e) {
+    box.textContent = `no heatmap: ${e.message}`;
+    return;
+  }
+  const cols = g.shape.length > 1 ? g.shape[1] : g.shape[0];
+  box.querySelectorAll("rect.cell").forEach((cell) => {
+    cell.style.cursor = "pointer";
+    cell.addEventListener("click", () => {
+      const i = Number(cell.dataset.row) * cols + Number(cell.dataset.col), v = res.sweep[i];
+      box.querySelectorAll("rect.cell").forEach((c) => c.setAttribute("stroke", "#ffffff"));
+      cell.setAttribute("stroke", "#000000");
+      $("variant").value = String(i);
+      $("cell").textContent = `${v.name}: ${fmt(cellValue(g, i, cols))}`;
+      const tb = $("topk").querySelector("tbody");
+      tb.querySelectorAll("tr.cell-row").forEach((r) => r.remove());
+      const row = topRow(`patched ${v.name}`, v.outputs.top_k[0]);
+      row.className = "cell-row";
+      tb.append(row);
+      showGraph(job, i);
+    });
+  });
+}
+
+function cellValue(g, i, cols) {
+  return g.shape.length > 1 ? g.values[Math.floor(i / cols)][i % cols] : g.values[i];
+}
+
 // A sweep: one row per sender, its metric and a bar (blue up, red down).
 function showSweep(res) {
   const tb = $("sweep").querySelector("tbody");
@@ -139,18 +219,30 @@ function showSweep(res) {
   }
 }
 
+// Hides and empties the previous run's results.
+function clearResults() {
+  $("results").classList.add("hidden");
+  for (const id of ["metric", "metric-baselines", "stats", "graph", "heatmap", "cell"]) $(id).textContent = "";
+  $("heatmap").classList.add("hidden");
+  $("sweep").querySelector("tbody").textContent = "";
+  $("topk").querySelector("tbody").textContent = "";
+}
+
 async function showResult(job) {
-  const res = job.result, sweep = res.sweep;
+  const res = job.result, sweep = res.sweep, grid = res.grid;
   $("results").classList.remove("hidden");
-  $("metric").textContent = sweep ? `one per sender, below` : fmt(res.metric.mean);
+  const m = res.metric;
+  $("metric").textContent = grid ? "one per cell, in the heatmap" : sweep ? "one per sender, below"
+    : fmt(m.mean) + (m.normalized !== undefined ? ` (normalized ${fmt(m.normalized)})` : "");
   $("metric-baselines").textContent = "unpatched: " +
     res.baselines.map((b) => `input ${b.input} ${fmt(b.metric.mean)}`).join(", ");
-  $("sweep").classList.toggle("hidden", !sweep);
-  if (sweep) showSweep(res);
+  $("sweep").classList.toggle("hidden", !sweep || !!grid);
+  if (sweep && !grid) showSweep(res);
   const tb = $("topk").querySelector("tbody");
   tb.textContent = "";
   for (const b of res.baselines) tb.append(topRow(`input ${b.input}`, b.top_k[0]));
-  for (const v of sweep || [res]) tb.append(topRow(sweep ? `patched ${v.name}` : "patched", v.outputs.top_k[0]));
+  if (!grid) for (const v of sweep || [res]) tb.append(topRow(sweep ? `patched ${v.name}` : "patched", v.outputs.top_k[0]));
+  if (grid) await showHeatmap(job);
   const s = res.stats;
   $("stats").textContent = `${s.values_planned} values planned, ${s.values_computed} computed, ` +
     `${s.values_cached} from the cache, ${s.path_nodes} path nodes; plan ${s.plan_ms.toFixed(1)} ms, ` +
@@ -166,6 +258,7 @@ async function showResult(job) {
 async function run(ev) {
   ev.preventDefault();
   clearErrors();
+  clearResults();
   $("run").disabled = true;
   const bar = $("progress");
   try {
@@ -205,10 +298,39 @@ async function loadModels() {
       $("model").append(o);
     }
     $("server-status").textContent = "";
+    countTokens();
   } catch (e) {
     $("server-status").textContent = e.status === 401 || e.status === 403 ? "enter a valid token" : e.message;
   }
 }
+
+// Each input line's token count, as the server's tokenizer counts it.
+let countTimer = null;
+async function countTokens() {
+  const lines = $("inputs").value.split("\n").filter((l) => l.trim() !== "").slice(0, 32);
+  try {
+    const n = await Promise.all(lines.map((text) => api("POST", "/v1/tokenize", { model: $("model").value, text })
+      .then((r) => r.ids.length)));
+    const same = n.every((x) => x === n[0]);
+    $("token-counts").textContent = n.map((x, i) => `input ${i}: ${x} tokens`).join(", ") +
+      (same ? "" : " (they differ: a job needs one length for every input)");
+  } catch (e) {
+    $("token-counts").textContent = "";
+  }
+}
+$("inputs").addEventListener("input", () => {
+  clearTimeout(countTimer);
+  countTimer = setTimeout(countTokens, 300);
+});
+
+// A random unit vector of the model's width, for steering.
+$("st-random").addEventListener("click", () => {
+  const m = models[$("model").value], C = m && m.config ? m.config.n_embd : 0;
+  const v = Array.from({ length: C }, () => Math.random() - 0.5);
+  const norm = Math.hypot(...v) || 1;
+  $("st-vector").value = v.map((x) => (x / norm).toFixed(5)).join(", ");
+});
+$("m-type").addEventListener("change", metricFields);
 
 document.querySelectorAll('input[name="kind"]').forEach((r) => r.addEventListener("change", () => {
   document.querySelectorAll(".kind").forEach((d) => d.classList.add("hidden"));

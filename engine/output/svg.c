@@ -10,6 +10,24 @@
 #ifdef NPP_NO_GRAPHVIZ
 /* Built with -DNPP_WITH_GRAPHVIZ=OFF (e.g. on a GPU machine without
  * Graphviz): everything but the picture works. */
+/* The path of node i from the root, through the first parent of each node
+ * (nodes are stored after their children, so parents have larger
+ * indices); "one of its paths: ..." where the sub-tree is shared. */
+static void path_of(const plan *p, const int32_t *parent, const uint8_t *shared, int32_t i,
+                    char *buf, size_t n)
+{
+    int32_t chain[512];
+    int depth = 0;
+    for (int32_t k = i; k >= 0 && depth < 512; k = parent[k])
+        chain[depth++] = k;
+    size_t w = (size_t)snprintf(buf, n, "%s", shared[i] ? "one of its paths: " : "");
+    for (int d = depth - 1; d >= 0 && w < n; d--) {
+        char name[64];
+        graph_name(&p->g, p->nodes[chain[d]].sym, name, sizeof name);
+        w += (size_t)snprintf(buf + w, n - w, "%s%s", d == depth - 1 ? "" : "/", name);
+    }
+}
+
 int svg_render(const plan *p, const job *j, char **out, size_t *len, npp_err *e)
 {
     (void)p;
@@ -75,6 +93,24 @@ static void legend(Agraph_t *g, const job *j)
     set(n, "fillcolor", "#dddddd");
 }
 
+/* The path of node i from the root, through the first parent of each node
+ * (nodes are stored after their children, so parents have larger
+ * indices); "one of its paths: ..." where the sub-tree is shared. */
+static void path_of(const plan *p, const int32_t *parent, const uint8_t *shared, int32_t i,
+                    char *buf, size_t n)
+{
+    int32_t chain[512];
+    int depth = 0;
+    for (int32_t k = i; k >= 0 && depth < 512; k = parent[k])
+        chain[depth++] = k;
+    size_t w = (size_t)snprintf(buf, n, "%s", shared[i] ? "one of its paths: " : "");
+    for (int d = depth - 1; d >= 0 && w < n; d--) {
+        char name[64];
+        graph_name(&p->g, p->nodes[chain[d]].sym, name, sizeof name);
+        w += (size_t)snprintf(buf + w, n - w, "%s%s", d == depth - 1 ? "" : "/", name);
+    }
+}
+
 int svg_render(const plan *p, const job *j, char **out, size_t *len, npp_err *e)
 {
     *out = NULL;
@@ -96,10 +132,24 @@ int svg_render(const plan *p, const job *j, char **out, size_t *len, npp_err *e)
     agattr(g, AGNODE, "height", "0.25");
     agattr(g, AGEDGE, "arrowsize", "0.5");
     Agnode_t **gn = calloc((size_t)p->nn, sizeof *gn);
-    if (!gvc || !g || !gn) {
+    int32_t *parent = malloc((size_t)p->nn * sizeof *parent);
+    uint8_t *shared = calloc((size_t)p->nn, 1), *npar = calloc((size_t)p->nn, 1);
+    char *tip = malloc(4096);
+    if (!gvc || !g || !gn || !parent || !shared || !npar || !tip) {
         rc = npp_fail(e, NPP_ENOMEM, "", "out of memory rendering the graph");
         goto done;
     }
+    for (int32_t i = 0; i < p->nn; i++)
+        parent[i] = -1;
+    for (int32_t i = p->root_node; i >= 0; i--) /* parents before their kids */
+        for (int c = 0; c < p->nodes[i].nkids; c++) {
+            int32_t k = p->nodes[i].kids[c];
+            if (parent[k] < 0)
+                parent[k] = i;
+            npar[k] += npar[k] < 2;
+        }
+    for (int32_t i = p->root_node; i >= 0; i--)
+        shared[i] = npar[i] > 1 || (parent[i] >= 0 && shared[parent[i]]);
     for (int32_t i = 0; i < p->nn; i++) {
         const plan_node *n = &p->nodes[i];
         char id[24], label[96], name[64];
@@ -128,6 +178,8 @@ int svg_render(const plan *p, const job *j, char **out, size_t *len, npp_err *e)
         snprintf(id, sizeof id, "n%d", i);
         gn[i] = agnode(g, id, 1);
         set(gn[i], "label", label);
+        path_of(p, parent, shared, i, tip, 4096);
+        set(gn[i], "tooltip", tip);
         int k = only_input(n->reads);
         set(gn[i], "fillcolor", k < 0 ? "#dddddd" : PALETTE[(size_t)k % NPAL]);
         if (n->decision != SPLIT_NO && d.kind != G_EMB)
@@ -156,6 +208,10 @@ int svg_render(const plan *p, const job *j, char **out, size_t *len, npp_err *e)
     gvFreeLayout(gvc, g);
 done:
     free(gn);
+    free(parent);
+    free(shared);
+    free(npar);
+    free(tip);
     if (g)
         agclose(g);
     if (gvc)

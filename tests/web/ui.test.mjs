@@ -2,8 +2,9 @@
 // by playwright-core): a person's steps - enter the token, run the default
 // activation patch, read the metric and predictions - checked against the
 // API's answer for the same job; then a bad node, whose error must appear
-// next to the node field; then a sweep over every head of layer 0. Saves
-// screenshots as test artifacts.
+// next to the node field; then a sweep over every head of layer 0; then a
+// layer x head grid (its heatmap against the API's values), an ablation and
+// steering. Saves screenshots as test artifacts.
 //   NPPD=... MODEL=... SHOT=out.png node ui.test.mjs
 import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -128,6 +129,60 @@ try {
   await page.waitForFunction(() => document.querySelector("#kind-path_patch .err").textContent !== "");
   const serr = await page.textContent("#kind-path_patch .err");
   check("sweep: a variant's error beside the senders", serr.includes("sweep[0].preset") && serr.includes("not upstream"), serr);
+
+  // A grid: activation patching of every head, normalized logit; the
+  // heatmap's cells carry the API's values, a click shows that cell's graph.
+  const post = async (doc) => (await (await fetch(base + "/v1/jobs?wait=60", {
+    method: "POST", headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" },
+    body: JSON.stringify(doc),
+  })).json()).result;
+  await page.fill("#inputs", "The capital of Spain is\nThe capital of Italy is");
+  await page.waitForFunction(() => document.getElementById("token-counts").textContent.includes("input 1: 5 tokens"));
+  check("token count per input line", (await page.textContent("#token-counts")) === "input 0: 5 tokens, input 1: 5 tokens");
+  await page.check('input[name="kind"][value="grid"]');
+  await page.selectOption("#m-type", "logit");
+  await page.fill("#m-target", " Madrid");
+  await page.check("#m-normalize");
+  await page.click("#run");
+  await page.waitForFunction(() => document.querySelectorAll("#heatmap rect.cell").length > 0, null, { timeout: 60000 });
+  const cells = await page.$$eval("#heatmap rect.cell", (rs) => rs.map((r) => [Number(r.dataset.row), Number(r.dataset.col), Number(r.dataset.value)]));
+  const gapi = (await post({
+    model: "tiny", inputs: job.inputs, metric: { type: "logit", token: " Madrid", normalize: true },
+    grid: { node: "a{layer}.head{head}", layer: "all", head: "all", preset: { type: "activation_patch", from: 1 } },
+  })).grid;
+  check("grid: one heatmap cell per layer and head", cells.length === 8, String(cells.length));
+  check("grid: each cell's value = the API's", cells.every(([r, c, v]) => Math.abs(v - gapi.values[r][c]) <= 1e-6 * Math.max(1, Math.abs(v))),
+    JSON.stringify(cells.slice(0, 3)));
+  const before = await page.innerHTML("#graph");
+  await page.click('#heatmap rect.cell[data-row="1"][data-col="2"]');
+  await page.waitForFunction((g) => document.getElementById("graph").innerHTML !== g, before);
+  check("grid: a click shows the cell's graph and name", (await page.textContent("#cell")).startsWith("a1.head2:") &&
+    (await page.$$("#graph svg g.node")).length > 5, await page.textContent("#cell"));
+  check("graph boxes carry their full path as a tooltip",
+    (await page.$$eval("#graph svg a", (as) => as.map((a) => a.getAttribute("xlink:title") || a.getAttribute("title") || ""))).some((t) => t.includes("ln_final/f1/a1/a1.head/a1.head2")));
+  await page.screenshot({ path: SHOT.replace(/\.png$/, "-grid.png"), fullPage: true });
+
+  // Ablation: the metric shown = the API's; the old heatmap is gone.
+  await page.uncheck("#m-normalize");
+  await page.check('input[name="kind"][value="ablate"]');
+  await page.fill("#ab-node", "a1.head2");
+  await page.selectOption("#ab-value", "mean");
+  await page.click("#run");
+  await page.waitForFunction(() => document.getElementById("metric").textContent !== "", null, { timeout: 60000 });
+  const ab = await post({ model: "tiny", inputs: job.inputs, outputs: { top_k: 5, baselines: true },
+    metric: { type: "logit", token: " Madrid" }, preset: { type: "ablate", node: "a1.head2", value: "mean" } });
+  check("ablation: metric shown = the API's", (await page.textContent("#metric")) === ab.metric.mean.toFixed(4),
+    await page.textContent("#metric"));
+  check("a new run clears the previous results (no heatmap)", await page.$eval("#heatmap", (h) => h.classList.contains("hidden")));
+  // Steering along a random direction moves the metric.
+  await page.check('input[name="kind"][value="steer"]');
+  await page.click("#st-random");
+  await page.click("#run");
+  await page.waitForFunction(() => document.getElementById("metric").textContent !== "", null, { timeout: 60000 });
+  const steered = Number(await page.textContent("#metric"));
+  const plainLogit = ab.baselines[0].metric.mean;
+  check("steering: a metric, different from the unpatched run's", Number.isFinite(steered) && Math.abs(steered - plainLogit) > 1e-4,
+    `${steered} vs ${plainLogit}`);
 } catch (e) {
   check("the UI test ran to the end", false, String(e));
 } finally {
