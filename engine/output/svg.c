@@ -10,24 +10,6 @@
 #ifdef NPP_NO_GRAPHVIZ
 /* Built with -DNPP_WITH_GRAPHVIZ=OFF (e.g. on a GPU machine without
  * Graphviz): everything but the picture works. */
-/* The path of node i from the root, through the first parent of each node
- * (nodes are stored after their children, so parents have larger
- * indices); "one of its paths: ..." where the sub-tree is shared. */
-static void path_of(const plan *p, const int32_t *parent, const uint8_t *shared, int32_t i,
-                    char *buf, size_t n)
-{
-    int32_t chain[512];
-    int depth = 0;
-    for (int32_t k = i; k >= 0 && depth < 512; k = parent[k])
-        chain[depth++] = k;
-    size_t w = (size_t)snprintf(buf, n, "%s", shared[i] ? "one of its paths: " : "");
-    for (int d = depth - 1; d >= 0 && w < n; d--) {
-        char name[64];
-        graph_name(&p->g, p->nodes[chain[d]].sym, name, sizeof name);
-        w += (size_t)snprintf(buf + w, n - w, "%s%s", d == depth - 1 ? "" : "/", name);
-    }
-}
-
 int svg_render(const plan *p, const job *j, char **out, size_t *len, npp_err *e)
 {
     (void)p;

@@ -558,6 +558,14 @@ static int edit_cb(void *ud, json_t *rule, const char *field, npp_err *e)
     return edit_parse(&j->edits, rule, field, j->uneven, e);
 }
 
+/* Replaces e's field and message (each cut to its buffer); returns rc. */
+static int err_rename(npp_err *e, const char *field, const char *msg, int rc)
+{
+    snprintf(e->field, sizeof e->field, "%.*s", (int)sizeof e->field - 1, field);
+    snprintf(e->message, sizeof e->message, "%.*s", (int)sizeof e->message - 1, msg);
+    return rc;
+}
+
 /* An error in the intervene rule a preset compiled, named as the preset's
  * field: "intervene[0].steer" -> "preset.vector". */
 static int preset_field(npp_err *e, int rc)
@@ -571,15 +579,13 @@ static int preset_field(npp_err *e, int rc)
         size_t n = strlen(map[i][0]);
         if (strncmp(e->field, map[i][0], n))
             continue;
-        char f[sizeof e->field], m[sizeof e->message];
+        char f[sizeof e->field + 32], m[sizeof e->message + 32]; /* cut to size below */
         snprintf(f, sizeof f, "%s%s", map[i][1], e->field + n);
         if (!strncmp(e->message, map[i][0], n))
             snprintf(m, sizeof m, "%s%s", map[i][1], e->message + n);
         else
             snprintf(m, sizeof m, "%s", e->message);
-        memcpy(e->field, f, sizeof f);
-        memcpy(e->message, m, sizeof m);
-        break;
+        return err_rename(e, f, m, rc);
     }
     return rc;
 }
@@ -659,11 +665,7 @@ int job_in_variant(npp_err *e, int i, int rc)
         snprintf(msg, sizeof msg, "sweep[%d].%s", i, e->message);
     else
         snprintf(msg, sizeof msg, "sweep[%d]: %s", i, e->message);
-    memcpy(e->field, f, sizeof e->field - 1);
-    e->field[sizeof e->field - 1] = 0;
-    memcpy(e->message, msg, sizeof e->message - 1);
-    e->message[sizeof e->message - 1] = 0;
-    return rc;
+    return err_rename(e, f, msg, rc);
 }
 
 static int parse_sweep(job *j, glob_ctx *gc, json_t *sw, npp_err *e)
@@ -772,11 +774,7 @@ static int grid_cell_error(npp_err *e, const char *cell, int rc)
     char f[sizeof e->field + 8], msg[sizeof e->message + 128]; /* cut to size below */
     snprintf(f, sizeof f, "grid.%s", e->field);
     snprintf(msg, sizeof msg, "grid.%s (in the cell %s)", e->message, cell);
-    memcpy(e->field, f, sizeof e->field - 1);
-    e->field[sizeof e->field - 1] = 0;
-    memcpy(e->message, msg, sizeof e->message - 1);
-    e->message[sizeof e->message - 1] = 0;
-    return rc;
+    return err_rename(e, f, msg, rc);
 }
 
 /* "grid": a sweep with one variant per cell of up to three axes. */

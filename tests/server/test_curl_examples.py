@@ -31,6 +31,9 @@ def test_every_endpoint_example(server):
     assert "wrote" in sh(server, "graph.sh", job["id"], "g.svg")
     assert open(os.path.join(server.tmp.name, "g.svg")).read().lstrip().startswith("<?xml")
     assert json.loads(sh(server, "cancel-job.sh", job["id"]))["state"] == "done"
+    out = sh(server, "heatmap.sh")
+    assert "wrote heatmap.svg" in out
+    assert open(os.path.join(server.tmp.name, "heatmap.svg")).read().count('class="cell"') == 8
     out = sh(server, "first-job.sh")
     assert "POST /v1/jobs -> 200" in out and "graph.svg -> 200" in out
 
