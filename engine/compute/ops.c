@@ -384,13 +384,13 @@ static int lnf_rank(const plan *p, int layer, int max_input_rank)
 /* ---- the table -------------------------------------------------------------------- */
 
 static const op_def OPS[] = {
-    [OP_EMB] = {"emb", 0, after_inputs, run_emb, NULL, NULL},
-    [OP_ADD] = {"add", 0, after_inputs, run_add, NULL, NULL},
-    [OP_MIX] = {"mix", 0, after_inputs, run_mix, NULL, NULL},
-    [OP_ATTN] = {"attn", 1, attn_rank, NULL, run_attn, attn_cost},
-    [OP_MLP] = {"mlp", 1, mlp_rank, NULL, run_mlp, mlp_cost},
-    [OP_LNF] = {"ln_f", 0, lnf_rank, run_lnf, NULL, NULL},
-    [OP_HEAD] = {"head", 1, attn_rank, NULL, run_head, attn_cost},
+    [OP_EMB] = {"emb", 0, after_inputs, run_emb, NULL, NULL, 0},
+    [OP_ADD] = {"add", 0, after_inputs, run_add, NULL, NULL, 0},
+    [OP_MIX] = {"mix", 0, after_inputs, run_mix, NULL, NULL, 0},
+    [OP_ATTN] = {"attn", 1, attn_rank, NULL, run_attn, attn_cost, 0},
+    [OP_MLP] = {"mlp", 1, mlp_rank, NULL, run_mlp, mlp_cost, 0},
+    [OP_LNF] = {"ln_f", 0, lnf_rank, run_lnf, NULL, NULL, 0},
+    [OP_HEAD] = {"head", 1, attn_rank, NULL, run_head, attn_cost, 0},
     [OP_EDIT] = {"edit", 0, after_inputs, run_edit, NULL, NULL, 2}, /* the rows, their change */
     [OP_MEAN] = {"mean", 0, after_inputs, run_mean, NULL, NULL, 1}, /* the weighted copy */
 };
