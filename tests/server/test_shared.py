@@ -393,8 +393,13 @@ def test_slow_senders_cannot_take_every_connection(make_server):
 
 
 def test_503_while_draining(make_server):
-    srv = make_server("--drain-seconds", "5", models={"slow": SLOW_MODEL})
-    jid = srv.request("POST", "/v1/jobs", slow_job(90))[2]["id"]
+    # a job that outlasts the requests below (about a second) by a margin:
+    # 8 x 1000 tokens on the 1,024-position model, ~2 s (slow_job takes
+    # 0.3 s on a fast machine, and nppd exits as soon as it ends)
+    srv = make_server("--drain-seconds", "60", models={"slow": LONG_MODEL})
+    ids = [[(7 * i + 13 * t + 90000) % 50000 + 1 for t in range(1000)] for i in range(8)]
+    job = dict(slow_job(), inputs=ids)
+    jid = srv.request("POST", "/v1/jobs", job)[2]["id"]
     wait_state(srv, jid, {"running"})
     srv.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
