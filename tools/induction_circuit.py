@@ -83,6 +83,8 @@ def head_scores(attn, filler, run):
     """prev-token score per layer-0 head, induction score per layer-1 head."""
     scores = {}
     for a in attn:
+        if "input" not in a:  # the patched run's: here the same plain run
+            continue
         flat, (B, H, T, _) = tensor(a["probs"])
         at = lambda b, h, i, j: flat[((b * H + h) * T + i) * T + j]  # noqa: E731
         for h in range(H):

@@ -213,8 +213,8 @@ static void run_mlp(const op_env *x, const int32_t *vs, int n, int64_t b0, int64
  * q, k, v sources, rows [b0, b0+bn): project every distinct source once
  * (gpt2_attn_qkv), then gather each value's heads and run one attention
  * and c_proj (gpt2_attn_out); out[i] gets value i's rows. */
-static void run_attn(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
-                     shim_tensor **out, shim_status *st)
+static void attn_call(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
+                      shim_tensor **out, shim_tensor **probs, shim_status *st)
 {
     const model *m = x->p->m;
     int H = m->cfg.n_head, layer = x->p->v[vs[0]].layer;
@@ -286,7 +286,7 @@ static void run_attn(const op_env *x, const int32_t *vs, int n, int64_t b0, int6
         shim_free(q[i]);
         q[i] = NULL;
     }
-    Y = gpt2_attn_out(m, layer, Q, K, V, NULL, st); /* (n*bn, T, C) */
+    Y = gpt2_attn_out(m, layer, Q, K, V, probs, st); /* (n*bn, T, C) */
     shim_free(QKV), shim_free(Q), shim_free(K), shim_free(V);
     QKV = Q = K = V = NULL;
     unstack(Y, n, bn, out, st);
@@ -346,6 +346,25 @@ static void run_head(const op_env *x, const int32_t *vs, int n, int64_t b0, int6
             shim_free(qkv[c]);
         }
     }
+}
+
+static void run_attn(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
+                     shim_tensor **out, shim_status *st)
+{
+    attn_call(x, vs, n, b0, bn, out, NULL, st);
+}
+
+shim_tensor *op_attn_probs(const plan *p, shim_tensor **h, int32_t v, shim_status *st)
+{
+    op_env env = {p, h};
+    shim_tensor *out = NULL, *probs = NULL;
+    attn_call(&env, &v, 1, 0, p->B, &out, &probs, st);
+    shim_free(out);
+    if (st->code) {
+        shim_free(probs);
+        return NULL;
+    }
+    return probs;
 }
 
 /* ---- ranks ---------------------------------------------------------------------- */

@@ -39,4 +39,8 @@ typedef struct {
 
 const op_def *op_info(plan_op op);
 
+/* The attention probabilities (B, H, T, T) of attention value v, computed
+ * again from its sources' tensors h[v's inputs] (h indexed like p->v). */
+shim_tensor *op_attn_probs(const plan *p, shim_tensor **h, int32_t v, shim_status *st);
+
 #endif

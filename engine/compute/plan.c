@@ -751,6 +751,34 @@ int plan_patched(plan *p, const ruleset *r, int32_t *root, npp_err *e)
     return rc;
 }
 
+/* v with its EDIT wrappers taken off (the value an edit changed). */
+static int32_t unwrap_edits(const plan *p, int32_t v)
+{
+    while (v >= 0 && p->v[v].op == OP_EDIT)
+        v = p->v[v].in[0];
+    return v;
+}
+
+int32_t plan_trunk_attn(const plan *p, int layer)
+{
+    if (p->root_node < 0 || layer < 0 || layer >= p->g.L)
+        return -1;
+    int32_t n = p->nodes[p->root_node].kids[0]; /* residual 2L */
+    for (int j = 2 * p->g.L; j >= 1 && n >= 0; j--) {
+        const plan_node *nd = &p->nodes[n];
+        int split = nd->decision == SPLIT_YES && nd->nkids == 2;
+        if (j == 2 * layer + 1) {
+            int32_t v = split ? unwrap_edits(p, p->nodes[nd->kids[1]].value) /* a{i}.head */
+                              : unwrap_edits(p, nd->value);                  /* x + attn(x) */
+            if (v >= 0 && !split && p->v[v].op == OP_ADD)
+                v = unwrap_edits(p, p->v[v].in[1]);
+            return v >= 0 && p->v[v].op == OP_ATTN ? v : -1;
+        }
+        n = nd->nkids ? nd->kids[0] : -1; /* the skip branch, or the one below */
+    }
+    return -1;
+}
+
 int plan_merge(plan *p, const plan *src, int32_t src_root, int32_t *root, npp_err *e)
 {
     p->err = e;

@@ -128,6 +128,13 @@ int32_t plan_plain(plan *p, int k, npp_err *e);
  * inputs. Fails with NPP_ELIMIT when p grows over max_values values. */
 int plan_merge(plan *p, const plan *src, int32_t src_root, int32_t *root, npp_err *e);
 
+/* The attention value (OP_ATTN) of layer `layer` on the patched run's
+ * trunk: the path from ln_final that takes the skip branch at every split
+ * residual node (with no split, the only path). This is the attention a
+ * single patched forward pass computes: for activation patching and
+ * interventions, TransformerLens's patched run. -1 if none. */
+int32_t plan_trunk_attn(const plan *p, int layer);
+
 /* Memory the plan holds, in bytes. */
 size_t plan_bytes(const plan *p);
 

@@ -419,7 +419,30 @@ fail:
     return NULL;
 }
 
-/* Attention patterns of each input's plain run at the requested layers. */
+/* The attention probabilities probs (B, H, T, T) as a tensor, padding
+ * queries zeroed. */
+static json_t *probs_json(ctx *c, const shim_tensor *probs, const char *name, shim_status *st)
+{
+    const job *j = c->j;
+    int64_t H = c->m->cfg.n_head, T = j->T, shape[4] = {j->B, H, T, T};
+    size_t n = (size_t)(j->B * H * T * T);
+    float *h = malloc(n * sizeof *h);
+    json_t *t = NULL;
+    if (h && !shim_to_host_f32(probs, h, n, st)) {
+        for (int b = 0; j->uneven && b < j->B; b++) /* padding queries */
+            for (int64_t hh = 0; hh < H; hh++)
+                memset(h + (((size_t)b * H + hh) * T + j->len[b]) * T, 0,
+                       (size_t)(T - j->len[b]) * T * sizeof *h);
+        t = tensor_json(c, name, h, shape, 4);
+    }
+    free(h);
+    if (!t && !st->code)
+        st->code = SHIM_ENOMEM;
+    return t;
+}
+
+/* Attention patterns of each input's plain run at the requested layers,
+ * then (a job, not a sweep) the patched run's. */
 static json_t *attention_json(ctx *c)
 {
     const job *j = c->j;
@@ -449,25 +472,12 @@ static json_t *attention_json(ctx *c)
             shim_free(x);
             x = x3;
             if (probs && !st.code) {
-                int64_t H = m->cfg.n_head, T = j->T, shape[4] = {j->B, H, T, T};
-                size_t n = (size_t)(j->B * H * T * T);
-                float *h = malloc(n * sizeof *h);
                 char name[64];
                 snprintf(name, sizeof name, "attention_input%d_layer%d", k, l);
-                json_t *t = NULL;
-                if (h && !shim_to_host_f32(probs, h, n, &st)) {
-                    for (int b = 0; j->uneven && b < j->B; b++) /* padding queries */
-                        for (int64_t hh = 0; hh < H; hh++)
-                            memset(h + (((size_t)b * H + hh) * T + j->len[b]) * T, 0,
-                                   (size_t)(T - j->len[b]) * T * sizeof *h);
-                    t = tensor_json(c, name, h, shape, 4);
-                }
-                free(h);
+                json_t *t = probs_json(c, probs, name, &st);
                 if (t)
                     json_array_append_new(
                         arr, json_pack("{s:i,s:i,s:o}", "input", k, "layer", l, "probs", t));
-                else if (!st.code)
-                    st.code = SHIM_ENOMEM;
             }
             shim_free(probs);
         }
@@ -477,6 +487,21 @@ static json_t *attention_json(ctx *c)
             shim_err(c, &st);
             return NULL;
         }
+    }
+    for (int i = 0; c->o->patched_probs && i < j->nattn; i++) {
+        shim_status st = {0};
+        char name[64];
+        if (!c->o->patched_probs[i])
+            continue;
+        snprintf(name, sizeof name, "attention_patched_layer%d", j->attn_layers[i]);
+        json_t *t = probs_json(c, c->o->patched_probs[i], name, &st);
+        if (!t) {
+            json_decref(arr);
+            shim_err(c, &st);
+            return NULL;
+        }
+        json_array_append_new(arr, json_pack("{s:s,s:i,s:o}", "run", "patched", "layer",
+                                             j->attn_layers[i], "probs", t));
     }
     return arr;
 }
@@ -931,6 +956,9 @@ void result_estimate(const model *m, const job *j, size_t value_bytes, size_t nv
      * the trace; what each keeps stays in the result tree */
     sim s = {0, 0, 1024};
     int npatched = j->nvar ? j->nvar : 1;
+    if (j->nattn && !j->nvar) /* the patched run's probabilities, computed before, held */
+        s.kept = (size_t)j->nattn * (size_t)j->B * (size_t)m->cfg.n_head * (size_t)j->T *
+                 (size_t)j->T * 4;       /* float32 */
     part pm = {0, NULL}, pr = {0, NULL}; /* one variant's largest parts */
     for (int i = 0; i < npatched; i++) {
         estimate_run(m, j, 1, &s, i ? &(part){0, NULL} : &pm, i ? &(part){0, NULL} : &pr);
@@ -950,7 +978,10 @@ void result_estimate(const model *m, const job *j, size_t value_bytes, size_t nv
         /* each input's plain forward, its attention unchunked: residuals,
          * the sublayers' temporaries (a dozen (B, T, C)), the scores and
          * probabilities, then the probabilities' host copy and text */
-        size_t probs = B * H * T * T * 4, b = b64_len(probs), each = (size_t)j->n_inputs * layers;
+        /* each input's plain run, and a job's patched run (its probabilities
+         * computed again from the trunk's sources, which the job keeps) */
+        size_t probs = B * H * T * T * 4, b = b64_len(probs);
+        size_t each = ((size_t)j->n_inputs + (j->nvar ? 0 : 1)) * layers;
         for (size_t k = 0; k < each; k++) {
             step_holds(&s, 16 * vb + 2 * probs + 2 * b);
             s.kept += b, s.text += b + 96;

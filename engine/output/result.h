@@ -27,6 +27,9 @@ typedef struct {
     const char *npy_dir;        /* write tensors as .npy files there (else base64) */
     const char *model_name;     /* shown in the result (else the model's folder) */
     const volatile int *cancel; /* checked between runs and attention layers */
+    /* a job's (not a sweep's) patched run's attention probabilities (B, H,
+     * T, T) at each outputs.attention layer, NULL where none (borrowed) */
+    shim_tensor *const *patched_probs;
 } result_opts;
 
 /* hs: the roots' final hidden states (B, T, C), in the order run.h lists

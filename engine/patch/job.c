@@ -469,6 +469,11 @@ static int parse_outputs(const model *m, json_t *o, job *j, npp_err *e)
                 return npp_fail(e, NPP_EINVAL, "outputs.attention",
                                 "outputs.attention[%d]: a layer in 0..%d", i, m->cfg.n_layer - 1);
             j->attn_layers[i] = (int)json_integer_value(l);
+            for (int q = 0; q < i; q++)
+                if (j->attn_layers[q] == j->attn_layers[i])
+                    return npp_fail(e, NPP_EINVAL, "outputs.attention",
+                                    "outputs.attention[%d]: layer %d is already listed", i,
+                                    j->attn_layers[i]);
         }
     }
     return 0;

@@ -3,6 +3,8 @@
  * outputs), execute (compute/exec), and build the result (output/result). */
 #include "run/run.h"
 
+#include "compute/ops.h"
+
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,6 +67,59 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
     est->peak_field = f;
     est->result_field = rs.text_field;
     return 0;
+}
+
+/* For outputs.attention of a plain job: the patched run's attention at each
+ * layer asked for, and its sources kept as roots (so that its probabilities
+ * can be computed again once the job ran). */
+static int keep_attention_sources(run_output *r, npp_err *e)
+{
+    const job *j = r->job;
+    int H3 = 3 * r->plan.g.H;
+    int32_t *roots = realloc(r->roots, ((size_t)r->nroots + (size_t)j->nattn * H3) * sizeof *roots);
+    if (roots)
+        r->roots = roots;
+    if (!roots || !(r->pattn = malloc((size_t)j->nattn * sizeof *r->pattn)))
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    for (int i = 0; i < j->nattn; i++) {
+        int32_t a = r->pattn[i] = plan_trunk_attn(&r->plan, j->attn_layers[i]);
+        for (int k = 0; a >= 0 && k < r->plan.v[a].nin; k++) {
+            int32_t s = r->plan.v[a].in[k], seen = 0;
+            for (int q = r->nmain; q < r->nroots && !seen; q++)
+                seen = r->roots[q] == s;
+            if (!seen)
+                r->roots[r->nroots++] = s;
+        }
+    }
+    return 0;
+}
+
+/* The patched run's attention probabilities at each outputs.attention
+ * layer (NULL where there is none), from the kept sources hs[nmain..). */
+static shim_tensor **patched_probs(const run_output *r, shim_tensor *const *hs, npp_err *e)
+{
+    const job *j = r->job;
+    shim_tensor **h = calloc((size_t)r->plan.nv + 1, sizeof *h);
+    shim_tensor **probs = calloc((size_t)j->nattn + 1, sizeof *probs);
+    shim_status st = {0};
+    if (!h || !probs) {
+        free(h);
+        free(probs);
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory"), NULL;
+    }
+    for (int q = r->nmain; q < r->nroots; q++)
+        h[r->roots[q]] = hs[q];
+    for (int i = 0; i < j->nattn && !st.code; i++)
+        if (r->pattn[i] >= 0)
+            probs[i] = op_attn_probs(&r->plan, h, r->pattn[i], &st);
+    free(h);
+    if (st.code) {
+        for (int i = 0; i < j->nattn; i++)
+            shim_free(probs[i]);
+        free(probs);
+        return npp_fail_shim(e, &st), NULL;
+    }
+    return probs;
 }
 
 int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out, npp_err *e)
@@ -131,6 +186,9 @@ int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out
     for (int k = 0; (j->want_baselines || j->normalize) && k < j->n_inputs; k++)
         if ((r->roots[r->nroots++] = plan_plain(&r->plan, k, e)) < 0)
             goto fail_rc;
+    r->nmain = r->nroots;
+    if (!j->nvar && j->nattn && (rc = keep_attention_sources(r, e)))
+        goto fail;
     if ((rc = estimate(m, r, o, e)))
         goto fail;
     r->plan_ms = now_ms() - t0;
@@ -166,10 +224,15 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
     exec_opts eo = {o->cancel, o->progress, o->ud, trace,
                     o->chunk_bytes ? o->chunk_bytes : EXEC_CHUNK_BYTES};
     if ((rc = exec_run(&r->plan, o->cache, r->roots, r->nroots, hs, &eo, &r->stats, e)) == 0) {
-        result_opts ro = {m, r->job, o->npy_dir, o->model_name, o->cancel};
+        shim_tensor **probs = r->pattn ? patched_probs(r, hs, e) : NULL;
+        result_opts ro = {m, r->job, o->npy_dir, o->model_name, o->cancel, probs};
         json_t *stats = stats_json(r, now_ms() - t1);
-        rc = result_build(&ro, hs, r->nroots, stats, trace, &r->result, e);
+        rc = r->pattn && !probs ? (e && e->code ? e->code : NPP_ENOMEM)
+                                : result_build(&ro, hs, r->nmain, stats, trace, &r->result, e);
         json_decref(stats);
+        for (int i = 0; probs && i < r->job->nattn; i++)
+            shim_free(probs[i]);
+        free(probs);
     }
     for (int i = 0; i < r->nroots; i++)
         shim_free(hs[i]);
@@ -203,6 +266,7 @@ void run_output_free(run_output *r)
         plan_free(&r->vplans[i]);
     free(r->vplans);
     free(r->roots);
+    free(r->pattn);
     job_free(r->job);
     free(r);
 }

@@ -57,8 +57,11 @@ typedef struct {
     plan *vplans; /* a sweep: each variant's own plan (its path tree); nvplans */
     int nvplans;
     exec_stats stats;
-    int32_t *roots; /* patched (one per variant in a sweep), [KL reference], [baselines] */
-    int nroots;
+    int32_t *roots; /* patched (one per variant in a sweep), [KL reference], [baselines],
+                     * then the sources of the patched run's attentions (nmain before) */
+    int nroots, nmain;
+    int32_t *pattn; /* a job's outputs.attention layers: the patched run's attention value
+                     * on its trunk (plan_trunk_attn), -1 where none; NULL for a sweep */
     double plan_ms;
     run_estimate est;
 } run_output;

@@ -90,13 +90,15 @@ def uneven(rng):
                    for bl, bo in zip(res["baselines"], one["baselines"])]
             check("%s: example %d: metric and baselines' metrics = alone" % (name, b),
                   ok4 and all(oks), d4)
-            att = {(a["input"], a["layer"]): tensor(a["probs"]) for a in o["attention"]}
-            okA = True
+            att = {(a.get("input", a.get("run")), a["layer"]): tensor(a["probs"])
+                   for a in o["attention"]}
+            okA = len(att) == 3 * 2  # two inputs and the patched run, two layers
             for a in oo["attention"]:
-                p = att[(a["input"], a["layer"])]
+                p = att[(a.get("input", a.get("run")), a["layer"])]
                 okA &= close(p[b, :, :n, :n], tensor(a["probs"])[0])[0]
                 okA &= not p[b, :, n:].any()
-            check("%s: example %d: attention = alone, padding queries zero" % (name, b), okA)
+            check("%s: example %d: attention (plain and patched runs) = alone, padding queries zero"
+                  % (name, b), okA)
         if name == "kl":
             continue
         plain = run({"inputs": ex[:1], "outputs": {"hidden_states": True, "top_k": 0}})
@@ -387,6 +389,34 @@ def grids(rng):
           not close(last[2], plain[0])[0], str(last))
 
 
+def patched_attention(rng):
+    """outputs.attention also for the patched run: its trunk's attention."""
+    L, H, C = CFG["n_layer"], CFG["n_head"], CFG["n_embd"]
+    ids = rng.integers(0, 50000, size=(2, 2, 6)).tolist()
+    res = run({"inputs": ids, "preset": {"type": "activation_patch", "node": "a1.head2"},
+               "outputs": {"top_k": 0, "attention": [0, 1]}})
+    att = {(a.get("input", a.get("run")), a["layer"]): tensor(a["probs"])
+           for a in res["outputs"]["attention"]}
+    want = [reference_activations(ids[k]) for k in range(2)]
+    p1 = att[("patched", 1)]
+    ok1, d1 = close(p1[:, 2], want[1]["a1.pattern"][:, 2])
+    ok2, d2 = close(np.delete(p1, 2, axis=1), np.delete(want[0]["a1.pattern"], 2, axis=1))
+    ok3, d3 = close(att[("patched", 0)], want[0]["a0.pattern"])
+    moved = float(np.max(np.abs(p1[:, 2] - want[0]["a1.pattern"][:, 2])))
+    check("patched attention: a1.head2's pattern from input 1, the rest input 0's",
+          ok1 and ok2 and ok3 and moved > 1e-3, "%s; %s; %s; moved %.3g" % (d1, d2, d3, moved))
+    vec = rng.standard_normal(C).tolist()
+    res = run({"inputs": ids[:1], "preset": {"type": "steer", "node": "emb", "vector": vec},
+               "outputs": {"top_k": 0, "attention": [0]}})
+    got = tensor([a for a in res["outputs"]["attention"] if a.get("run") == "patched"][0]["probs"])
+    with torch.inference_mode():
+        x = W["wte.weight"][torch.tensor(ids[0])] + W["wpe.weight"][:6] + torch.tensor(vec, dtype=torch.float64)
+        _, _, probs = gpt2_ref.attention(CFG, W, 0, x, x, x)
+    ok, d = close(got, probs.numpy())
+    check("patched attention after steering emb = the reference's", ok and
+          float(np.max(np.abs(got - want[0]["a0.pattern"]))) > 1e-3, d)
+
+
 def main():
     global CFG, W
     ap = argparse.ArgumentParser()
@@ -401,6 +431,7 @@ def main():
     activations(rng)
     interventions(rng)
     grids(rng)
+    patched_attention(rng)
     sys.exit(harness.summary())
 
 

@@ -421,8 +421,10 @@ class Result(_Patched):
         self.baselines = self.raw.get("baselines")
         self.lengths = self.raw.get("lengths")
         att = self.raw.get("attention") or (self.raw.get("outputs") or {}).get("attention")
-        # (input, layer) -> probabilities [batch, heads, tokens, tokens] of its plain run
-        self.attention = {(a["input"], a["layer"]): _tensor(a["probs"]) for a in att or []}
+        # (input, layer) -> probabilities [batch, heads, tokens, tokens] of its plain run;
+        # ("patched", layer) -> the patched run's (a job's, not a sweep's)
+        self.attention = {(a.get("input", a.get("run")), a["layer"]): _tensor(a["probs"])
+                          for a in att or []}
         acts = self.raw.get("activations") or (self.raw.get("outputs") or {}).get("activations")
         # name -> array ([batch, tokens, width], or [batch, heads, tokens, tokens]
         # for a{i}.pattern); padding rows of shorter examples are zeros
