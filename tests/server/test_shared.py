@@ -56,7 +56,8 @@ def test_jobs_are_private_to_their_token(make_server):
     # bob sees exactly what he would see for a job that does not exist
     st_u, _, unknown = srv.request("GET", "/v1/jobs/%032x" % 7, token=bob)
     assert not_found_like_unknown(st_u, unknown)
-    for path in ("/v1/jobs/" + jid, "/v1/jobs/%s/graph.svg" % jid, "/v1/jobs/%s/events" % jid):
+    for path in ("/v1/jobs/" + jid, "/v1/jobs/%s/graph.svg" % jid, "/v1/jobs/%s/heatmap.svg" % jid,
+                 "/v1/jobs/%s/events" % jid):
         st, _, body = srv.request("GET", path, token=bob)
         assert not_found_like_unknown(st, body), (path, st, body)
         assert body["error"]["message"] == unknown["error"]["message"].replace("%032x" % 7, jid)
