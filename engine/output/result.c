@@ -128,8 +128,12 @@ static json_t *metric_tokens_json(const model *m, const job *j)
     return o;
 }
 
+/* The error of a failed step; one already recorded (a .npy file that
+ * could not be written) stays. */
 static int shim_err(ctx *c, const shim_status *st)
 {
+    if (c->e && c->e->code)
+        return c->e->code;
     return npp_fail_shim(c->e, st);
 }
 
@@ -186,12 +190,32 @@ static json_t *positions_json(const job *j, const int *pos, int np)
     return all;
 }
 
-/* Zeroes the rows t >= len[b] of x (B, T, row) on the host. */
-static void zero_padding(const job *j, float *x, size_t row)
+/* A (B, T, C) value or (B, H, T, T) attention probabilities as a result
+ * tensor (host copy, then base64 or .npy), rows past each example's length
+ * (for probabilities: padding queries) zeroed. */
+static json_t *padded_tensor_json(ctx *c, const shim_tensor *t, const char *name, shim_status *st)
 {
-    for (int b = 0; j->uneven && b < j->B; b++)
-        memset(x + ((size_t)b * j->T + (size_t)j->len[b]) * row, 0,
-               (size_t)(j->T - j->len[b]) * row * sizeof *x);
+    const job *j = c->j;
+    int nd = shim_ndim(t);
+    int64_t shape[4] = {0};
+    size_t n = 1;
+    for (int d = 0; d < nd && d < 4; d++)
+        shape[d] = shim_dim(t, d), n *= (size_t)shape[d];
+    size_t row = (size_t)shape[nd - 1], per_b = n / (size_t)j->B;           /* floats per example */
+    size_t groups = nd == 4 ? (size_t)shape[1] : 1, group = per_b / groups; /* heads */
+    float *h = malloc(n * sizeof *h);
+    json_t *r = NULL;
+    if (h && !shim_to_host_f32(t, h, n, st)) {
+        for (int b = 0; j->uneven && b < j->B; b++)
+            for (size_t g = 0; g < groups; g++) /* rows len[b].. of each (T, row) block */
+                memset(h + b * per_b + g * group + (size_t)j->len[b] * row, 0,
+                       (size_t)(j->T - j->len[b]) * row * sizeof *h);
+        r = tensor_json(c, name, h, shape, nd);
+    }
+    free(h);
+    if (!r && !st->code)
+        st->code = SHIM_ENOMEM;
+    return r;
 }
 
 /* Full-vocabulary logits (B*np, V) on the host, as float. */
@@ -395,20 +419,13 @@ static json_t *outputs_json(ctx *c, const shim_tensor *hidden, const char *tag, 
                             json_pack("{s:o,s:o}", "tokens", toks, "values", vals));
     }
     if (full && j->want_hidden) {
-        int64_t T = j->T, C = c->m->cfg.n_embd, shape[3] = {B, T, C};
-        float *h = malloc((size_t)(B * T * C) * sizeof *h);
         shim_status st = {0};
-        if (!h || shim_to_host_f32(hidden, h, (size_t)(B * T * C), &st)) {
-            free(h);
-            shim_err(c, st.code ? &st : &(shim_status){SHIM_ENOMEM, "out of memory"});
+        snprintf(name, sizeof name, "%s_hidden_states", tag);
+        json_t *t = padded_tensor_json(c, hidden, name, &st);
+        if (!t) {
+            shim_err(c, &st);
             goto fail;
         }
-        zero_padding(j, h, (size_t)C);
-        snprintf(name, sizeof name, "%s_hidden_states", tag);
-        json_t *t = tensor_json(c, name, h, shape, 3);
-        free(h);
-        if (!t)
-            goto fail;
         json_object_set_new(o, "hidden_states", t);
     }
     free(lp);
@@ -417,28 +434,6 @@ fail:
     free(lp);
     json_decref(o);
     return NULL;
-}
-
-/* The attention probabilities probs (B, H, T, T) as a tensor, padding
- * queries zeroed. */
-static json_t *probs_json(ctx *c, const shim_tensor *probs, const char *name, shim_status *st)
-{
-    const job *j = c->j;
-    int64_t H = c->m->cfg.n_head, T = j->T, shape[4] = {j->B, H, T, T};
-    size_t n = (size_t)(j->B * H * T * T);
-    float *h = malloc(n * sizeof *h);
-    json_t *t = NULL;
-    if (h && !shim_to_host_f32(probs, h, n, st)) {
-        for (int b = 0; j->uneven && b < j->B; b++) /* padding queries */
-            for (int64_t hh = 0; hh < H; hh++)
-                memset(h + (((size_t)b * H + hh) * T + j->len[b]) * T, 0,
-                       (size_t)(T - j->len[b]) * T * sizeof *h);
-        t = tensor_json(c, name, h, shape, 4);
-    }
-    free(h);
-    if (!t && !st->code)
-        st->code = SHIM_ENOMEM;
-    return t;
 }
 
 /* Attention patterns of each input's plain run at the requested layers,
@@ -474,7 +469,7 @@ static json_t *attention_json(ctx *c)
             if (probs && !st.code) {
                 char name[64];
                 snprintf(name, sizeof name, "attention_input%d_layer%d", k, l);
-                json_t *t = probs_json(c, probs, name, &st);
+                json_t *t = padded_tensor_json(c, probs, name, &st);
                 if (t)
                     json_array_append_new(
                         arr, json_pack("{s:i,s:i,s:o}", "input", k, "layer", l, "probs", t));
@@ -494,7 +489,7 @@ static json_t *attention_json(ctx *c)
         if (!c->o->patched_probs[i])
             continue;
         snprintf(name, sizeof name, "attention_patched_layer%d", j->attn_layers[i]);
-        json_t *t = probs_json(c, c->o->patched_probs[i], name, &st);
+        json_t *t = padded_tensor_json(c, c->o->patched_probs[i], name, &st);
         if (!t) {
             json_decref(arr);
             shim_err(c, &st);
@@ -520,37 +515,13 @@ static int act_index(const job *j, int kind, int layer, int idx)
 static int put_act(ctx *c, json_t *nodes, int i, const shim_tensor *t, shim_status *st)
 {
     const job *j = c->j;
+    char name[96];
     if (i < 0 || st->code)
         return st->code;
-    int nd = shim_ndim(t);
-    int64_t shape[4];
-    size_t n = 1, row = 1;
-    for (int d = 0; d < nd && d < 4; d++)
-        shape[d] = shim_dim(t, d), n *= (size_t)shape[d];
-    float *h = malloc(n * sizeof *h);
-    if (!h) {
-        st->code = SHIM_ENOMEM;
-        return st->code;
-    }
-    if (!shim_to_host_f32(t, h, n, st)) {
-        char name[96];
-        if (j->act[i].kind < 0) { /* (B, H, T, T): padding queries */
-            for (int64_t b = 0; j->uneven && b < j->B; b++)
-                for (int64_t hh = 0; hh < shape[1]; hh++)
-                    memset(h + ((size_t)(b * shape[1] + hh) * j->T + (size_t)j->len[b]) * j->T, 0,
-                           (size_t)(j->T - j->len[b]) * j->T * sizeof *h);
-        } else {
-            row = (size_t)shape[2];
-            zero_padding(j, h, row);
-        }
-        snprintf(name, sizeof name, "activation_input%d_%s", j->act_input, j->act[i].name);
-        json_t *tj = tensor_json(c, name, h, shape, nd);
-        if (tj)
-            json_object_set_new(nodes, j->act[i].name, tj);
-        else
-            st->code = SHIM_ENOMEM;
-    }
-    free(h);
+    snprintf(name, sizeof name, "activation_input%d_%s", j->act_input, j->act[i].name);
+    json_t *tj = padded_tensor_json(c, t, name, st);
+    if (tj)
+        json_object_set_new(nodes, j->act[i].name, tj);
     return st->code;
 }
 
@@ -642,8 +613,7 @@ static json_t *activations_json(ctx *c)
     shim_free(x);
     if (st.code) {
         json_decref(nodes);
-        if (!c->e || !c->e->code)
-            shim_err(c, &st);
+        shim_err(c, &st);
         return NULL;
     }
     return json_pack("{s:i,s:o}", "input", j->act_input, "nodes", nodes);
