@@ -243,12 +243,12 @@ static int min_len(const job *j)
     return n;
 }
 
-/* A position of each example: out[b * stride] for b in 0..B-1. Negative
+/* A position of each example: out[b * stride] for b in 0..nb-1. Negative
  * counts from each example's own end. hi: the largest allowed (T - 1 for
  * an output row, which may be padding in a shorter example; the shortest
  * length - 1 where every example needs a real token). */
 static int example_position(const job *j, json_t *v, const char *field, int hi, int *out,
-                            int stride, npp_err *e)
+                            int stride, int nb, npp_err *e)
 {
     int lo = -min_len(j);
     if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
@@ -262,7 +262,7 @@ static int example_position(const job *j, json_t *v, const char *field, int hi, 
                         field, lo, hi, -lo, j->T);
     }
     int p = (int)json_integer_value(v);
-    for (int b = 0; b < j->B; b++)
+    for (int b = 0; b < nb; b++)
         out[(size_t)b * stride] = p < 0 ? p + j->len[b] : p;
     return 0;
 }
@@ -382,9 +382,12 @@ static int parse_outputs(const model *m, json_t *o, job *j, npp_err *e)
         return npp_fail(e, NPP_EINVAL, "outputs.positions",
                         "outputs.positions: \"last\", \"all\" or a non-empty list of positions");
     j->npos = last ? 1 : all ? j->T : (int)json_array_size(pos);
-    if (!(j->positions = malloc((size_t)j->B * j->npos * sizeof *j->positions)))
+    /* More positions than tokens repeat one in every example: example 0's
+     * row finds it, without B x npos of memory and time. */
+    int nb = j->npos > j->T ? 1 : j->B;
+    if (!(j->positions = malloc((size_t)nb * j->npos * sizeof *j->positions)))
         return npp_fail(e, NPP_ENOMEM, "outputs", "out of memory");
-    for (int b = 0; b < j->B; b++)
+    for (int b = 0; b < nb; b++)
         for (int i = 0; i < j->npos && !json_is_array(pos); i++)
             j->positions[b * j->npos + i] = last ? j->len[b] - 1 : i;
     if (json_is_array(pos)) {
@@ -396,12 +399,12 @@ static int parse_outputs(const model *m, json_t *o, job *j, npp_err *e)
         for (int i = 0; i < j->npos; i++) {
             snprintf(f, sizeof f, "outputs.positions[%d]", i);
             if (example_position(j, json_array_get(pos, (size_t)i), f, j->T - 1, j->positions + i,
-                                 j->npos, e)) {
+                                 j->npos, nb, e)) {
                 free(seen);
                 return NPP_EINVAL;
             }
         }
-        for (int b = 0; b < j->B; b++) {
+        for (int b = 0; b < nb; b++) {
             const int *row = j->positions + b * j->npos;
             for (int i = 0; i < j->npos; i++) {
                 if (seen[row[i]]) {
@@ -534,7 +537,7 @@ static int parse_metric(const model *m, json_t *mt, job *j, npp_err *e)
                         "source's); the job has one");
     json_t *p = json_object_get(mt, "position");
     /* every example needs a real token there */
-    if (p && example_position(j, p, "metric.position", min_len(j) - 1, j->m_pos, 1, e))
+    if (p && example_position(j, p, "metric.position", min_len(j) - 1, j->m_pos, 1, j->B, e))
         return NPP_EINVAL;
     int n = metric_ntokens(j->metric);
     for (int k = 0; k < n; k++) /* every field first, so a missing one is named */
@@ -595,10 +598,6 @@ static int preset_field(npp_err *e, int rc)
     return rc;
 }
 
-/* The rules of obj (a job or a sweep variant): a preset, or
- * branch/which/intervene; their globs are compiled in gc, the job's
- * context. *written: 1 for rules the user wrote (checked to decide
- * something once planned). */
 /* normalize's inputs for the rules of obj: a preset's `into` (0) and
  * `from` (its source: `of` for a mean ablation, else the other input);
  * 0 and 1 for written rules. */
@@ -618,6 +617,10 @@ static void norm_pair(const job *j, json_t *preset, int norm[2])
         norm[1] = j->n_inputs - 1;
 }
 
+/* The rules of obj (a job or a sweep variant): a preset, or
+ * branch/which/intervene; their globs are compiled in gc, the job's
+ * context. *written: 1 for rules the user wrote (checked to decide
+ * something once planned); norm: normalize's inputs. */
 static int compile_rules(job *j, glob_ctx *gc, json_t *obj, ruleset **rules, json_t **compiled,
                          int *written, int norm[2], npp_err *e)
 {
