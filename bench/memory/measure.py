@@ -49,9 +49,9 @@ def shapes(L, H):
                                            "receivers": ["ln_final"]}} for s in heads]}),
         ("full split a/f + heads + q/k/v, B=8 T=128, trace",
          {"inputs": two(8, 128), "outputs": {"top_k": 2, "trace": True},
-          "branch": [{"match": "**/{a,f}*[0-9]", "split": True},
-                     {"match": "**/a*.head", "split": "heads"},
-                     {"match": "**/a*.head*[0-9]", "split": True}],
+          "branch": [{"match": "**/{a,f}[0-9]", "split": True},  # 6 layers: one digit
+                     {"match": "**/a[0-9].head", "split": "heads"},
+                     {"match": "**/a[0-9].head[0-9]*", "split": True}],
           "which": [{"match": "**/a1.head2.k/**", "input": 1}]}),
         ("positions split f0.head, B=4 T=64, logits at all positions",
          {"inputs": two(4, 64), "outputs": {"top_k": 0, "logits": True, "positions": "all"},
