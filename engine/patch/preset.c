@@ -47,22 +47,26 @@ static json_t *rule_match(const char *pat, const char *key, json_t *val)
     return json_pack("{s:s,s:o}", "match", pat, key, val);
 }
 
+/* The preset's input field key ("from", "into") into *out, dflt when absent. */
+static int preset_input(json_t *p, const char *key, int n_inputs, int dflt, int *out, npp_err *e)
+{
+    json_t *v = json_object_get(p, key);
+    char f[32];
+    *out = dflt;
+    if (!v)
+        return 0;
+    snprintf(f, sizeof f, "preset.%s", key);
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= n_inputs)
+        return npp_fail(e, NPP_EINVAL, f, "%s: an input index in 0..%d", f, n_inputs - 1);
+    *out = (int)json_integer_value(v);
+    return 0;
+}
+
 static int preset_from_into(json_t *p, int n_inputs, int *from, int *into, npp_err *e)
 {
-    json_t *f = json_object_get(p, "from"), *i = json_object_get(p, "into");
-    *from = 1, *into = 0;
-    if (f &&
-        (!json_is_integer(f) || json_integer_value(f) < 0 || json_integer_value(f) >= n_inputs))
-        return npp_fail(e, NPP_EINVAL, "preset.from", "preset.from: an input index in 0..%d",
-                        n_inputs - 1);
-    if (i &&
-        (!json_is_integer(i) || json_integer_value(i) < 0 || json_integer_value(i) >= n_inputs))
-        return npp_fail(e, NPP_EINVAL, "preset.into", "preset.into: an input index in 0..%d",
-                        n_inputs - 1);
-    if (f)
-        *from = (int)json_integer_value(f);
-    if (i)
-        *into = (int)json_integer_value(i);
+    if (preset_input(p, "from", n_inputs, 1, from, e) ||
+        preset_input(p, "into", n_inputs, 0, into, e))
+        return NPP_EINVAL;
     if (*from >= n_inputs)
         return npp_fail(e, NPP_EINVAL, "preset.from",
                         "preset.from: defaults to input 1, but the job has one input");
@@ -354,13 +358,9 @@ done:
 /* The run reads input `into` (default 0) everywhere. */
 static int preset_into(const job *j, json_t *p, json_t *wh, int *into, npp_err *e)
 {
-    json_t *i = json_object_get(p, "into");
-    *into = 0;
-    if (i &&
-        (!json_is_integer(i) || json_integer_value(i) < 0 || json_integer_value(i) >= j->n_inputs))
-        return npp_fail(e, NPP_EINVAL, "preset.into", "preset.into: an input index in 0..%d",
-                        j->n_inputs - 1);
-    if (i && (*into = (int)json_integer_value(i)))
+    if (preset_input(p, "into", j->n_inputs, 0, into, e))
+        return NPP_EINVAL;
+    if (*into)
         json_array_append_new(wh, rule_match("**", "input", json_integer(*into)));
     return 0;
 }
