@@ -373,8 +373,9 @@ shim_tensor *op_attn_probs(const plan *p, shim_tensor **h, int32_t v, shim_statu
  * (and MLP, and heads' shares) at one fixed rank, so they batch; ln_f
  * last. A layer spans RANKS_PER_LAYER: the light ops between two batched
  * ones (edits one after another for each intervened head, residual sums,
- * means, mixes) need at most a few per head, so this holds models of up to
- * 100 heads. */
+ * means, mixes) need one or two per intervened head, so models of up to
+ * ~200 heads fit; the planner refuses a chain that would reach the next
+ * batched op's rank (plan.c, val_op_x). */
 #define RANKS_PER_LAYER 512
 static int after_inputs(const plan *p, int layer, int max_input_rank)
 {

@@ -308,7 +308,13 @@ static int32_t val_op_x(plan *p, plan_op op, int layer, int aux, const void *ext
     if (nextra)
         sha256_update(&c, extra, nextra);
     sha256_final(&c, key);
+    int below = rank;
     rank = op_info(op)->rank(p, layer, rank); /* every input's rank is below (ops.c) */
+    if (nin && rank <= below) /* a batched op's fixed rank, reached by a chain of light ops */
+        return npp_fail(p->err, NPP_ELIMIT, "intervene",
+                        "too many interventions between two layers' attention and MLP (their "
+                        "chain of values passes the next one's place in the order)"),
+               -1;
     return intern(p, key, op, layer, aux, rank, in, nin);
 }
 
