@@ -17,6 +17,7 @@ pkgs=(
   python3-pip python3-setuptools python3-wheel  # the Python client installs offline (a test)
   chromium                           # the web UI's end-to-end test (headless)
   python3-torch python3-numpy python3-pytest   # the independent reference (tests)
+  python3-matplotlib                 # the Python client's res.plot() (a test)
   wamerican                          # word list used by tools/train_induction.py
 )
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)

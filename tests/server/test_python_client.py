@@ -113,9 +113,23 @@ def test_grid(server):
     assert svg.count('class="cell"') == 8
     with pytest.raises(ValueError):
         one.grid()
+    import matplotlib  # Debian python3-matplotlib, which scripts/install-deps.sh installs
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axis = plt.subplots()
+    assert res.plot(axis) is axis
+    img = axis.get_images()[0]
+    assert np.allclose(np.asarray(img.get_array()), vals)  # the cells are the grid's values
+    lo, hi = img.get_clim()
+    assert hi == -lo and hi == pytest.approx(np.nanmax(np.abs(vals)))  # centred at 0
+    assert (axis.get_xlabel(), axis.get_ylabel()) == ("head", "layer")
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["0", "1", "2", "3"]
+    assert [t.get_text() for t in axis.get_yticklabels()] == ["0", "1"]
+    assert len(fig.axes) == 2  # the colour bar
+    plt.close(fig)
 
 
-def test_client_conveniences(server, tmp_path):
+def test_client_conveniences(server, tmp_path, monkeypatch):
     m = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token).model()
     assert m.to_str_tokens("Hello world") == ["Hello", " world"]
     res = m.run(SPAIN, outputs={"top_k": 2, "token_logprobs": [" Madrid", " Rome"],
@@ -131,11 +145,9 @@ def test_client_conveniences(server, tmp_path):
     svg = res.visualise_path()
     assert isinstance(svg, str) and svg._repr_svg_().startswith("<?xml")
     assert m.run(SPAIN, outputs={"hidden_states": False}).hidden_states is None
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="python3-matplotlib"):
-            res.plot()
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # as if not installed
+    with pytest.raises(ImportError, match="python3-matplotlib"):
+        res.plot()
     # the package installs offline, as docs/python.md says
     src = tmp_path / "src"  # a copy: setuptools builds in the source folder
     shutil.copytree(os.path.join(os.path.dirname(__file__), "../../clients/python"), src,
