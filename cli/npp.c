@@ -440,7 +440,7 @@ static const char RUN_HELP[] =
     "of base64. --repeat N runs the job N times on one cache (the last result is\n"
     "printed: its stats show what the cache saved). NPP_DEVICE and NPP_DTYPE set\n"
     "the defaults of --device and --dtype. --chunk-mb bounds the temporaries of one\n"
-    "attention or MLP call (64; larger chunks are split). --memory-report prints, on\n"
+    "attention or MLP call (MiB, 32; larger calls are cut). --memory-report prints, on\n"
     "stderr, the RSS before the job and its peak during the job (Linux), with the\n"
     "estimate nppd admits it by. --compact prints the result without indentation\n"
     "(as nppd stores it). Job format: docs/jobs.md.\n";
@@ -490,7 +490,7 @@ static int cmd_run(int argc, char **argv)
         {"heatmap", 1, 0, 'h'},  {"help", 0, 0, 'H'},          {0, 0, 0, 0}};
     const char *model_dir = getenv("NPP_MODEL"), *svg = NULL, *npy_dir = NULL, *heat = NULL;
     model_opts mo = {getenv("NPP_DEVICE"), getenv("NPP_DTYPE")};
-    long cache_mb = 1024, max_values = 50000, repeat = 1, chunk_mb = 64, v;
+    long cache_mb = 1024, max_values = 50000, repeat = 1, chunk_mb = EXEC_CHUNK_BYTES >> 20, v;
     int c, memory_report = 0, compact = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {

@@ -122,7 +122,8 @@ static void set_defaults(void)
     S.workers = 2, S.threads = 1, S.planners = 1, S.cache_mb = 1024;
     S.memory_mb = half > 2048 ? half : 2048, S.max_job_mb = 0, S.max_result_mb = 512;
     S.results_disk_mb = 4096, S.max_body_kb = 1024, S.queue_max = 256, S.max_inflight = 32;
-    S.max_values = 50000, S.plan_seconds = 10, S.chunk_mb = 64, S.result_ttl = 600;
+    S.max_values = 50000, S.plan_seconds = 10, S.chunk_mb = EXEC_CHUNK_BYTES >> 20,
+    S.result_ttl = 600;
     S.drain_seconds = 30, S.conn_timeout = 30, S.header_timeout = 10, S.max_connections = 1024;
     S.max_conn_per_ip = 64;
 }

@@ -414,6 +414,14 @@ shim_tensor *shim_gelu(const shim_tensor *x, int tanh_approx, shim_status *st)
     SHIM_GUARD(st, nullptr, { return wrap(at::gelu(x->t, tanh_approx ? "tanh" : "none")); });
 }
 
+int shim_gelu_(shim_tensor *x, int tanh_approx, shim_status *st)
+{
+    SHIM_GUARD(st, -1, {
+        at::gelu_(x->t, tanh_approx ? "tanh" : "none");
+        return 0;
+    });
+}
+
 shim_tensor *shim_add(const shim_tensor *a, const shim_tensor *b, shim_status *st)
 {
     SHIM_GUARD(st, nullptr, { return wrap(a->t + b->t); });

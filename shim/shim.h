@@ -137,6 +137,8 @@ shim_tensor *shim_linear(const shim_tensor *x, const shim_tensor *w, const shim_
                          shim_status *st);
 /* GELU; tanh_approx selects GPT-2's "gelu_new". */
 shim_tensor *shim_gelu(const shim_tensor *x, int tanh_approx, shim_status *st);
+/* The same in place (x must not be shared): one (N, I) temporary fewer. */
+int shim_gelu_(shim_tensor *x, int tanh_approx, shim_status *st);
 shim_tensor *shim_add(const shim_tensor *a, const shim_tensor *b, shim_status *st);
 /* Causal multi-head attention core.
  * q, k, v: (B, T, H*D) holding H heads side by side -> (B, T, H*D).

@@ -107,7 +107,7 @@ def main():
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(job, f)
     runs = []
-    for chunk in ("64", "16"):  # the default; one call's temporaries in a CPU's caches
+    for chunk in ("32", "16"):  # the default; one call's temporaries in a CPU's caches
         p = subprocess.run([npp, "run", "--model", model, "--threads", str(threads),
                             "--max-values", "1000000", "--chunk-mb", chunk, "--compact", f.name],
                            capture_output=True, text=True)

@@ -56,7 +56,7 @@ typedef struct {
     long chunks;        /* tensor calls for attention and MLP */
 } exec_estimate_t;
 
-#define EXEC_CHUNK_BYTES (64u << 20) /* the default chunk budget */
+#define EXEC_CHUNK_BYTES (32u << 20) /* the default chunk budget */
 
 int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes,
                   exec_estimate_t *out, npp_err *e);

@@ -143,10 +143,9 @@ static size_t mlp_cost(const plan *p, int ns, int n, int64_t b)
     size_t e = shim_dtype_size(p->m->dtype), rows = (size_t)n * (size_t)b * (size_t)p->T;
     size_t C = (size_t)c->n_embd, I = (size_t)c->n_inner;
     size_t stack = n > 1 ? C : 0; /* the stacked inputs, when several */
-    /* ln_2 and c_fc, c_fc and gelu, gelu and c_proj; then each value's
-     * own storage */
-    size_t inner = C + I > 2 * I ? C + I : 2 * I;
-    inner = I + C > inner ? I + C : inner;
+    /* ln_2 and c_fc, then c_fc (GELU in place) and c_proj; then each
+     * value's own storage */
+    size_t inner = C + I;
     return e * rows * (stack + (inner > 2 * C ? inner : 2 * C));
 }
 

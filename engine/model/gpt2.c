@@ -52,18 +52,18 @@ shim_tensor *gpt2_attn(const model *m, int layer, const shim_tensor *x, shim_ten
     return y;
 }
 
-/* Each temporary is freed as soon as the next step has it: at most two of
- * the (B, T, I) tensors are alive at once (exec.c's mlp_cost counts on it). */
+/* Each temporary is freed as soon as the next step has it, and GELU runs in
+ * place: one (B, T, I) tensor is alive at a time (ops.c's mlp_cost). */
 shim_tensor *gpt2_mlp(const model *m, int layer, const shim_tensor *x, shim_status *st)
 {
     const model_block *b = &m->blocks[layer];
     shim_tensor *h = shim_layernorm(x, b->ln_2_w, b->ln_2_b, m->cfg.ln_eps, st); /* (B, T, C) */
     shim_tensor *u = shim_linear(h, b->fc_w, b->fc_b, st);                       /* (B, T, I) */
     shim_free(h);
-    shim_tensor *g = shim_gelu(u, m->cfg.gelu_tanh, st); /* (B, T, I) */
+    if (u)
+        shim_gelu_(u, m->cfg.gelu_tanh, st);
+    shim_tensor *y = shim_linear(u, b->mproj_w, b->mproj_b, st); /* (B, T, C) */
     shim_free(u);
-    shim_tensor *y = shim_linear(g, b->mproj_w, b->mproj_b, st); /* (B, T, C) */
-    shim_free(g);
     return y;
 }
 
