@@ -73,6 +73,8 @@ bool bad(shim_status *st)
     return st && st->code != 0;
 }
 
+thread_local bool grad_on = false; // shim_grad_mode
+
 } // namespace
 
 // Runs body, converting any exception into the status. Returns the
@@ -82,7 +84,7 @@ bool bad(shim_status *st)
         if (bad(st))                                                                               \
             return fail;                                                                           \
         try {                                                                                      \
-            c10::InferenceMode guard_;                                                             \
+            c10::InferenceMode guard_(!grad_on);                                                   \
             __VA_ARGS__                                                                            \
         } catch (const c10::Error &e) {                                                            \
             set_torch_err(st, e.what_without_backtrace());                                         \
@@ -225,6 +227,7 @@ shim_tensor *shim_from_host(const void *data, shim_dtype src, const int64_t *sha
                             shim_device dev, shim_dtype dst, shim_status *st)
 {
     SHIM_GUARD(st, nullptr, {
+        c10::InferenceMode normal(false); // a weight must be usable by a gradient job
         if (ndim < 0 || ndim > SHIM_MAX_DIMS) {
             set_err(st, SHIM_EINVAL, "from_host: bad rank %d", ndim);
             return nullptr;
@@ -461,6 +464,107 @@ shim_tensor *shim_attention(const shim_tensor *q, const shim_tensor *k, const sh
         p = at::Tensor();
         return wrap(y.transpose(1, 2).reshape({B, T, C}));
     });
+}
+
+void shim_grad_mode(int on)
+{
+    grad_on = on != 0;
+}
+
+int shim_grad_enabled(void)
+{
+    return grad_on;
+}
+
+shim_tensor *shim_grad_leaf(const shim_tensor *t, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        if (!grad_on) {
+            set_err(st, SHIM_EINVAL, "grad_leaf: gradient mode is off");
+            return nullptr;
+        }
+        return wrap(t->t.detach().clone().requires_grad_(true));
+    });
+}
+
+shim_tensor *shim_grad_tap(const shim_tensor *t, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        if (!t->t.requires_grad()) {
+            set_err(st, SHIM_EINVAL, "grad_tap: the tensor is not computed from a gradient leaf");
+            return nullptr;
+        }
+        at::Tensor y = t->t.view_as(t->t);
+        y.retain_grad();
+        return wrap(y);
+    });
+}
+
+int shim_backward(const shim_tensor *y, const shim_tensor *seed, shim_status *st)
+{
+    SHIM_GUARD(st, -1, {
+        y->t.backward(seed->t);
+        return 0;
+    });
+}
+
+shim_tensor *shim_grad(const shim_tensor *t, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        at::Tensor g = t->t.grad();
+        return wrap(g.defined() ? g.detach() : at::zeros_like(t->t.detach()));
+    });
+}
+
+shim_tensor *shim_head_input_grads(const shim_tensor *gqkv, const shim_tensor *w_attn,
+                                   const shim_tensor *x, const shim_tensor *ln_w, double eps,
+                                   int n_head, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        at::NoGradGuard no_grad;
+        const at::Tensor &g = gqkv->t, &w = w_attn->t;
+        int64_t B = g.size(0), T = g.size(1), C = w.size(0), H = n_head, D = C / H;
+        // gy[h][c] = g[..., c*C + h*D : +D] @ W[:, same]^T: the gradient on the
+        // ln_1 output that only head h's query (c 0), key (1) or value (2) sees
+        at::Tensor g5 = g.reshape({B * T, 3, H, D}).to(at::kFloat);
+        at::Tensor w5 = w.to(at::kFloat).reshape({C, 3, H, D});
+        at::Tensor gy = at::einsum("nchd,kchd->hcnk", {g5, w5}); // (H, 3, B*T, C)
+        // ln_1's backward for each: gx = (g' - mean(g') - xh * mean(g' xh)) / sigma
+        at::Tensor xf = x->t.detach().to(at::kFloat).reshape({B * T, C});
+        at::Tensor mu = xf.mean(-1, true);
+        at::Tensor rs = (xf - mu).pow(2).mean(-1, true).add(eps).rsqrt();
+        at::Tensor xh = (xf - mu) * rs;
+        at::Tensor gp = gy * ln_w->t.detach().to(at::kFloat);
+        at::Tensor gx = (gp - gp.mean(-1, true) - xh * (gp * xh).mean(-1, true)) * rs;
+        return wrap(gx.reshape({H * 3, B * T * C}));
+    });
+}
+
+shim_tensor *shim_head_outputs(const shim_tensor *z, const shim_tensor *w_proj, int n_head,
+                               shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        at::NoGradGuard no_grad;
+        const at::Tensor &w = w_proj->t;
+        int64_t C = w.size(0), H = n_head, D = C / H, N = z->t.numel() / C;
+        at::Tensor z3 = z->t.detach().to(at::kFloat).reshape({N, H, D});
+        at::Tensor w3 = w.detach().to(at::kFloat).reshape({H, D, C});
+        return wrap(at::einsum("nhd,hdk->hnk", {z3, w3}).reshape({H, N * C}));
+    });
+}
+
+shim_tensor *shim_flat_f32(const shim_tensor *t, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        at::NoGradGuard no_grad;
+        return wrap(t->t.detach().to(at::kFloat).reshape({1, t->t.numel()}).contiguous());
+    });
+}
+
+shim_tensor *shim_axpby(double a, const shim_tensor *x, double b, const shim_tensor *y,
+                        shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, { return wrap(x->t * a + y->t * b); });
 }
 
 shim_tensor *shim_matmul_nt(const shim_tensor *x, const shim_tensor *w, shim_status *st)

@@ -149,6 +149,40 @@ shim_tensor *shim_attention(const shim_tensor *q, const shim_tensor *k, const sh
 /* x (N, C) · w (V, C)^T -> (N, V), computed in x's dtype. */
 shim_tensor *shim_matmul_nt(const shim_tensor *x, const shim_tensor *w, shim_status *st);
 
+/* ---- gradients (attribution) ----------------------------------------- */
+
+/* Gradient mode for the calling thread: on, the operations record what
+ * backward needs (everything else runs in inference mode). */
+void shim_grad_mode(int on);
+int shim_grad_enabled(void);
+/* A copy of t that gradients flow back to: the start of a graph. */
+shim_tensor *shim_grad_leaf(const shim_tensor *t, shim_status *st);
+/* t itself (a view) whose gradient shim_grad reads after shim_backward: a
+ * receiver's own copy of its input, for example. */
+shim_tensor *shim_grad_tap(const shim_tensor *t, shim_status *st);
+/* Head h's share of an attention output, z_h W_O[h] (no bias), for every
+ * head: z (..., C) the attention core's output, w_proj (C, C) c_proj's
+ * weight -> (H, numel(z)) float32, no gradient. */
+shim_tensor *shim_head_outputs(const shim_tensor *z, const shim_tensor *w_proj, int n_head,
+                               shim_status *st);
+/* t as one float32 row (1, numel), no gradient. */
+shim_tensor *shim_flat_f32(const shim_tensor *t, shim_status *st);
+/* a x + b y (same shapes). */
+shim_tensor *shim_axpby(double a, const shim_tensor *x, double b, const shim_tensor *y,
+                        shim_status *st);
+/* Backpropagates seed (y's shape: dM/dy) from y. */
+int shim_backward(const shim_tensor *y, const shim_tensor *seed, shim_status *st);
+/* The gradient backward left on a tap or leaf (zeros when none reached it). */
+shim_tensor *shim_grad(const shim_tensor *t, shim_status *st);
+/* Per-head input gradients of one attention layer: gqkv (B, T, 3C) is dM/d
+ * of its c_attn output, w_attn (C, 3C), x (B, T, C) the ln_1 input, ln_w
+ * ln_1's weight. Row 3h + c of the result (3H, B*T*C, float32) is dM/dx
+ * through head h's query (c 0), key (1) or value (2) alone: each head's own
+ * copy of its input. */
+shim_tensor *shim_head_input_grads(const shim_tensor *gqkv, const shim_tensor *w_attn,
+                                   const shim_tensor *x, const shim_tensor *ln_w, double eps,
+                                   int n_head, shim_status *st);
+
 #ifdef __cplusplus
 }
 #endif

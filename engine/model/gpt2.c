@@ -60,8 +60,13 @@ shim_tensor *gpt2_mlp(const model *m, int layer, const shim_tensor *x, shim_stat
     shim_tensor *h = shim_layernorm(x, b->ln_2_w, b->ln_2_b, m->cfg.ln_eps, st); /* (B, T, C) */
     shim_tensor *u = shim_linear(h, b->fc_w, b->fc_b, st);                       /* (B, T, I) */
     shim_free(h);
-    if (u)
+    if (u && shim_grad_enabled()) { /* backward needs GELU's input */
+        shim_tensor *g = shim_gelu(u, m->cfg.gelu_tanh, st);
+        shim_free(u);
+        u = g;
+    } else if (u) {
         shim_gelu_(u, m->cfg.gelu_tanh, st);
+    }
     shim_tensor *y = shim_linear(u, b->mproj_w, b->mproj_b, st); /* (B, T, C) */
     shim_free(u);
     return y;

@@ -409,6 +409,11 @@ static void symset_unref(symset *s)
         free(s);
 }
 
+const graph_dims *glob_ctx_dims(const glob_ctx *c)
+{
+    return &c->g;
+}
+
 void glob_ctx_free(glob_ctx *c)
 {
     if (!c)

@@ -43,6 +43,8 @@ typedef struct glob_ctx glob_ctx;
  * with glob_ctx_free, before or after the globs compiled with it). */
 glob_ctx *glob_ctx_new(const graph_dims *g);
 void glob_ctx_free(glob_ctx *c);
+/* The dims the context compiles for. */
+const graph_dims *glob_ctx_dims(const glob_ctx *c);
 
 /* Compiles pattern in context c. On error returns -1 and writes a message
  * (without the field name) into err. *out is new (glob_free). */

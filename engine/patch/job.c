@@ -626,14 +626,22 @@ static int compile_rules(job *j, glob_ctx *gc, json_t *obj, ruleset **rules, jso
 {
     json_t *br = NULL, *wh = NULL, *iv = NULL;
     int rc;
-    json_t *preset = json_object_get(obj, "preset");
+    json_t *preset = json_object_get(obj, "preset"), *circuit = json_object_get(obj, "circuit");
     rules_edits ed = {EDIT_KEYS, edit_cb, j};
     norm_pair(j, preset, norm);
+    if (circuit && (preset || json_object_get(obj, "branch") || json_object_get(obj, "which") ||
+                    json_object_get(obj, "intervene")))
+        return npp_fail(e, NPP_EINVAL, "circuit",
+                        "circuit: give either a circuit, a preset or branch/which/intervene rules");
     if (preset && (json_object_get(obj, "branch") || json_object_get(obj, "which") ||
                    json_object_get(obj, "intervene")))
         return npp_fail(e, NPP_EINVAL, "preset",
                         "preset: give either a preset or branch/which/intervene rules");
-    if (preset) {
+    if (circuit) {
+        norm[0] = 1, norm[1] = 0; /* faithfulness: 1 is the clean run, 0 the corrupted */
+        if ((rc = preset_circuit(j, circuit, &br, &wh, e)))
+            goto done;
+    } else if (preset) {
         if ((rc = preset_compile(j, preset, &br, &wh, &iv, e)))
             goto done;
     } else {
@@ -678,7 +686,8 @@ int job_in_variant(npp_err *e, int i, int rc)
 
 static int parse_sweep(job *j, glob_ctx *gc, json_t *sw, npp_err *e)
 {
-    static const char *const known[] = {"name", "preset", "branch", "which", "intervene", NULL};
+    static const char *const known[] = {"name",      "preset",  "branch", "which",
+                                        "intervene", "circuit", NULL};
     if (!json_is_array(sw) || json_array_size(sw) == 0 || json_array_size(sw) > JOB_MAX_VARIANTS)
         return npp_fail(e, NPP_EINVAL, "sweep", "sweep: must be an array of 1..%d variants",
                         JOB_MAX_VARIANTS);
@@ -877,11 +886,73 @@ static int parse_grid(job *j, glob_ctx *gc, json_t *gd, npp_err *e)
     return 0;
 }
 
+/* "attribution": {"method": "eap" | "eap-ig", "steps": m, "level": "edges" |
+ * "nodes", "top": n}: scores the edges of input 0's plain run against input
+ * 1 (docs/jobs.md). */
+static int parse_attribution(json_t *a, job *j, npp_err *e)
+{
+    static const char *const known[] = {"method", "steps", "level", "top", "comment", NULL};
+    if (!json_is_object(a))
+        return npp_fail(e, NPP_EINVAL, "attribution",
+                        "attribution: an object {\"method\": \"eap\" or \"eap-ig\", ...}");
+    if (job_check_keys(a, "attribution", known, e))
+        return NPP_EINVAL;
+    if (!(j->attrib = calloc(1, sizeof *j->attrib)))
+        return npp_fail(e, NPP_ENOMEM, "attribution", "out of memory");
+    job_attrib *at = j->attrib;
+    json_t *me = json_object_get(a, "method"), *st = json_object_get(a, "steps"),
+           *lv = json_object_get(a, "level"), *top = json_object_get(a, "top");
+    const char *mn = me ? (json_is_string(me) ? json_string_value(me) : "") : "eap";
+    if (!strcmp(mn, "eap"))
+        at->method = ATTRIB_EAP;
+    else if (!strcmp(mn, "eap-ig"))
+        at->method = ATTRIB_EAP_IG;
+    else
+        return npp_fail(e, NPP_EINVAL, "attribution.method",
+                        "attribution.method: \"eap\" (one gradient, on the clean run) or "
+                        "\"eap-ig\" (integrated over \"steps\" points from the corrupted input)");
+    at->steps = at->method == ATTRIB_EAP ? 1 : 5;
+    if (st) {
+        if (at->method == ATTRIB_EAP)
+            return npp_fail(e, NPP_EINVAL, "attribution.steps",
+                            "attribution.steps: only with \"method\": \"eap-ig\"");
+        if (!json_is_integer(st) || json_integer_value(st) < 1 ||
+            json_integer_value(st) > ATTRIB_MAX_STEPS)
+            return npp_fail(e, NPP_EINVAL, "attribution.steps",
+                            "attribution.steps: an integer in 1..%d (each is a forward and a "
+                            "backward pass)",
+                            ATTRIB_MAX_STEPS);
+        at->steps = (int)json_integer_value(st);
+    }
+    const char *ln = lv ? (json_is_string(lv) ? json_string_value(lv) : "") : "edges";
+    if (strcmp(ln, "edges") && strcmp(ln, "nodes"))
+        return npp_fail(e, NPP_EINVAL, "attribution.level",
+                        "attribution.level: \"edges\" (every edge) or \"nodes\" (every sender)");
+    at->nodes = !strcmp(ln, "nodes");
+    if (top && (!json_is_integer(top) || json_integer_value(top) < 1))
+        return npp_fail(e, NPP_EINVAL, "attribution.top",
+                        "attribution.top: a positive integer (the highest scores kept)");
+    at->top = top ? (long)json_integer_value(top) : 0;
+    if (j->n_inputs < 2)
+        return npp_fail(e, NPP_EINVAL, "inputs",
+                        "inputs: attribution needs two (input 0 clean, input 1 corrupted)");
+    if (!j->metric)
+        return npp_fail(e, NPP_EINVAL, "metric",
+                        "metric: attribution needs one (the scores are its gradient)");
+    if (!j->written || j->nvar || json_array_size(json_object_get(j->compiled, "which")) ||
+        json_array_size(json_object_get(j->compiled, "branch")) ||
+        json_object_get(j->compiled, "intervene"))
+        return npp_fail(e, NPP_EINVAL, "attribution",
+                        "attribution: scores input 0's plain run; give no preset, rules, "
+                        "circuit, sweep or grid with it");
+    return 0;
+}
+
 int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp_err *e)
 {
-    static const char *const known[] = {"inputs",  "branch",  "which",  "intervene",
-                                        "preset",  "outputs", "metric", "limits",
-                                        "comment", "sweep",   "grid",   NULL};
+    static const char *const known[] = {"inputs",  "branch",      "which",   "intervene", "preset",
+                                        "circuit", "attribution", "outputs", "metric",    "limits",
+                                        "comment", "sweep",       "grid",    NULL};
     int rc = NPP_EINVAL;
     *out = NULL;
     if (!json_is_object(doc))
@@ -902,7 +973,8 @@ int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp
     edit_table_init(&j->edits, j->T, m->cfg.n_embd, j->n_inputs);
     json_t *sweep = json_object_get(doc, "sweep"), *grid = json_object_get(doc, "grid");
     if ((sweep || grid) && (json_object_get(doc, "preset") || json_object_get(doc, "branch") ||
-                            json_object_get(doc, "which") || json_object_get(doc, "intervene"))) {
+                            json_object_get(doc, "which") || json_object_get(doc, "intervene") ||
+                            json_object_get(doc, "circuit"))) {
         rc = npp_fail(e, NPP_EINVAL, sweep ? "sweep" : "grid",
                       sweep ? "sweep: give the rules (preset, or branch/which/intervene) in each "
                               "variant, not at the top of the job"
@@ -950,6 +1022,9 @@ int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp
                       "metric: a grid needs one (each cell's value is the metric's mean)");
         goto fail;
     }
+    json_t *attr = json_object_get(doc, "attribution");
+    if (attr && (rc = parse_attribution(attr, j, e)))
+        goto fail;
     *out = j;
     return 0;
 fail:
@@ -974,6 +1049,7 @@ void job_free(job *j)
     for (int a = 0; j->grid && a < j->grid->naxes; a++)
         free(j->grid->ticks[a]);
     free(j->grid);
+    free(j->attrib);
     free(j->positions);
     free(j->len);
     free(j->m_pos);

@@ -51,6 +51,16 @@ typedef struct {
 /* A grid: a sweep over up to three axes (layer, head, pos), one variant
  * per cell, row-major. */
 #define GRID_MAX_AXES 3
+
+/* "attribution": gradient scores of every edge (compute/attrib.h). */
+enum { ATTRIB_EAP = 0, ATTRIB_EAP_IG = 1 };
+#define ATTRIB_MAX_STEPS 64
+typedef struct {
+    int method; /* ATTRIB_* */
+    int steps;  /* points between the corrupted and the clean input (1 for eap) */
+    int nodes;  /* "level": "nodes": one score per sender */
+    long top;   /* the highest this many in the result (0: all) */
+} job_attrib;
 typedef struct {
     int naxes;
     const char *axis[GRID_MAX_AXES]; /* "layer", "head", "pos" */
@@ -80,7 +90,8 @@ typedef struct {
      * compiled are NULL); 0 for a plain job */
     int nvar;
     job_variant *var;
-    job_grid *grid; /* a sweep made by "grid" (NULL otherwise) */
+    job_grid *grid;     /* a sweep made by "grid" (NULL otherwise) */
+    job_attrib *attrib; /* "attribution" (NULL otherwise) */
     /* outputs */
     int npos;
     int *positions; /* B x npos, resolved per example (0..T-1; len[b] and up

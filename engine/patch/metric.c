@@ -41,18 +41,78 @@ static double kl(const metric_in *in)
     return s;
 }
 
+/* ---- gradients with respect to the logits ---------------------------------- */
+
+static void logit_diff_grad(const metric_in *in, float *d)
+{
+    (void)in;
+    d[0] = 1, d[1] = -1;
+}
+
+static void logit_grad(const metric_in *in, float *d)
+{
+    (void)in;
+    d[0] = 1;
+}
+
+/* d log p_t / d logit_v = [v == t] - p_v, times w, added to d */
+static void add_logprob_grad(const metric_in *in, int64_t t, double w, float *d)
+{
+    for (int64_t v = 0; v < in->vocab; v++)
+        d[v] += (float)(w * ((v == t) - exp((double)in->logprobs[v])));
+}
+
+static void logprob_grad(const metric_in *in, float *d)
+{
+    memset(d, 0, (size_t)in->vocab * sizeof *d);
+    add_logprob_grad(in, in->tokens[0], 1, d);
+}
+
+static void prob_grad(const metric_in *in, float *d) /* d p_t = p_t d log p_t */
+{
+    memset(d, 0, (size_t)in->vocab * sizeof *d);
+    add_logprob_grad(in, in->tokens[0], exp(in->logprobs[in->tokens[0]]), d);
+}
+
+static void prob_diff_grad(const metric_in *in, float *d)
+{
+    memset(d, 0, (size_t)in->vocab * sizeof *d);
+    add_logprob_grad(in, in->tokens[0], exp(in->logprobs[in->tokens[0]]), d);
+    add_logprob_grad(in, in->tokens[1], -exp(in->logprobs[in->tokens[1]]), d);
+}
+
+/* d KL(r || p) / d logit_v = p_v - r_v */
+static void kl_grad(const metric_in *in, float *d)
+{
+    for (int64_t v = 0; v < in->vocab; v++)
+        d[v] = (float)(exp((double)in->logprobs[v]) - exp((double)in->ref[v]));
+}
+
 static const metric_def METRICS[] = {
     {"logit_diff",
      {"target", "baseline"},
      0,
      0,
      logit_diff,
+     logit_diff_grad,
      "logit of target minus logit of baseline"},
-    {"logit", {"token"}, 0, 0, logit, "the token's logit"},
-    {"logprob", {"token"}, 1, 0, logprob, "the token's log-probability"},
-    {"prob", {"token"}, 1, 0, prob, "the token's probability"},
-    {"prob_diff", {"target", "baseline"}, 1, 0, prob_diff, "target's probability - baseline's"},
-    {"kl", {NULL}, 1, 1, kl, "KL divergence from the plain run of input 0 to the patched run"},
+    {"logit", {"token"}, 0, 0, logit, logit_grad, "the token's logit"},
+    {"logprob", {"token"}, 1, 0, logprob, logprob_grad, "the token's log-probability"},
+    {"prob", {"token"}, 1, 0, prob, prob_grad, "the token's probability"},
+    {"prob_diff",
+     {"target", "baseline"},
+     1,
+     0,
+     prob_diff,
+     prob_diff_grad,
+     "target's probability - baseline's"},
+    {"kl",
+     {NULL},
+     1,
+     1,
+     kl,
+     kl_grad,
+     "KL divergence from the plain run of input 0 to the patched run"},
 };
 
 #define NMETRICS (int)(sizeof METRICS / sizeof METRICS[0])

@@ -32,6 +32,9 @@ typedef struct {
     int full_vocab;                      /* evaluated on log-probs over the vocabulary */
     int needs_ref;                       /* also the plain run of input 0 (the reference) */
     double (*eval)(const metric_in *in);
+    /* d(value)/d(logit): into d[k] for token k (!full_vocab) or d[v] for
+     * every vocabulary entry (full_vocab), for gradient attribution */
+    void (*grad)(const metric_in *in, float *d);
     const char *doc; /* one line for errors and docs */
 } metric_def;
 

@@ -3,6 +3,8 @@
  * table and one function per preset; see preset.h. */
 #include "patch/preset.h"
 
+#include "patch/edges.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -402,6 +404,51 @@ static int preset_steer(const job *j, json_t *p, json_t *br, json_t *wh, json_t 
             "preset.vector: missing (%d numbers, or {\"base64\": ..., \"shape\": [%d]})",
             j->edits.C, j->edits.C);
     return edit_rule(j, p, "steered", br, iv, "steer", json_incref(v), copy, e);
+}
+
+/* ---- circuits ---------------------------------------------------------------- */
+
+int preset_circuit(const job *j, json_t *c, json_t **br, json_t **wh, npp_err *e)
+{
+    static const char *const known[] = {"edges", "comment", NULL};
+    const graph_dims *g = &j->g;
+    edge_set es;
+    *br = *wh = NULL;
+    if (!json_is_object(c))
+        return npp_fail(e, NPP_EINVAL, "circuit",
+                        "circuit: an object {\"edges\": [[sender, receiver], ...]}");
+    if (job_check_keys(c, "circuit", known, e))
+        return NPP_EINVAL;
+    if (j->n_inputs < 2)
+        return npp_fail(e, NPP_EINVAL, "inputs",
+                        "inputs: a circuit needs two (input 0 runs the circuit's edges, input 1 "
+                        "every other edge)");
+    json_t *list = json_object_get(c, "edges");
+    if (!list)
+        return npp_fail(e, NPP_EINVAL, "circuit.edges",
+                        "circuit.edges: missing (a list of [sender, receiver], may be empty)");
+    if (edges_parse(g, list, "circuit.edges", &es, e))
+        return NPP_EINVAL;
+    edges_free(&es);
+    /* the full split: every residual node, every attention into heads,
+     * every head into q, k, v */
+    char *all = malloc((size_t)g->L * 16 + 16);
+    if (!all || !(*br = json_array()) || !(*wh = json_array())) {
+        free(all);
+        return npp_fail(e, NPP_ENOMEM, "circuit", "out of memory");
+    }
+    int w = sprintf(all, "**/{");
+    for (int i = 0; i < g->L; i++)
+        w += sprintf(all + w, "%sa%d,f%d", i ? "," : "", i, i);
+    sprintf(all + w, "}");
+    json_array_append_new(*br, rule_match(all, "split", json_true()));
+    free(all);
+    json_array_append_new(*br, rule_match("**/a*.head", "split", json_string("heads")));
+    json_array_append_new(*br, rule_match("**/a*.head/a*.head*", "split", json_true()));
+    /* optional: with every edge listed, no path leaves the circuit */
+    json_array_append_new(
+        *wh, json_pack("{s:O,s:b,s:i,s:b}", "edges", list, "not", 1, "input", 1, "optional", 1));
+    return 0;
 }
 
 /* ---- the table -------------------------------------------------------------- */

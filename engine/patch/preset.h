@@ -24,4 +24,10 @@ const preset_def *preset_find(const char *name);
  * *iv are new arrays (also on failure, or NULL). */
 int preset_compile(const job *j, json_t *p, json_t **br, json_t **wh, json_t **iv, npp_err *e);
 
+/* A circuit ({"edges": [[u, v], ...]}, docs/jobs.md): the full split, and
+ * every path that uses an edge outside the list reads input 1 (the
+ * corrupted run), the others input 0. Errors name the edge
+ * ("circuit.edges[3]"). *br and *wh are new arrays (or NULL). */
+int preset_circuit(const job *j, json_t *c, json_t **br, json_t **wh, npp_err *e);
+
 #endif

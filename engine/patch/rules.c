@@ -1,16 +1,18 @@
 /* rules.c - parsing and evaluating rule lists; see rules.h. */
 #include "patch/rules.h"
 
+#include "patch/edges.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { M_GLOB, M_ANY, M_ALL } mkind;
+typedef enum { M_GLOB, M_ANY, M_ALL, M_EDGES } mkind;
 
 typedef struct matcher {
     mkind kind;
     int negate;
-    int glob; /* index into ruleset.globs (M_GLOB) */
+    int glob; /* index into ruleset.globs (M_GLOB), or ruleset.esets (M_EDGES) */
     struct matcher *kids;
     int nkids;
 } matcher;
@@ -26,6 +28,9 @@ struct ruleset {
     glob **globs;
     int *base; /* first state word of each glob */
     int nglobs, capglobs, nwords;
+    edge_set *esets; /* "edges" matchers, each one state word */
+    int *eword;
+    int nesets;
     rule *list[3]; /* RULES_WHICH, RULES_BRANCH, RULES_INTERVENE */
     int n[3];
 };
@@ -62,6 +67,26 @@ static int add_glob(ruleset *r, const char *pat, glob_ctx *g, const char *field,
     return r->nglobs++;
 }
 
+/* An "edges" matcher: its set and its state word. */
+static int add_edges(ruleset *r, json_t *list, glob_ctx *g, const char *field, npp_err *e)
+{
+    if (r->nwords + 1 > RULES_MAX_ALTS)
+        return npp_fail(e, NPP_EINVAL, field,
+                        "%s: the rules have more than %d pattern alternatives", field,
+                        RULES_MAX_ALTS);
+    edge_set *es = realloc(r->esets, (size_t)(r->nesets + 1) * sizeof *es);
+    if (es)
+        r->esets = es;
+    int *ew = es ? realloc(r->eword, (size_t)(r->nesets + 1) * sizeof *ew) : NULL;
+    if (!es || !ew)
+        return npp_fail(e, NPP_ENOMEM, field, "out of memory");
+    r->eword = ew;
+    if (edges_parse(glob_ctx_dims(g), list, field, &r->esets[r->nesets], e))
+        return -1;
+    r->eword[r->nesets] = r->nwords++;
+    return r->nesets++;
+}
+
 static int parse_matcher(ruleset *r, json_t *j, glob_ctx *g, const char *field, matcher *m,
                          npp_err *e)
 {
@@ -78,13 +103,20 @@ static int parse_matcher(ruleset *r, json_t *j, glob_ctx *g, const char *field, 
                         "\"match\", \"any\" or \"all\"",
                         field);
     json_t *jm = json_object_get(j, "match"), *jany = json_object_get(j, "any"),
-           *jall = json_object_get(j, "all"), *jnot = json_object_get(j, "not");
-    if (!!jm + !!jany + !!jall != 1)
-        return npp_fail(e, NPP_EINVAL, field, "%s: give exactly one of \"match\", \"any\", \"all\"",
-                        field);
+           *jall = json_object_get(j, "all"), *jnot = json_object_get(j, "not"),
+           *jed = json_object_get(j, "edges");
+    if (!!jm + !!jany + !!jall + !!jed != 1)
+        return npp_fail(e, NPP_EINVAL, field,
+                        "%s: give exactly one of \"match\", \"any\", \"all\", \"edges\"", field);
     if (jnot && !json_is_boolean(jnot))
         return npp_fail(e, NPP_EINVAL, field, "%s.not: must be true or false", field);
     m->negate = jnot && json_is_true(jnot);
+    if (jed) {
+        snprintf(f, sizeof f, "%s.edges", field);
+        m->kind = M_EDGES;
+        m->glob = add_edges(r, jed, g, f, e);
+        return m->glob < 0 ? -1 : 0;
+    }
     if (jm) {
         snprintf(f, sizeof f, "%s.match", field);
         if (!json_is_string(jm))
@@ -175,7 +207,8 @@ static int parse_list(ruleset *r, json_t *list, int kind, glob_ctx *g, int n_inp
         json_t *v;
         json_object_foreach(j, k, v)
         {
-            static const char *known[] = {"match", "any", "all", "not", "comment", "optional"};
+            static const char *known[] = {"match", "any",     "all",     "edges",
+                                          "not",   "comment", "optional"};
             int ok = 0;
             for (size_t q = 0; q < sizeof known / sizeof known[0]; q++)
                 ok |= !strcmp(k, known[q]);
@@ -250,6 +283,10 @@ void rules_free(ruleset *r)
         glob_free(r->globs[i]);
     free(r->globs);
     free(r->base);
+    for (int i = 0; i < r->nesets; i++)
+        edges_free(&r->esets[i]);
+    free(r->esets);
+    free(r->eword);
     free(r);
 }
 
@@ -263,6 +300,8 @@ void rules_start(const ruleset *r, uint64_t *s)
     for (int g = 0; g < r->nglobs; g++)
         for (int a = 0; a < glob_nalts(r->globs[g]); a++)
             s[r->base[g] + a] = glob_start(r->globs[g], a);
+    for (int i = 0; i < r->nesets; i++)
+        s[r->eword[i]] = edges_start(&r->esets[i]);
 }
 
 void rules_step(const ruleset *r, const uint64_t *in, int sym, uint64_t *out)
@@ -270,6 +309,8 @@ void rules_step(const ruleset *r, const uint64_t *in, int sym, uint64_t *out)
     for (int g = 0; g < r->nglobs; g++)
         for (int a = 0; a < glob_nalts(r->globs[g]); a++)
             out[r->base[g] + a] = glob_step(r->globs[g], a, in[r->base[g] + a], sym);
+    for (int i = 0; i < r->nesets; i++)
+        out[r->eword[i]] = edges_step(&r->esets[i], in[r->eword[i]], sym);
 }
 
 static int glob_matches(const ruleset *r, int g, const uint64_t *s)
@@ -285,6 +326,8 @@ static int eval(const ruleset *r, const matcher *m, const uint64_t *s)
     int v;
     if (m->kind == M_GLOB) {
         v = glob_matches(r, m->glob, s);
+    } else if (m->kind == M_EDGES) {
+        v = s[r->eword[m->glob]] != EDGES_OUT;
     } else {
         v = m->kind == M_ALL;
         for (int i = 0; i < m->nkids; i++) {

@@ -6,7 +6,9 @@
 //   {"any": ["**/a1/**", {"match": "**/f0/**"}], "not": true, "input": 1}
 //   {"all": [...], "split": "heads"}
 // A matcher is a glob string, or an object with exactly one of "match",
-// "any", "all", and optional "not". Split values: false, true, "heads",
+// "any", "all", "edges", and optional "not". {"edges": [[u, v], ...]}
+// matches the paths that use only those edges (patch/edges.h: meaningful
+// under the full split, which "circuit" sets up). Split values: false, true, "heads",
 // "positions"; which values: "input": index of an input. A rule that
 // decides no path of a job is an error (plan_check_rules) unless it says
 // "optional": true.

@@ -3,6 +3,7 @@
  * outputs), execute (compute/exec), and build the result (output/result). */
 #include "run/run.h"
 
+#include "compute/attrib.h"
 #include "compute/ops.h"
 
 #include <malloc.h>
@@ -55,15 +56,24 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
     est->output_bytes = ex.end_bytes + rs.peak_bytes;
     /* 5% for what the allocator rounds up and cannot hand back at once */
     size_t work = est->exec_bytes > est->output_bytes ? est->exec_bytes : est->output_bytes;
+    size_t attrib = 0;
+    if (j->attrib) { /* after the result is built: the result, the scores and their text */
+        est->result_bytes = rs.text_bytes + attrib_text_bytes(m, j);
+        attrib = attrib_bytes(m, j) + rs.peak_bytes + 2 * attrib_text_bytes(m, j);
+        work = attrib > work ? attrib : work;
+    }
     est->peak_bytes = est->plan_bytes + work + work / 20;
-    est->result_bytes = rs.text_bytes;
+    if (!j->attrib)
+        est->result_bytes = rs.text_bytes;
     /* the field behind the largest part of the peak */
     const char *f = j->nvar > 1 ? "sweep" : "inputs";
     size_t big = ex.peak_bytes;
     if (est->plan_bytes > big)
         big = est->plan_bytes, f = j->nvar ? "sweep" : "branch";
     if (rs.largest_bytes > big)
-        f = rs.largest_field;
+        big = rs.largest_bytes, f = rs.largest_field;
+    if (attrib > big)
+        f = "attribution";
     est->peak_field = f;
     est->result_field = rs.text_field;
     return 0;
@@ -230,6 +240,15 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
         rc = r->pattn && !probs ? (e && e->code ? e->code : NPP_ENOMEM)
                                 : result_build(&ro, hs, r->nmain, stats, trace, &r->result, e);
         json_decref(stats);
+        if (!rc && r->job->attrib) {
+            json_t *at = NULL;
+            double t2 = now_ms();
+            if (!(rc = attrib_run(m, r->job, o->cancel, &at, e))) {
+                json_object_set_new(r->result, "attribution", at);
+                json_object_set_new(json_object_get(r->result, "stats"), "attribution_ms",
+                                    json_real(now_ms() - t2));
+            }
+        }
         for (int i = 0; probs && i < r->job->nattn; i++)
             shim_free(probs[i]);
         free(probs);

@@ -129,6 +129,39 @@ def test_grid(server):
     plt.close(fig)
 
 
+def test_circuit(server):
+    """A circuit from edge pairs (or scored triples): no edge is input 1's
+    plain run, every edge input 0's; one edge left out is path patching."""
+    m = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token).model()
+    metric = {"type": "logit_diff", "target": " Madrid", "baseline": " Rome", "normalize": True}
+    L, H = 2, 4  # the test model
+    senders = ["emb"] + ["a%d.head%d" % (i, h) for i in range(L) for h in range(H)] + \
+        ["f%d.head" % i for i in range(L)]
+
+    def index(n):  # position in the residual stream
+        return 0 if n == "emb" else 2 * L + 1 if n == "ln_final" else \
+            2 * int(n[1:].split(".")[0]) + (1 if n[0] == "a" else 2)
+    receivers = ["a%d.head%d.%s" % (i, h, c) for i in range(L) for h in range(H) for c in "qkv"] + \
+        ["f%d.head" % i for i in range(L)] + ["ln_final"]
+    edges = [(u, v, 0.5) for v in receivers for u in senders if index(u) < index(v)]
+    assert len(edges) == 110
+    full = m.run(SPAIN, circuit=edges, metric=metric)
+    assert abs(full.raw["metric"]["normalized"] - 1) < 1e-5
+    none = m.run(SPAIN, circuit={"edges": []}, metric=metric)
+    assert abs(none.raw["metric"]["normalized"]) < 1e-5
+    minus = m.run(SPAIN, circuit=[e for e in edges if e[:2] != ("a1.head3", "ln_final")],
+                  metric=metric)
+    pp = m.run(SPAIN, preset=npp.path_patch("a1.head3", "ln_final"), metric=metric)
+    assert np.allclose(minus.hidden_states, pp.hidden_states, atol=1e-5)
+    sw = m.sweep(SPAIN, [("none", {"circuit": []}), ("all", {"circuit": edges})], metric=metric)
+    assert sw.metrics() == pytest.approx({"none": none.metric, "all": full.metric}, abs=1e-5)
+    with pytest.raises(TypeError):
+        m.run(SPAIN, circuit="a1.head3")
+    with pytest.raises(npp.NppError) as e:
+        m.run(SPAIN, circuit=[("a1.head3", "a0.head0.q")])
+    assert e.value.status == 422 and e.value.field == "circuit.edges[0]"
+
+
 def test_client_conveniences(server, tmp_path, monkeypatch):
     m = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token).model()
     assert m.to_str_tokens("Hello world") == ["Hello", " world"]

@@ -172,10 +172,12 @@ class Model:
                                     {"model": self.name, "text": text})[1]["tokens"]
 
     def job_document(self, inputs, which=None, branch=None, outputs=None, metric=None,
-                     preset=None, limits=None, sweep=None, activations=None):
+                     preset=None, limits=None, sweep=None, activations=None, circuit=None):
         """The JSON document run() and sweep() send (see docs/jobs.md).
         activations: node names of input 0's plain run to return (or
-        {"nodes": [...], "input": K}); the Result has them as .activations."""
+        {"nodes": [...], "input": K}); the Result has them as .activations.
+        circuit: edges [(sender, receiver), ...] that carry input 0's run,
+        every other edge input 1's plain run."""
         if isinstance(inputs, (str, bytes)):
             # list("a string") would be one input per character
             raise TypeError("inputs: a list of inputs (texts, token id lists or batches), "
@@ -187,6 +189,8 @@ class Model:
             doc["branch"] = rules.rules(branch, "split")
         if preset is not None:
             doc["preset"] = preset
+        if circuit is not None:
+            doc["circuit"] = _circuit(circuit)
         if sweep is not None:
             doc["sweep"] = [_variant(v) for v in sweep]
         for k, v in (("outputs", outputs), ("metric", metric), ("limits", limits)):
@@ -211,18 +215,18 @@ class Model:
         return Job(self.client, body["id"], body)
 
     def run(self, inputs, which=None, branch=None, outputs=None, metric=None, preset=None,
-            limits=None, progress=None, activations=None):
+            limits=None, progress=None, activations=None, circuit=None):
         """Runs a job and returns its Result. which / branch: ordered lists of
         (pattern, value) pairs, first match wins: which values are input
         indices, branch values True, False, "heads" or "positions". progress:
         show a progress bar (default: only for jobs that take a while).
-        activations: node names to return as .activations (see job_document).
-        As in the original library, .hidden_states (after ln_f) come back
+        activations: node names to return as .activations, circuit: edges
+        (see job_document). As in the original library, .hidden_states (after ln_f) come back
         unless outputs says "hidden_states": False."""
         outputs = dict(outputs or {})
         outputs.setdefault("hidden_states", True)
         job = self.submit(inputs, which=which, branch=branch, outputs=outputs, metric=metric,
-                          preset=preset, limits=limits, activations=activations)
+                          preset=preset, limits=limits, activations=activations, circuit=circuit)
         return job.wait(progress=progress)
 
     def grid(self, inputs, preset, metric, layer=None, head=None, pos=None, node=None,
@@ -254,6 +258,17 @@ class Model:
         return job.wait(progress=progress)
 
 
+def _circuit(c):
+    """A circuit as the server takes it: {"edges": [[u, v], ...]} from a dict
+    or from the edges themselves (pairs; a third item, such as a score, is
+    dropped)."""
+    if isinstance(c, dict):
+        return c
+    if isinstance(c, (str, bytes)):
+        raise TypeError("circuit: a list of edges (sender, receiver), not a bare string")
+    return {"edges": [[e[0], e[1]] for e in c]}
+
+
 def _variant(v):
     """One sweep variant as the server takes it."""
     if isinstance(v, tuple):
@@ -262,6 +277,8 @@ def _variant(v):
     if "type" in v:  # a preset
         return {"preset": v}
     d = dict(v)
+    if "circuit" in d:
+        d["circuit"] = _circuit(d["circuit"])
     for key, value in (("which", "input"), ("branch", "split")):
         if d.get(key) and isinstance(d[key][0], tuple):
             d[key] = rules.rules(d[key], value)

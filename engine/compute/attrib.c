@@ -1,0 +1,455 @@
+/* attrib.c - gradient attribution of every edge; see attrib.h.
+ *
+ * Senders are numbered in stream order here: emb 0, head h of layer i
+ * 1 + i(H+1) + h, the MLP of layer i 1 + i(H+1) + H, so the senders
+ * upstream of a receiver are a prefix: layer i's q/k/v get the first
+ * 1 + i(H+1), its MLP the first 1 + i(H+1) + H, ln_final all. Receivers are
+ * numbered as in patch/edges.h. Each sender's delta (corrupted minus clean
+ * output, (rows, B*T*C) float32) is kept as one block per layer. */
+#include "compute/attrib.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/gpt2.h"
+#include "patch/edges.h"
+
+typedef struct {
+    const model *m;
+    const job *j;
+    int L, H, C, B, T, S, R, steps;
+    int64_t N;         /* B*T*C */
+    double *score;     /* S x R */
+    shim_tensor **blk; /* 1 + 2L delta blocks: emb, then per layer heads (H, N), MLP (1, N) */
+    float *ref;        /* kl: the clean run's log-softmax at the metric positions (B x V) */
+    const volatile int *cancel;
+    shim_status st;
+    npp_err *e;
+} actx;
+
+static int srow(const actx *a, int layer, int h) /* h == H: the MLP */
+{
+    return 1 + layer * (a->H + 1) + h;
+}
+
+static int failed(actx *a)
+{
+    if (a->st.code)
+        return npp_fail_shim(a->e, &a->st);
+    if (a->cancel && *a->cancel)
+        return npp_fail(a->e, NPP_ECANCELED, "", "the job was cancelled");
+    return 0;
+}
+
+/* The sender outputs of a plain run on ids (inference): blocks as above. */
+static void sender_blocks(actx *a, const int64_t *ids, shim_tensor **out)
+{
+    const model *m = a->m;
+    shim_status *st = &a->st;
+    int64_t C = a->C;
+    shim_tensor *x = gpt2_embed(m, ids, a->B, a->T, st);
+    out[0] = shim_flat_f32(x, st);
+    for (int i = 0; i < a->L && !st->code; i++) {
+        shim_tensor *qkv = gpt2_attn_qkv(m, i, x, st);
+        shim_tensor *q = shim_narrow(qkv, 2, 0, C, st), *k = shim_narrow(qkv, 2, C, C, st),
+                    *v = shim_narrow(qkv, 2, 2 * C, C, st);
+        shim_tensor *z = shim_attention(q, k, v, a->H, gpt2_attn_scale(m, i), NULL, st);
+        shim_free(q), shim_free(k), shim_free(v), shim_free(qkv);
+        out[1 + 2 * i] = shim_head_outputs(z, m->blocks[i].proj_w, a->H, st);
+        shim_tensor *att = shim_linear(z, m->blocks[i].proj_w, m->blocks[i].proj_b, st);
+        shim_free(z);
+        shim_tensor *x2 = shim_add(x, att, st);
+        shim_free(att), shim_free(x);
+        shim_tensor *y = gpt2_mlp(m, i, x2, st);
+        out[2 + 2 * i] = shim_flat_f32(y, st);
+        x = shim_add(x2, y, st);
+        shim_free(x2), shim_free(y);
+    }
+    shim_free(x);
+}
+
+/* blk[b] = corrupted[b] - clean (consumes clean). */
+static void to_delta(actx *a, int b, shim_tensor *clean)
+{
+    shim_tensor *d = shim_axpby(1.0, a->blk[b], -1.0, clean, &a->st);
+    shim_free(clean);
+    if (d) {
+        shim_free(a->blk[b]);
+        a->blk[b] = d;
+    }
+}
+
+/* log-softmax of n logits, in double, into lp. */
+static void log_softmax(const float *x, int64_t n, float *lp)
+{
+    double mx = -INFINITY, s = 0;
+    for (int64_t v = 0; v < n; v++)
+        mx = x[v] > mx ? x[v] : mx;
+    for (int64_t v = 0; v < n; v++)
+        s += exp((double)x[v] - mx);
+    double lse = mx + log(s);
+    for (int64_t v = 0; v < n; v++)
+        lp[v] = (float)((double)x[v] - lse);
+}
+
+/* dM/dh for final hidden states h (B, T, C): the metric's gradient at each
+ * example's metric position, over the batch mean. clean: this is the clean
+ * run (kl keeps its log-softmax as the reference). */
+static shim_tensor *metric_seed(actx *a, const shim_tensor *h, int clean)
+{
+    const model *m = a->m;
+    const job *j = a->j;
+    const metric_def *md = j->metric;
+    shim_status *st = &a->st;
+    int B = a->B, C = a->C, K = metric_ntokens(md);
+    int64_t V = m->cfg.vocab_size, flat[2] = {(int64_t)B * a->T, C};
+    int64_t *idx = malloc((size_t)(B * (K ? K : 1)) * sizeof *idx);
+    float *seed = calloc((size_t)a->N, sizeof *seed), *rows = malloc((size_t)B * C * sizeof *rows);
+    float *d = malloc((size_t)B * (size_t)V * sizeof *d), *lg = malloc((size_t)V * sizeof *lg);
+    float *lp = malloc((size_t)V * sizeof *lp);
+    shim_tensor *out = NULL, *hf = NULL, *hr = NULL;
+    if (!idx || !seed || !rows || !d || !lg || !lp) {
+        st->code = SHIM_ENOMEM;
+        snprintf(st->msg, sizeof st->msg, "out of memory");
+        goto done;
+    }
+    for (int b = 0; b < B; b++)
+        idx[b] = (int64_t)b * a->T + j->m_pos[b];
+    hf = shim_reshape(h, flat, 2, st);
+    hr = shim_take_rows(hf, idx, B, st); /* (B, C) */
+    if (!md->full_vocab) {
+        /* a linear metric of its tokens' logits: sum_k d_k W_U[token k] */
+        float *hv = malloc((size_t)B * C * sizeof *hv), *w = malloc((size_t)B * K * C * sizeof *w);
+        if (hv && w && !shim_to_host_f32(hr, hv, (size_t)B * C, st)) {
+            for (int b = 0; b < B; b++)
+                for (int k = 0; k < K; k++)
+                    idx[b * K + k] = j->m_tokens[k][b];
+            shim_tensor *cols = shim_take_rows(m->lm_head, idx, (int64_t)B * K, st);
+            if (cols && !shim_to_host_f32(cols, w, (size_t)B * K * C, st)) {
+                for (int b = 0; b < B; b++) {
+                    float lgk[METRIC_MAX_TOKENS], dk[METRIC_MAX_TOKENS];
+                    int64_t toks[METRIC_MAX_TOKENS];
+                    for (int k = 0; k < K; k++) {
+                        double s = 0;
+                        for (int c = 0; c < C; c++)
+                            s += (double)hv[b * C + c] * w[(b * K + k) * C + c];
+                        lgk[k] = (float)s, toks[k] = j->m_tokens[k][b];
+                    }
+                    metric_in in = {.logits = lgk, .tokens = toks, .vocab = V};
+                    md->grad(&in, dk);
+                    for (int c = 0; c < C; c++) {
+                        double s = 0;
+                        for (int k = 0; k < K; k++)
+                            s += (double)dk[k] * w[(b * K + k) * C + c];
+                        rows[b * C + c] = (float)s;
+                    }
+                }
+            }
+            shim_free(cols);
+        } else if (!hv || !w) {
+            st->code = SHIM_ENOMEM;
+        }
+        free(hv), free(w);
+    } else {
+        /* over the vocabulary: d (B, V) by the metric, then d @ W_U */
+        shim_tensor *logits = shim_matmul_nt(hr, m->lm_head, st); /* (B, V) */
+        float *all = malloc((size_t)B * (size_t)V * sizeof *all);
+        if (clean && md->needs_ref && !a->ref)
+            a->ref = malloc((size_t)B * (size_t)V * sizeof *a->ref);
+        if (all && (!md->needs_ref || a->ref) &&
+            !shim_to_host_f32(logits, all, (size_t)B * (size_t)V, st)) {
+            for (int b = 0; b < B; b++) {
+                int64_t toks[METRIC_MAX_TOKENS];
+                for (int k = 0; k < K; k++)
+                    toks[k] = j->m_tokens[k][b];
+                log_softmax(all + (size_t)b * V, V, lp);
+                if (clean && md->needs_ref)
+                    memcpy(a->ref + (size_t)b * V, lp, (size_t)V * sizeof *lp);
+                metric_in in = {.logprobs = lp,
+                                .ref = md->needs_ref ? a->ref + (size_t)b * V : NULL,
+                                .vocab = V,
+                                .tokens = toks};
+                md->grad(&in, d + (size_t)b * V);
+            }
+            int64_t shape[2] = {B, V};
+            shim_tensor *dt = shim_from_host(d, SHIM_F32, shape, 2, m->device, m->dtype, st);
+            shim_tensor *r = shim_linear(dt, m->lm_head, NULL, st); /* (B, C) */
+            if (r)
+                shim_to_host_f32(r, rows, (size_t)B * C, st);
+            shim_free(dt), shim_free(r);
+        } else if (!st->code) {
+            st->code = SHIM_ENOMEM;
+            snprintf(st->msg, sizeof st->msg, "out of memory");
+        }
+        free(all);
+        shim_free(logits);
+    }
+    if (!st->code) {
+        for (int b = 0; b < B; b++)
+            for (int c = 0; c < C; c++)
+                seed[((size_t)b * a->T + j->m_pos[b]) * C + c] = rows[b * C + c] / (float)B;
+        int64_t shape[3] = {B, a->T, C};
+        out = shim_from_host(seed, SHIM_F32, shape, 3, m->device, m->dtype, st);
+    }
+done:
+    shim_free(hf), shim_free(hr);
+    free(idx), free(seed), free(rows), free(d), free(lg), free(lp);
+    return out;
+}
+
+/* score[row0 + s][r] += w * sum_n D[s, n] G[k, n] for the receivers r of
+ * G's rows: D the delta rows s < nup (in blocks), G (nr, N). */
+static void add_scores(actx *a, int nup, const shim_tensor *G, const int *rcv, int nr, double w)
+{
+    float *p = malloc((size_t)(a->H + 1) * (size_t)nr * sizeof *p);
+    int row = 0;
+    if (!p) {
+        a->st.code = SHIM_ENOMEM;
+        return;
+    }
+    for (int b = 0; row < nup && !a->st.code; b++) {
+        int rows = b == 0 ? 1 : b % 2 ? a->H : 1;
+        shim_tensor *P = shim_matmul_nt(a->blk[b], G, &a->st); /* (rows, nr) */
+        if (P && !shim_to_host_f32(P, p, (size_t)rows * nr, &a->st))
+            for (int s = 0; s < rows; s++)
+                for (int k = 0; k < nr; k++)
+                    a->score[(size_t)(row + s) * a->R + rcv[k]] += w * p[s * nr + k];
+        shim_free(P);
+        row += rows;
+    }
+    free(p);
+}
+
+/* One gradient pass on the input embedding e_corrupt + alpha (e_clean -
+ * e_corrupt); the first (alpha 1, the clean run) also turns the blocks into
+ * deltas. */
+static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_tensor *ex, int first)
+{
+    const model *m = a->m;
+    shim_status *st = &a->st;
+    int L = a->L, H = a->H, rc = 0;
+    int64_t C = a->C;
+    shim_tensor **xin = calloc((size_t)L, sizeof *xin), **qkv = calloc((size_t)L, sizeof *qkv),
+                **mt = calloc((size_t)L, sizeof *mt);
+    int *rcv = malloc((size_t)(3 * H + 1) * sizeof *rcv);
+    shim_tensor *x = NULL, *ft = NULL, *h = NULL, *seed = NULL;
+    if (!xin || !qkv || !mt || !rcv) {
+        rc = npp_fail(a->e, NPP_ENOMEM, "attribution", "out of memory");
+        goto done;
+    }
+    shim_grad_mode(1);
+    shim_tensor *e0 = alpha == 1.0 ? NULL : shim_axpby(alpha, ec, 1.0 - alpha, ex, st);
+    x = shim_grad_leaf(e0 ? e0 : ec, st);
+    shim_free(e0);
+    if (first)
+        to_delta(a, 0, shim_flat_f32(x, st));
+    for (int i = 0; i < L && !(rc = failed(a)); i++) {
+        xin[i] = x;
+        shim_tensor *q0 = gpt2_attn_qkv(m, i, x, st);
+        qkv[i] = shim_grad_tap(q0, st);
+        shim_free(q0);
+        shim_tensor *q = shim_narrow(qkv[i], 2, 0, C, st), *k = shim_narrow(qkv[i], 2, C, C, st),
+                    *v = shim_narrow(qkv[i], 2, 2 * C, C, st);
+        shim_tensor *z = shim_attention(q, k, v, H, gpt2_attn_scale(m, i), NULL, st);
+        shim_free(q), shim_free(k), shim_free(v);
+        if (first)
+            to_delta(a, 1 + 2 * i, shim_head_outputs(z, m->blocks[i].proj_w, H, st));
+        shim_tensor *att = shim_linear(z, m->blocks[i].proj_w, m->blocks[i].proj_b, st);
+        shim_free(z);
+        shim_tensor *x2 = shim_add(x, att, st);
+        shim_free(att);
+        mt[i] = shim_grad_tap(x2, st); /* the MLP's own copy of its input */
+        shim_tensor *y = gpt2_mlp(m, i, mt[i], st);
+        if (first)
+            to_delta(a, 2 + 2 * i, shim_flat_f32(y, st));
+        x = shim_add(x2, y, st); /* the residual reads x2, not the tap */
+        shim_free(x2), shim_free(y);
+    }
+    if (rc)
+        goto done;
+    ft = shim_grad_tap(x, st); /* ln_final's */
+    shim_free(x);
+    x = NULL;
+    h = gpt2_ln_f(m, ft, st);
+    shim_grad_mode(0);
+    seed = metric_seed(a, h, first);
+    if ((rc = failed(a)))
+        goto done;
+    shim_backward(h, seed, st);
+    if ((rc = failed(a)))
+        goto done;
+    double w = 1.0 / a->steps;
+    for (int i = 0; i < L && !(rc = failed(a)); i++) {
+        shim_tensor *g = shim_grad(qkv[i], st);
+        shim_tensor *G = shim_head_input_grads(g, m->blocks[i].attn_w, xin[i], m->blocks[i].ln_1_w,
+                                               m->cfg.ln_eps, H, st); /* (3H, N) */
+        shim_free(g);
+        for (int r = 0; r < 3 * H; r++)
+            rcv[r] = 1 + 3 * i * H + r;
+        add_scores(a, srow(a, i, 0), G, rcv, 3 * H, w);
+        shim_free(G);
+        shim_tensor *gm = shim_grad(mt[i], st), *gf = shim_flat_f32(gm, st);
+        shim_free(gm);
+        rcv[0] = 1 + 3 * L * H + i;
+        add_scores(a, srow(a, i, H), gf, rcv, 1, w);
+        shim_free(gf);
+    }
+    if (!rc) {
+        shim_tensor *g = shim_grad(ft, st), *gf = shim_flat_f32(g, st);
+        shim_free(g);
+        rcv[0] = 0;
+        add_scores(a, a->S, gf, rcv, 1, w);
+        shim_free(gf);
+        rc = failed(a);
+    }
+done:
+    shim_grad_mode(0);
+    for (int i = 0; xin && i < L; i++)
+        shim_free(xin[i]);
+    for (int i = 0; qkv && i < L; i++)
+        shim_free(qkv[i]);
+    for (int i = 0; mt && i < L; i++)
+        shim_free(mt[i]);
+    shim_free(x), shim_free(ft), shim_free(h), shim_free(seed);
+    free(xin), free(qkv), free(mt), free(rcv);
+    return rc;
+}
+
+/* ---- the result ------------------------------------------------------------ */
+
+typedef struct {
+    double score;
+    int u, v; /* symbols; v -1 for a node score */
+} scored;
+
+static int by_magnitude(const void *x, const void *y)
+{
+    const scored *a = x, *b = y;
+    double fa = fabs(a->score), fb = fabs(b->score);
+    if (fa != fb)
+        return fa < fb ? 1 : -1;
+    return a->u != b->u ? a->u - b->u : a->v - b->v; /* ties in a fixed order */
+}
+
+static int sender_sym(const actx *a, int s)
+{
+    if (s == 0)
+        return graph_sym(&a->j->g, G_EMB, -1, -1);
+    int layer = (s - 1) / (a->H + 1), h = (s - 1) % (a->H + 1);
+    return h == a->H ? graph_sym(&a->j->g, G_FHEAD, layer, -1)
+                     : graph_sym(&a->j->g, G_HEAD, layer, h);
+}
+
+static json_t *result_json(const actx *a)
+{
+    const graph_dims *g = &a->j->g;
+    const job_attrib *at = a->j->attrib;
+    scored *list = malloc((size_t)a->S * (size_t)a->R * sizeof *list);
+    if (!list)
+        return NULL;
+    size_t n = 0;
+    for (int s = 0; s < a->S; s++) {
+        int u = sender_sym(a, s);
+        double node = 0;
+        for (int r = 0; r < a->R; r++) {
+            int v = edges_receiver_sym(g, r);
+            if (!edges_upstream(g, u, v))
+                continue;
+            double sc = a->score[(size_t)s * a->R + r];
+            if (at->nodes)
+                node += sc;
+            else
+                list[n++] = (scored){sc, u, v};
+        }
+        if (at->nodes)
+            list[n++] = (scored){node, u, -1};
+    }
+    qsort(list, n, sizeof *list, by_magnitude);
+    size_t keep = at->top && (size_t)at->top < n ? (size_t)at->top : n;
+    json_t *arr = json_array();
+    char un[48], vn[48];
+    for (size_t i = 0; arr && i < keep; i++) {
+        graph_name(g, list[i].u, un, sizeof un);
+        json_t *row = json_array();
+        json_array_append_new(row, json_string(un));
+        if (list[i].v >= 0) {
+            graph_name(g, list[i].v, vn, sizeof vn);
+            json_array_append_new(row, json_string(vn));
+        }
+        json_array_append_new(row, json_real(list[i].score));
+        json_array_append_new(arr, row);
+    }
+    free(list);
+    static const char *const methods[] = {"eap", "eap-ig"};
+    return arr ? json_pack("{s:s,s:i,s:s,s:s,s:I,s:o}", "method", methods[at->method], "steps",
+                           at->steps, "level", at->nodes ? "nodes" : "edges", "metric",
+                           a->j->metric->name, "count", (json_int_t)n,
+                           at->nodes ? "nodes" : "edges", arr)
+               : NULL;
+}
+
+/* ---- bounds ------------------------------------------------------------------- */
+
+size_t attrib_bytes(const model *m, const job *j)
+{
+    const model_config *c = &m->cfg;
+    size_t e = shim_dtype_size(m->dtype), L = (size_t)c->n_layer, H = (size_t)c->n_head;
+    size_t BT = (size_t)j->B * (size_t)j->T, N = BT * (size_t)c->n_embd, I = (size_t)c->n_inner;
+    size_t att = (size_t)j->B * H * (size_t)j->T * (size_t)j->T;
+    size_t S = 1 + L * (H + 1), R = 1 + 3 * L * H + L, V = (size_t)c->vocab_size;
+    /* what backward keeps per layer: ln_1 and c_attn outputs, the scores
+     * and probabilities (float32), z, c_proj's output and the residuals,
+     * ln_2, c_fc and GELU outputs; then the taps' gradients */
+    size_t tape = L * (e * (9 * N + 2 * BT * I) + 4 * 2 * att + e * 4 * N);
+    size_t backward = e * (6 * N + 2 * BT * I) + 4 * 2 * att; /* one layer's gradients at once */
+    size_t heads = 4 * 4 * 3 * H * N;                         /* shim_head_input_grads */
+    size_t delta = 4 * S * N + 4 * (H + 1) * N;               /* the blocks, one being made */
+    size_t host = 8 * S * R + 4 * (size_t)j->B * V * 4 + 4 * N;
+    return tape + backward + heads + delta + host;
+}
+
+size_t attrib_text_bytes(const model *m, const job *j)
+{
+    graph_dims g;
+    graph_dims_init(&g, m->cfg.n_layer, m->cfg.n_head, j->T);
+    size_t n = j->attrib->nodes ? (size_t)(1 + g.L * (g.H + 1)) : (size_t)edges_count(&g);
+    if (j->attrib->top && (size_t)j->attrib->top < n)
+        n = (size_t)j->attrib->top;
+    return 256 + n * (2 * 24 + 32); /* two names of up to 22 characters, a %.17g score */
+}
+
+int attrib_run(const model *m, const job *j, const volatile int *cancel, json_t **out, npp_err *e)
+{
+    actx a = {.m = m, .j = j, .cancel = cancel, .e = e};
+    a.L = m->cfg.n_layer, a.H = m->cfg.n_head, a.C = m->cfg.n_embd, a.B = j->B, a.T = j->T;
+    a.N = (int64_t)a.B * a.T * a.C, a.S = 1 + a.L * (a.H + 1), a.R = 1 + 3 * a.L * a.H + a.L;
+    a.steps = j->attrib->steps;
+    int nblk = 1 + 2 * a.L, rc;
+    *out = NULL;
+    a.score = calloc((size_t)a.S * (size_t)a.R, sizeof *a.score);
+    a.blk = calloc((size_t)nblk, sizeof *a.blk);
+    shim_tensor *ec = NULL, *ex = NULL;
+    if (!a.score || !a.blk) {
+        rc = npp_fail(e, NPP_ENOMEM, "attribution", "out of memory");
+        goto done;
+    }
+    const int64_t *clean = j->ids, *corrupt = j->ids + (size_t)j->B * j->T;
+    sender_blocks(&a, corrupt, a.blk);
+    ec = gpt2_embed(m, clean, a.B, a.T, &a.st);
+    ex = gpt2_embed(m, corrupt, a.B, a.T, &a.st);
+    if ((rc = failed(&a)))
+        goto done;
+    /* k = m first: alpha 1 is the clean run, which gives the clean senders */
+    for (int k = a.steps; k >= 1 && !rc; k--)
+        rc = grad_step(&a, (double)k / a.steps, ec, ex, k == a.steps);
+    if (!rc && !(*out = result_json(&a)))
+        rc = npp_fail(e, NPP_ENOMEM, "attribution", "out of memory");
+done:
+    for (int b = 0; a.blk && b < nblk; b++)
+        shim_free(a.blk[b]);
+    shim_free(ec), shim_free(ex);
+    free(a.blk), free(a.score), free(a.ref);
+    return rc;
+}

@@ -1,0 +1,43 @@
+/* attrib.h - edge attribution patching with gradients: EAP (Syed et al.
+ * 2023) and EAP-IG (Hanna et al. 2024, the input variant), for every edge of
+ * the model (patch/edges.h).
+ *
+ * score(u, v) = sum over batch, positions and width of
+ *     (u(corrupt) - u(clean)) * dM/dx_v
+ * where x_v is receiver v's own copy of its input and M the job's metric
+ * (the batch mean). EAP takes the gradient on the clean run; EAP-IG averages
+ * it over the runs whose input embedding is e_corrupt + (k/m)(e_clean -
+ * e_corrupt), k = 1..m (m = 1 is EAP). A sender's score ("level": "nodes")
+ * is the sum of its edges' scores: the same first-order estimate for
+ * patching the sender everywhere.
+ *
+ * How: one inference pass gives the corrupted run's senders; each step is a
+ * forward pass with gradients (the clean step also gives the clean senders)
+ * and one backward from dM/d(final hidden). dM/dx_v for a head's q, k or v
+ * comes from the gradient on c_attn's output, through that head's columns
+ * and ln_1's backward alone (shim_head_input_grads), so the per-head copies
+ * never go through the model; then the scores of one layer's receivers are
+ * one matrix product with the deltas of the senders upstream of them. */
+#ifndef NPP_ATTRIB_H
+#define NPP_ATTRIB_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "base/err.h"
+#include "model/model.h"
+#include "patch/job.h"
+
+/* Bytes an attribution job holds at its peak (besides the model). */
+size_t attrib_bytes(const model *m, const job *j);
+/* Bytes of the result's "attribution" text at most. */
+size_t attrib_text_bytes(const model *m, const job *j);
+
+/* Runs the job's attribution; *out gets the result's "attribution" object:
+ * {"method", "steps", "level", "metric", "edges": [[u, v, score], ...]}
+ * sorted by |score| (or "nodes": [[u, score], ...]), "count" (edges or
+ * nodes scored), cut to "top" when the job asks. Checks *cancel between
+ * layers. */
+int attrib_run(const model *m, const job *j, const volatile int *cancel, json_t **out, npp_err *e);
+
+#endif

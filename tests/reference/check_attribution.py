@@ -1,0 +1,165 @@
+#!/usr/bin/python3
+"""Edge attribution ("attribution": {"method": "eap" | "eap-ig"}) against
+PyTorch autograd on GPT-2 written edge by edge (edges_ref.py: every
+receiver's input is its own tensor, so its .grad is dM/dx_v by
+definition), on models of several layer and head counts:
+
+1. EAP and EAP-IG (3 steps) scores of every edge equal the reference's
+   within 1e-4 of the largest score; logit_diff, logprob (over the whole
+   vocabulary) and kl (EAP-IG: the gradient of KL vanishes at the clean run);
+2. an uneven batch (examples of 5 and 3 tokens) equals the reference's
+   per-example scores averaged;
+3. node scores are the sums of their edges'; the list is sorted by |score|
+   and cut to "top"; "count" is the number of edges of the model.
+
+    check_attribution.py --npp BUILD/npp --model DIR [--model DIR ...]
+"""
+import argparse
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import edges_ref  # noqa: E402
+import gpt2_ref  # noqa: E402
+import harness  # noqa: E402
+from harness import check, run  # noqa: E402
+
+TOL = 1e-4  # relative to the largest score
+
+
+def metric_fn(W, spec, pos):
+    """M(hidden) as the job defines it: the batch mean at each example's
+    metric position."""
+    WU = W["lm_head.weight"]
+
+    def m(h):
+        rows = torch.stack([h[b, p] for b, p in enumerate(pos)])
+        lg = rows @ WU.T
+        lp = torch.log_softmax(lg, -1)
+        if spec["type"] == "logit_diff":
+            return (lg[:, spec["target"]] - lg[:, spec["baseline"]]).mean()
+        if spec["type"] == "logprob":
+            return lp[:, spec["token"]].mean()
+        raise ValueError(spec["type"])
+    return m
+
+
+def ref_scores(cfg, W, clean, corrupt, spec, steps, pos, kl_ref=None):
+    """{(u, v): score} by autograd on the edge-by-edge model."""
+    _, _, edges = edges_ref.edge_list(cfg)
+    c, x = torch.tensor(clean), torch.tensor(corrupt)
+    with torch.no_grad():
+        rc, rx = edges_ref.run(cfg, W, c), edges_ref.run(cfg, W, x)
+    ec, ex = edges_ref.embed(W, c), edges_ref.embed(W, x)
+    grads = {}
+    for k in range(1, steps + 1):
+        e = (ex + (k / steps) * (ec - ex)).detach().requires_grad_()
+        taps = {}
+        out = edges_ref.run(cfg, W, c, emb=e, taps=taps)
+        if spec["type"] == "kl":
+            rows = torch.stack([out["_hidden"][b, p] for b, p in enumerate(pos)])
+            lp = torch.log_softmax(rows @ W["lm_head.weight"].T, -1)
+            M = (kl_ref.exp() * (kl_ref - lp)).sum(-1).mean()
+        else:
+            M = metric_fn(W, spec, pos)(out["_hidden"])
+        M.backward()
+        for v, t in taps.items():
+            grads[v] = grads.get(v, 0) + t.grad / steps
+    return {(u, v): float(((rx[u] - rc[u]) * grads[v]).sum()) for u, v in edges}
+
+
+def compare(name, got, want, edges):
+    big = max(abs(s) for s in want.values())
+    d = max(abs(got[e] - want[e]) for e in edges)
+    check(name, d <= TOL * big and big > 0, "max |diff| %.2e, largest score %.3g" % (d, big))
+
+
+def engine_scores(res):
+    return {(u, v): s for u, v, s in res["attribution"]["edges"]}
+
+
+def check_model(model):
+    harness.setup(harness.NPP, model)
+    cfg, W = gpt2_ref.load(model)
+    name = os.path.basename(model.rstrip("/"))
+    _, _, edges = edges_ref.edge_list(cfg)
+    B, T = 2, 6
+    rng = random.Random(len(edges))
+    clean = [[rng.randrange(100, 1000) for _ in range(T)] for _ in range(B)]
+    corrupt = [row[:] for row in clean]
+    for row in corrupt:
+        row[1], row[3] = row[3] + 7, row[1] + 11
+    pos = [T - 1] * B
+    base = {"inputs": [clean, corrupt], "outputs": {"top_k": 0}}
+    specs = [({"type": "logit_diff", "target": 11, "baseline": 12}, "eap", 1),
+             ({"type": "logit_diff", "target": 11, "baseline": 12}, "eap-ig", 3),
+             ({"type": "logprob", "token": 17}, "eap", 1)]
+    for spec, method, steps in specs:
+        att = {"method": method} if method == "eap" else {"method": method, "steps": steps}
+        res = run(dict(base, metric=spec, attribution=att))
+        got = engine_scores(res)
+        check("%s: %s %s lists every edge once" % (name, method, spec["type"]),
+              len(got) == len(edges) == res["attribution"]["count"] and set(got) == set(edges),
+              "%d edges" % len(got))
+        compare("%s: %s (%d step%s) %s scores = autograd" % (name, method, steps,
+                                                               "s" if steps > 1 else "",
+                                                               spec["type"]),
+                got, ref_scores(cfg, W, clean, corrupt, spec, steps, pos), edges)
+    # kl: zero gradient at the clean run, so EAP-IG only
+    c = torch.tensor(clean)
+    with torch.no_grad():
+        h = edges_ref.run(cfg, W, c)["_hidden"]
+        ref_lp = torch.log_softmax(torch.stack([h[b, p] for b, p in enumerate(pos)]) @
+                                   W["lm_head.weight"].T, -1)
+    res = run(dict(base, metric={"type": "kl"}, attribution={"method": "eap-ig", "steps": 2}))
+    compare("%s: eap-ig (2 steps) kl scores = autograd" % name, engine_scores(res),
+            ref_scores(cfg, W, clean, corrupt, {"type": "kl"}, 2, pos, kl_ref=ref_lp), edges)
+
+    # an uneven batch: the mean of the examples' own scores
+    spec = {"type": "logit_diff", "target": 11, "baseline": 12}
+    ex = [clean[0][:5], clean[1][:3]]
+    ey = [corrupt[0][:5], corrupt[1][:3]]
+    res = run({"inputs": [ex, ey], "metric": spec, "attribution": {"method": "eap-ig",
+                                                                    "steps": 2},
+               "outputs": {"top_k": 0}})
+    per = [ref_scores(cfg, W, [ex[b]], [ey[b]], spec, 2, [len(ex[b]) - 1]) for b in range(2)]
+    compare("%s: uneven batch (5 and 3 tokens) = the examples' mean" % name, engine_scores(res),
+            {e: (per[0][e] + per[1][e]) / 2 for e in edges}, edges)
+
+    # nodes, order, top
+    att = {"method": "eap"}
+    full = run(dict(base, metric=spec, attribution=att))["attribution"]["edges"]
+    mags = [abs(s) for _, _, s in full]
+    check("%s: edges sorted by |score|" % name, mags == sorted(mags, reverse=True))
+    top = run(dict(base, metric=spec, attribution=dict(att, top=5)))["attribution"]
+    check("%s: top 5 = the first 5, count still every edge" % name,
+          top["edges"] == full[:5] and top["count"] == len(edges))
+    nodes = run(dict(base, metric=spec, attribution=dict(att, level="nodes")))["attribution"]
+    sums = {}
+    for u, _, s in full:
+        sums[u] = sums.get(u, 0) + s
+    d = max(abs(s - sums[u]) for u, s in nodes["nodes"])
+    check("%s: node scores = the sums of their edges" % name,
+          d <= 1e-6 * max(map(abs, sums.values())) and len(nodes["nodes"]) == len(sums),
+          "%.1e" % d)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--npp", required=True)
+    ap.add_argument("--model", action="append", required=True)
+    a = ap.parse_args()
+    harness.setup(a.npp, a.model[0])
+    torch.manual_seed(0)
+    np.random.seed(0)
+    for model in a.model:
+        check_model(model)
+    sys.exit(harness.summary())
+
+
+if __name__ == "__main__":
+    main()
