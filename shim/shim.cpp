@@ -526,17 +526,44 @@ shim_tensor *shim_head_input_grads(const shim_tensor *gqkv, const shim_tensor *w
         int64_t B = g.size(0), T = g.size(1), C = w.size(0), H = n_head, D = C / H;
         // gy[h][c] = g[..., c*C + h*D : +D] @ W[:, same]^T: the gradient on the
         // ln_1 output that only head h's query (c 0), key (1) or value (2) sees
-        at::Tensor g5 = g.reshape({B * T, 3, H, D}).to(at::kFloat);
-        at::Tensor w5 = w.to(at::kFloat).reshape({C, 3, H, D});
-        at::Tensor gy = at::einsum("nchd,kchd->hcnk", {g5, w5}); // (H, 3, B*T, C)
+        at::Tensor g3 = g.detach().to(at::kFloat).reshape({B * T, 3, H, D}).permute({2, 1, 0, 3});
+        at::Tensor w3 = w.detach().to(at::kFloat).reshape({C, 3, H, D}).permute({2, 1, 3, 0});
+        at::Tensor gy = at::bmm(g3.reshape({3 * H, B * T, D}), w3.reshape({3 * H, D, C}))
+                            .reshape({H, 3, B * T, C});
         // ln_1's backward for each: gx = (g' - mean(g') - xh * mean(g' xh)) / sigma
         at::Tensor xf = x->t.detach().to(at::kFloat).reshape({B * T, C});
         at::Tensor mu = xf.mean(-1, true);
         at::Tensor rs = (xf - mu).pow(2).mean(-1, true).add(eps).rsqrt();
         at::Tensor xh = (xf - mu) * rs;
-        at::Tensor gp = gy * ln_w->t.detach().to(at::kFloat);
-        at::Tensor gx = (gp - gp.mean(-1, true) - xh * (gp * xh).mean(-1, true)) * rs;
-        return wrap(gx.reshape({H * 3, B * T * C}));
+        at::Tensor lw = ln_w->t.detach().to(at::kFloat).contiguous();
+        if (!gy.is_cpu()) { // in place: each temporary is as big as the result
+            at::Tensor gp = gy.mul_(lw);
+            at::Tensor m2 = (gp * xh).mean(-1, true);
+            gp.sub_(gp.mean(-1, true)).sub_(xh * m2).mul_(rs);
+            return wrap(gp.reshape({H * 3, B * T * C}));
+        }
+        // on a CPU, two passes over each row and no temporary
+        gy = gy.contiguous();
+        xh = xh.contiguous(), rs = rs.contiguous();
+        float *gd = gy.data_ptr<float>();
+        const float *xd = xh.data_ptr<float>(), *rd = rs.data_ptr<float>(),
+                    *wd = lw.data_ptr<float>();
+        int64_t rows = 3 * H * B * T, BT = B * T;
+        at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; r++) {
+                float *gr = gd + r * C;
+                const float *xr = xd + (r % BT) * C;
+                double s1 = 0, s2 = 0;
+                for (int64_t c = 0; c < C; c++) {
+                    float gp = gr[c] * wd[c];
+                    s1 += gp, s2 += (double)gp * xr[c];
+                }
+                float m1 = (float)(s1 / C), m2 = (float)(s2 / C), q = rd[r % BT];
+                for (int64_t c = 0; c < C; c++)
+                    gr[c] = (gr[c] * wd[c] - m1 - xr[c] * m2) * q;
+            }
+        });
+        return wrap(gy.reshape({H * 3, B * T * C}));
     });
 }
 
@@ -558,6 +585,25 @@ shim_tensor *shim_flat_f32(const shim_tensor *t, shim_status *st)
     SHIM_GUARD(st, nullptr, {
         at::NoGradGuard no_grad;
         return wrap(t->t.detach().to(at::kFloat).reshape({1, t->t.numel()}).contiguous());
+    });
+}
+
+int shim_rows_add(shim_tensor *dst, int64_t row0, double a, const shim_tensor *src, shim_status *st)
+{
+    SHIM_GUARD(st, -1, {
+        at::NoGradGuard no_grad;
+        at::Tensor s = src->t.detach().reshape({-1, dst->t.size(1)});
+        dst->t.narrow(0, row0, s.size(0)).add_(s.to(dst->t.scalar_type()), a);
+        return 0;
+    });
+}
+
+shim_tensor *shim_zeros_f32(int64_t rows, int64_t cols, shim_device dev, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        c10::InferenceMode normal(false); // shim_rows_add updates it in either mode
+        return wrap(
+            at::zeros({rows, cols}, at::TensorOptions().dtype(at::kFloat).device(to_device(dev))));
     });
 }
 

@@ -167,6 +167,13 @@ shim_tensor *shim_head_outputs(const shim_tensor *z, const shim_tensor *w_proj, 
                                shim_status *st);
 /* t as one float32 row (1, numel), no gradient. */
 shim_tensor *shim_flat_f32(const shim_tensor *t, shim_status *st);
+/* dst (R, K) rows [row0, row0 + n) += a * src, src any shape of n*K
+ * elements (a block of rows), in place, no gradient. */
+int shim_rows_add(shim_tensor *dst, int64_t row0, double a, const shim_tensor *src,
+                  shim_status *st);
+/* A (rows, cols) float32 tensor of zeros on dev (for shim_rows_add, in or
+ * out of gradient mode). */
+shim_tensor *shim_zeros_f32(int64_t rows, int64_t cols, shim_device dev, shim_status *st);
 /* a x + b y (same shapes). */
 shim_tensor *shim_axpby(double a, const shim_tensor *x, double b, const shim_tensor *y,
                         shim_status *st);

@@ -4,8 +4,9 @@
  * 1 + i(H+1) + h, the MLP of layer i 1 + i(H+1) + H, so the senders
  * upstream of a receiver are a prefix: layer i's q/k/v get the first
  * 1 + i(H+1), its MLP the first 1 + i(H+1) + H, ln_final all. Receivers are
- * numbered as in patch/edges.h. Each sender's delta (corrupted minus clean
- * output, (rows, B*T*C) float32) is kept as one block per layer. */
+ * numbered as in patch/edges.h. The senders' deltas (corrupted minus clean
+ * output) are the rows of one (S, B*T*C) float32 matrix, so the scores of
+ * one layer's receivers are one product with a prefix of its rows. */
 #include "compute/attrib.h"
 
 #include <math.h>
@@ -20,10 +21,10 @@ typedef struct {
     const model *m;
     const job *j;
     int L, H, C, B, T, S, R, steps;
-    int64_t N;         /* B*T*C */
-    double *score;     /* S x R */
-    shim_tensor **blk; /* 1 + 2L delta blocks: emb, then per layer heads (H, N), MLP (1, N) */
-    float *ref;        /* kl: the clean run's log-softmax at the metric positions (B x V) */
+    int64_t N;          /* B*T*C */
+    double *score;      /* S x R */
+    shim_tensor *delta; /* (S, N) float32 */
+    float *ref;         /* kl: the clean run's log-softmax at the metric positions (B x V) */
     const volatile int *cancel;
     shim_status st;
     npp_err *e;
@@ -43,42 +44,41 @@ static int failed(actx *a)
     return 0;
 }
 
-/* The sender outputs of a plain run on ids (inference): blocks as above. */
-static void sender_blocks(actx *a, const int64_t *ids, shim_tensor **out)
+/* delta's rows of sender s.. += sign * t (consumes t). */
+static void add_rows(actx *a, int s, double sign, shim_tensor *t)
+{
+    if (t)
+        shim_rows_add(a->delta, s, sign, t, &a->st);
+    shim_free(t);
+}
+
+/* Adds the sender outputs of the plain run on ids (inference) to delta. */
+static void add_senders(actx *a, const int64_t *ids, double sign)
 {
     const model *m = a->m;
     shim_status *st = &a->st;
     int64_t C = a->C;
     shim_tensor *x = gpt2_embed(m, ids, a->B, a->T, st);
-    out[0] = shim_flat_f32(x, st);
+    if (x)
+        shim_rows_add(a->delta, 0, sign, x, st);
     for (int i = 0; i < a->L && !st->code; i++) {
         shim_tensor *qkv = gpt2_attn_qkv(m, i, x, st);
         shim_tensor *q = shim_narrow(qkv, 2, 0, C, st), *k = shim_narrow(qkv, 2, C, C, st),
                     *v = shim_narrow(qkv, 2, 2 * C, C, st);
         shim_tensor *z = shim_attention(q, k, v, a->H, gpt2_attn_scale(m, i), NULL, st);
         shim_free(q), shim_free(k), shim_free(v), shim_free(qkv);
-        out[1 + 2 * i] = shim_head_outputs(z, m->blocks[i].proj_w, a->H, st);
+        add_rows(a, srow(a, i, 0), sign, shim_head_outputs(z, m->blocks[i].proj_w, a->H, st));
         shim_tensor *att = shim_linear(z, m->blocks[i].proj_w, m->blocks[i].proj_b, st);
         shim_free(z);
         shim_tensor *x2 = shim_add(x, att, st);
         shim_free(att), shim_free(x);
         shim_tensor *y = gpt2_mlp(m, i, x2, st);
-        out[2 + 2 * i] = shim_flat_f32(y, st);
+        if (y)
+            shim_rows_add(a->delta, srow(a, i, a->H), sign, y, st);
         x = shim_add(x2, y, st);
         shim_free(x2), shim_free(y);
     }
     shim_free(x);
-}
-
-/* blk[b] = corrupted[b] - clean (consumes clean). */
-static void to_delta(actx *a, int b, shim_tensor *clean)
-{
-    shim_tensor *d = shim_axpby(1.0, a->blk[b], -1.0, clean, &a->st);
-    shim_free(clean);
-    if (d) {
-        shim_free(a->blk[b]);
-        a->blk[b] = d;
-    }
 }
 
 /* log-softmax of n logits, in double, into lp. */
@@ -199,26 +199,22 @@ done:
     return out;
 }
 
-/* score[row0 + s][r] += w * sum_n D[s, n] G[k, n] for the receivers r of
- * G's rows: D the delta rows s < nup (in blocks), G (nr, N). */
+/* score[s][rcv[k]] += w * sum_n delta[s, n] G[k, n] for the senders s <
+ * nup (those upstream of the receivers), G (nr, N). */
 static void add_scores(actx *a, int nup, const shim_tensor *G, const int *rcv, int nr, double w)
 {
-    float *p = malloc((size_t)(a->H + 1) * (size_t)nr * sizeof *p);
-    int row = 0;
+    float *p = malloc((size_t)nup * (size_t)nr * sizeof *p);
     if (!p) {
         a->st.code = SHIM_ENOMEM;
         return;
     }
-    for (int b = 0; row < nup && !a->st.code; b++) {
-        int rows = b == 0 ? 1 : b % 2 ? a->H : 1;
-        shim_tensor *P = shim_matmul_nt(a->blk[b], G, &a->st); /* (rows, nr) */
-        if (P && !shim_to_host_f32(P, p, (size_t)rows * nr, &a->st))
-            for (int s = 0; s < rows; s++)
-                for (int k = 0; k < nr; k++)
-                    a->score[(size_t)(row + s) * a->R + rcv[k]] += w * p[s * nr + k];
-        shim_free(P);
-        row += rows;
-    }
+    shim_tensor *D = shim_narrow(a->delta, 0, 0, nup, &a->st);
+    shim_tensor *P = shim_matmul_nt(D, G, &a->st); /* (nup, nr) */
+    if (P && !shim_to_host_f32(P, p, (size_t)nup * nr, &a->st))
+        for (int s = 0; s < nup; s++)
+            for (int k = 0; k < nr; k++)
+                a->score[(size_t)s * a->R + rcv[k]] += w * p[s * nr + k];
+    shim_free(P), shim_free(D);
     free(p);
 }
 
@@ -244,7 +240,7 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
     x = shim_grad_leaf(e0 ? e0 : ec, st);
     shim_free(e0);
     if (first)
-        to_delta(a, 0, shim_flat_f32(x, st));
+        shim_rows_add(a->delta, 0, -1.0, x, st);
     for (int i = 0; i < L && !(rc = failed(a)); i++) {
         xin[i] = x;
         shim_tensor *q0 = gpt2_attn_qkv(m, i, x, st);
@@ -255,15 +251,15 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
         shim_tensor *z = shim_attention(q, k, v, H, gpt2_attn_scale(m, i), NULL, st);
         shim_free(q), shim_free(k), shim_free(v);
         if (first)
-            to_delta(a, 1 + 2 * i, shim_head_outputs(z, m->blocks[i].proj_w, H, st));
+            add_rows(a, srow(a, i, 0), -1.0, shim_head_outputs(z, m->blocks[i].proj_w, H, st));
         shim_tensor *att = shim_linear(z, m->blocks[i].proj_w, m->blocks[i].proj_b, st);
         shim_free(z);
         shim_tensor *x2 = shim_add(x, att, st);
         shim_free(att);
         mt[i] = shim_grad_tap(x2, st); /* the MLP's own copy of its input */
         shim_tensor *y = gpt2_mlp(m, i, mt[i], st);
-        if (first)
-            to_delta(a, 2 + 2 * i, shim_flat_f32(y, st));
+        if (first && y)
+            shim_rows_add(a->delta, srow(a, i, H), -1.0, y, st);
         x = shim_add(x2, y, st); /* the residual reads x2, not the tap */
         shim_free(x2), shim_free(y);
     }
@@ -405,7 +401,7 @@ size_t attrib_bytes(const model *m, const job *j)
     size_t tape = L * (e * (9 * N + 2 * BT * I) + 4 * 2 * att + e * 4 * N);
     size_t backward = e * (6 * N + 2 * BT * I) + 4 * 2 * att; /* one layer's gradients at once */
     size_t heads = 4 * 4 * 3 * H * N;                         /* shim_head_input_grads */
-    size_t delta = 4 * S * N + 4 * (H + 1) * N;               /* the blocks, one being made */
+    size_t delta = 4 * S * N + 4 * H * N; /* the deltas, one layer's heads being made */
     size_t host = 8 * S * R + 4 * (size_t)j->B * V * 4 + 4 * N;
     return tape + backward + heads + delta + host;
 }
@@ -426,17 +422,17 @@ int attrib_run(const model *m, const job *j, const volatile int *cancel, json_t 
     a.L = m->cfg.n_layer, a.H = m->cfg.n_head, a.C = m->cfg.n_embd, a.B = j->B, a.T = j->T;
     a.N = (int64_t)a.B * a.T * a.C, a.S = 1 + a.L * (a.H + 1), a.R = 1 + 3 * a.L * a.H + a.L;
     a.steps = j->attrib->steps;
-    int nblk = 1 + 2 * a.L, rc;
+    int rc;
     *out = NULL;
     a.score = calloc((size_t)a.S * (size_t)a.R, sizeof *a.score);
-    a.blk = calloc((size_t)nblk, sizeof *a.blk);
     shim_tensor *ec = NULL, *ex = NULL;
-    if (!a.score || !a.blk) {
+    if (!a.score) {
         rc = npp_fail(e, NPP_ENOMEM, "attribution", "out of memory");
         goto done;
     }
     const int64_t *clean = j->ids, *corrupt = j->ids + (size_t)j->B * j->T;
-    sender_blocks(&a, corrupt, a.blk);
+    a.delta = shim_zeros_f32(a.S, a.N, m->device, &a.st);
+    add_senders(&a, corrupt, 1.0);
     ec = gpt2_embed(m, clean, a.B, a.T, &a.st);
     ex = gpt2_embed(m, corrupt, a.B, a.T, &a.st);
     if ((rc = failed(&a)))
@@ -447,9 +443,7 @@ int attrib_run(const model *m, const job *j, const volatile int *cancel, json_t 
     if (!rc && !(*out = result_json(&a)))
         rc = npp_fail(e, NPP_ENOMEM, "attribution", "out of memory");
 done:
-    for (int b = 0; a.blk && b < nblk; b++)
-        shim_free(a.blk[b]);
-    shim_free(ec), shim_free(ex);
-    free(a.blk), free(a.score), free(a.ref);
+    shim_free(a.delta), shim_free(ec), shim_free(ex);
+    free(a.score), free(a.ref);
     return rc;
 }
