@@ -395,12 +395,12 @@ size_t attrib_bytes(const model *m, const job *j)
     size_t BT = (size_t)j->B * (size_t)j->T, N = BT * (size_t)c->n_embd, I = (size_t)c->n_inner;
     size_t att = (size_t)j->B * H * (size_t)j->T * (size_t)j->T;
     size_t S = 1 + L * (H + 1), R = 1 + 3 * L * H + L, V = (size_t)c->vocab_size;
-    /* what backward keeps per layer: ln_1 and c_attn outputs, the scores
-     * and probabilities (float32), z, c_proj's output and the residuals,
-     * ln_2, c_fc and GELU outputs; then the taps' gradients */
-    size_t tape = L * (e * (9 * N + 2 * BT * I) + 4 * 2 * att + e * 4 * N);
+    /* what backward keeps per layer: ln_1 and c_attn outputs, the
+     * probabilities (float32), z, c_proj's output and the residuals, ln_2,
+     * c_fc and GELU outputs; then the taps' gradients */
+    size_t tape = L * (e * (9 * N + 2 * BT * I) + 4 * att + e * 4 * N);
     size_t backward = e * (6 * N + 2 * BT * I) + 4 * 2 * att; /* one layer's gradients at once */
-    size_t heads = 4 * 4 * 3 * H * N;                         /* shim_head_input_grads */
+    size_t heads = 4 * 2 * 3 * H * N; /* shim_head_input_grads: the result, the GEMM's copy */
     size_t delta = 4 * S * N + 4 * H * N; /* the deltas, one layer's heads being made */
     size_t host = 8 * S * R + 4 * (size_t)j->B * V * 4 + 4 * N;
     return tape + backward + heads + delta + host;

@@ -9,7 +9,8 @@ bound on what the job holds.
    value too big for one chunk is split along the batch); the hidden states
    equal the unchunked run's within 1e-5 (another batch shape may round
    differently in the last bits) and the top-k tokens are the same.
-2. For a few job shapes, `npp run --memory-report` measures the peak RSS
+2. For a few job shapes (attribution's gradients among them), `npp run
+   --memory-report` measures the peak RSS
    during the job over the RSS before it; the estimate must be at least
    that, and not absurdly more (at most 3x)."""
 import argparse
@@ -73,6 +74,13 @@ def main():
          {"inputs": [ids(2, 128)], "outputs": {"top_k": 0, "logits": True, "positions": "all"}}),
         ("attention of 2 layers, 2 inputs, batch 4",
          {"inputs": [ids(4, 128), ids(4, 128, 3)], "outputs": {"top_k": 1, "attention": [0, 1]}}),
+        ("EAP attribution, batch 4 x 128, log-prob (the autograd tape)",
+         {"inputs": [ids(4, 128), ids(4, 128, 3)], "outputs": {"top_k": 0},
+          "metric": {"type": "logprob", "token": 5}, "attribution": {"method": "eap"}}),
+        ("EAP-IG attribution, 3 steps, batch 2 x 128",
+         {"inputs": [ids(2, 128), ids(2, 128, 3)], "outputs": {"top_k": 0},
+          "metric": {"type": "logit_diff", "target": 5, "baseline": 6},
+          "attribution": {"method": "eap-ig", "steps": 3}}),
     ]
     for name, j in shapes:
         used, est = memory(j)

@@ -150,6 +150,30 @@ def test_big_batch_refused_with_the_field_and_both_numbers(make_server):
     assert body["error"]["field"] == "outputs.logits"
 
 
+def test_attribution_over_the_budget_refused_by_its_field(make_server):
+    """A gradient job is estimated before it runs like any other: on the
+    long model (2 layers, 8 heads, 256 wide) 16 x 1000-token pairs need the
+    autograd tape, the deltas and the gradients, over 128 MiB."""
+    srv = make_server("--max-job-mb", "128", models={"long": LONG_MODEL})
+    ids = big_ids(16, 1000)
+    job = {"inputs": [ids, [row[::-1] for row in ids]], "outputs": {"top_k": 0},
+           "metric": {"type": "logit", "token": 5}, "attribution": {"method": "eap"}}
+    st, _, body = srv.request("POST", "/v1/jobs", job)
+    assert st == 422 and body["error"]["code"] == "job_too_large", body
+    assert body["error"]["field"] == "attribution", body
+    validate("/v1/jobs", "POST", st, body)
+    job["attribution"] = {"method": "eap-ig", "steps": 2}
+    job["inputs"] = [[ids[0][:200]], [ids[0][:200][::-1]]]  # one short pair fits: it runs
+    st, _, body = srv.request("POST", "/v1/jobs?wait=60", job)
+    assert st == 200 and body["state"] == "done", body
+    att = body["result"]["attribution"]
+    L, H = 2, 8  # every edge: layer i's q/k/v, its MLP, ln_final
+    edges = sum(3 * H * (1 + i * (H + 1)) + 1 + (i + 1) * H + i for i in range(L)) + 1 + L * (H + 1)
+    assert att["method"] == "eap-ig" and att["steps"] == 2 and att["count"] == edges == 310
+    assert len(att["edges"]) == att["count"] and body["result"]["stats"]["attribution_ms"] > 0
+    validate("/v1/jobs", "POST", st, body)
+
+
 def test_big_batch_runs_within_its_estimate(make_server):
     chunks = ("--chunk-mb", "16") if SANITIZED else ()  # still many chunks
     srv = make_server("--cache-mb", "0", *chunks, models={"long": LONG_MODEL})
