@@ -483,7 +483,10 @@ shim_tensor *shim_grad_leaf(const shim_tensor *t, shim_status *st)
             set_err(st, SHIM_EINVAL, "grad_leaf: gradient mode is off");
             return nullptr;
         }
-        return wrap(t->t.detach().clone().requires_grad_(true));
+        at::Tensor d = t->t.detach(); // t's data, no graph behind it
+        if (d.is_inference())         // made in inference mode: a normal copy
+            d = d.clone();
+        return wrap(d.requires_grad_(true));
     });
 }
 

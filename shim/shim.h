@@ -155,7 +155,9 @@ shim_tensor *shim_matmul_nt(const shim_tensor *x, const shim_tensor *w, shim_sta
  * backward needs (everything else runs in inference mode). */
 void shim_grad_mode(int on);
 int shim_grad_enabled(void);
-/* A copy of t that gradients flow back to: the start of a graph. */
+/* t's data as the start of a graph: gradients flow back to it and stop
+ * there (nothing behind it is recorded). t must not change while it is in
+ * use; a tensor made outside gradient mode is copied. */
 shim_tensor *shim_grad_leaf(const shim_tensor *t, shim_status *st);
 /* t itself (a view) whose gradient shim_grad reads after shim_backward: a
  * receiver's own copy of its input, for example. */

@@ -218,31 +218,57 @@ static void add_scores(actx *a, int nup, const shim_tensor *G, const int *rcv, i
     free(p);
 }
 
+/* Layer i's scores from its taps' gradients, at weight w. */
+static void layer_scores(actx *a, int i, shim_tensor *qkv, shim_tensor *mt, const shim_tensor *xin,
+                         int *rcv, double w)
+{
+    const model *m = a->m;
+    shim_status *st = &a->st;
+    int H = a->H;
+    shim_tensor *g = shim_grad(qkv, st);
+    shim_tensor *G = shim_head_input_grads(g, m->blocks[i].attn_w, xin, m->blocks[i].ln_1_w,
+                                           m->cfg.ln_eps, H, st); /* (3H, N) */
+    shim_free(g);
+    for (int r = 0; r < 3 * H; r++)
+        rcv[r] = 1 + 3 * i * H + r;
+    add_scores(a, srow(a, i, 0), G, rcv, 3 * H, w);
+    shim_free(G);
+    shim_tensor *gm = shim_grad(mt, st), *gf = shim_flat_f32(gm, st);
+    shim_free(gm);
+    rcv[0] = 1 + 3 * a->L * H + i;
+    add_scores(a, srow(a, i, H), gf, rcv, 1, w);
+    shim_free(gf);
+}
+
 /* One gradient pass on the input embedding e_corrupt + alpha (e_clean -
- * e_corrupt); the first (alpha 1, the clean run) also turns the blocks into
- * deltas. */
+ * e_corrupt); the first (alpha 1, the clean run) also subtracts the clean
+ * senders from delta. The graph is cut at every layer's input (a leaf of
+ * its own), so backward runs one layer at a time: a cancel takes effect
+ * within a layer's backward, and a layer's scores are taken (and its
+ * tensors freed) as soon as its gradients are there. */
 static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_tensor *ex, int first)
 {
     const model *m = a->m;
     shim_status *st = &a->st;
     int L = a->L, H = a->H, rc = 0;
     int64_t C = a->C;
-    shim_tensor **xin = calloc((size_t)L, sizeof *xin), **qkv = calloc((size_t)L, sizeof *qkv),
-                **mt = calloc((size_t)L, sizeof *mt);
+    shim_tensor **xin = calloc((size_t)L + 1, sizeof *xin), **out = calloc((size_t)L, sizeof *out),
+                **qkv = calloc((size_t)L, sizeof *qkv), **mt = calloc((size_t)L, sizeof *mt);
     int *rcv = malloc((size_t)(3 * H + 1) * sizeof *rcv);
-    shim_tensor *x = NULL, *ft = NULL, *h = NULL, *seed = NULL;
-    if (!xin || !qkv || !mt || !rcv) {
+    shim_tensor *ft = NULL, *h = NULL, *seed = NULL, *g = NULL;
+    double w = 1.0 / a->steps;
+    if (!xin || !out || !qkv || !mt || !rcv) {
         rc = npp_fail(a->e, NPP_ENOMEM, "attribution", "out of memory");
         goto done;
     }
     shim_grad_mode(1);
     shim_tensor *e0 = alpha == 1.0 ? NULL : shim_axpby(alpha, ec, 1.0 - alpha, ex, st);
-    x = shim_grad_leaf(e0 ? e0 : ec, st);
+    xin[0] = shim_grad_leaf(e0 ? e0 : ec, st);
     shim_free(e0);
     if (first)
-        shim_rows_add(a->delta, 0, -1.0, x, st);
+        shim_rows_add(a->delta, 0, -1.0, xin[0], st);
     for (int i = 0; i < L && !(rc = failed(a)); i++) {
-        xin[i] = x;
+        shim_tensor *x = xin[i];
         shim_tensor *q0 = gpt2_attn_qkv(m, i, x, st);
         qkv[i] = shim_grad_tap(q0, st);
         shim_free(q0);
@@ -260,56 +286,42 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
         shim_tensor *y = gpt2_mlp(m, i, mt[i], st);
         if (first && y)
             shim_rows_add(a->delta, srow(a, i, H), -1.0, y, st);
-        x = shim_add(x2, y, st); /* the residual reads x2, not the tap */
+        out[i] = shim_add(x2, y, st); /* the residual reads x2, not the tap */
         shim_free(x2), shim_free(y);
+        xin[i + 1] = shim_grad_leaf(out[i], st);
     }
     if (rc)
         goto done;
-    ft = shim_grad_tap(x, st); /* ln_final's */
-    shim_free(x);
-    x = NULL;
+    ft = shim_grad_tap(xin[L], st); /* ln_final's */
     h = gpt2_ln_f(m, ft, st);
     shim_grad_mode(0);
     seed = metric_seed(a, h, first);
     if ((rc = failed(a)))
         goto done;
     shim_backward(h, seed, st);
-    if ((rc = failed(a)))
-        goto done;
-    double w = 1.0 / a->steps;
-    for (int i = 0; i < L && !(rc = failed(a)); i++) {
-        shim_tensor *g = shim_grad(qkv[i], st);
-        shim_tensor *G = shim_head_input_grads(g, m->blocks[i].attn_w, xin[i], m->blocks[i].ln_1_w,
-                                               m->cfg.ln_eps, H, st); /* (3H, N) */
-        shim_free(g);
-        for (int r = 0; r < 3 * H; r++)
-            rcv[r] = 1 + 3 * i * H + r;
-        add_scores(a, srow(a, i, 0), G, rcv, 3 * H, w);
-        shim_free(G);
-        shim_tensor *gm = shim_grad(mt[i], st), *gf = shim_flat_f32(gm, st);
-        shim_free(gm);
-        rcv[0] = 1 + 3 * L * H + i;
-        add_scores(a, srow(a, i, H), gf, rcv, 1, w);
-        shim_free(gf);
-    }
-    if (!rc) {
-        shim_tensor *g = shim_grad(ft, st), *gf = shim_flat_f32(g, st);
-        shim_free(g);
-        rcv[0] = 0;
+    g = shim_grad(ft, st);
+    shim_tensor *gf = shim_flat_f32(g, st);
+    rcv[0] = 0;
+    if (gf)
         add_scores(a, a->S, gf, rcv, 1, w);
-        shim_free(gf);
-        rc = failed(a);
+    shim_free(gf);
+    for (int i = L - 1; i >= 0 && !(rc = failed(a)); i--) {
+        shim_backward(out[i], g, st); /* layer i alone: its input is a leaf */
+        shim_free(g);
+        g = shim_grad(xin[i], st);
+        if (!st->code)
+            layer_scores(a, i, qkv[i], mt[i], xin[i], rcv, w);
+        shim_free(out[i]), shim_free(qkv[i]), shim_free(mt[i]), shim_free(xin[i + 1]);
+        out[i] = qkv[i] = mt[i] = xin[i + 1] = NULL;
     }
 done:
     shim_grad_mode(0);
-    for (int i = 0; xin && i < L; i++)
+    for (int i = 0; xin && i <= L; i++)
         shim_free(xin[i]);
-    for (int i = 0; qkv && i < L; i++)
-        shim_free(qkv[i]);
-    for (int i = 0; mt && i < L; i++)
-        shim_free(mt[i]);
-    shim_free(x), shim_free(ft), shim_free(h), shim_free(seed);
-    free(xin), free(qkv), free(mt), free(rcv);
+    for (int i = 0; out && i < L; i++)
+        shim_free(out[i]), shim_free(qkv[i]), shim_free(mt[i]);
+    shim_free(ft), shim_free(h), shim_free(seed), shim_free(g);
+    free(xin), free(out), free(qkv), free(mt), free(rcv);
     return rc;
 }
 
@@ -400,7 +412,7 @@ size_t attrib_bytes(const model *m, const job *j)
      * c_fc and GELU outputs; then the taps' gradients */
     size_t tape = L * (e * (9 * N + 2 * BT * I) + 4 * att + e * 4 * N);
     size_t backward = e * (6 * N + 2 * BT * I) + 4 * 2 * att; /* one layer's gradients at once */
-    size_t heads = 4 * 2 * 3 * H * N; /* shim_head_input_grads: the result, the GEMM's copy */
+    size_t heads = 4 * 2 * 3 * H * N;     /* shim_head_input_grads: the result, the GEMM's copy */
     size_t delta = 4 * S * N + 4 * H * N; /* the deltas, one layer's heads being made */
     size_t host = 8 * S * R + 4 * (size_t)j->B * V * 4 + 4 * N;
     return tape + backward + heads + delta + host;
