@@ -25,7 +25,8 @@ typedef struct {
     double *score;      /* S x R */
     shim_tensor *delta; /* (S, N) float32 */
     float *ref;         /* kl: the clean run's log-softmax at the metric positions (B x V) */
-    const volatile int *cancel;
+    const attrib_opts *o;
+    long done; /* progress units so far */
     shim_status st;
     npp_err *e;
 } actx;
@@ -39,9 +40,17 @@ static int failed(actx *a)
 {
     if (a->st.code)
         return npp_fail_shim(a->e, &a->st);
-    if (a->cancel && *a->cancel)
+    if (a->o->cancel && *a->o->cancel)
         return npp_fail(a->e, NPP_ECANCELED, "", "the job was cancelled");
     return 0;
+}
+
+/* One more progress unit done. */
+static void step(actx *a)
+{
+    a->done++;
+    if (a->o->progress)
+        a->o->progress(a->o->ud, a->o->done0 + a->done, a->o->total);
 }
 
 /* delta's rows of sender s.. += sign * t (consumes t). */
@@ -289,6 +298,7 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
         out[i] = shim_add(x2, y, st); /* the residual reads x2, not the tap */
         shim_free(x2), shim_free(y);
         xin[i + 1] = shim_grad_leaf(out[i], st);
+        step(a);
     }
     if (rc)
         goto done;
@@ -313,6 +323,7 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
             layer_scores(a, i, qkv[i], mt[i], xin[i], rcv, w);
         shim_free(out[i]), shim_free(qkv[i]), shim_free(mt[i]), shim_free(xin[i + 1]);
         out[i] = qkv[i] = mt[i] = xin[i + 1] = NULL;
+        step(a);
     }
 done:
     shim_grad_mode(0);
@@ -428,9 +439,14 @@ size_t attrib_text_bytes(const model *m, const job *j)
     return 256 + n * (2 * 24 + 32); /* two names of up to 22 characters, a %.17g score */
 }
 
-int attrib_run(const model *m, const job *j, const volatile int *cancel, json_t **out, npp_err *e)
+long attrib_units(const model *m, const job *j)
 {
-    actx a = {.m = m, .j = j, .cancel = cancel, .e = e};
+    return 1 + 2L * m->cfg.n_layer * j->attrib->steps;
+}
+
+int attrib_run(const model *m, const job *j, const attrib_opts *o, json_t **out, npp_err *e)
+{
+    actx a = {.m = m, .j = j, .o = o, .e = e};
     a.L = m->cfg.n_layer, a.H = m->cfg.n_head, a.C = m->cfg.n_embd, a.B = j->B, a.T = j->T;
     a.N = (int64_t)a.B * a.T * a.C, a.S = 1 + a.L * (a.H + 1), a.R = 1 + 3 * a.L * a.H + a.L;
     a.steps = j->attrib->steps;
@@ -445,6 +461,7 @@ int attrib_run(const model *m, const job *j, const volatile int *cancel, json_t 
     const int64_t *clean = j->ids, *corrupt = j->ids + (size_t)j->B * j->T;
     a.delta = shim_zeros_f32(a.S, a.N, m->device, &a.st);
     add_senders(&a, corrupt, 1.0);
+    step(&a);
     ec = gpt2_embed(m, clean, a.B, a.T, &a.st);
     ex = gpt2_embed(m, corrupt, a.B, a.T, &a.st);
     if ((rc = failed(&a)))

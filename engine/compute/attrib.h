@@ -33,11 +33,21 @@ size_t attrib_bytes(const model *m, const job *j);
 /* Bytes of the result's "attribution" text at most. */
 size_t attrib_text_bytes(const model *m, const job *j);
 
+typedef struct {
+    const volatile int *cancel; /* checked between layers, forward and backward */
+    void (*progress)(void *ud, long done, long total); /* after each layer (may be NULL) */
+    void *ud;
+    long done0, total; /* progress runs from done0 to done0 + attrib_units */
+} attrib_opts;
+
+/* Progress units of the job's attribution: the corrupted run, then a
+ * forward and a backward pass per layer and step. */
+long attrib_units(const model *m, const job *j);
+
 /* Runs the job's attribution; *out gets the result's "attribution" object:
  * {"method", "steps", "level", "metric", "edges": [[u, v, score], ...]}
  * sorted by |score| (or "nodes": [[u, score], ...]), "count" (edges or
- * nodes scored), cut to "top" when the job asks. Checks *cancel between
- * layers. */
-int attrib_run(const model *m, const job *j, const volatile int *cancel, json_t **out, npp_err *e);
+ * nodes scored), cut to "top" when the job asks. */
+int attrib_run(const model *m, const job *j, const attrib_opts *o, json_t **out, npp_err *e);
 
 #endif

@@ -221,6 +221,19 @@ static json_t *stats_json(const run_output *r, double exec_ms)
                      (json_int_t)run_path_nodes(r), "plan_ms", r->plan_ms, "exec_ms", exec_ms);
 }
 
+/* An attribution job's progress: the plan's values, then the attribution's
+ * units (attrib_units), as one count. */
+typedef struct {
+    const run_opts *o;
+    long extra;
+} progress_plus;
+
+static void progress_with_attrib(void *ud, long done, long total)
+{
+    const progress_plus *p = ud;
+    p->o->progress(p->o->ud, done, total + p->extra);
+}
+
 int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
 {
     int rc;
@@ -231,7 +244,11 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
         return npp_fail(e, NPP_ENOMEM, "", "out of memory");
     }
     double t1 = now_ms();
-    exec_opts eo = {o->cancel, o->progress, o->ud, trace,
+    const job *j = r->job;
+    progress_plus pp = {o, j->attrib ? attrib_units(m, j) : 0};
+    int wrap = j->attrib && o->progress;
+    exec_opts eo = {o->cancel, wrap ? progress_with_attrib : o->progress,
+                    wrap ? (void *)&pp : o->ud, trace,
                     o->chunk_bytes ? o->chunk_bytes : EXEC_CHUNK_BYTES};
     if ((rc = exec_run(&r->plan, o->cache, r->roots, r->nroots, hs, &eo, &r->stats, e)) == 0) {
         shim_tensor **probs = r->pattn ? patched_probs(r, hs, e) : NULL;
@@ -243,7 +260,9 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
         if (!rc && r->job->attrib) {
             json_t *at = NULL;
             double t2 = now_ms();
-            if (!(rc = attrib_run(m, r->job, o->cancel, &at, e))) {
+            long done = r->stats.computed; /* what the executor counted */
+            attrib_opts ao = {o->cancel, o->progress, o->ud, done, done + pp.extra};
+            if (!(rc = attrib_run(m, r->job, &ao, &at, e))) {
                 json_object_set_new(r->result, "attribution", at);
                 json_object_set_new(json_object_get(r->result, "stats"), "attribution_ms",
                                     json_real(now_ms() - t2));

@@ -12,8 +12,8 @@ import subprocess
 import time
 import xml.etree.ElementTree as ET
 
-from conftest import (MODEL, NPP, SLOW_MODEL, TOKENS, free_port, in_thread, job_doc, slow_job,
-                      validate, wait_state)
+from conftest import (LONG_MODEL, MODEL, NPP, SLOW_MODEL, TOKENS, free_port, in_thread, job_doc,
+                      slow_job, validate, wait_state)
 
 
 # ---- health, docs, auth ------------------------------------------------------------------
@@ -352,6 +352,36 @@ def test_cancel_running(make_server):
     for j in (a, b):
         srv.request("DELETE", "/v1/jobs/" + j)
     assert srv.request("GET", "/healthz")[0] == 200
+
+
+def test_attribution_progress_and_cancel(make_server):
+    """An attribution job counts its gradient passes in its progress (after
+    the plan's values) and stops within a second of a cancel."""
+    srv = make_server(models={"long": LONG_MODEL}, auth=False)
+    ids = [[(97 * b + 31 * t) % 50000 + 10 for t in range(1000)] for b in range(4)]
+    job = {"inputs": [ids, [row[::-1] for row in ids]], "outputs": {"top_k": 0},
+           "metric": {"type": "logit", "token": 5},
+           "attribution": {"method": "eap-ig", "steps": 8}}  # about 17 s here
+    st, _, body = srv.request("POST", "/v1/jobs", job)
+    assert st == 202, body
+    jid, seen = body["id"], None
+    deadline = time.time() + 60
+    while time.time() < deadline:  # until the gradient passes are under way
+        b = srv.request("GET", "/v1/jobs/" + jid)[2]
+        p = b.get("progress") or {}
+        if b["state"] != "running" or p.get("done", 0) > p.get("total", 1) // 2 > 0:
+            seen = b
+            break
+        time.sleep(0.1)
+    assert seen and seen["state"] == "running", seen
+    total = seen["progress"]["total"]
+    assert total > 1 + 2 * 2 * 8 and seen["progress"]["done"] < total  # values, then 33 units
+    t0 = time.time()
+    st, _, body = srv.request("DELETE", "/v1/jobs/" + jid)
+    assert st == 200
+    end = wait_state(srv, jid, {"cancelled", "done", "failed"})
+    assert end["state"] == "cancelled" and time.time() - t0 < 1.5, (end, time.time() - t0)
+    assert end["progress"]["done"] < total
 
 
 def test_client_disconnects_mid_job(make_server):
