@@ -386,7 +386,7 @@ static json_t *result_json(const actx *a)
             list[n++] = (scored){node, u, -1};
     }
     qsort(list, n, sizeof *list, by_magnitude);
-    size_t keep = at->top && (size_t)at->top < n ? (size_t)at->top : n;
+    size_t keep = at->top && !a->o->all && (size_t)at->top < n ? (size_t)at->top : n;
     json_t *arr = json_array();
     char un[48], vn[48];
     for (size_t i = 0; arr && i < keep; i++) {

@@ -38,6 +38,7 @@ typedef struct {
     void (*progress)(void *ud, long done, long total); /* after each layer (may be NULL) */
     void *ud;
     long done0, total; /* progress runs from done0 to done0 + attrib_units */
+    int all;           /* every edge in the result, whatever the job's "top" */
 } attrib_opts;
 
 /* Progress units of the job's attribution: the corrupted run, then a

@@ -2,6 +2,8 @@
  * into rules; see job.h. Every refusal names its field. */
 #include "patch/job.h"
 
+#include "patch/edges.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -886,19 +888,60 @@ static int parse_grid(job *j, glob_ctx *gc, json_t *gd, npp_err *e)
     return 0;
 }
 
+/* discover.top_n and discover.verify into at. */
+static int parse_discover(json_t *a, job_attrib *at, npp_err *e)
+{
+    json_t *tn = json_object_get(a, "top_n"), *vf = json_object_get(a, "verify");
+    at->discover = 1;
+    at->top = 100; /* the attribution's list in the result, by default */
+    if (!tn) {
+        static const long dflt[] = {10, 20, 50, 100};
+        at->nsizes = 4;
+        memcpy(at->top_n, dflt, sizeof dflt);
+    } else if (!json_is_array(tn) || !json_array_size(tn) ||
+               json_array_size(tn) > DISCOVER_MAX_SIZES) {
+        return npp_fail(e, NPP_EINVAL, "discover.top_n",
+                        "discover.top_n: a list of 1..%d circuit sizes (edge counts), e.g. [10, "
+                        "20, 50]",
+                        DISCOVER_MAX_SIZES);
+    }
+    for (size_t i = 0; tn && i < json_array_size(tn); i++) {
+        json_t *v = json_array_get(tn, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > EDGES_MAX) {
+            char f[48];
+            snprintf(f, sizeof f, "discover.top_n[%zu]", i);
+            return npp_fail(e, NPP_EINVAL, f, "%s: an edge count in 0..%d", f, EDGES_MAX);
+        }
+        at->top_n[at->nsizes++] = (long)json_integer_value(v);
+    }
+    if (vf && (!json_is_integer(vf) || json_integer_value(vf) < 0 ||
+               json_integer_value(vf) > DISCOVER_MAX_VERIFY))
+        return npp_fail(e, NPP_EINVAL, "discover.verify",
+                        "discover.verify: how many of the highest edges to patch exactly, one by "
+                        "one: 0..%d",
+                        DISCOVER_MAX_VERIFY);
+    at->verify = vf ? (int)json_integer_value(vf) : 0;
+    return 0;
+}
+
 /* "attribution": {"method": "eap" | "eap-ig", "steps": m, "level": "edges" |
  * "nodes", "top": n}: scores the edges of input 0's plain run against input
- * 1 (docs/jobs.md). */
-static int parse_attribution(json_t *a, job *j, npp_err *e)
+ * 1; "discover" ({"method", "steps", "top_n", "verify", "top"}) the same,
+ * then checks the top edges exactly (docs/jobs.md). */
+static int parse_attribution(json_t *a, const char *name, job *j, npp_err *e)
 {
     static const char *const known[] = {"method", "steps", "level", "top", "comment", NULL};
+    static const char *const dknown[] = {"method", "steps",   "top", "top_n",
+                                         "verify", "comment", NULL};
+    int disc = !strcmp(name, "discover");
+    char f[48];
     if (!json_is_object(a))
-        return npp_fail(e, NPP_EINVAL, "attribution",
-                        "attribution: an object {\"method\": \"eap\" or \"eap-ig\", ...}");
-    if (job_check_keys(a, "attribution", known, e))
+        return npp_fail(e, NPP_EINVAL, name,
+                        "%s: an object {\"method\": \"eap\" or \"eap-ig\", ...}", name);
+    if (job_check_keys(a, name, disc ? dknown : known, e))
         return NPP_EINVAL;
     if (!(j->attrib = calloc(1, sizeof *j->attrib)))
-        return npp_fail(e, NPP_ENOMEM, "attribution", "out of memory");
+        return npp_fail(e, NPP_ENOMEM, name, "out of memory");
     job_attrib *at = j->attrib;
     json_t *me = json_object_get(a, "method"), *st = json_object_get(a, "steps"),
            *lv = json_object_get(a, "level"), *top = json_object_get(a, "top");
@@ -908,19 +951,20 @@ static int parse_attribution(json_t *a, job *j, npp_err *e)
     else if (!strcmp(mn, "eap-ig"))
         at->method = ATTRIB_EAP_IG;
     else
-        return npp_fail(e, NPP_EINVAL, "attribution.method",
-                        "attribution.method: \"eap\" (one gradient, on the clean run) or "
-                        "\"eap-ig\" (integrated over \"steps\" points from the corrupted input)");
+        return snprintf(f, sizeof f, "%s.method", name),
+               npp_fail(e, NPP_EINVAL, f,
+                        "%s: \"eap\" (one gradient, on the clean run) or \"eap-ig\" "
+                        "(integrated over \"steps\" points from the corrupted input)",
+                        f);
     at->steps = at->method == ATTRIB_EAP ? 1 : 5;
+    snprintf(f, sizeof f, "%s.steps", name);
     if (st) {
         if (at->method == ATTRIB_EAP)
-            return npp_fail(e, NPP_EINVAL, "attribution.steps",
-                            "attribution.steps: only with \"method\": \"eap-ig\"");
+            return npp_fail(e, NPP_EINVAL, f, "%s: only with \"method\": \"eap-ig\"", f);
         if (!json_is_integer(st) || json_integer_value(st) < 1 ||
             json_integer_value(st) > ATTRIB_MAX_STEPS)
-            return npp_fail(e, NPP_EINVAL, "attribution.steps",
-                            "attribution.steps: an integer in 1..%d (each is a forward and a "
-                            "backward pass)",
+            return npp_fail(e, NPP_EINVAL, f,
+                            "%s: an integer in 1..%d (each is a forward and a backward pass)", f,
                             ATTRIB_MAX_STEPS);
         at->steps = (int)json_integer_value(st);
     }
@@ -930,29 +974,34 @@ static int parse_attribution(json_t *a, job *j, npp_err *e)
                         "attribution.level: \"edges\" (every edge) or \"nodes\" (every sender)");
     at->nodes = !strcmp(ln, "nodes");
     if (top && (!json_is_integer(top) || json_integer_value(top) < 1))
-        return npp_fail(e, NPP_EINVAL, "attribution.top",
-                        "attribution.top: a positive integer (the highest scores kept)");
+        return snprintf(f, sizeof f, "%s.top", name),
+               npp_fail(e, NPP_EINVAL, f, "%s: a positive integer (the highest scores kept)", f);
     at->top = top ? (long)json_integer_value(top) : 0;
+    if (disc && parse_discover(a, at, e))
+        return NPP_EINVAL;
+    if (disc && top)
+        at->top = (long)json_integer_value(top);
     if (j->n_inputs < 2)
         return npp_fail(e, NPP_EINVAL, "inputs",
-                        "inputs: attribution needs two (input 0 clean, input 1 corrupted)");
+                        "inputs: %s needs two (input 0 clean, input 1 corrupted)", name);
     if (!j->metric)
         return npp_fail(e, NPP_EINVAL, "metric",
-                        "metric: attribution needs one (the scores are its gradient)");
+                        "metric: %s needs one (the scores are its gradient)", name);
     if (!j->written || j->nvar || json_array_size(json_object_get(j->compiled, "which")) ||
         json_array_size(json_object_get(j->compiled, "branch")) ||
         json_object_get(j->compiled, "intervene"))
-        return npp_fail(e, NPP_EINVAL, "attribution",
-                        "attribution: scores input 0's plain run; give no preset, rules, "
-                        "circuit, sweep or grid with it");
+        return npp_fail(e, NPP_EINVAL, name,
+                        "%s: scores input 0's plain run; give no preset, rules, circuit, sweep "
+                        "or grid with it",
+                        name);
     return 0;
 }
 
 int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp_err *e)
 {
-    static const char *const known[] = {"inputs",  "branch",      "which",   "intervene", "preset",
-                                        "circuit", "attribution", "outputs", "metric",    "limits",
-                                        "comment", "sweep",       "grid",    NULL};
+    static const char *const known[] = {"inputs",  "branch",      "which",    "intervene", "preset",
+                                        "circuit", "attribution", "discover", "outputs",   "metric",
+                                        "limits",  "comment",     "sweep",    "grid",      NULL};
     int rc = NPP_EINVAL;
     *out = NULL;
     if (!json_is_object(doc))
@@ -967,6 +1016,8 @@ int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp
         free(j);
         return npp_fail(e, NPP_ENOMEM, "", "out of memory");
     }
+    j->doc_inputs = json_incref(json_object_get(doc, "inputs"));
+    j->doc_metric = json_incref(json_object_get(doc, "metric"));
     if ((rc = parse_inputs(m, json_object_get(doc, "inputs"), j, e)))
         goto fail;
     graph_dims_init(&j->g, m->cfg.n_layer, m->cfg.n_head, j->T);
@@ -1022,8 +1073,14 @@ int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp
                       "metric: a grid needs one (each cell's value is the metric's mean)");
         goto fail;
     }
-    json_t *attr = json_object_get(doc, "attribution");
-    if (attr && (rc = parse_attribution(attr, j, e)))
+    json_t *attr = json_object_get(doc, "attribution"), *disc = json_object_get(doc, "discover");
+    if (attr && disc) {
+        rc = npp_fail(e, NPP_EINVAL, "discover",
+                      "discover: it runs the attribution itself; give one of the two");
+        goto fail;
+    }
+    if ((attr || disc) &&
+        (rc = parse_attribution(attr ? attr : disc, attr ? "attribution" : "discover", j, e)))
         goto fail;
     *out = j;
     return 0;
@@ -1040,6 +1097,8 @@ void job_free(job *j)
     rules_free(j->rules);
     json_decref(j->compiled);
     json_decref(j->warnings);
+    json_decref(j->doc_inputs);
+    json_decref(j->doc_metric);
     for (int i = 0; i < j->nvar; i++) {
         json_decref(j->var[i].name);
         rules_free(j->var[i].rules);

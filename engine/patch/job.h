@@ -54,12 +54,18 @@ typedef struct {
 
 /* "attribution": gradient scores of every edge (compute/attrib.h). */
 enum { ATTRIB_EAP = 0, ATTRIB_EAP_IG = 1 };
-#define ATTRIB_MAX_STEPS 64
+#define ATTRIB_MAX_STEPS    64
+#define DISCOVER_MAX_SIZES  16   /* discover.top_n entries */
+#define DISCOVER_MAX_VERIFY 1024 /* discover.verify: edges patched one by one */
 typedef struct {
     int method; /* ATTRIB_* */
     int steps;  /* points between the corrupted and the clean input (1 for eap) */
     int nodes;  /* "level": "nodes": one score per sender */
     long top;   /* the highest this many in the result (0: all) */
+    /* "discover": then the top `verify` edges patched exactly one by one, and
+     * the circuit of the top n edges evaluated for each n of top_n */
+    int discover, verify, nsizes;
+    long top_n[DISCOVER_MAX_SIZES];
 } job_attrib;
 typedef struct {
     int naxes;
@@ -91,7 +97,7 @@ typedef struct {
     int nvar;
     job_variant *var;
     job_grid *grid;     /* a sweep made by "grid" (NULL otherwise) */
-    job_attrib *attrib; /* "attribution" (NULL otherwise) */
+    job_attrib *attrib; /* "attribution" or "discover" (NULL otherwise) */
     /* outputs */
     int npos;
     int *positions; /* B x npos, resolved per example (0..T-1; len[b] and up
@@ -111,7 +117,8 @@ typedef struct {
     int64_t *m_tokens[METRIC_MAX_TOKENS]; /* per token field, one per example (B) */
     int *m_pos;                           /* B: resolved position per example */
     size_t max_values;
-    json_t *warnings; /* [{"field", "message"}]: what ran, but may not be meant */
+    json_t *warnings;                /* [{"field", "message"}]: what ran, but may not be meant */
+    json_t *doc_inputs, *doc_metric; /* the document's, as written (discover's second job) */
 } job;
 
 typedef struct {

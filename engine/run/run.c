@@ -60,6 +60,13 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
     if (j->attrib) { /* after the result is built: the result, the scores and their text */
         est->result_bytes = rs.text_bytes + attrib_text_bytes(m, j);
         attrib = attrib_bytes(m, j) + rs.peak_bytes + 2 * attrib_text_bytes(m, j);
+        /* discover's second job, a sweep of (verify + sizes) variants, each
+         * at most a patched run: bounded by that many plain runs (it is
+         * planned after the attribution and refused if it needs more) */
+        size_t second = j->attrib->discover
+                            ? (size_t)(j->attrib->verify + j->attrib->nsizes + 2) * ex.peak_bytes
+                            : 0;
+        attrib = second > attrib ? second : attrib;
         work = attrib > work ? attrib : work;
     }
     est->peak_bytes = est->plan_bytes + work + work / 20;
@@ -234,6 +241,109 @@ static void progress_with_attrib(void *ud, long done, long total)
     p->o->progress(p->o->ud, done, total + p->extra);
 }
 
+/* discover's second job: the top edges patched exactly one by one
+ * (path_patch from input 1) and the circuit of the top n edges for each n,
+ * as one sweep on the same cache; its plan may not need more than the job
+ * was admitted with. */
+static json_t *discover_doc(const job *j, json_t *edges)
+{
+    const job_attrib *at = j->attrib;
+    json_t *metric = json_deep_copy(j->doc_metric), *sweep = json_array();
+    json_object_set_new(metric, "normalize", json_true());
+    for (size_t k = 0; k < (size_t)at->verify && k < json_array_size(edges); k++) {
+        json_t *ed = json_array_get(edges, k);
+        const char *u = json_string_value(json_array_get(ed, 0)),
+                   *v = json_string_value(json_array_get(ed, 1));
+        char name[96];
+        snprintf(name, sizeof name, "%s -> %s", u, v);
+        json_array_append_new(sweep, json_pack("{s:s,s:{s:s,s:[s],s:[s],s:i,s:i}}", "name", name,
+                                               "preset", "type", "path_patch", "senders", u,
+                                               "receivers", v, "from", 1, "into", 0));
+    }
+    for (int i = 0; i < at->nsizes; i++) {
+        json_t *list = json_array();
+        for (size_t k = 0; k < (size_t)at->top_n[i] && k < json_array_size(edges); k++) {
+            json_t *ed = json_array_get(edges, k);
+            json_array_append_new(list,
+                                  json_pack("[O,O]", json_array_get(ed, 0), json_array_get(ed, 1)));
+        }
+        char name[48];
+        snprintf(name, sizeof name, "top %ld", at->top_n[i]);
+        json_array_append_new(sweep,
+                              json_pack("{s:s,s:{s:o}}", "name", name, "circuit", "edges", list));
+    }
+    return json_pack("{s:O,s:o,s:{s:i,s:b},s:o}", "inputs", j->doc_inputs, "metric", metric,
+                     "outputs", "top_k", 0, "baselines", 1, "sweep", sweep);
+}
+
+/* Runs discover's second job and puts "discover" in r's result: "verify"
+ * (each edge's estimate beside its exact effect, M(patched) - M(clean)) and
+ * "curve" (faithfulness of the top n edges' circuit). at: the attribution,
+ * every edge, sorted; cut to the job's "top" here. */
+static int discover(const model *m, run_output *r, const run_opts *o, json_t *at, npp_err *e)
+{
+    const job *j = r->job;
+    const job_attrib *ja = j->attrib;
+    json_t *edges = json_object_get(at, "edges");
+    json_t *doc = discover_doc(j, edges);
+    run_output *r2 = NULL;
+    run_opts o2 = *o;
+    o2.npy_dir = NULL;
+    if (!doc)
+        return npp_fail(e, NPP_ENOMEM, "discover", "out of memory");
+    double t0 = now_ms();
+    int rc = run_prepare(m, doc, &o2, &r2, e);
+    json_decref(doc);
+    if (!rc && r2->est.peak_bytes > r->est.peak_bytes) {
+        rc = npp_fail(e, NPP_ELIMIT, "discover",
+                      "discover: checking %d edges and %d circuits needs about %.1f MiB, more "
+                      "than the %.1f MiB the job was admitted with; ask for fewer (verify, "
+                      "top_n)",
+                      ja->verify, ja->nsizes, r2->est.peak_bytes / 1048576.0,
+                      r->est.peak_bytes / 1048576.0);
+    }
+    if (!rc)
+        rc = run_execute(m, r2, &o2, e);
+    if (rc) {
+        run_output_free(r2);
+        return rc;
+    }
+    json_t *sw = json_object_get(r2->result, "sweep"), *verify = json_array(),
+           *curve = json_array();
+    double clean = json_real_value(json_object_get(json_object_get(r->result, "metric"), "mean"));
+    size_t nv = json_array_size(sw) - (size_t)ja->nsizes;
+    for (size_t k = 0; k < nv; k++) {
+        json_t *ed = json_array_get(edges, k);
+        json_t *mt = json_object_get(json_array_get(sw, k), "metric");
+        double exact = json_real_value(json_object_get(mt, "mean")) - clean;
+        json_array_append_new(verify, json_pack("{s:[O,O],s:O,s:f}", "edge", json_array_get(ed, 0),
+                                                json_array_get(ed, 1), "estimate",
+                                                json_array_get(ed, 2), "exact", exact));
+    }
+    for (int i = 0; i < ja->nsizes; i++) {
+        json_t *mt = json_object_get(json_array_get(sw, nv + (size_t)i), "metric");
+        long n = ja->top_n[i] < (long)json_array_size(edges) ? ja->top_n[i]
+                                                             : (long)json_array_size(edges);
+        json_array_append_new(curve, json_pack("{s:i,s:I,s:O,s:O}", "n", (int)ja->top_n[i], "edges",
+                                               (json_int_t)n, "faithfulness",
+                                               json_object_get(mt, "normalized"), "metric",
+                                               json_object_get(mt, "mean")));
+    }
+    json_t *bl =
+        json_object_get(json_array_get(json_object_get(r2->result, "baselines"), 1), "metric");
+    json_t *d =
+        json_pack("{s:f,s:O*,s:o,s:o,s:f}", "clean", clean, "corrupt", json_object_get(bl, "mean"),
+                  "verify", verify, "curve", curve, "ms", now_ms() - t0);
+    run_output_free(r2);
+    if (!d)
+        return npp_fail(e, NPP_ENOMEM, "discover", "out of memory");
+    if (ja->top && (size_t)ja->top < json_array_size(edges)) /* the list as the job asked */
+        while (json_array_size(edges) > (size_t)ja->top)
+            json_array_remove(edges, json_array_size(edges) - 1);
+    json_object_set_new(r->result, "discover", d);
+    return 0;
+}
+
 int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
 {
     int rc;
@@ -261,12 +371,15 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
             json_t *at = NULL;
             double t2 = now_ms();
             long done = r->stats.computed; /* what the executor counted */
-            attrib_opts ao = {o->cancel, o->progress, o->ud, done, done + pp.extra};
+            attrib_opts ao = {o->cancel, o->progress,     o->ud,
+                              done,      done + pp.extra, j->attrib->discover};
             if (!(rc = attrib_run(m, r->job, &ao, &at, e))) {
                 json_object_set_new(r->result, "attribution", at);
                 json_object_set_new(json_object_get(r->result, "stats"), "attribution_ms",
                                     json_real(now_ms() - t2));
             }
+            if (!rc && j->attrib->discover)
+                rc = discover(m, r, o, at, e);
         }
         for (int i = 0; probs && i < r->job->nattn; i++)
             shim_free(probs[i]);

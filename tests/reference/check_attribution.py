@@ -10,7 +10,10 @@ definition), on models of several layer and head counts:
 2. an uneven batch (examples of 5 and 3 tokens) equals the reference's
    per-example scores averaged;
 3. node scores are the sums of their edges'; the list is sorted by |score|
-   and cut to "top"; "count" is the number of edges of the model.
+   and cut to "top"; "count" is the number of edges of the model;
+4. discover: its exact effects equal single path_patch jobs within 1e-5
+   (relative) beside the scores, its faithfulness curve single circuit jobs
+   of the top n edges.
 
     check_attribution.py --npp BUILD/npp --model DIR [--model DIR ...]
 """
@@ -129,6 +132,30 @@ def check_model(model):
     per = [ref_scores(cfg, W, [ex[b]], [ey[b]], spec, 2, [len(ex[b]) - 1]) for b in range(2)]
     compare("%s: uneven batch (5 and 3 tokens) = the examples' mean" % name, engine_scores(res),
             {e: (per[0][e] + per[1][e]) / 2 for e in edges}, edges)
+
+    # discover: its exact effects are single path_patch jobs, its curve single circuit jobs
+    res = run(dict(base, metric=spec, discover={"method": "eap-ig", "steps": 2,
+                                                "top_n": [1, 3, 10], "verify": 4, "top": 12}))
+    d, scores = res["discover"], res["attribution"]["edges"]
+    clean_m = res["metric"]["mean"]
+    worst = 0
+    for k, row in enumerate(d["verify"]):
+        u, v = row["edge"]
+        one = run(dict(base, metric=spec, preset={"type": "path_patch", "senders": [u],
+                                                  "receivers": [v], "from": 1, "into": 0}))
+        want = one["metric"]["mean"] - clean_m
+        worst = max(worst, abs(row["exact"] - want) / max(abs(want), 1e-6))
+        worst = max(worst, 0 if [u, v, row["estimate"]] == scores[k] else 1)
+    check("%s: discover's %d exact effects = path_patch jobs (rel. 1e-5), beside the scores"
+          % (name, len(d["verify"])), len(d["verify"]) == 4 and worst <= 1e-5, "%.1e" % worst)
+    worst = 0
+    for row in d["curve"]:
+        one = run(dict(base, metric=dict(spec, normalize=True),
+                       circuit={"edges": [e[:2] for e in scores[:row["n"]]]}))
+        worst = max(worst, abs(one["metric"]["normalized"] - row["faithfulness"]))
+    check("%s: discover's faithfulness curve = circuit jobs of the top n edges" % name,
+          [r["n"] for r in d["curve"]] == [1, 3, 10] and worst <= 1e-5 and len(scores) == 12,
+          "%.1e" % worst)
 
     # nodes, order, top
     att = {"method": "eap"}
