@@ -17,6 +17,7 @@
 #include "model/gpt2.h"
 #include "model/model.h"
 #include "model/tok.h"
+#include "output/circuit.h"
 #include "output/heatmap.h"
 #include "output/svg.h"
 #include "run/run.h"
@@ -428,16 +429,28 @@ fail:
 
 /* ---- run ---------------------------------------------------------------- */
 
+/* Writes an SVG picture to path (consumes text); flag names it in errors. */
+static int write_svg(const char *flag, const char *path, char *text, size_t n, npp_err *e)
+{
+    FILE *f = fopen(path, "w");
+    int ok = f && fwrite(text, 1, n, f) == n;
+    ok = f && !fclose(f) && ok;
+    free(text);
+    return ok ? 0 : npp_fail(e, NPP_EIO, "", "%s: cannot write %s", flag, path);
+}
+
 static const char RUN_HELP[] =
-    "usage: npp run --model DIR JOB.json [--svg FILE] [--heatmap FILE] [--npy-dir DIR]\n"
+    "usage: npp run --model DIR JOB.json [--svg FILE] [--heatmap FILE] [--circuit FILE]\n"
+    "               [--npy-dir DIR]\n"
     "               [--cache-mb N]\n"
     "               [--max-values N] [--repeat N] [--device cpu|cuda:N] [--dtype f32|f16|bf16]\n"
     "               [--threads N] [--chunk-mb N] [--memory-report] [--compact]\n"
     "Runs a path-patching job (JSON; '-' reads stdin) in-process and prints the result\n"
     "JSON. --svg writes the path graph (a sweep's: one file per variant, FILE-0.svg,\n"
-    "FILE-1.svg, ...); --heatmap writes a grid job's heatmap (SVG); --npy-dir writes\n"
-    "tensors as .npy files instead\n"
-    "of base64. --repeat N runs the job N times on one cache (the last result is\n"
+    "FILE-1.svg, ...); --heatmap writes a grid job's heatmap (SVG); --circuit an\n"
+    "attribution, discover or circuit job's circuit (SVG); --npy-dir writes tensors\n"
+    "as .npy files instead of base64. --repeat N runs the job N times on one cache (the last "
+    "result is\n"
     "printed: its stats show what the cache saved). NPP_DEVICE and NPP_DTYPE set\n"
     "the defaults of --device and --dtype. --chunk-mb bounds the temporaries of one\n"
     "attention or MLP call (MiB, 32; larger calls are cut). --memory-report prints, on\n"
@@ -482,13 +495,16 @@ static json_t *load_job(const char *path, npp_err *e)
 
 static int cmd_run(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"model", 1, 0, 'm'},    {"svg", 1, 0, 's'},           {"npy-dir", 1, 0, 'n'},
-        {"cache-mb", 1, 0, 'c'}, {"max-values", 1, 0, 'x'},    {"repeat", 1, 0, 'r'},
-        {"device", 1, 0, 'D'},   {"dtype", 1, 0, 'd'},         {"threads", 1, 0, 't'},
-        {"chunk-mb", 1, 0, 'k'}, {"memory-report", 0, 0, 'M'}, {"compact", 0, 0, 'C'},
-        {"heatmap", 1, 0, 'h'},  {"help", 0, 0, 'H'},          {0, 0, 0, 0}};
-    const char *model_dir = getenv("NPP_MODEL"), *svg = NULL, *npy_dir = NULL, *heat = NULL;
+    static const struct option opts[] = {{"model", 1, 0, 'm'},         {"svg", 1, 0, 's'},
+                                         {"npy-dir", 1, 0, 'n'},       {"cache-mb", 1, 0, 'c'},
+                                         {"max-values", 1, 0, 'x'},    {"repeat", 1, 0, 'r'},
+                                         {"device", 1, 0, 'D'},        {"dtype", 1, 0, 'd'},
+                                         {"threads", 1, 0, 't'},       {"chunk-mb", 1, 0, 'k'},
+                                         {"memory-report", 0, 0, 'M'}, {"compact", 0, 0, 'C'},
+                                         {"heatmap", 1, 0, 'h'},       {"circuit", 1, 0, 'G'},
+                                         {"help", 0, 0, 'H'},          {0, 0, 0, 0}};
+    const char *model_dir = getenv("NPP_MODEL"), *svg = NULL, *npy_dir = NULL, *heat = NULL,
+               *circ = NULL;
     model_opts mo = {getenv("NPP_DEVICE"), getenv("NPP_DTYPE")};
     long cache_mb = 1024, max_values = 50000, repeat = 1, chunk_mb = EXEC_CHUNK_BYTES >> 20, v;
     int c, memory_report = 0, compact = 0;
@@ -497,6 +513,7 @@ static int cmd_run(int argc, char **argv)
         case 'm': model_dir = optarg; break;
         case 's': svg = optarg; break;
         case 'h': heat = optarg; break;
+        case 'G': circ = optarg; break;
         case 'n': npy_dir = optarg; break;
         case 'D': mo.device = optarg; break;
         case 'd': mo.dtype = optarg; break;
@@ -569,16 +586,20 @@ static int cmd_run(int argc, char **argv)
         char *text = NULL;
         size_t n = 0;
         json_t *grid = json_object_get(r->result, "grid");
-        FILE *f = NULL;
         if (!grid)
             rc = npp_fail(&e, NPP_EINVAL, "grid",
                           "--heatmap: the job has no grid (see \"grid\" in docs/jobs.md)");
-        else if (!(rc = heatmap_svg(grid, &text, &n, &e)) &&
-                 (!(f = fopen(heat, "w")) || fwrite(text, 1, n, f) != n))
-            rc = npp_fail(&e, NPP_EIO, "", "--heatmap: cannot write %s", heat);
-        if (f && fclose(f) && !rc)
-            rc = npp_fail(&e, NPP_EIO, "", "--heatmap: cannot write %s", heat);
-        free(text);
+        else if (!(rc = heatmap_svg(grid, &text, &n, &e)))
+            rc = write_svg("--heatmap", heat, text, n, &e);
+        if (rc)
+            goto fail;
+    }
+    if (circ) {
+        char *text = NULL;
+        size_t n = 0;
+        const model_config *c = &m->cfg;
+        if (!(rc = circuit_svg(r->result, c->n_layer, c->n_head, &text, &n, &e)))
+            rc = write_svg("--circuit", circ, text, n, &e);
         if (rc)
             goto fail;
     }

@@ -479,10 +479,12 @@ static enum MHD_Result get_graph_svg(req *r, const char *id)
     return err ? send_json(r, status, err) : ret;
 }
 
-/* heatmap.svg: drawn when a grid job finished, kept beside its result */
-static enum MHD_Result get_heatmap_svg(req *r, const char *id)
+/* A picture drawn when the job finished, kept beside its result: kind
+ * "heatmap" or "circuit"; none says which jobs have one. */
+static enum MHD_Result get_picture(req *r, const char *id, const char *kind, const char *none)
 {
-    char path[4200];
+    char path[4200], code[32];
+    snprintf(code, sizeof code, "no_%s", kind);
     pthread_mutex_lock(&S.mu);
     sjob *j = visible_job(r, id);
     if (!j) {
@@ -491,14 +493,13 @@ static enum MHD_Result get_heatmap_svg(req *r, const char *id)
     }
     jstate st = j->state;
     int gone = j->result_gone;
-    store_heatmap_path(j->id, path, sizeof path);
+    store_picture_path(j->id, kind, path, sizeof path);
     pthread_mutex_unlock(&S.mu);
     if (st == J_QUEUED || st == J_RUNNING)
-        return send_error(r, 409, "not_done", "id",
-                          "job %s is %s; its heatmap comes with its result", id, jstate_name(st));
+        return send_error(r, 409, "not_done", "id", "job %s is %s; its %s comes with its result",
+                          id, jstate_name(st), kind);
     if (st != J_DONE)
-        return send_error(r, 404, "no_heatmap", "id", "job %s %s: it has no result", id,
-                          jstate_name(st));
+        return send_error(r, 404, code, "id", "job %s %s: it has no result", id, jstate_name(st));
     if (gone)
         return send_error(r, 404, "result_removed", "id",
                           "the result of job %s was removed to keep stored results under "
@@ -514,13 +515,22 @@ static enum MHD_Result get_heatmap_svg(req *r, const char *id)
         fclose(f);
     if (!f || n < 0) {
         free(svg);
-        return send_error(r, 404, "no_heatmap", "id",
-                          "job %s has no heatmap: it is not a grid of one or two axes (a "
-                          "\"grid\" job draws one)",
-                          id);
+        return send_error(r, 404, code, "id", "job %s has no %s: %s", id, kind, none);
     }
     svg[n] = 0;
     return http_send_text(r, 200, "image/svg+xml", svg, (size_t)n);
+}
+
+static enum MHD_Result get_heatmap_svg(req *r, const char *id)
+{
+    return get_picture(r, id, "heatmap",
+                       "it is not a grid of one or two axes (a \"grid\" job draws one)");
+}
+
+static enum MHD_Result get_circuit_svg(req *r, const char *id)
+{
+    return get_picture(r, id, "circuit",
+                       "it is not an \"attribution\", \"discover\" or \"circuit\" job");
 }
 
 /* ---- status, documents and the web UI ------------------------------------------- */
@@ -600,6 +610,7 @@ const route_def api_routes[] = {
     {"DELETE", "/v1/jobs/{id}", 1, 0, delete_job},
     {"GET", "/v1/jobs/{id}/graph.svg", 1, 0, get_graph_svg},
     {"GET", "/v1/jobs/{id}/heatmap.svg", 1, 0, get_heatmap_svg},
+    {"GET", "/v1/jobs/{id}/circuit.svg", 1, 0, get_circuit_svg},
     {"GET", "/v1/jobs/{id}/events", 1, 0, get_events},
 };
 const int api_nroutes = (int)(sizeof api_routes / sizeof api_routes[0]);

@@ -203,8 +203,9 @@ int store_forget(const char *id); /* the row and its result file */
 int store_result_gone(const char *id);
 /* Where job id's result file is (writes into buf). */
 void store_result_path(const char *id, char *buf, size_t n);
-/* Where a grid job's heatmap (SVG) lies beside its result. */
-void store_heatmap_path(const char *id, char *buf, size_t n);
+/* Where a job's picture (SVG) lies beside its result: kind "heatmap" (a
+ * grid job) or "circuit" (an attribution, discover or circuit job). */
+void store_picture_path(const char *id, const char *kind, char *buf, size_t n);
 /* Calls fn for every stored job, in submission order (start-up). */
 int store_load(void (*fn)(void *ud, sjob *j), void *ud);
 

@@ -114,9 +114,18 @@ void store_result_path(const char *id, char *buf, size_t n)
     snprintf(buf, n, "%s/%s.json", results_dir, id);
 }
 
-void store_heatmap_path(const char *id, char *buf, size_t n)
+void store_picture_path(const char *id, const char *kind, char *buf, size_t n)
 {
-    snprintf(buf, n, "%s/%s.heatmap.svg", results_dir, id);
+    snprintf(buf, n, "%s/%s.%s.svg", results_dir, id, kind);
+}
+
+static void unlink_pictures(const char *id)
+{
+    char path[4200];
+    store_picture_path(id, "heatmap", path, sizeof path);
+    unlink(path);
+    store_picture_path(id, "circuit", path, sizeof path);
+    unlink(path);
 }
 
 /* Runs sql with the binds given as a format: 't' text, 'i' int64, 'd'
@@ -204,8 +213,7 @@ int store_result_gone(const char *id)
     char path[4200];
     store_result_path(id, path, sizeof path);
     unlink(path);
-    store_heatmap_path(id, path, sizeof path);
-    unlink(path);
+    unlink_pictures(id);
     return exec_bind("result_gone", "UPDATE jobs SET result_gone = 1 WHERE id = ?", "t", id);
 }
 
@@ -214,8 +222,7 @@ int store_forget(const char *id)
     char path[4200];
     store_result_path(id, path, sizeof path);
     unlink(path);
-    store_heatmap_path(id, path, sizeof path);
-    unlink(path);
+    unlink_pictures(id);
     return exec_bind("forget", "DELETE FROM jobs WHERE id = ?", "t", id);
 }
 

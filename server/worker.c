@@ -7,19 +7,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "output/circuit.h"
 #include "output/heatmap.h"
 #include "srv.h"
 
-/* A grid job's heatmap beside its result (a grid of three axes has none:
- * GET heatmap.svg says why); *bytes grows by its size. */
-static int write_heatmap(const sjob *j, const run_output *run, size_t *bytes, npp_err *e)
+/* A picture of the job beside its result (consumes svg); *bytes grows by
+ * its size. */
+static int write_picture(const sjob *j, const char *kind, char *svg, size_t n, size_t *bytes,
+                         npp_err *e)
 {
-    char path[4200], tmp[4300], *svg = NULL;
-    size_t n = 0;
-    json_t *grid = json_object_get(run->result, "grid");
-    if (!grid || heatmap_svg(grid, &svg, &n, NULL))
-        return 0;
-    store_heatmap_path(j->id, path, sizeof path);
+    char path[4200], tmp[4300];
+    store_picture_path(j->id, kind, path, sizeof path);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "w");
     int ok = f && fwrite(svg, 1, n, f) == n;
@@ -27,9 +25,24 @@ static int write_heatmap(const sjob *j, const run_output *run, size_t *bytes, np
     free(svg);
     if (!ok) {
         unlink(tmp);
-        return npp_fail(e, NPP_EIO, "", "could not store the heatmap in %s", path);
+        return npp_fail(e, NPP_EIO, "", "could not store the %s in %s", kind, path);
     }
     *bytes += n;
+    return 0;
+}
+
+/* A grid job's heatmap (a grid of three axes has none: GET heatmap.svg
+ * says why), an attribution, discover or circuit job's circuit. */
+static int write_pictures(const sjob *j, const run_output *run, size_t *bytes, npp_err *e)
+{
+    char *svg = NULL;
+    size_t n = 0;
+    json_t *grid = json_object_get(run->result, "grid");
+    const model_config *c = &j->model->m->cfg;
+    if (grid && !heatmap_svg(grid, &svg, &n, NULL) && write_picture(j, "heatmap", svg, n, bytes, e))
+        return -1;
+    if (!circuit_svg(run->result, c->n_layer, c->n_head, &svg, &n, NULL))
+        return write_picture(j, "circuit", svg, n, bytes, e);
     return 0;
 }
 
@@ -47,7 +60,7 @@ static int write_result(const sjob *j, const run_output *run, size_t *bytes, npp
         return npp_fail(e, NPP_EIO, "", "could not store the result in %s", path);
     }
     *bytes = (size_t)sb.st_size;
-    return write_heatmap(j, run, bytes, e);
+    return write_pictures(j, run, bytes, e);
 }
 
 static void on_progress(void *ud, long done, long total)

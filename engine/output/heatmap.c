@@ -2,73 +2,13 @@
  * rectangles and labels. */
 #include "output/heatmap.h"
 
+#include "output/svgtext.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct {
-    char *s;
-    size_t n, cap;
-    int failed;
-} buf;
-
-static void put(buf *b, const char *fmt, ...)
-{
-    va_list ap;
-    for (;;) {
-        va_start(ap, fmt);
-        int k = vsnprintf(b->s ? b->s + b->n : NULL, b->s ? b->cap - b->n : 0, fmt, ap);
-        va_end(ap);
-        if (k < 0) {
-            b->failed = 1;
-            return;
-        }
-        if (b->s && b->n + (size_t)k < b->cap) {
-            b->n += (size_t)k;
-            return;
-        }
-        size_t c = b->cap ? b->cap : 4096;
-        while (c < b->n + (size_t)k + 1)
-            c *= 2;
-        char *ns = realloc(b->s, c);
-        if (!ns) {
-            b->failed = 1;
-            return;
-        }
-        b->s = ns, b->cap = c;
-    }
-}
-
-/* XML text of s (names are node names, but a grid may come from anywhere). */
-static void put_text(buf *b, const char *s)
-{
-    for (; s && *s; s++) {
-        switch (*s) {
-        case '<': put(b, "&lt;"); break;
-        case '>': put(b, "&gt;"); break;
-        case '&': put(b, "&amp;"); break;
-        case '"': put(b, "&quot;"); break;
-        default: put(b, "%c", *s);
-        }
-    }
-}
-
-/* The diverging colour of v in [-vmax, vmax]: white at 0, #2166ac at
- * -vmax, #b2182b at +vmax. */
-static void colour(double v, double vmax, char *out, size_t n)
-{
-    double t = vmax > 0 ? v / vmax : 0;
-    t = t > 1 ? 1 : t < -1 ? -1 : t;
-    const int lo[3] = {0x21, 0x66, 0xac}, hi[3] = {0xb2, 0x18, 0x2b};
-    const int *end = t < 0 ? lo : hi;
-    double a = fabs(t);
-    int c[3];
-    for (int i = 0; i < 3; i++)
-        c[i] = (int)lround(255 + (end[i] - 255) * a);
-    snprintf(out, n, "#%02x%02x%02x", c[0], c[1], c[2]);
-}
 
 /* Cell (r, c) of the grid's nested lists (a one-axis grid: row 0). */
 static json_t *cell(const json_t *a, int naxes, int r, int c)
@@ -109,85 +49,85 @@ int heatmap_svg(const json_t *grid, char **out, size_t *len, npp_err *e)
     W = W < 480 ? 480 : W; /* the title */
     const char *metric = json_string_value(json_object_get(grid, "metric"));
     int norm = json_is_true(json_object_get(grid, "normalized"));
-    buf b = {0};
-    put(&b,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d "
-        "%d\" font-family=\"sans-serif\" font-size=\"11\">\n",
-        W, H, W, H);
-    put(&b, "<rect width=\"%d\" height=\"%d\" fill=\"white\"/>\n", W, H);
-    put(&b, "<text x=\"%d\" y=\"18\" font-size=\"13\" font-weight=\"bold\">", left);
-    put_text(&b, metric ? metric : "metric");
-    put(&b, "%s per cell</text>\n", norm ? " (normalized: 0 no effect, 1 the source's)" : "");
+    svgbuf b = {0};
+    svg_put(&b,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d "
+            "%d\" font-family=\"sans-serif\" font-size=\"11\">\n",
+            W, H, W, H);
+    svg_put(&b, "<rect width=\"%d\" height=\"%d\" fill=\"white\"/>\n", W, H);
+    svg_put(&b, "<text x=\"%d\" y=\"18\" font-size=\"13\" font-weight=\"bold\">", left);
+    svg_text(&b, metric ? metric : "metric");
+    svg_put(&b, "%s per cell</text>\n", norm ? " (normalized: 0 no effect, 1 the source's)" : "");
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++) {
             json_t *v = cell(vals, na, r, c), *nm = names ? cell(names, na, r, c) : NULL;
             char fill[16] = "#cccccc";
             if (json_is_number(v))
-                colour(json_number_value(v), vmax, fill, sizeof fill);
-            put(&b,
-                "<rect class=\"cell\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" "
-                "stroke=\"#ffffff\" data-row=\"%d\" data-col=\"%d\" data-value=\"",
-                left + c * cw, top + r * ch, cw, ch, fill, r, c);
+                svg_colour(json_number_value(v), vmax, fill, sizeof fill);
+            svg_put(&b,
+                    "<rect class=\"cell\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" "
+                    "stroke=\"#ffffff\" data-row=\"%d\" data-col=\"%d\" data-value=\"",
+                    left + c * cw, top + r * ch, cw, ch, fill, r, c);
             if (json_is_number(v))
-                put(&b, "%.9g", json_number_value(v));
-            put(&b, "\"");
+                svg_put(&b, "%.9g", json_number_value(v));
+            svg_put(&b, "\"");
             if (json_is_string(nm)) {
-                put(&b, " data-name=\"");
-                put_text(&b, json_string_value(nm));
-                put(&b, "\"");
+                svg_put(&b, " data-name=\"");
+                svg_text(&b, json_string_value(nm));
+                svg_put(&b, "\"");
             }
-            put(&b, "><title>");
-            put_text(&b, json_is_string(nm) ? json_string_value(nm) : "");
+            svg_put(&b, "><title>");
+            svg_text(&b, json_is_string(nm) ? json_string_value(nm) : "");
             if (json_is_number(v))
-                put(&b, ": %.4g", json_number_value(v));
+                svg_put(&b, ": %.4g", json_number_value(v));
             else
-                put(&b, ": no value (the normalization's two baselines are equal)");
-            put(&b, "</title></rect>\n");
+                svg_put(&b, ": no value (the normalization's two baselines are equal)");
+            svg_put(&b, "</title></rect>\n");
         }
     /* ticks: every one when they fit, else every k-th */
     int rstep = ch >= 12 && rows <= 48 ? 1 : (rows + 23) / 24,
         cstep = cols <= 48 ? 1 : (cols + 23) / 24;
     for (int r = 0; na == 2 && r < rows; r += rstep)
-        put(&b,
-            "<text x=\"%d\" y=\"%d\" text-anchor=\"end\" "
-            "dominant-baseline=\"middle\">%lld</text>\n",
-            left - 6, top + r * ch + ch / 2,
-            (long long)json_integer_value(json_array_get(rt, (size_t)r)));
+        svg_put(&b,
+                "<text x=\"%d\" y=\"%d\" text-anchor=\"end\" "
+                "dominant-baseline=\"middle\">%lld</text>\n",
+                left - 6, top + r * ch + ch / 2,
+                (long long)json_integer_value(json_array_get(rt, (size_t)r)));
     for (int c = 0; c < cols; c += cstep)
-        put(&b, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%lld</text>\n",
-            left + c * cw + cw / 2, top + gh + 14,
-            (long long)json_integer_value(json_array_get(ct, (size_t)c)));
-    put(&b, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" font-weight=\"bold\">", left + gw / 2,
-        top + gh + 34);
-    put_text(&b, ca);
-    put(&b, "</text>\n");
+        svg_put(&b, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%lld</text>\n",
+                left + c * cw + cw / 2, top + gh + 14,
+                (long long)json_integer_value(json_array_get(ct, (size_t)c)));
+    svg_put(&b, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" font-weight=\"bold\">",
+            left + gw / 2, top + gh + 34);
+    svg_text(&b, ca);
+    svg_put(&b, "</text>\n");
     if (na == 2) {
-        put(&b,
-            "<text x=\"16\" y=\"%d\" text-anchor=\"middle\" font-weight=\"bold\" "
-            "transform=\"rotate(-90 16 %d)\">",
-            top + gh / 2, top + gh / 2);
-        put_text(&b, ra);
-        put(&b, "</text>\n");
+        svg_put(&b,
+                "<text x=\"16\" y=\"%d\" text-anchor=\"middle\" font-weight=\"bold\" "
+                "transform=\"rotate(-90 16 %d)\">",
+                top + gh / 2, top + gh / 2);
+        svg_text(&b, ra);
+        svg_put(&b, "</text>\n");
     }
     /* the legend: a bar from -vmax (bottom) to +vmax (top) */
     int lx = left + gw + legend, lh = gh > 120 ? gh : 120, steps = 20;
     for (int i = 0; i < steps; i++) {
         char fill[16];
-        colour(vmax * (1 - 2.0 * (i + 0.5) / steps), vmax, fill, sizeof fill);
-        put(&b, "<rect x=\"%d\" y=\"%d\" width=\"14\" height=\"%d\" fill=\"%s\"/>\n", lx,
-            top + i * lh / steps, lh / steps + 1, fill);
+        svg_colour(vmax * (1 - 2.0 * (i + 0.5) / steps), vmax, fill, sizeof fill);
+        svg_put(&b, "<rect x=\"%d\" y=\"%d\" width=\"14\" height=\"%d\" fill=\"%s\"/>\n", lx,
+                top + i * lh / steps, lh / steps + 1, fill);
     }
-    put(&b,
-        "<rect class=\"legend\" x=\"%d\" y=\"%d\" width=\"14\" height=\"%d\" fill=\"none\" "
-        "stroke=\"#444444\"/>\n",
-        lx, top, lh - lh % steps);
-    put(&b, "<text x=\"%d\" y=\"%d\" dominant-baseline=\"middle\">%+.3g</text>\n", lx + 18, top,
-        vmax);
-    put(&b, "<text x=\"%d\" y=\"%d\" dominant-baseline=\"middle\">0</text>\n", lx + 18,
-        top + (lh - lh % steps) / 2);
-    put(&b, "<text x=\"%d\" y=\"%d\" dominant-baseline=\"middle\">%+.3g</text>\n", lx + 18,
-        top + lh - lh % steps, -vmax);
-    put(&b, "</svg>\n");
+    svg_put(&b,
+            "<rect class=\"legend\" x=\"%d\" y=\"%d\" width=\"14\" height=\"%d\" fill=\"none\" "
+            "stroke=\"#444444\"/>\n",
+            lx, top, lh - lh % steps);
+    svg_put(&b, "<text x=\"%d\" y=\"%d\" dominant-baseline=\"middle\">%+.3g</text>\n", lx + 18, top,
+            vmax);
+    svg_put(&b, "<text x=\"%d\" y=\"%d\" dominant-baseline=\"middle\">0</text>\n", lx + 18,
+            top + (lh - lh % steps) / 2);
+    svg_put(&b, "<text x=\"%d\" y=\"%d\" dominant-baseline=\"middle\">%+.3g</text>\n", lx + 18,
+            top + lh - lh % steps, -vmax);
+    svg_put(&b, "</svg>\n");
     if (b.failed) {
         free(b.s);
         return npp_fail(e, NPP_ENOMEM, "", "out of memory drawing the heatmap");

@@ -64,7 +64,8 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
          * at most a patched run: bounded by that many plain runs (it is
          * planned after the attribution and refused if it needs more) */
         size_t second = j->attrib->discover
-                            ? (size_t)(j->attrib->verify + j->attrib->nsizes + 2) * ex.peak_bytes
+                            ? (size_t)(j->attrib->verify + j->attrib->nsizes + 2) * ex.peak_bytes +
+                                  est->plan_bytes
                             : 0;
         attrib = second > attrib ? second : attrib;
         work = attrib > work ? attrib : work;

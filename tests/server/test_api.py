@@ -137,6 +137,46 @@ def test_sweep(server):
     validate("/v1/jobs", "POST", st, err)
 
 
+def test_discover_and_its_circuit(make_server):
+    """A discover job through the service: GET circuit.svg draws its circuit
+    (the edges connected to ln_final, each with its score) and the
+    faithfulness curve; a circuit job's own edges; a plain job has none."""
+    srv = make_server(models={"m": MODEL})
+    base = {"inputs": ["The capital of Spain is", "The capital of Italy is"],
+            "metric": {"type": "logit_diff", "target": " Madrid", "baseline": " Rome"},
+            "outputs": {"top_k": 0}}
+    st, _, body = srv.request("POST", "/v1/jobs?wait=60", dict(
+        base, discover={"method": "eap-ig", "steps": 3, "top_n": [3, 10, 110], "verify": 2}))
+    assert st == 200 and body["state"] == "done", body
+    validate("/v1/jobs", "POST", st, body)
+    d = body["result"]["discover"]
+    assert [p["n"] for p in d["curve"]] == [3, 10, 110] and len(d["verify"]) == 2
+    assert abs(d["curve"][-1]["faithfulness"] - 1) < 1e-5  # every edge: the clean run
+    st, h, svg = srv.request("GET", "/v1/jobs/%s/circuit.svg" % body["id"])
+    assert st == 200 and h["Content-Type"] == "image/svg+xml"
+    root = ET.fromstring(svg)
+    edges = [e for e in root.iter() if e.get("class") == "edge"]
+    points = [e for e in root.iter() if e.get("class") == "point"]
+    scores = {tuple(e[:2]): e[2] for e in body["result"]["attribution"]["edges"]}
+    assert edges and len(points) == 3
+    for e in edges:  # every edge drawn is one of the scored ones, with its score
+        u, v = e.find("{http://www.w3.org/2000/svg}title").text.split(":")[0].split(" -> ")
+        assert abs(float(e.get("data-score")) - scores[(u, v)]) <= 1e-5 * abs(scores[(u, v)])
+    assert any(e.find("{http://www.w3.org/2000/svg}title").text.split(" -> ")[1].startswith(
+        "ln_final") for e in edges)
+    # a circuit job: its own edges, unscored
+    st, _, c = srv.request("POST", "/v1/jobs?wait=60", dict(
+        base, circuit={"edges": [["a0.head1", "a1.head2.k"], ["a1.head2", "ln_final"],
+                                 ["emb", "a0.head3.q"]]}))
+    st, _, svg = srv.request("GET", "/v1/jobs/%s/circuit.svg" % c["id"])
+    drawn = [e for e in ET.fromstring(svg).iter() if e.get("class") == "edge"]
+    assert st == 200 and len(drawn) == 2  # emb -> a0.head3.q does not reach ln_final
+    st, _, plain = srv.request("POST", "/v1/jobs?wait=60", base)
+    st, _, err = srv.request("GET", "/v1/jobs/%s/circuit.svg" % plain["id"])
+    assert st == 404 and err["error"]["code"] == "no_circuit", err
+    validate("/v1/jobs/{id}/circuit.svg", "GET", st, err)
+
+
 def test_grid_and_its_heatmap(make_server):
     """A grid job through the service: its result's grid equals the cells
     run one by one, GET heatmap.svg draws it (one rect per cell, its value),
