@@ -19,6 +19,7 @@
 typedef struct {
     int u, v; /* symbols */
     double score;
+    int order; /* the receiver's place in the residual stream */
 } cedge;
 
 typedef struct {
@@ -65,12 +66,10 @@ static int box_of(const graph_dims *g, int v)
                                                            : v;
 }
 
-static int by_receiver_desc(const void *x, const void *y, void *gv)
+static int by_receiver_desc(const void *x, const void *y)
 {
-    const graph_dims *g = gv;
     const cedge *a = x, *b = y;
-    gnode da = graph_node(g, a->v), db = graph_node(g, b->v);
-    return graph_stream_index(g, db.kind, db.layer) - graph_stream_index(g, da.kind, da.layer);
+    return b->order - a->order;
 }
 
 /* Keeps the edges through which a sender reaches ln_final (in place);
@@ -78,7 +77,11 @@ static int by_receiver_desc(const void *x, const void *y, void *gv)
  * reach ln_final before the edges into its own inputs are looked at. */
 static int prune(const graph_dims *g, cedge *es, int n, unsigned char *live)
 {
-    qsort_r(es, (size_t)n, sizeof *es, by_receiver_desc, (void *)g);
+    for (int i = 0; i < n; i++) {
+        gnode d = graph_node(g, es[i].v);
+        es[i].order = graph_stream_index(g, d.kind, d.layer);
+    }
+    qsort(es, (size_t)n, sizeof *es, by_receiver_desc);
     memset(live, 0, (size_t)g->nsym);
     live[graph_sym(g, G_LN_FINAL, -1, -1)] = 1;
     int k = 0;
@@ -230,7 +233,7 @@ static int pick(const json_t *res, const graph_dims *g, cedge **out, int *scored
             v = graph_parse(g, json_string_value(json_array_get(ed, 1)) ?: "");
         if (u < 0 || v < 0)
             continue;
-        es[k++] = (cedge){u, v, *scored ? json_number_value(json_array_get(ed, 2)) : 0};
+        es[k++] = (cedge){u, v, *scored ? json_number_value(json_array_get(ed, 2)) : 0, 0};
     }
     *out = es;
     return k;
