@@ -162,6 +162,36 @@ def test_circuit(server):
     assert e.value.status == 422 and e.value.field == "circuit.edges[0]"
 
 
+def test_attribution_and_discover(server):
+    m = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token).model()
+    metric = {"type": "logit_diff", "target": " Madrid", "baseline": " Rome"}
+    res = m.attribute(SPAIN, metric, top=5)
+    att = res.attribution
+    assert att.method == "eap" and att.count == 110 and len(att) == 5
+    assert att.scores.shape == (5,) and (np.diff(np.abs(att.scores)) <= 0).all()
+    assert all(len(e) == 3 for e in att) and att.top(2) == [e[:2] for e in att.edges[:2]]
+    full = m.attribute(SPAIN, metric).attribution  # every edge: a circuit of all of them
+    circ = m.run(SPAIN, circuit=full.top(110), metric=dict(metric, normalize=True))
+    assert len(full) == 110 and abs(circ.raw["metric"]["normalized"] - 1) < 1e-5
+    d = m.discover(SPAIN, metric, steps=2, top_n=[5, 110], verify=3)
+    assert [p["n"] for p in d.discover["curve"]] == [5, 110] and len(d.discover["verify"]) == 3
+    assert abs(d.discover["curve"][1]["faithfulness"] - 1) < 1e-5
+    svg = d.circuit_svg()
+    assert svg._repr_svg_().startswith("<?xml") and 'class="edge"' in svg
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    assert d.plot_faithfulness(ax) is ax
+    xs, ys = ax.get_lines()[0].get_data()
+    assert list(xs) == [5, 110] and abs(ys[1] - 1) < 1e-5
+    plt.close(fig)
+    with pytest.raises(ValueError):
+        res.plot_faithfulness()
+    nodes = m.attribute(SPAIN, metric, method="eap-ig", steps=2, level="nodes")
+    assert nodes.attribution.level == "nodes" and len(nodes.attribution.nodes) == 11
+
+
 def test_client_conveniences(server, tmp_path, monkeypatch):
     m = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token).model()
     assert m.to_str_tokens("Hello world") == ["Hello", " world"]

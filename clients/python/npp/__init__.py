@@ -247,6 +247,36 @@ class Model:
                                        headers={"X-Npp-Affinity": key.hexdigest()[:32]})
         return Job(self.client, body["id"], body).wait(progress=progress)
 
+    def attribute(self, inputs, metric, method="eap", steps=None, level="edges", top=None,
+                  outputs=None, progress=None):
+        """Edge attribution patching of inputs[0] (clean) against inputs[1]
+        (corrupted): every edge's score for the metric (see "attribution" in
+        docs/jobs.md). Returns a Result whose .attribution holds the scores."""
+        att = {"method": method, "level": level}
+        if steps is not None:
+            att["steps"] = steps
+        if top is not None:
+            att["top"] = top
+        return self._extra(inputs, metric, "attribution", att, outputs, progress)
+
+    def discover(self, inputs, metric, method="eap-ig", steps=None, top_n=None, verify=None,
+                 top=None, outputs=None, progress=None):
+        """Attribution, then the top `verify` edges patched exactly one by
+        one and the circuit of the top n edges evaluated for each n of top_n
+        (a faithfulness curve). Returns a Result: .attribution, .discover
+        ({"verify": [...], "curve": [...]}), .circuit_svg()."""
+        d = {"method": method}
+        for k, v in (("steps", steps), ("top_n", top_n), ("verify", verify), ("top", top)):
+            if v is not None:
+                d[k] = list(v) if k == "top_n" else v
+        return self._extra(inputs, metric, "discover", d, outputs, progress)
+
+    def _extra(self, inputs, metric, key, value, outputs, progress):
+        doc = self.job_document(inputs, outputs=outputs or {"top_k": 0}, metric=metric)
+        doc[key] = value
+        _, body = self.client._request("POST", "/v1/jobs", doc)
+        return Job(self.client, body["id"], body).wait(progress=progress)
+
     def sweep(self, inputs, variants, outputs=None, metric=None, limits=None, progress=None):
         """Runs many variants of one experiment as one job: the variants share
         the inputs, outputs and metric, and every value two of them need is
@@ -283,6 +313,37 @@ def _variant(v):
         if d.get(key) and isinstance(d[key][0], tuple):
             d[key] = rules.rules(d[key], value)
     return d
+
+
+class Attribution:
+    """An attribution's scores, highest |score| first: .edges [(sender,
+    receiver, score)] (or .nodes [(sender, score)] for level "nodes"),
+    .scores (a numpy array, in that order), .method, .steps, .count (how
+    many were scored; the list may be cut to the job's "top")."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.method, self.steps, self.level = raw["method"], raw["steps"], raw["level"]
+        self.count = raw["count"]
+        self.edges = [tuple(e) for e in raw.get("edges", [])]
+        self.nodes = [tuple(e) for e in raw.get("nodes", [])]
+        rows = self.edges or self.nodes
+        s = [r[-1] for r in rows]
+        self.scores = _np.array(s, dtype=float) if _np is not None else s
+
+    def __len__(self):
+        return len(self.edges or self.nodes)
+
+    def __iter__(self):
+        return iter(self.edges or self.nodes)
+
+    def top(self, n):
+        """The n highest edges as (sender, receiver) pairs: a circuit
+        (m.run(..., circuit=res.attribution.top(10)))."""
+        return [e[:2] for e in self.edges[:n]]
+
+    def __repr__(self):
+        return "<Attribution %s: %d of %d %s>" % (self.method, len(self), self.count, self.level)
 
 
 class Job:
@@ -446,6 +507,11 @@ class Result(_Patched):
         # name -> array ([batch, tokens, width], or [batch, heads, tokens, tokens]
         # for a{i}.pattern); padding rows of shorter examples are zeros
         self.activations = {k: _tensor(v) for k, v in (acts or {}).get("nodes", {}).items()}
+        # an attribution or discover job: the scored edges (or nodes), and
+        # discover's exact checks and faithfulness curve
+        self.attribution = Attribution(self.raw["attribution"]) if "attribution" in self.raw \
+            else None
+        self.discover = self.raw.get("discover")
         self.variants = None
         if "sweep" in self.raw:
             self.variants = [Variant(self, v) for v in self.raw["sweep"]]
@@ -453,6 +519,37 @@ class Result(_Patched):
             self.positions = self.hidden_states = self.logits = self.token_logprobs = None
         else:
             self._load(self.raw)
+
+    def circuit_svg(self, filename=None):
+        """An attribution, discover or circuit job's circuit as SVG text (the
+        server draws it); also written to filename if given."""
+        _, svg = self.client._request("GET", "/v1/jobs/%s/circuit.svg" % self.id, raw=True)
+        text = svg.decode()
+        if filename:
+            with open(filename, "w") as f:
+                f.write(text)
+        return Svg(text)
+
+    def plot_faithfulness(self, ax=None):
+        """A discover job's faithfulness curve with matplotlib (n across,
+        faithfulness up, 1 the clean run); returns the Axes."""
+        if not self.discover:
+            raise ValueError("not a discover job (see \"discover\" in docs/jobs.md)")
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError("res.plot_faithfulness() needs matplotlib (Debian: "
+                              "python3-matplotlib); res.circuit_svg() draws the curve without "
+                              "it") from None
+        ax = ax or plt.gca()
+        curve = self.discover["curve"]
+        ax.plot([p["n"] for p in curve], [p["faithfulness"] for p in curve], "o-")
+        ax.axhline(1, color="grey", linestyle="--", linewidth=0.8)
+        ax.axhline(0, color="grey", linestyle=":", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("edges (top n by %s)" % self.attribution.method)
+        ax.set_ylabel("faithfulness")
+        return ax
 
     def grid(self):
         """A grid job's cells: (values, axes), values a numpy array (nested
