@@ -15,6 +15,8 @@ import xml.etree.ElementTree as ET
 from conftest import (LONG_MODEL, MODEL, NPP, SLOW_MODEL, TOKENS, free_port, in_thread, job_doc,
                       slow_job, validate, wait_state)
 
+SANITIZED = "ASAN_OPTIONS" in os.environ or "TSAN_OPTIONS" in os.environ
+
 
 # ---- health, docs, auth ------------------------------------------------------------------
 
@@ -405,22 +407,24 @@ def test_attribution_progress_and_cancel(make_server):
     st, _, body = srv.request("POST", "/v1/jobs", job)
     assert st == 202, body
     jid, seen = body["id"], None
-    deadline = time.time() + 60
+    units = 1 + 2 * 2 * 8  # the corrupted run, then each layer forward and backward, 8 steps
+    deadline = time.time() + 120
     while time.time() < deadline:  # until the gradient passes are under way
         b = srv.request("GET", "/v1/jobs/" + jid)[2]
         p = b.get("progress") or {}
-        if b["state"] != "running" or p.get("done", 0) > p.get("total", 1) // 2 > 0:
+        if b["state"] != "running" or p.get("done", 0) >= p.get("total", 0) - units + 2 > 0:
             seen = b
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     assert seen and seen["state"] == "running", seen
     total = seen["progress"]["total"]
-    assert total > 1 + 2 * 2 * 8 and seen["progress"]["done"] < total  # values, then 33 units
+    assert total > units and seen["progress"]["done"] < total
     t0 = time.time()
     st, _, body = srv.request("DELETE", "/v1/jobs/" + jid)
     assert st == 200
     end = wait_state(srv, jid, {"cancelled", "done", "failed"})
-    assert end["state"] == "cancelled" and time.time() - t0 < 1.5, (end, time.time() - t0)
+    limit = 15 if SANITIZED else 1.5  # a layer's backward pass, under a sanitizer or not
+    assert end["state"] == "cancelled" and time.time() - t0 < limit, (end, time.time() - t0)
     assert end["progress"]["done"] < total
 
 
