@@ -40,7 +40,7 @@ static int failed(actx *a)
 {
     if (a->st.code)
         return npp_fail_shim(a->e, &a->st);
-    if (a->o->cancel && *a->o->cancel)
+    if (a->o->cancel && __atomic_load_n(a->o->cancel, __ATOMIC_RELAXED)) /* another thread's */
         return npp_fail(a->e, NPP_ECANCELED, "", "the job was cancelled");
     return 0;
 }
@@ -88,19 +88,6 @@ static void add_senders(actx *a, const int64_t *ids, double sign)
         shim_free(x2), shim_free(y);
     }
     shim_free(x);
-}
-
-/* log-softmax of n logits, in double, into lp. */
-static void log_softmax(const float *x, int64_t n, float *lp)
-{
-    double mx = -INFINITY, s = 0;
-    for (int64_t v = 0; v < n; v++)
-        mx = x[v] > mx ? x[v] : mx;
-    for (int64_t v = 0; v < n; v++)
-        s += exp((double)x[v] - mx);
-    double lse = mx + log(s);
-    for (int64_t v = 0; v < n; v++)
-        lp[v] = (float)((double)x[v] - lse);
 }
 
 /* dM/dh for final hidden states h (B, T, C): the metric's gradient at each
@@ -173,7 +160,8 @@ static shim_tensor *metric_seed(actx *a, const shim_tensor *h, int clean)
                 int64_t toks[METRIC_MAX_TOKENS];
                 for (int k = 0; k < K; k++)
                     toks[k] = j->m_tokens[k][b];
-                log_softmax(all + (size_t)b * V, V, lp);
+                memcpy(lp, all + (size_t)b * V, (size_t)V * sizeof *lp);
+                metric_log_softmax(lp, 1, (size_t)V);
                 if (clean && md->needs_ref)
                     memcpy(a->ref + (size_t)b * V, lp, (size_t)V * sizeof *lp);
                 metric_in in = {.logprobs = lp,

@@ -237,22 +237,6 @@ static float *logits_at(ctx *c, const shim_tensor *hidden, const int *pos, int n
     return h;
 }
 
-/* log-softmax of each row, in place (double accumulation). */
-static void log_softmax(float *x, size_t rows, size_t V)
-{
-    for (size_t r = 0; r < rows; r++) {
-        float *v = x + r * V;
-        double mx = -INFINITY, s = 0;
-        for (size_t i = 0; i < V; i++)
-            mx = v[i] > mx ? v[i] : mx;
-        for (size_t i = 0; i < V; i++)
-            s += exp((double)v[i] - mx);
-        double lse = mx + log(s);
-        for (size_t i = 0; i < V; i++)
-            v[i] = (float)((double)v[i] - lse);
-    }
-}
-
 static json_t *top_k_json(const model *m, const float *lp, size_t V, int k)
 {
     json_t *arr = json_array();
@@ -325,11 +309,11 @@ static json_t *metric_json(ctx *c, const shim_tensor *hidden, const shim_tensor 
     } else {
         if (!(lg = logits_at(c, hidden, j->m_pos, 1)))
             goto done;
-        log_softmax(lg, (size_t)B, (size_t)V);
+        metric_log_softmax(lg, (size_t)B, (size_t)V);
         if (md->needs_ref) {
             if (!(rl = logits_at(c, ref, j->m_pos, 1)))
                 goto done;
-            log_softmax(rl, (size_t)B, (size_t)V);
+            metric_log_softmax(rl, (size_t)B, (size_t)V);
         }
         for (int64_t b = 0; b < B; b++) {
             int64_t toks[METRIC_MAX_TOKENS];
@@ -383,7 +367,7 @@ static json_t *outputs_json(ctx *c, const shim_tensor *hidden, const char *tag, 
             }
             json_object_set_new(o, "logits", t);
         }
-        log_softmax(raw, (size_t)(B * np), (size_t)V);
+        metric_log_softmax(raw, (size_t)(B * np), (size_t)V);
         lp = raw;
     }
     if (j->top_k > 0) {

@@ -150,3 +150,18 @@ void metric_names(char *buf, size_t n)
     for (int i = 0; i < NMETRICS && w < n; i++)
         w += (size_t)snprintf(buf + w, n - w, "%s\"%s\"", i ? ", " : "", METRICS[i].name);
 }
+
+void metric_log_softmax(float *x, size_t rows, size_t V)
+{
+    for (size_t r = 0; r < rows; r++) {
+        float *v = x + r * V;
+        double mx = -INFINITY, s = 0;
+        for (size_t i = 0; i < V; i++)
+            mx = v[i] > mx ? v[i] : mx;
+        for (size_t i = 0; i < V; i++)
+            s += exp((double)v[i] - mx);
+        double lse = mx + log(s);
+        for (size_t i = 0; i < V; i++)
+            v[i] = (float)((double)v[i] - lse);
+    }
+}

@@ -47,5 +47,8 @@ int metric_count(void);
 int metric_ntokens(const metric_def *m);
 /* Writes the names, quoted and comma-separated ("\"logit_diff\", ..."). */
 void metric_names(char *buf, size_t n);
+/* log-softmax of each of rows rows of V logits, in place (accumulated in
+ * double): what the full-vocabulary metrics read. */
+void metric_log_softmax(float *x, size_t rows, size_t V);
 
 #endif

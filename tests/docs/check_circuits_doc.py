@@ -12,37 +12,16 @@ checking it."""
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../..")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from doclib import ROOT, check, page_jobs, run, summary  # noqa: E402
+
 DOC = os.path.join(ROOT, "docs/circuits.md")
-MODEL = os.path.join(ROOT, "models/induction")
 FIGURE = "docs/img/circuit-eap-ig.svg"
 KEY = ["a0.head0", "a1.head1.k"]
-RESULTS = []
-
-
-def check(name, ok, detail=""):
-    RESULTS.append(bool(ok))
-    print("%s %-70s %s" % ("ok  " if ok else "FAIL", name, detail))
-
-
-def run(npp, job, circuit=None):
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(job, f)
-    extra = ["--circuit", circuit] if circuit else []
-    try:
-        p = subprocess.run([npp, "run", "--model", MODEL, f.name, *extra], capture_output=True,
-                           text=True)
-    finally:
-        os.unlink(f.name)
-    if p.returncode:
-        raise RuntimeError(p.stderr)
-    return json.loads(p.stdout)
 
 
 def drawn(path):
@@ -64,14 +43,13 @@ def main():
     ap.add_argument("--npp", required=True)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
-    text = open(DOC).read()
-    jobs = dict(re.findall(r"<!-- job: ([\w-]+) -->\n```json\n(.*?)\n```", text, re.S))
+    jobs = page_jobs(DOC)
     check("the page has its three jobs", sorted(jobs) == ["circuit", "eap", "eap-ig"],
           str(sorted(jobs)))
     tmp = tempfile.mkdtemp(prefix="npp-doc-")
     fig = os.path.join(ROOT, FIGURE) if a.write else os.path.join(tmp, "eap-ig.svg")
     eap = run(a.npp, json.loads(jobs["eap"]))
-    ig = run(a.npp, json.loads(jobs["eap-ig"]), fig)
+    ig = run(a.npp, json.loads(jobs["eap-ig"]), "--circuit", fig)
     circ = run(a.npp, json.loads(jobs["circuit"]))
     if not a.write:
         now, page = drawn(fig), drawn(os.path.join(ROOT, FIGURE))
@@ -106,9 +84,7 @@ def main():
     check("circuit: six edges keep 0.93 (15.86), the top token is ' hard'",
           abs(m["normalized"] - 0.93) < 0.005 and abs(m["mean"] - 15.86) < 0.01 and
           top == " hard", "%.4f, %.2f, %r" % (m["normalized"], m["mean"], top))
-    n = sum(RESULTS)
-    print("%d passed, %d failed" % (n, len(RESULTS) - n))
-    sys.exit(0 if all(RESULTS) else 1)
+    sys.exit(summary())
 
 
 if __name__ == "__main__":

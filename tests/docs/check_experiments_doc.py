@@ -10,36 +10,15 @@ value within 1e-3: another machine may round the last bits differently).
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../..")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from doclib import ROOT, check, page_jobs, run, summary  # noqa: E402
+
 DOC = os.path.join(ROOT, "docs/experiments.md")
-MODEL = os.path.join(ROOT, "models/induction")
 FIGURES = {"head-grid": "docs/img/exp-head-grid.svg", "resid-grid": "docs/img/exp-resid-grid.svg"}
-RESULTS = []
-
-
-def check(name, ok, detail=""):
-    RESULTS.append(bool(ok))
-    print("%s %-66s %s" % ("ok  " if ok else "FAIL", name, detail))
-
-
-def run(npp, job, heatmap=None):
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(job, f)
-    extra = ["--heatmap", heatmap] if heatmap else []
-    try:
-        p = subprocess.run([npp, "run", "--model", MODEL, f.name, *extra], capture_output=True,
-                           text=True)
-    finally:
-        os.unlink(f.name)
-    if p.returncode:
-        raise RuntimeError(p.stderr)
-    return json.loads(p.stdout)
 
 
 def cells(path):
@@ -52,8 +31,7 @@ def main():
     ap.add_argument("--npp", required=True)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
-    text = open(DOC).read()
-    jobs = dict(re.findall(r"<!-- job: ([\w-]+) -->\n```json\n(.*?)\n```", text, re.S))
+    jobs = page_jobs(DOC)
     check("the page has its four jobs", sorted(jobs) ==
           ["head-grid", "mean-ablation", "resid-grid", "uneven"], str(sorted(jobs)))
     res = {}
@@ -62,7 +40,7 @@ def main():
         fig = FIGURES.get(name)
         drawn = (os.path.join(ROOT, fig) if a.write else os.path.join(tmp, name + ".svg")) \
             if fig else None
-        res[name] = run(a.npp, json.loads(body), drawn)
+        res[name] = run(a.npp, json.loads(body), *(("--heatmap", drawn) if drawn else ()))
         if fig and not a.write:
             now, page = cells(drawn), cells(os.path.join(ROOT, fig))
             check("%s: the page's figure is what the job draws" % name,
@@ -91,9 +69,7 @@ def main():
     check("uneven: lengths [12, 19, 19], positions per example, top-1 = the answers",
           u["lengths"] == [12, 19, 19] and u["outputs"]["positions"] == [[11], [18], [18]] and
           top == [" grounds", " snap", " thanked"], "%s %s" % (u["lengths"], top))
-    n = sum(RESULTS)
-    print("%d passed, %d failed" % (n, len(RESULTS) - n))
-    sys.exit(0 if all(RESULTS) else 1)
+    sys.exit(summary())
 
 
 if __name__ == "__main__":

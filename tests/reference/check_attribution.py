@@ -19,7 +19,6 @@ definition), on models of several layer and head counts:
 """
 import argparse
 import os
-import random
 import sys
 
 import numpy as np
@@ -27,7 +26,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import edges_ref  # noqa: E402
-import gpt2_ref  # noqa: E402
 import harness  # noqa: E402
 from harness import check, run  # noqa: E402
 
@@ -87,16 +85,8 @@ def engine_scores(res):
 
 def check_model(model):
     harness.setup(harness.NPP, model)
-    cfg, W = gpt2_ref.load(model)
-    name = os.path.basename(model.rstrip("/"))
-    _, _, edges = edges_ref.edge_list(cfg)
-    B, T = 2, 6
-    rng = random.Random(len(edges))
-    clean = [[rng.randrange(100, 1000) for _ in range(T)] for _ in range(B)]
-    corrupt = [row[:] for row in clean]
-    for row in corrupt:
-        row[1], row[3] = row[3] + 7, row[1] + 11
-    pos = [T - 1] * B
+    cfg, W, name, edges, _, clean, corrupt = edges_ref.setup(model)
+    pos = [len(clean[0]) - 1] * len(clean)
     base = {"inputs": [clean, corrupt], "outputs": {"top_k": 0}}
     specs = [({"type": "logit_diff", "target": 11, "baseline": 12}, "eap", 1),
              ({"type": "logit_diff", "target": 11, "baseline": 12}, "eap-ig", 3),

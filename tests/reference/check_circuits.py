@@ -14,7 +14,6 @@ head counts:
 """
 import argparse
 import os
-import random
 import sys
 
 import numpy as np
@@ -35,15 +34,7 @@ def hidden(res):
 
 def check_model(model):
     harness.setup(harness.NPP, model)
-    cfg, W = gpt2_ref.load(model)
-    name = os.path.basename(model.rstrip("/"))
-    senders, receivers, edges = edges_ref.edge_list(cfg)
-    B, T = 2, 6
-    rng = random.Random(len(edges))
-    clean = [[rng.randrange(100, 1000) for _ in range(T)] for _ in range(B)]
-    corrupt = [row[:] for row in clean]
-    for row in corrupt:
-        row[1], row[3] = row[3] + 7, row[1] + 11
+    cfg, W, name, edges, rng, clean, corrupt = edges_ref.setup(model)
     base = {"inputs": [clean, corrupt], "outputs": {"hidden_states": True, "top_k": 0}}
     t_clean, t_corrupt = torch.tensor(clean), torch.tensor(corrupt)
     ref_clean = edges_ref.run(cfg, W, t_clean)

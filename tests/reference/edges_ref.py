@@ -12,6 +12,9 @@ input's plain run otherwise.
     plain = run(cfg, W, ids)                        # every sender's output
     h = run(cfg, W, ids, circuit=set(E), other=run(cfg, W, ids_corrupt))["hidden"]
 """
+import os
+import random
+
 import torch
 
 import gpt2_ref
@@ -96,3 +99,18 @@ def run(cfg, W, ids, circuit=None, other=None, emb=None, taps=None):
         out["f%d.head" % i] = gpt2_ref.mlp(cfg, W, i, recv("f%d.head" % i))
     out["_hidden"] = gpt2_ref.layer_norm(recv("ln_final"), W["ln_f.weight"], W["ln_f.bias"], eps)
     return out
+
+
+def setup(model, B=2, T=6):
+    """What the circuit and attribution checks start from: (cfg, W, name,
+    edges, rng, clean, corrupt) for a model folder: a batch of B x T
+    token ids and a corrupted copy (positions 1 and 3 changed)."""
+    cfg, W = gpt2_ref.load(model)
+    name = os.path.basename(model.rstrip("/"))
+    edges = edge_list(cfg)[2]
+    rng = random.Random(len(edges))
+    clean = [[rng.randrange(100, 1000) for _ in range(T)] for _ in range(B)]
+    corrupt = [row[:] for row in clean]
+    for row in corrupt:
+        row[1], row[3] = row[3] + 7, row[1] + 11
+    return cfg, W, name, edges, rng, clean, corrupt

@@ -523,7 +523,10 @@ class Result(_Patched):
     def circuit_svg(self, filename=None):
         """An attribution, discover or circuit job's circuit as SVG text (the
         server draws it); also written to filename if given."""
-        _, svg = self.client._request("GET", "/v1/jobs/%s/circuit.svg" % self.id, raw=True)
+        return self._picture("circuit", filename)
+
+    def _picture(self, kind, filename):
+        _, svg = self.client._request("GET", "/v1/jobs/%s/%s.svg" % (self.id, kind), raw=True)
         text = svg.decode()
         if filename:
             with open(filename, "w") as f:
@@ -567,12 +570,7 @@ class Result(_Patched):
     def heatmap(self, filename=None):
         """A grid job's heatmap as SVG text (the server draws it); also
         written to filename if given."""
-        _, svg = self.client._request("GET", "/v1/jobs/%s/heatmap.svg" % self.id, raw=True)
-        text = svg.decode()
-        if filename:
-            with open(filename, "w") as f:
-                f.write(text)
-        return Svg(text)
+        return self._picture("heatmap", filename)
 
     def plot(self, ax=None):
         """A grid job's values with matplotlib (imshow on a diverging map,
