@@ -103,10 +103,10 @@ static shim_tensor *metric_seed(actx *a, const shim_tensor *h, int clean)
     int64_t V = m->cfg.vocab_size, flat[2] = {(int64_t)B * a->T, C};
     int64_t *idx = malloc((size_t)(B * (K ? K : 1)) * sizeof *idx);
     float *seed = calloc((size_t)a->N, sizeof *seed), *rows = malloc((size_t)B * C * sizeof *rows);
-    float *d = malloc((size_t)B * (size_t)V * sizeof *d), *lg = malloc((size_t)V * sizeof *lg);
-    float *lp = malloc((size_t)V * sizeof *lp);
+    size_t nv = md->full_vocab ? (size_t)V : 1; /* the vocabulary, when the metric reads it */
+    float *d = malloc((size_t)B * nv * sizeof *d), *lp = malloc(nv * sizeof *lp);
     shim_tensor *out = NULL, *hf = NULL, *hr = NULL;
-    if (!idx || !seed || !rows || !d || !lg || !lp) {
+    if (!idx || !seed || !rows || !d || !lp) {
         st->code = SHIM_ENOMEM;
         snprintf(st->msg, sizeof st->msg, "out of memory");
         goto done;
@@ -192,7 +192,7 @@ static shim_tensor *metric_seed(actx *a, const shim_tensor *h, int clean)
     }
 done:
     shim_free(hf), shim_free(hr);
-    free(idx), free(seed), free(rows), free(d), free(lg), free(lp);
+    free(idx), free(seed), free(rows), free(d), free(lp);
     return out;
 }
 

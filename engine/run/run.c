@@ -242,6 +242,14 @@ static void progress_with_attrib(void *ud, long done, long total)
     p->o->progress(p->o->ud, done, total + p->extra);
 }
 
+/* discover's second job counts after the first: extra is what the first
+ * counted. */
+static void progress_after(void *ud, long done, long total)
+{
+    const progress_plus *p = ud;
+    p->o->progress(p->o->ud, p->extra + done, p->extra + total);
+}
+
 /* discover's second job: the top edges patched exactly one by one
  * (path_patch from input 1) and the circuit of the top n edges for each n,
  * as one sweep on the same cache; its plan may not need more than the job
@@ -289,7 +297,10 @@ static int discover(const model *m, run_output *r, const run_opts *o, json_t *at
     json_t *doc = discover_doc(j, edges);
     run_output *r2 = NULL;
     run_opts o2 = *o;
+    progress_plus pp = {o, r->stats.computed + attrib_units(m, j)};
     o2.npy_dir = NULL;
+    if (o->progress)
+        o2.progress = progress_after, o2.ud = &pp;
     if (!doc)
         return npp_fail(e, NPP_ENOMEM, "discover", "out of memory");
     double t0 = now_ms();
