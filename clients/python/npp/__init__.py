@@ -288,6 +288,16 @@ class Model:
         return job.wait(progress=progress)
 
 
+def _pyplot(method, instead):
+    """matplotlib.pyplot, or an ImportError saying what to use without it."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("%s needs matplotlib (Debian: python3-matplotlib); %s without it"
+                          % (method, instead)) from None
+    return plt
+
+
 def _circuit(c):
     """A circuit as the server takes it: {"edges": [[u, v], ...]} from a dict
     or from the edges themselves (pairs; a third item, such as a score, is
@@ -523,10 +533,11 @@ class Result(_Patched):
     def circuit_svg(self, filename=None):
         """An attribution, discover or circuit job's circuit as SVG text (the
         server draws it); also written to filename if given."""
-        return self._picture("circuit", filename)
+        return self._picture("circuit.svg", filename)
 
-    def _picture(self, kind, filename):
-        _, svg = self.client._request("GET", "/v1/jobs/%s/%s.svg" % (self.id, kind), raw=True)
+    def _picture(self, name, filename):
+        """GET /v1/jobs/ID/name (an SVG) as text; also written to filename."""
+        _, svg = self.client._request("GET", "/v1/jobs/%s/%s" % (self.id, name), raw=True)
         text = svg.decode()
         if filename:
             with open(filename, "w") as f:
@@ -538,13 +549,7 @@ class Result(_Patched):
         faithfulness up, 1 the clean run); returns the Axes."""
         if not self.discover:
             raise ValueError("not a discover job (see \"discover\" in docs/jobs.md)")
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ImportError("res.plot_faithfulness() needs matplotlib (Debian: "
-                              "python3-matplotlib); res.circuit_svg() draws the curve without "
-                              "it") from None
-        ax = ax or plt.gca()
+        ax = ax or _pyplot("res.plot_faithfulness()", "res.circuit_svg() draws the curve").gca()
         curve = self.discover["curve"]
         ax.plot([p["n"] for p in curve], [p["faithfulness"] for p in curve], "o-")
         ax.axhline(1, color="grey", linestyle="--", linewidth=0.8)
@@ -570,16 +575,12 @@ class Result(_Patched):
     def heatmap(self, filename=None):
         """A grid job's heatmap as SVG text (the server draws it); also
         written to filename if given."""
-        return self._picture("heatmap", filename)
+        return self._picture("heatmap.svg", filename)
 
     def plot(self, ax=None):
         """A grid job's values with matplotlib (imshow on a diverging map,
         axes labelled and ticked); returns the Axes."""
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ImportError("res.plot() needs matplotlib (Debian: python3-matplotlib); "
-                              "res.heatmap() draws the same grid as SVG without it") from None
+        plt = _pyplot("res.plot()", "res.heatmap() draws the same grid as SVG")
         vals, axes = self.grid()
         vals = _np.atleast_2d(vals)
         if len(axes) > 2:
@@ -621,12 +622,7 @@ class Result(_Patched):
         """The path tree as SVG text (a sweep's: variant's, default 0); also
         written to filename if given."""
         q = "" if variant is None else "?variant=%d" % variant
-        _, svg = self.client._request("GET", "/v1/jobs/%s/graph.svg%s" % (self.id, q), raw=True)
-        text = svg.decode()
-        if filename:
-            with open(filename, "w") as f:
-                f.write(text)
-        return Svg(text)
+        return self._picture("graph.svg" + q, filename)
 
     def __repr__(self):
         return "Result(job=%s, metric=%r, stats=%s)" % (self.id, self.metric, self.stats)
