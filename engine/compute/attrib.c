@@ -405,7 +405,8 @@ size_t attrib_bytes(const model *m, const job *j)
     size_t e = shim_dtype_size(m->dtype), L = (size_t)c->n_layer, H = (size_t)c->n_head;
     size_t BT = (size_t)j->B * (size_t)j->T, N = BT * (size_t)c->n_embd, I = (size_t)c->n_inner;
     size_t att = (size_t)j->B * H * (size_t)j->T * (size_t)j->T;
-    size_t S = 1 + L * (H + 1), R = 1 + 3 * L * H + L, V = (size_t)c->vocab_size;
+    size_t S = (size_t)edges_nsenders(&j->g), R = (size_t)edges_nreceivers(&j->g);
+    size_t V = (size_t)c->vocab_size;
     /* what backward keeps per layer: ln_1 and c_attn outputs, the
      * probabilities (float32), z, c_proj's output and the residuals, ln_2,
      * c_fc and GELU outputs; then the taps' gradients */
@@ -436,7 +437,7 @@ int attrib_run(const model *m, const job *j, const attrib_opts *o, json_t **out,
 {
     actx a = {.m = m, .j = j, .o = o, .e = e};
     a.L = m->cfg.n_layer, a.H = m->cfg.n_head, a.C = m->cfg.n_embd, a.B = j->B, a.T = j->T;
-    a.N = (int64_t)a.B * a.T * a.C, a.S = 1 + a.L * (a.H + 1), a.R = 1 + 3 * a.L * a.H + a.L;
+    a.N = (int64_t)a.B * a.T * a.C, a.S = edges_nsenders(&j->g), a.R = edges_nreceivers(&j->g);
     a.steps = j->attrib->steps;
     int rc;
     *out = NULL;

@@ -49,6 +49,16 @@ int edges_receiver_sym(const graph_dims *g, int r)
     return graph_sym(g, G_FHEAD, r - 1 - 3 * g->L * g->H, -1);
 }
 
+int edges_nsenders(const graph_dims *g)
+{
+    return 1 + g->L * (g->H + 1);
+}
+
+int edges_nreceivers(const graph_dims *g)
+{
+    return 1 + 3 * g->L * g->H + g->L;
+}
+
 int edges_upstream(const graph_dims *g, int u, int v)
 {
     gnode a = graph_node(g, u), b = graph_node(g, v);
@@ -57,10 +67,10 @@ int edges_upstream(const graph_dims *g, int u, int v)
 
 long edges_count(const graph_dims *g)
 {
-    long n = 0, ns = 1 + (long)g->L * g->H + g->L, nr = 1 + 3L * g->L * g->H + g->L;
-    for (long r = 0; r < nr; r++)
-        for (long s = 0; s < ns; s++)
-            n += edges_upstream(g, edges_sender_sym(g, (int)s), edges_receiver_sym(g, (int)r));
+    long n = 0;
+    for (int r = 0; r < edges_nreceivers(g); r++)
+        for (int s = 0; s < edges_nsenders(g); s++)
+            n += edges_upstream(g, edges_sender_sym(g, s), edges_receiver_sym(g, r));
     return n;
 }
 
@@ -88,8 +98,8 @@ int edges_parse(const graph_dims *g, json_t *list, const char *field, edge_set *
     char f[96];
     memset(out, 0, sizeof *out);
     out->g = *g;
-    out->ns = 1 + g->L * g->H + g->L;
-    out->nr = 1 + 3 * g->L * g->H + g->L;
+    out->ns = edges_nsenders(g);
+    out->nr = edges_nreceivers(g);
     if (!json_is_array(list) || json_array_size(list) > EDGES_MAX)
         return npp_fail(e, NPP_EINVAL, field,
                         "%s: a list of at most %d edges [sender, receiver] (senders emb, "

@@ -45,6 +45,9 @@ int edges_receiver(const graph_dims *g, int sym);
 /* The symbols of sender index s / receiver index r. */
 int edges_sender_sym(const graph_dims *g, int s);
 int edges_receiver_sym(const graph_dims *g, int r);
+/* How many senders (1 + L(H + 1)) and receivers (1 + 3LH + L) the model has. */
+int edges_nsenders(const graph_dims *g);
+int edges_nreceivers(const graph_dims *g);
 /* Whether sender u feeds receiver v (symbols). */
 int edges_upstream(const graph_dims *g, int u_sym, int v_sym);
 /* Number of edges of the model. */

@@ -5,6 +5,7 @@
 
 #include "compute/attrib.h"
 #include "compute/ops.h"
+#include "patch/edges.h"
 
 #include <malloc.h>
 #include <stdio.h>
@@ -35,6 +36,19 @@ long run_path_nodes(const run_output *r)
 
 #define JOB_OVERHEAD (4u << 20) /* the job's structures, code and allocator slack */
 
+/* discover's second job: (verify + sizes + 2) runs of at most plain_bytes
+ * each, and its document, whose circuits list up to every edge per size
+ * (about 256 bytes of JSON objects an edge). */
+static size_t discover_bytes(const job *j, size_t plain_bytes)
+{
+    const job_attrib *at = j->attrib;
+    size_t edges = (size_t)edges_count(&j->g), listed = 0;
+    for (int i = 0; i < at->nsizes; i++)
+        listed += (size_t)at->top_n[i] < edges ? (size_t)at->top_n[i] : edges;
+    return (size_t)(at->verify + at->nsizes + 2) * plain_bytes +
+           256 * (listed + (size_t)at->verify);
+}
+
 /* Fills r->est from the plans (run_prepare, after planning). */
 static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e)
 {
@@ -60,13 +74,10 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
     if (j->attrib) { /* after the result is built: the result, the scores and their text */
         est->result_bytes = rs.text_bytes + attrib_text_bytes(m, j);
         attrib = attrib_bytes(m, j) + rs.peak_bytes + 2 * attrib_text_bytes(m, j);
-        /* discover's second job, a sweep of (verify + sizes) variants, each
-         * at most a patched run: bounded by that many plain runs (it is
-         * planned after the attribution and refused if it needs more) */
-        size_t second = j->attrib->discover
-                            ? (size_t)(j->attrib->verify + j->attrib->nsizes + 2) * ex.peak_bytes +
-                                  est->plan_bytes
-                            : 0;
+        /* discover's second job (discover_bytes; it is planned after the
+         * attribution and refused if it needs more) */
+        size_t second =
+            j->attrib->discover ? discover_bytes(j, ex.peak_bytes) + est->plan_bytes : 0;
         attrib = second > attrib ? second : attrib;
         work = attrib > work ? attrib : work;
     }
