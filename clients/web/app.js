@@ -1,8 +1,9 @@
 // The web UI of nppd: builds a job from the form (activation or path
-// patching, ablation, steering, a grid, or rules), submits it, follows its
-// progress, and shows the top-k predictions of every input and of the
-// patched run (or of each run of a sweep), the metric, a grid's heatmap
-// and the path graph. Server errors are shown next to the form field they
+// patching, ablation, steering, a grid, circuit discovery, a circuit, or
+// rules), submits it, follows its progress, and shows the top-k
+// predictions of every input and of the patched run (or of each run of a
+// sweep), the metric, a grid's heatmap, a circuit's picture, scores and
+// faithfulness curve, and the path graph. Server errors are shown next to the form field they
 // name. No build step: plain browser JavaScript.
 "use strict";
 
@@ -43,6 +44,10 @@ function showError(err) {
   const f = field.replace(/^sweep\[\d+\]\./, ""); // a sweep's variant: the same form fields
   if (f.startsWith("grid.preset")) { // a cell's error: beside the grid's fields
     $("kind-grid").querySelector(".err").textContent = text;
+    return;
+  }
+  if (f.startsWith("attribution") && kind() === "discover") { // e.g. over the byte budget
+    $("kind-discover").querySelector(".err").textContent = text;
     return;
   }
   const exact = inputs.find((el) => el.dataset.field === f.replace(/\[\d+\]$/, ""));
@@ -113,6 +118,12 @@ function buildJob() {
       : type === "ablate" ? { type } : { type, from: 1 };
     if ($("gr-pos").value.trim() !== "" && type !== "path_patch") preset.positions = ["{pos}"];
     job.grid = drop({ node, layer: axis("gr-layer"), head: axis("gr-head"), pos: axis("gr-pos"), preset });
+  } else if (kind() === "discover") {
+    const topN = list($("dc-top-n").value).map(Number);
+    job.discover = drop({ method: $("dc-method").value, steps: $("dc-method").value === "eap" ? undefined : Number($("dc-steps").value),
+      top_n: topN.length ? topN : undefined, verify: Number($("dc-verify").value) });
+  } else if (kind() === "circuit") {
+    job.circuit = { edges: parseEdges($("ci-edges").value) };
   } else if (kind() === "activation_patch") {
     job.preset = { type: "activation_patch", node: $("ap-node").value.trim(), from: Number($("ap-from").value) };
     const pos = list($("ap-positions").value);
@@ -134,6 +145,23 @@ function buildJob() {
     }
   }
   return job;
+}
+
+// "u -> v" per line (or "u, v" or "u v") -> [[u, v], ...]; blank lines
+// and "#" comments are skipped.
+function parseEdges(text) {
+  const edges = [];
+  text.split("\n").forEach((line) => {
+    const l = line.replace(/#.*/, "").trim();
+    if (!l) return;
+    const parts = l.split(/\s*->\s*|\s*,\s*|\s+/).filter(Boolean);
+    if (parts.length !== 2) {
+      throw { field: `circuit.edges[${edges.length}]`, code: "invalid_edge",
+        message: `circuit.edges[${edges.length}]: "${l}" is not "sender -> receiver"` };
+    }
+    edges.push(parts);
+  });
+  return edges;
 }
 
 // "a0.head*" -> a0.head0 ... a0.head{H-1} (H from the chosen model), for sweeps.
@@ -219,11 +247,65 @@ function showSweep(res) {
   }
 }
 
+// A circuit's picture (circuit.svg), and for a discover or attribution
+// job its faithfulness curve, the verified edges and the top scores.
+async function showCircuit(job) {
+  const res = job.result, d = res.discover, a = res.attribution;
+  $("circuit-panel").classList.remove("hidden");
+  try {
+    $("circuit-svg").innerHTML = await api("GET", `/v1/jobs/${job.id}/circuit.svg`);
+  } catch (e) {
+    $("circuit-svg").textContent = `no picture: ${e.message}`;
+  }
+  const row = (tb, cells) => {
+    const tr = document.createElement("tr");
+    for (const x of cells) {
+      const td = document.createElement("td");
+      td.append(x);
+      tr.append(td);
+    }
+    tb.append(tr);
+    return tr;
+  };
+  const name = (e) => `${e[0]} \u2192 ${e[1]}`;
+  $("curve").classList.toggle("hidden", !d);
+  $("verify").classList.toggle("hidden", !d || !d.verify.length);
+  if (d) {
+    for (const c of d.curve) {
+      const use = document.createElement("button");
+      use.type = "button";
+      use.textContent = "evaluate as a circuit";
+      use.disabled = !a || c.edges > a.edges.length; // the result keeps the top `top` edges
+      use.addEventListener("click", () => {
+        $("ci-edges").value = a.edges.slice(0, c.edges).map((e) => `${e[0]} -> ${e[1]}`).join("\n");
+        document.querySelector('input[name="kind"][value="circuit"]').click();
+        $("m-normalize").checked = true;
+        $("ci-edges").scrollIntoView();
+      });
+      row($("curve").querySelector("tbody"), [String(c.n), fmt(c.faithfulness), fmt(c.metric), use]);
+    }
+    for (const v of d.verify) row($("verify").querySelector("tbody"), [name(v.edge), fmt(v.estimate), fmt(v.exact)]);
+  }
+  $("edges").classList.toggle("hidden", !a);
+  if (a) {
+    const top = a.edges.slice(0, 20), scale = Math.max(1e-12, ...top.map((e) => Math.abs(e[2])));
+    top.forEach((e, i) => {
+      const bar = document.createElement("span");
+      bar.className = "bar " + (e[2] < 0 ? "lowers" : "raises"); // the picture's colours
+      bar.style.width = `${(100 * Math.abs(e[2])) / scale}px`;
+      bar.title = e[2] < 0 ? "patching it lowers the metric" : "patching it raises the metric";
+      row($("edges").querySelector("tbody"), [String(i + 1), name(e), fmt(e[2]), bar]);
+    });
+  }
+}
+
 // Hides and empties the previous run's results.
 function clearResults() {
   $("results").classList.add("hidden");
-  for (const id of ["metric", "metric-baselines", "stats", "graph", "heatmap", "cell"]) $(id).textContent = "";
+  for (const id of ["metric", "metric-baselines", "stats", "graph", "heatmap", "cell", "circuit-svg"]) $(id).textContent = "";
   $("heatmap").classList.add("hidden");
+  $("circuit-panel").classList.add("hidden");
+  for (const id of ["curve", "verify", "edges"]) $(id).querySelector("tbody").textContent = "";
   $("sweep").querySelector("tbody").textContent = "";
   $("topk").querySelector("tbody").textContent = "";
 }
@@ -231,9 +313,11 @@ function clearResults() {
 async function showResult(job) {
   const res = job.result, sweep = res.sweep, grid = res.grid;
   $("results").classList.remove("hidden");
-  const m = res.metric;
+  const m = res.metric, scored = res.attribution !== undefined, circuit = scored || job.kind === "circuit";
   $("metric").textContent = grid ? "one per cell, in the heatmap" : sweep ? "one per sender, below"
-    : fmt(m.mean) + (m.normalized !== undefined ? ` (normalized ${fmt(m.normalized)})` : "");
+    : fmt(m.mean) + (m.normalized !== undefined ? ` (normalized ${fmt(m.normalized)})` : "") +
+      (scored ? " (the edges' scores are below)" : "");
+  $("metric-label").textContent = scored ? "Metric (input 0's run)" : job.kind === "circuit" ? "Metric (the circuit)" : "Metric (patched run)";
   $("metric-baselines").textContent = "unpatched: " +
     res.baselines.map((b) => `input ${b.input} ${fmt(b.metric.mean)}`).join(", ");
   $("sweep").classList.toggle("hidden", !sweep || !!grid);
@@ -241,12 +325,16 @@ async function showResult(job) {
   const tb = $("topk").querySelector("tbody");
   tb.textContent = "";
   for (const b of res.baselines) tb.append(topRow(`input ${b.input}`, b.top_k[0]));
-  if (!grid) for (const v of sweep || [res]) tb.append(topRow(sweep ? `patched ${v.name}` : "patched", v.outputs.top_k[0]));
+  if (!grid && !scored) for (const v of sweep || [res]) tb.append(topRow(sweep ? `patched ${v.name}` : "patched", v.outputs.top_k[0]));
   if (grid) await showHeatmap(job);
+  if (circuit) await showCircuit(job);
   const s = res.stats;
   $("stats").textContent = `${s.values_planned} values planned, ${s.values_computed} computed, ` +
     `${s.values_cached} from the cache, ${s.path_nodes} path nodes; plan ${s.plan_ms.toFixed(1)} ms, ` +
-    `run ${s.exec_ms.toFixed(1)} ms`;
+    `run ${s.exec_ms.toFixed(1)} ms` + (s.attribution_ms !== undefined ? `, gradients ${s.attribution_ms.toFixed(1)} ms` : "");
+  // a circuit's path tree is the full split: its picture is the circuit's
+  $("graph-title").classList.toggle("hidden", circuit);
+  if (circuit) return;
   const pick = $("variant");
   pick.textContent = "";
   pick.classList.toggle("hidden", !sweep);
@@ -265,17 +353,20 @@ async function run(ev) {
     const doc = buildJob();
     localStorage.setItem("npp-token", $("token").value);
     let job = await api("POST", "/v1/jobs", doc);
+    const submitted = kind();
     bar.classList.remove("hidden");
     while (!["done", "failed", "cancelled"].includes(job.state)) {
       bar.max = Math.max(1, job.progress.total);
       bar.value = job.progress.done;
-      $("progress-text").textContent = `${job.state}: ${job.progress.done}/${job.progress.total} values`;
+      $("progress-text").textContent = `${job.state}: ${job.progress.done}/${job.progress.total} ` +
+        (submitted === "discover" ? "steps (layer passes, then values)" : "values");
       await new Promise((r) => setTimeout(r, 150));
       job = await api("GET", `/v1/jobs/${job.id}`);
     }
     bar.value = bar.max;
     $("progress-text").textContent = job.state;
     if (job.state !== "done") throw Object.assign({}, job.error, { status: 200 });
+    job.kind = submitted;
     await showResult(job);
   } catch (err) {
     showError(err);

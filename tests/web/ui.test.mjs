@@ -3,8 +3,9 @@
 // activation patch, read the metric and predictions - checked against the
 // API's answer for the same job; then a bad node, whose error must appear
 // next to the node field; then a sweep over every head of layer 0; then a
-// layer x head grid (its heatmap against the API's values), an ablation and
-// steering. Saves screenshots as test artifacts.
+// layer x head grid (its heatmap against the API's values), an ablation,
+// steering, a circuit discovery (its tables against the API's) and the
+// circuit of its top edges. Saves screenshots as test artifacts.
 //   NPPD=... MODEL=... SHOT=out.png node ui.test.mjs
 import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -183,6 +184,53 @@ try {
   const plainLogit = ab.baselines[0].metric.mean;
   check("steering: a metric, different from the unpatched run's", Number.isFinite(steered) && Math.abs(steered - plainLogit) > 1e-4,
     `${steered} vs ${plainLogit}`);
+
+  // Circuit discovery: the tables show the API's curve, verified edges and
+  // scores, and the picture is drawn; a curve row's button turns the top n
+  // edges into a circuit job whose faithfulness is the curve's.
+  await page.check('input[name="kind"][value="discover"]');
+  await page.selectOption("#m-type", "logit");
+  await page.fill("#m-target", " Madrid");
+  await page.fill("#dc-steps", "3");
+  await page.fill("#dc-top-n", "2,4");
+  await page.fill("#dc-verify", "3");
+  await page.click("#run");
+  await page.waitForFunction(() => document.querySelectorAll("#curve tbody tr").length > 0, null, { timeout: 60000 });
+  const dapi = await post({ model: "tiny", inputs: job.inputs, outputs: { top_k: 5, baselines: true },
+    metric: { type: "logit", token: " Madrid" }, discover: { method: "eap-ig", steps: 3, top_n: [2, 4], verify: 3 } });
+  const table = (id) => page.$$eval(`#${id} tbody tr`, (trs) => trs.map((tr) => Array.from(tr.cells).slice(0, 3).map((c) => c.textContent)));
+  const f4 = (x) => x.toFixed(4), arrow = (e) => `${e[0]} \u2192 ${e[1]}`;
+  check("discover: the faithfulness curve = the API's", JSON.stringify(await table("curve")) ===
+    JSON.stringify(dapi.discover.curve.map((c) => [String(c.n), f4(c.faithfulness), f4(c.metric)])), JSON.stringify(await table("curve")));
+  check("discover: each verified edge's estimate and exact effect = the API's", JSON.stringify(await table("verify")) ===
+    JSON.stringify(dapi.discover.verify.map((v) => [arrow(v.edge), f4(v.estimate), f4(v.exact)])), JSON.stringify(await table("verify")));
+  check("discover: the top 20 edges and their scores = the API's", JSON.stringify(await table("edges")) ===
+    JSON.stringify(dapi.attribution.edges.slice(0, 20).map((e, i) => [String(i + 1), arrow(e), f4(e[2])])));
+  const drawn = await page.$$eval("#circuit-svg svg path.edge", (ps) => ps.map((p) => Number(p.dataset.score)));
+  check("discover: the circuit picture draws scored edges and the curve", drawn.length > 0 && drawn.every(Number.isFinite) &&
+    (await page.$$("#circuit-svg svg g.curve circle.point")).length === 2, String(drawn.length));
+  check("discover: no path graph for a circuit", await page.$eval("#graph-title", (h) => h.classList.contains("hidden")));
+  await page.screenshot({ path: SHOT.replace(/\.png$/, "-discover.png"), fullPage: true });
+  await page.click("#curve tbody tr:nth-child(2) button");
+  check("the curve's button fills a circuit of its top n edges", (await page.inputValue("#ci-edges")).split("\n").join("|") ===
+    dapi.attribution.edges.slice(0, dapi.discover.curve[1].edges).map((e) => `${e[0]} -> ${e[1]}`).join("|") &&
+    (await page.isChecked('input[name="kind"][value="circuit"]')) && (await page.isChecked("#m-normalize")));
+  await page.click("#run");
+  await page.waitForFunction(() => document.getElementById("metric").textContent.includes("normalized"), null, { timeout: 60000 });
+  const faith = Number(/normalized (-?[0-9.]+)/.exec(await page.textContent("#metric"))[1]);
+  check("circuit: its faithfulness = the curve's", Math.abs(faith - dapi.discover.curve[1].faithfulness) < 1e-3,
+    `${faith} vs ${dapi.discover.curve[1].faithfulness}`);
+  check("circuit: its picture is drawn", (await page.$$("#circuit-svg svg path.edge")).length > 0);
+  await page.fill("#ci-edges", "emb -> ln_final\na1.head0 -> a1.head2.k");
+  await page.click("#run");
+  await page.waitForFunction(() => document.querySelector("#kind-circuit .err").textContent !== "");
+  const cerr = await page.textContent("#kind-circuit .err");
+  check("circuit: a bad edge's error names it, beside the edges", cerr.includes("circuit.edges[1]") && cerr.includes("not upstream") &&
+    await page.$eval("#ci-edges", (e) => e.classList.contains("invalid")), cerr);
+  await page.fill("#ci-edges", "emb ln_final\na1.head0");
+  await page.click("#run");
+  await page.waitForFunction(() => document.querySelector("#kind-circuit .err").textContent.includes("circuit.edges[1]"));
+  check("circuit: a line that is not an edge is named before submitting", (await page.textContent("#kind-circuit .err")).includes("sender -> receiver"));
 } catch (e) {
   check("the UI test ran to the end", false, String(e));
 } finally {
