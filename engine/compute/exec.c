@@ -27,6 +27,8 @@ typedef struct {
     shim_tensor **h; /* per value, owned */
     int32_t *users;  /* consumers still to run, per value */
     long done, total;
+    op_memo memo; /* one layer's projections, for its heads' shares (ops.h) */
+    int memo_on;  /* the group running is an attention followed by heads */
 } ex;
 
 static int cancelled(const ex *x)
@@ -199,7 +201,7 @@ static int compute(ex *x, const int32_t *vs, int n, shim_status *st)
     const op_def *op = op_info(x->p->v[vs[0]].op);
     if (op->batched)
         return run_chunked(x, vs, n, st);
-    op_env env = {x->p, x->h};
+    op_env env = {x->p, x->h, NULL};
     for (int i = 0; i < n; i++)
         x->h[vs[i]] = op->run(&env, vs[i], st);
     return 0;
@@ -275,6 +277,41 @@ static int ensure(ex *x, int32_t v)
     }
 }
 
+/* The memo's room: one chunk's budget (32 MiB with none). */
+static size_t exec_memo_budget(size_t chunk_bytes)
+{
+    return chunk_bytes ? chunk_bytes : (size_t)32 << 20;
+}
+
+/* Group [i, j) of the sorted values is a layer's attention and the next
+ * group that layer's heads' shares (same rank): the attention keeps its
+ * projections for them. */
+static int heads_follow(const plan *p, const int32_t *mine, long i, long j, long nm)
+{
+    return p->v[mine[i]].op == OP_ATTN && j < nm && p->v[mine[j]].op == OP_HEAD &&
+           p->v[mine[j]].rank == p->v[mine[i]].rank;
+}
+
+/* A bound on the memo an attention group vs[0..n) keeps: 3 values per
+ * distinct source it projects, at most budget. */
+static int memo_bound(const plan *p, const int32_t *vs, long n, size_t vb, size_t budget,
+                      size_t *bound, npp_err *e)
+{
+    unsigned char *seen = calloc((size_t)p->nv + 1, 1);
+    size_t ns = 0;
+    if (!seen)
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    for (long i = 0; i < n; i++)
+        for (int k = 0; k < 3 * p->g.H; k++) {
+            int32_t u = p->v[vs[i]].in[k];
+            ns += !seen[u];
+            seen[u] = 1;
+        }
+    free(seen);
+    *bound = ns * 3 * vb < budget ? ns * 3 * vb : budget;
+    return 0;
+}
+
 static int by_rank(const void *a, const void *b, void *plan_)
 {
     const plan *p = plan_;
@@ -309,7 +346,7 @@ static int run_chunked(ex *x, const int32_t *vs, int n, shim_status *st)
     exec_chunk *ch;
     int nch;
     const op_def *op = op_info(x->p->v[vs[0]].op);
-    op_env env = {x->p, x->h};
+    op_env env = {x->p, x->h, x->memo_on || x->memo.n ? &x->memo : NULL};
     if (exec_chunks(x->p, vs, n, x->o ? x->o->chunk_bytes : 0, &ch, &nch))
         return npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
     shim_tensor **out = calloc((size_t)n, sizeof *out), **parts = NULL;
@@ -400,7 +437,8 @@ static void count_users(ex *x, const int32_t *mine, long nm, const int32_t *root
 int exec_run(const plan *p, cache *c, const int32_t *roots, int n, shim_tensor **out,
              const exec_opts *o, exec_stats *s, npp_err *e)
 {
-    ex x = {p, c, o, s, e, NULL, NULL, NULL, 0, 0};
+    ex x = {p, c, o, s, e, NULL, NULL, NULL, 0, 0, {0}, 0};
+    x.memo.budget = exec_memo_budget(o ? o->chunk_bytes : 0);
     int32_t *mine = NULL;
     long nm = 0, i = 0;
     int rc = 0;
@@ -433,7 +471,12 @@ int exec_run(const plan *p, cache *c, const int32_t *roots, int n, shim_tensor *
             rc = npp_fail(e, NPP_ECANCELED, "", "the job was cancelled");
             goto done;
         }
-        if ((rc = run_group(&x, mine + i, (int)(j - i))))
+        x.memo_on = heads_follow(p, mine, i, j, nm);
+        rc = run_group(&x, mine + i, (int)(j - i));
+        if (!x.memo_on) /* the heads have run (or none follow) */
+            op_memo_clear(&x.memo);
+        x.memo_on = 0;
+        if (rc)
             goto done;
         i = j;
     }
@@ -452,6 +495,9 @@ int exec_run(const plan *p, cache *c, const int32_t *roots, int n, shim_tensor *
         }
     }
 done:
+    op_memo_clear(&x.memo);
+    free(x.memo.src);
+    free(x.memo.qkv);
     /* Claims never computed are given back so that waiters can proceed. */
     for (long k = 0; x.state && k < nm; k++)
         if (x.state[mine[k]] == S_MINE)
@@ -494,14 +540,22 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
                 seen[pv->in[i]] = 1, mine[nm++] = pv->in[i];
     }
     qsort_r(mine, (size_t)nm, sizeof *mine, by_rank, (void *)p);
-    ex x = {p, NULL, NULL, NULL, e, NULL, NULL, users, 0, 0};
+    ex x = {p, NULL, NULL, NULL, e, NULL, NULL, users, 0, 0, {0}, 0};
     count_users(&x, mine, nm, roots, n);
-    size_t live = 0, peak = 0;
+    size_t live = 0, peak = 0, memo = 0; /* memo: what the attention keeps for its heads */
     for (long i = 0; i < nm;) {
         long j = i;
         while (j < nm && p->v[mine[j]].rank == p->v[mine[i]].rank &&
                p->v[mine[j]].op == p->v[mine[i]].op)
             j++;
+        if (p->v[mine[i]].op != OP_HEAD)
+            memo = 0; /* the heads have run: cleared */
+        if (heads_follow(p, mine, i, j, nm)) {
+            /* at most every distinct source's projection (3 values each),
+             * and never more than its budget */
+            if ((rc = memo_bound(p, mine + i, j - i, vb, exec_memo_budget(chunk_bytes), &memo, e)))
+                goto done;
+        }
         /* light ops, one at a time: their outputs, and one's temporaries */
         size_t outs = (size_t)(j - i) * vb,
                holds = outs + (size_t)op_info(p->v[mine[i]].op)->temps * vb;
@@ -533,8 +587,8 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
             out->chunks += nch;
             free(ch);
         }
-        if (live + holds > peak)
-            peak = live + holds;
+        if (live + holds + memo > peak)
+            peak = live + holds + memo;
         live += outs;
         for (long k = i; k < j; k++) { /* release_inputs, as exec_run does */
             const plan_value *pv = &p->v[mine[k]];

@@ -208,6 +208,55 @@ static void run_mlp(const op_env *x, const int32_t *vs, int n, int64_t b0, int64
     free(in);
 }
 
+void op_memo_clear(op_memo *m)
+{
+    for (int i = 0; i < m->n; i++)
+        shim_free(m->qkv[i]);
+    m->n = 0;
+    m->bytes = 0;
+}
+
+/* Keeps the projections QKV (ns*bn, T, 3C) of srcs[0..ns) in x's memo,
+ * when it has room. */
+static void memo_keep(const op_env *x, int layer, const int32_t *srcs, int ns, shim_tensor *QKV,
+                      int64_t bn, shim_status *st)
+{
+    op_memo *m = x->memo;
+    size_t bytes = (size_t)ns * 3 * (size_t)bn * (size_t)x->p->T * (size_t)x->p->m->cfg.n_embd *
+                   shim_dtype_size(x->p->m->dtype);
+    if (!m || bn != x->p->B || (m->n && m->layer != layer) || m->bytes + bytes > m->budget)
+        return;
+    if (m->n + ns > m->cap) {
+        int cap = 2 * (m->n + ns);
+        int32_t *src = realloc(m->src, (size_t)cap * sizeof *src);
+        if (src)
+            m->src = src;
+        shim_tensor **q = realloc(m->qkv, (size_t)cap * sizeof *q);
+        if (q)
+            m->qkv = q;
+        if (!src || !q)
+            return; /* not kept: the heads project their sources */
+        m->cap = cap;
+    }
+    m->layer = layer;
+    m->bytes += bytes;
+    for (int j = 0; j < ns && !st->code; j++) {
+        m->src[m->n] = srcs[j];
+        m->qkv[m->n++] = shim_narrow(QKV, 0, (int64_t)j * bn, bn, st);
+    }
+}
+
+/* Source v's projection at this layer from the memo (a new view), or NULL. */
+static shim_tensor *memo_find(const op_env *x, int layer, int32_t v, int64_t b0, int64_t bn,
+                              shim_status *st)
+{
+    const op_memo *m = x->memo;
+    for (int i = 0; m && m->layer == layer && i < m->n; i++)
+        if (m->src[i] == v)
+            return shim_narrow(m->qkv[i], 0, b0, bn, st);
+    return NULL;
+}
+
 /* Attention of one layer for values vs[0..n), each with its own per-head
  * q, k, v sources, rows [b0, b0+bn): project every distinct source once
  * (gpt2_attn_qkv), then gather each value's heads and run one attention
@@ -243,6 +292,8 @@ static void attn_call(const op_env *x, const int32_t *vs, int n, int64_t b0, int
     QKV = gpt2_attn_qkv(m, layer, X, st); /* (ns*bn, T, 3C) */
     shim_free(X);
     X = NULL;
+    if (b0 == 0)
+        memo_keep(x, layer, srcs, ns, QKV, bn, st);
     for (int i = 0; i < n && !st->code; i++) {
         for (int c = 0; c < 3; c++) { /* c: q, k, v */
             const int32_t *sl = &slot[i * 3 * H];
@@ -306,7 +357,8 @@ done:
 
 /* One head's share of the attention output for values vs[0..n) of one
  * layer, rows [b0, b0+bn): each from its own q, k, v sources, projected
- * as the attention projects them, then z_h W_O[h] (no bias). */
+ * as the attention projects them (taken from the memo when the layer's
+ * attention call just projected that source), then z_h W_O[h] (no bias). */
 static void run_head(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
                      shim_tensor **out, shim_status *st)
 {
@@ -319,11 +371,10 @@ static void run_head(const op_env *x, const int32_t *vs, int n, int64_t b0, int6
         int h = pv->aux;
         shim_tensor *qkv[3] = {NULL, NULL, NULL}, *part[3] = {NULL, NULL, NULL};
         for (int c = 0; c < 3; c++) {
-            int same = c > 0 && pv->in[c] == pv->in[c - 1];
-            if (same) {
-                qkv[c] = NULL;
+            if (c > 0 && pv->in[c] == pv->in[c - 1])
+                continue; /* the same source as c - 1 */
+            if ((qkv[c] = memo_find(x, layer, pv->in[c], b0, bn, st)))
                 continue;
-            }
             shim_tensor *rows = shim_narrow(x->h[pv->in[c]], 0, b0, bn, st);
             qkv[c] = gpt2_attn_qkv(m, layer, rows, st); /* (bn, T, 3C) */
             shim_free(rows);
@@ -347,6 +398,30 @@ static void run_head(const op_env *x, const int32_t *vs, int n, int64_t b0, int6
     }
 }
 
+/* An attention whose heads read different sources (plan.h, OP_ADELTA):
+ * the plain attention plus each recomputed head's new share minus its old
+ * one. The differences are summed first, then added once. */
+static shim_tensor *run_adelta(const op_env *x, int32_t v, shim_status *st)
+{
+    const plan_value *pv = &x->p->v[v];
+    int k = 3 * x->p->g.H;
+    shim_tensor *acc = NULL;
+    for (int i = k + 1; i + 1 < pv->nin && !st->code; i += 2) {
+        shim_tensor *d = shim_axpby(1.0, x->h[pv->in[i]], -1.0, x->h[pv->in[i + 1]], st);
+        if (acc && d) {
+            shim_tensor *s = shim_add(acc, d, st);
+            shim_free(acc);
+            shim_free(d);
+            acc = s;
+        } else if (d) {
+            acc = d;
+        }
+    }
+    shim_tensor *r = acc && !st->code ? shim_add(x->h[pv->in[k]], acc, st) : NULL;
+    shim_free(acc);
+    return r;
+}
+
 static void run_attn(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
                      shim_tensor **out, shim_status *st)
 {
@@ -355,7 +430,7 @@ static void run_attn(const op_env *x, const int32_t *vs, int n, int64_t b0, int6
 
 shim_tensor *op_attn_probs(const plan *p, shim_tensor **h, int32_t v, shim_status *st)
 {
-    op_env env = {p, h};
+    op_env env = {p, h, NULL};
     shim_tensor *out = NULL, *probs = NULL;
     attn_call(&env, &v, 1, 0, p->B, &out, &probs, st);
     shim_free(out);
@@ -412,6 +487,7 @@ static const op_def OPS[] = {
     [OP_HEAD] = {"head", 1, attn_rank, NULL, run_head, attn_cost, 0},
     [OP_EDIT] = {"edit", 0, after_inputs, run_edit, NULL, NULL, 2}, /* the rows, their change */
     [OP_MEAN] = {"mean", 0, after_inputs, run_mean, NULL, NULL, 1}, /* the weighted copy */
+    [OP_ADELTA] = {"attn_delta", 0, after_inputs, run_adelta, NULL, NULL, 2}, /* sum, difference */
 };
 
 const op_def *op_info(plan_op op)

@@ -11,11 +11,28 @@
 #include "compute/plan.h"
 #include "shim.h"
 
+/* The q/k/v projections (ln_1 and c_attn, (B, T, 3C)) an attention call
+ * made of its sources, kept for the heads' shares of the same layer that
+ * the executor runs right after it (plan.h, OP_ADELTA): a head then slices
+ * its columns instead of projecting its sources again. Only whole-batch
+ * calls are kept, up to budget bytes; a head whose source is not here
+ * projects it itself, the same computation. */
+typedef struct {
+    int layer, n, cap;
+    size_t bytes, budget;
+    int32_t *src;      /* source value indices */
+    shim_tensor **qkv; /* their projections (views of one call's output) */
+} op_memo;
+
+void op_memo_clear(op_memo *m);
+
 /* What an op reads: the plan and the tensors of the values computed so far
- * (indexed like p->v; the executor's, borrowed). */
+ * (indexed like p->v; the executor's, borrowed), and where attention calls
+ * keep their projections (NULL: nowhere). */
 typedef struct {
     const plan *p;
     shim_tensor **h;
+    op_memo *memo;
 } op_env;
 
 typedef struct {

@@ -341,11 +341,58 @@ static int32_t val_emb(plan *p, int k)
     return intern(p, key, OP_EMB, k, 0, 0, NULL, 0);
 }
 
-/* The value of a sublayer (attention of layer i or its MLP) given, per
- * head, the q/k/v inputs (attention) or the input (MLP). */
+static int32_t val_attn_shared(plan *p, int layer, int32_t x);
+static int32_t val_head(plan *p, int layer, int h, const int32_t src[3]);
+
+/* The source most of src[0..n) are (the first of the most frequent). */
+static int32_t majority(const int32_t *src, int n)
+{
+    int32_t best = src[0];
+    int most = 0;
+    for (int i = 0; i < n; i++) {
+        int c = 0;
+        for (int k = 0; k < n; k++)
+            c += src[k] == src[i];
+        if (c > most)
+            most = c, best = src[i];
+    }
+    return best;
+}
+
+/* The attention of layer i given, per head, its q/k/v inputs. When at
+ * most half of the heads read anything but the sources most read (s), it
+ * is an ADELTA: attn(s) + sum over those heads of (share from their own
+ * sources - share from s), so a patched head costs two heads' attention
+ * instead of the layer's (the path-patching sweep's case: one head from
+ * another input). A function of the sources alone, so every job plans the
+ * same value the same way. */
 static int32_t val_attn(plan *p, int layer, const int32_t *src3h)
 {
-    return val_op(p, OP_ATTN, layer, src3h, 3 * p->g.H);
+    int H = p->g.H, n = 3 * H, d = 0;
+    int32_t s = majority(src3h, n);
+    for (int h = 0; h < H; h++)
+        d += src3h[3 * h] != s || src3h[3 * h + 1] != s || src3h[3 * h + 2] != s;
+    if (d == 0 || 2 * d > H)
+        return val_op(p, OP_ATTN, layer, src3h, n);
+    int32_t *in = malloc((size_t)(n + 1 + 2 * d) * sizeof *in), r = -1;
+    if (!in)
+        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
+    memcpy(in, src3h, (size_t)n * sizeof *in);
+    int k = n;
+    if ((in[k++] = val_attn_shared(p, layer, s)) < 0)
+        goto done;
+    for (int h = 0; h < H; h++) {
+        const int32_t *own = &src3h[3 * h], plain[3] = {s, s, s};
+        if (own[0] == s && own[1] == s && own[2] == s)
+            continue;
+        if ((in[k++] = val_head(p, layer, h, own)) < 0 ||
+            (in[k++] = val_head(p, layer, h, plain)) < 0)
+            goto done;
+    }
+    r = val_op_x(p, OP_ADELTA, layer, d, NULL, 0, in, k);
+done:
+    free(in);
+    return r;
 }
 
 static int32_t val_attn_shared(plan *p, int layer, int32_t x)
@@ -356,7 +403,7 @@ static int32_t val_attn_shared(plan *p, int layer, int32_t x)
         return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
     for (int i = 0; i < n; i++)
         src[i] = x;
-    int32_t r = val_attn(p, layer, src);
+    int32_t r = val_op(p, OP_ATTN, layer, src, n);
     free(src);
     return r;
 }
@@ -778,7 +825,7 @@ int32_t plan_trunk_attn(const plan *p, int layer)
                               : unwrap_edits(p, nd->value);                  /* x + attn(x) */
             if (v >= 0 && !split && p->v[v].op == OP_ADD)
                 v = unwrap_edits(p, p->v[v].in[1]);
-            return v >= 0 && p->v[v].op == OP_ATTN ? v : -1;
+            return v >= 0 && (p->v[v].op == OP_ATTN || p->v[v].op == OP_ADELTA) ? v : -1;
         }
         n = nd->nkids ? nd->kids[0] : -1; /* the skip branch, or the one below */
     }

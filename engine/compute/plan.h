@@ -37,8 +37,23 @@
 
 /* HEAD: one head's share of an attention output (z_h W_O[h], no bias),
  * from its q, k, v sources; EDIT: an intervention (patch/edit.h) on a
- * value; MEAN: a value's mean over the batch, per position, broadcast. */
-typedef enum { OP_EMB, OP_ADD, OP_MIX, OP_ATTN, OP_MLP, OP_LNF, OP_HEAD, OP_EDIT, OP_MEAN } plan_op;
+ * value; MEAN: a value's mean over the batch, per position, broadcast;
+ * ADELTA: an attention whose heads read different sources, as the plain
+ * attention of the sources most heads read plus, for each head that reads
+ * others, its share from its own sources minus its share in that plain
+ * attention (so only those heads are computed). */
+typedef enum {
+    OP_EMB,
+    OP_ADD,
+    OP_MIX,
+    OP_ATTN,
+    OP_MLP,
+    OP_LNF,
+    OP_HEAD,
+    OP_EDIT,
+    OP_MEAN,
+    OP_ADELTA
+} plan_op;
 
 /* How an EDIT value changes its first input x at the edit's positions. */
 enum {
@@ -49,12 +64,14 @@ enum {
 
 typedef struct {
     plan_op op;
-    int layer;   /* ATTN / MLP / HEAD layer; EMB: the input index; EDIT: EDIT_SET or
-                  * EDIT_HEAD; else -1 */
-    int aux;     /* HEAD: the head; EDIT: the edit's index in the plan's table; else 0 */
+    int layer;   /* ATTN / MLP / HEAD / ADELTA layer; EMB: the input index; EDIT: EDIT_SET
+                  * or EDIT_HEAD; else -1 */
+    int aux;     /* HEAD: the head; EDIT: the edit's index in the plan's table; ADELTA: the
+                  * number d of heads computed; else 0 */
     int rank;    /* execution order: every input has a smaller rank */
     int nin;     /* ADD 2; MIX T (one per position); ATTN 3H (q, k, v per head); HEAD 3;
-                  * EDIT 1..3; MLP, LNF, MEAN 1 */
+                  * EDIT 1..3; MLP, LNF, MEAN 1; ADELTA 3H + 1 + 2d (the sources as ATTN's,
+                  * the plain attention, then each head's new and old share) */
     int32_t *in; /* value indices (into the plan's pool) */
     uint8_t key[32];
 } plan_value;
