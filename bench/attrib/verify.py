@@ -31,16 +31,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../tests/reference"))
 import gpt2_ref  # noqa: E402
+from prompts import B, T, BASELINE, TARGET, clean, corrupt  # noqa: E402
 
 npp, model = sys.argv[1], sys.argv[2]
 threads = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 K = int(sys.argv[4]) if len(sys.argv) > 4 else 200
-B, T = 8, 16
-clean = [[(37 * b + 11 * t) % 40000 + 1000 for t in range(T)] for b in range(B)]
-corrupt = [row[:] for row in clean]
-for row in corrupt:
-    row[T // 3] = (row[T // 3] + 777) % 40000 + 1000
-TARGET, BASELINE = 1100, 1200
 METRIC = {"type": "logit_diff", "target": TARGET, "baseline": BASELINE}
 
 
