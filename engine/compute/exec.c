@@ -27,8 +27,7 @@ typedef struct {
     shim_tensor **h; /* per value, owned */
     int32_t *users;  /* consumers still to run, per value */
     long done, total;
-    op_memo memo; /* one layer's projections, for its heads' shares (ops.h) */
-    int memo_on;  /* the group running is an attention followed by heads */
+    op_memo memo; /* the last attention call's projections (ops.h) */
 } ex;
 
 static int cancelled(const ex *x)
@@ -201,7 +200,7 @@ static int compute(ex *x, const int32_t *vs, int n, shim_status *st)
     const op_def *op = op_info(x->p->v[vs[0]].op);
     if (op->batched)
         return run_chunked(x, vs, n, st);
-    op_env env = {x->p, x->h, NULL};
+    op_env env = {x->p, x->h, &x->memo};
     for (int i = 0; i < n; i++)
         x->h[vs[i]] = op->run(&env, vs[i], st);
     return 0;
@@ -283,13 +282,12 @@ static size_t exec_memo_budget(size_t chunk_bytes)
     return chunk_bytes ? chunk_bytes : (size_t)32 << 20;
 }
 
-/* Group [i, j) of the sorted values is a layer's attention and the next
- * group that layer's heads' shares (same rank): the attention keeps its
- * projections for them. */
-static int heads_follow(const plan *p, const int32_t *mine, long i, long j, long nm)
+/* The memo lives from an attention group until the next attention or
+ * MLP group: the heads' shares and attention deltas of that layer run in
+ * between. */
+static int memo_ends(plan_op op)
 {
-    return p->v[mine[i]].op == OP_ATTN && j < nm && p->v[mine[j]].op == OP_HEAD &&
-           p->v[mine[j]].rank == p->v[mine[i]].rank;
+    return op == OP_ATTN || op == OP_MLP;
 }
 
 /* A bound on the memo an attention group vs[0..n) keeps: 3 values per
@@ -346,7 +344,7 @@ static int run_chunked(ex *x, const int32_t *vs, int n, shim_status *st)
     exec_chunk *ch;
     int nch;
     const op_def *op = op_info(x->p->v[vs[0]].op);
-    op_env env = {x->p, x->h, x->memo_on || x->memo.n ? &x->memo : NULL};
+    op_env env = {x->p, x->h, &x->memo};
     if (exec_chunks(x->p, vs, n, x->o ? x->o->chunk_bytes : 0, &ch, &nch))
         return npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
     shim_tensor **out = calloc((size_t)n, sizeof *out), **parts = NULL;
@@ -437,7 +435,7 @@ static void count_users(ex *x, const int32_t *mine, long nm, const int32_t *root
 int exec_run(const plan *p, cache *c, const int32_t *roots, int n, shim_tensor **out,
              const exec_opts *o, exec_stats *s, npp_err *e)
 {
-    ex x = {p, c, o, s, e, NULL, NULL, NULL, 0, 0, {0}, 0};
+    ex x = {p, c, o, s, e, NULL, NULL, NULL, 0, 0, {0}};
     x.memo.budget = exec_memo_budget(o ? o->chunk_bytes : 0);
     int32_t *mine = NULL;
     long nm = 0, i = 0;
@@ -471,12 +469,9 @@ int exec_run(const plan *p, cache *c, const int32_t *roots, int n, shim_tensor *
             rc = npp_fail(e, NPP_ECANCELED, "", "the job was cancelled");
             goto done;
         }
-        x.memo_on = heads_follow(p, mine, i, j, nm);
-        rc = run_group(&x, mine + i, (int)(j - i));
-        if (!x.memo_on) /* the heads have run (or none follow) */
+        if (memo_ends(p->v[mine[i]].op))
             op_memo_clear(&x.memo);
-        x.memo_on = 0;
-        if (rc)
+        if ((rc = run_group(&x, mine + i, (int)(j - i))))
             goto done;
         i = j;
     }
@@ -540,17 +535,17 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
                 seen[pv->in[i]] = 1, mine[nm++] = pv->in[i];
     }
     qsort_r(mine, (size_t)nm, sizeof *mine, by_rank, (void *)p);
-    ex x = {p, NULL, NULL, NULL, e, NULL, NULL, users, 0, 0, {0}, 0};
+    ex x = {p, NULL, NULL, NULL, e, NULL, NULL, users, 0, 0, {0}};
     count_users(&x, mine, nm, roots, n);
-    size_t live = 0, peak = 0, memo = 0; /* memo: what the attention keeps for its heads */
+    size_t live = 0, peak = 0, memo = 0; /* memo: what the last attention call keeps */
     for (long i = 0; i < nm;) {
         long j = i;
         while (j < nm && p->v[mine[j]].rank == p->v[mine[i]].rank &&
                p->v[mine[j]].op == p->v[mine[i]].op)
             j++;
-        if (p->v[mine[i]].op != OP_HEAD)
-            memo = 0; /* the heads have run: cleared */
-        if (heads_follow(p, mine, i, j, nm)) {
+        if (memo_ends(p->v[mine[i]].op))
+            memo = 0; /* cleared, as exec_run clears it */
+        if (p->v[mine[i]].op == OP_ATTN) {
             /* at most every distinct source's projection (3 values each),
              * and never more than its budget */
             if ((rc = memo_bound(p, mine + i, j - i, vb, exec_memo_budget(chunk_bytes), &memo, e)))

@@ -355,69 +355,101 @@ done:
     free(pieces);
 }
 
+/* Source u's q/k/v projection at this layer, rows [b0, b0+bn): the memo's
+ * (when the layer's attention call just projected it) or a new one. */
+static shim_tensor *project(const op_env *x, int layer, int32_t u, int64_t b0, int64_t bn,
+                            shim_status *st)
+{
+    shim_tensor *qkv = memo_find(x, layer, u, b0, bn, st);
+    if (qkv || st->code)
+        return qkv;
+    shim_tensor *rows = shim_narrow(x->h[u], 0, b0, bn, st);
+    qkv = gpt2_attn_qkv(x->p->m, layer, rows, st); /* (bn, T, 3C) */
+    shim_free(rows);
+    return qkv;
+}
+
+/* Head h's attention output z_h (bn, T, D) at this layer from its q, k, v
+ * sources src[0..3), rows [b0, b0+bn), projected as the attention
+ * projects them. */
+static shim_tensor *head_z(const op_env *x, int layer, int h, const int32_t *src, int64_t b0,
+                           int64_t bn, shim_status *st)
+{
+    const model *m = x->p->m;
+    int64_t C = m->cfg.n_embd, D = C / m->cfg.n_head;
+    shim_tensor *qkv[3] = {NULL, NULL, NULL}, *part[3] = {NULL, NULL, NULL};
+    for (int c = 0; c < 3 && !st->code; c++) {
+        int k = c > 0 && src[c] == src[c - 1] ? c - 1 : c; /* the same source as c - 1 */
+        while (k > 0 && k < c && !qkv[k])
+            k--;
+        if (k == c)
+            qkv[c] = project(x, layer, src[c], b0, bn, st);
+        if (qkv[k])
+            part[c] = shim_narrow(qkv[k], 2, c * C + h * D, D, st); /* (bn, T, D) */
+    }
+    shim_tensor *z = st->code ? NULL
+                              : shim_attention(part[0], part[1], part[2], 1,
+                                               gpt2_attn_scale(m, layer), NULL, st);
+    for (int c = 0; c < 3; c++) {
+        shim_free(part[c]);
+        shim_free(qkv[c]);
+    }
+    return z;
+}
+
 /* One head's share of the attention output for values vs[0..n) of one
- * layer, rows [b0, b0+bn): each from its own q, k, v sources, projected
- * as the attention projects them (taken from the memo when the layer's
- * attention call just projected that source), then z_h W_O[h] (no bias). */
+ * layer, rows [b0, b0+bn): z_h W_O[h] (no bias). */
 static void run_head(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
                      shim_tensor **out, shim_status *st)
 {
     const model *m = x->p->m;
     int layer = x->p->v[vs[0]].layer;
-    int64_t C = m->cfg.n_embd, D = C / m->cfg.n_head;
+    int64_t D = m->cfg.n_embd / m->cfg.n_head;
     const model_block *blk = &m->blocks[layer];
     for (int i = 0; i < n && !st->code; i++) {
         const plan_value *pv = &x->p->v[vs[i]];
-        int h = pv->aux;
-        shim_tensor *qkv[3] = {NULL, NULL, NULL}, *part[3] = {NULL, NULL, NULL};
-        for (int c = 0; c < 3; c++) {
-            if (c > 0 && pv->in[c] == pv->in[c - 1])
-                continue; /* the same source as c - 1 */
-            if ((qkv[c] = memo_find(x, layer, pv->in[c], b0, bn, st)))
-                continue;
-            shim_tensor *rows = shim_narrow(x->h[pv->in[c]], 0, b0, bn, st);
-            qkv[c] = gpt2_attn_qkv(m, layer, rows, st); /* (bn, T, 3C) */
-            shim_free(rows);
-        }
-        for (int c = 0; c < 3; c++) {
-            int k = c;
-            while (!qkv[k])
-                k--;
-            part[c] = shim_narrow(qkv[k], 2, c * C + h * D, D, st); /* (bn, T, D) */
-        }
-        shim_tensor *z =
-            shim_attention(part[0], part[1], part[2], 1, gpt2_attn_scale(m, layer), NULL, st);
-        shim_tensor *wh = shim_narrow(blk->proj_w, 0, h * D, D, st);
+        shim_tensor *z = head_z(x, layer, pv->aux, pv->in, b0, bn, st);
+        shim_tensor *wh = shim_narrow(blk->proj_w, 0, pv->aux * D, D, st);
         out[i] = shim_linear(z, wh, NULL, st); /* (bn, T, C) */
         shim_free(z);
         shim_free(wh);
-        for (int c = 0; c < 3; c++) {
-            shim_free(part[c]);
-            shim_free(qkv[c]);
-        }
     }
 }
 
 /* An attention whose heads read different sources (plan.h, OP_ADELTA):
- * the plain attention plus each recomputed head's new share minus its old
- * one. The differences are summed first, then added once. */
+ * the plain attention of s plus, for each head h that reads others,
+ * (z_h(own) - z_h(s)) W_O[h]. */
 static shim_tensor *run_adelta(const op_env *x, int32_t v, shim_status *st)
 {
     const plan_value *pv = &x->p->v[v];
-    int k = 3 * x->p->g.H;
+    const model *m = x->p->m;
+    int H = m->cfg.n_head, layer = pv->layer;
+    int64_t B = x->p->B, D = m->cfg.n_embd / H;
+    int32_t s = pv->in[3 * H + 1], plain[3] = {s, s, s};
     shim_tensor *acc = NULL;
-    for (int i = k + 1; i + 1 < pv->nin && !st->code; i += 2) {
-        shim_tensor *d = shim_axpby(1.0, x->h[pv->in[i]], -1.0, x->h[pv->in[i + 1]], st);
+    for (int h = 0; h < H && !st->code; h++) {
+        const int32_t *own = &pv->in[3 * h];
+        if (own[0] == s && own[1] == s && own[2] == s)
+            continue;
+        shim_tensor *zn = head_z(x, layer, h, own, 0, B, st),
+                    *zo = head_z(x, layer, h, plain, 0, B, st);
+        shim_tensor *dz = zn && zo ? shim_axpby(1.0, zn, -1.0, zo, st) : NULL;
+        shim_free(zn);
+        shim_free(zo);
+        shim_tensor *wh = shim_narrow(m->blocks[layer].proj_w, 0, h * D, D, st);
+        shim_tensor *d = dz ? shim_linear(dz, wh, NULL, st) : NULL; /* (B, T, C) */
+        shim_free(dz);
+        shim_free(wh);
         if (acc && d) {
-            shim_tensor *s = shim_add(acc, d, st);
+            shim_tensor *sum = shim_add(acc, d, st);
             shim_free(acc);
             shim_free(d);
-            acc = s;
+            acc = sum;
         } else if (d) {
             acc = d;
         }
     }
-    shim_tensor *r = acc && !st->code ? shim_add(x->h[pv->in[k]], acc, st) : NULL;
+    shim_tensor *r = acc && !st->code ? shim_add(x->h[pv->in[3 * H]], acc, st) : NULL;
     shim_free(acc);
     return r;
 }
@@ -487,7 +519,9 @@ static const op_def OPS[] = {
     [OP_HEAD] = {"head", 1, attn_rank, NULL, run_head, attn_cost, 0},
     [OP_EDIT] = {"edit", 0, after_inputs, run_edit, NULL, NULL, 2}, /* the rows, their change */
     [OP_MEAN] = {"mean", 0, after_inputs, run_mean, NULL, NULL, 1}, /* the weighted copy */
-    [OP_ADELTA] = {"attn_delta", 0, after_inputs, run_adelta, NULL, NULL, 2}, /* sum, difference */
+    /* attn_delta: a head's sources projected (up to 3 x 3 values, none when
+     * the memo has them), its change, the running sum and the new one */
+    [OP_ADELTA] = {"attn_delta", 0, after_inputs, run_adelta, NULL, NULL, 12},
 };
 
 const op_def *op_info(plan_op op)

@@ -12,11 +12,12 @@
 #include "shim.h"
 
 /* The q/k/v projections (ln_1 and c_attn, (B, T, 3C)) an attention call
- * made of its sources, kept for the heads' shares of the same layer that
- * the executor runs right after it (plan.h, OP_ADELTA): a head then slices
- * its columns instead of projecting its sources again. Only whole-batch
- * calls are kept, up to budget bytes; a head whose source is not here
- * projects it itself, the same computation. */
+ * made of its sources, kept for the heads' shares and attention deltas
+ * (plan.h, OP_HEAD, OP_ADELTA) of the same layer that the executor runs
+ * before the next attention or MLP group: a head then slices its columns
+ * instead of projecting its sources again. Only whole-batch calls are
+ * kept, up to budget bytes; a head whose source is not here projects it
+ * itself, the same computation. */
 typedef struct {
     int layer, n, cap;
     size_t bytes, budget;

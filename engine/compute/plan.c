@@ -342,7 +342,6 @@ static int32_t val_emb(plan *p, int k)
 }
 
 static int32_t val_attn_shared(plan *p, int layer, int32_t x);
-static int32_t val_head(plan *p, int layer, int h, const int32_t src[3]);
 
 /* The source most of src[0..n) are (the first of the most frequent). */
 static int32_t majority(const int32_t *src, int n)
@@ -361,38 +360,24 @@ static int32_t majority(const int32_t *src, int n)
 
 /* The attention of layer i given, per head, its q/k/v inputs. When at
  * most half of the heads read anything but the sources most read (s), it
- * is an ADELTA: attn(s) + sum over those heads of (share from their own
- * sources - share from s), so a patched head costs two heads' attention
- * instead of the layer's (the path-patching sweep's case: one head from
- * another input). A function of the sources alone, so every job plans the
- * same value the same way. */
+ * is an ADELTA: attn(s) plus, for each of those heads, (z_h from its own
+ * sources - z_h from s) W_O[h], so a patched head costs two heads'
+ * attention and one W_O[h] product instead of the layer's attention (the
+ * path-patching sweep's case: one head from another input). A function of
+ * the sources alone, so every job plans the same value the same way. */
 static int32_t val_attn(plan *p, int layer, const int32_t *src3h)
 {
     int H = p->g.H, n = 3 * H, d = 0;
-    int32_t s = majority(src3h, n);
+    int32_t s = majority(src3h, n), in[3 * MODEL_MAX_HEADS + 2];
     for (int h = 0; h < H; h++)
         d += src3h[3 * h] != s || src3h[3 * h + 1] != s || src3h[3 * h + 2] != s;
     if (d == 0 || 2 * d > H)
         return val_op(p, OP_ATTN, layer, src3h, n);
-    int32_t *in = malloc((size_t)(n + 1 + 2 * d) * sizeof *in), r = -1;
-    if (!in)
-        return npp_fail(p->err, NPP_ENOMEM, "", "out of memory planning"), -1;
     memcpy(in, src3h, (size_t)n * sizeof *in);
-    int k = n;
-    if ((in[k++] = val_attn_shared(p, layer, s)) < 0)
-        goto done;
-    for (int h = 0; h < H; h++) {
-        const int32_t *own = &src3h[3 * h], plain[3] = {s, s, s};
-        if (own[0] == s && own[1] == s && own[2] == s)
-            continue;
-        if ((in[k++] = val_head(p, layer, h, own)) < 0 ||
-            (in[k++] = val_head(p, layer, h, plain)) < 0)
-            goto done;
-    }
-    r = val_op_x(p, OP_ADELTA, layer, d, NULL, 0, in, k);
-done:
-    free(in);
-    return r;
+    if ((in[n] = val_attn_shared(p, layer, s)) < 0)
+        return -1;
+    in[n + 1] = s;
+    return val_op_x(p, OP_ADELTA, layer, d, NULL, 0, in, n + 2);
 }
 
 static int32_t val_attn_shared(plan *p, int layer, int32_t x)

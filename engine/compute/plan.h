@@ -39,9 +39,9 @@
  * from its q, k, v sources; EDIT: an intervention (patch/edit.h) on a
  * value; MEAN: a value's mean over the batch, per position, broadcast;
  * ADELTA: an attention whose heads read different sources, as the plain
- * attention of the sources most heads read plus, for each head that reads
- * others, its share from its own sources minus its share in that plain
- * attention (so only those heads are computed). */
+ * attention of the sources most heads read (s) plus, for each head h that
+ * reads others, (z_h from its own sources - z_h from s) W_O[h] (so only
+ * those heads are computed). */
 typedef enum {
     OP_EMB,
     OP_ADD,
@@ -70,8 +70,8 @@ typedef struct {
                   * number d of heads computed; else 0 */
     int rank;    /* execution order: every input has a smaller rank */
     int nin;     /* ADD 2; MIX T (one per position); ATTN 3H (q, k, v per head); HEAD 3;
-                  * EDIT 1..3; MLP, LNF, MEAN 1; ADELTA 3H + 1 + 2d (the sources as ATTN's,
-                  * the plain attention, then each head's new and old share) */
+                  * EDIT 1..3; MLP, LNF, MEAN 1; ADELTA 3H + 2 (the sources as ATTN's, the
+                  * plain attention, s) */
     int32_t *in; /* value indices (into the plan's pool) */
     uint8_t key[32];
 } plan_value;
