@@ -379,8 +379,8 @@ static shim_tensor *head_z(const op_env *x, int layer, int h, const int32_t *src
     int64_t C = m->cfg.n_embd, D = C / m->cfg.n_head;
     shim_tensor *qkv[3] = {NULL, NULL, NULL}, *part[3] = {NULL, NULL, NULL};
     for (int c = 0; c < 3 && !st->code; c++) {
-        int k = c > 0 && src[c] == src[c - 1] ? c - 1 : c; /* the same source as c - 1 */
-        while (k > 0 && k < c && !qkv[k])
+        int k = c; /* the first of the run of equal sources ending at c */
+        while (k > 0 && src[k - 1] == src[c])
             k--;
         if (k == c)
             qkv[c] = project(x, layer, src[c], b0, bn, st);
