@@ -75,6 +75,38 @@ bool bad(shim_status *st)
 
 thread_local bool grad_on = false; // shim_grad_mode
 
+// ln_1's backward in place on rows r0..r1 of g (each C wide), whose inputs
+// are rows r % BT of xh (normalized) and rs (1 / sigma), w ln_1's weight:
+// g = (g w - mean(g w) - xh mean(g w xh)) / sigma. The row sums run in 16
+// float lanes, added up in double; an AVX2 copy where the CPU has it.
+__attribute__((target_clones("avx2", "default"))) void
+ln_backward_rows(float *g, const float *xh, const float *rs, const float *w, int64_t C, int64_t BT,
+                 int64_t r0, int64_t r1)
+{
+    enum { LANES = 16 };
+    for (int64_t r = r0; r < r1; r++) {
+        float *gr = g + r * C;
+        const float *xr = xh + (r % BT) * C;
+        float l1[LANES] = {0}, l2[LANES] = {0};
+        int64_t c = 0;
+        for (; c + LANES <= C; c += LANES)
+            for (int k = 0; k < LANES; k++) {
+                float gp = gr[c + k] * w[c + k];
+                l1[k] += gp, l2[k] += gp * xr[c + k];
+            }
+        double s1 = 0, s2 = 0;
+        for (; c < C; c++) {
+            float gp = gr[c] * w[c];
+            s1 += gp, s2 += (double)gp * xr[c];
+        }
+        for (int k = 0; k < LANES; k++)
+            s1 += l1[k], s2 += l2[k];
+        float m1 = (float)(s1 / C), m2 = (float)(s2 / C), q = rs[r % BT];
+        for (c = 0; c < C; c++)
+            gr[c] = (gr[c] * w[c] - m1 - xr[c] * m2) * q;
+    }
+}
+
 } // namespace
 
 // Runs body, converting any exception into the status. Returns the
@@ -521,20 +553,26 @@ shim_tensor *shim_grad(const shim_tensor *t, shim_status *st)
 
 shim_tensor *shim_head_input_grads(const shim_tensor *gqkv, const shim_tensor *w_attn,
                                    const shim_tensor *x, const shim_tensor *ln_w, double eps,
-                                   int n_head, shim_status *st)
+                                   int n_head, const shim_tensor *extra, shim_status *st)
 {
     SHIM_GUARD(st, nullptr, {
         at::NoGradGuard no_grad;
-        const at::Tensor &g = gqkv->t, &w = w_attn->t;
-        int64_t B = g.size(0), T = g.size(1), C = w.size(0), H = n_head, D = C / H;
-        // gy[h][c] = g[..., c*C + h*D : +D] @ W[:, same]^T: the gradient on the
-        // ln_1 output that only head h's query (c 0), key (1) or value (2) sees
-        at::Tensor g3 = g.detach().to(at::kFloat).reshape({B * T, 3, H, D}).permute({2, 1, 0, 3});
-        at::Tensor w3 = w.detach().to(at::kFloat).reshape({C, 3, H, D}).permute({2, 1, 3, 0});
-        at::Tensor gy = at::bmm(g3.reshape({3 * H, B * T, D}), w3.reshape({3 * H, D, C}))
-                            .reshape({H, 3, B * T, C});
+        const at::Tensor &w = w_attn->t;
+        int64_t C = w.size(0), H = n_head, D = C / H, BT = gqkv->t.numel() / (3 * C);
+        int64_t K = 3 * H, rows = K + (extra ? 1 : 0);
+        // gy[k] = g[:, k*D : +D] @ W[:, k*D : +D]^T, k = c*H + h: the gradient on
+        // the ln_1 output that only head h's query (c 0), key (1) or value (2)
+        // sees. Both operands are strided views of g and W (no copies), the
+        // product goes straight into the result's rows.
+        at::Tensor g = gqkv->t.detach().to(at::kFloat).reshape({BT, 3 * C}).contiguous();
+        at::Tensor wf = w.detach().to(at::kFloat).contiguous();
+        at::Tensor out = at::empty({rows, BT, C}, g.options());
+        at::Tensor gy = out.narrow(0, 0, K);
+        at::bmm_out(gy, g.view({BT, K, D}).transpose(0, 1), wf.view({C, K, D}).permute({1, 2, 0}));
+        if (extra)
+            out.select(0, K).copy_(extra->t.detach().reshape({BT, C}));
         // ln_1's backward for each: gx = (g' - mean(g') - xh * mean(g' xh)) / sigma
-        at::Tensor xf = x->t.detach().to(at::kFloat).reshape({B * T, C});
+        at::Tensor xf = x->t.detach().to(at::kFloat).reshape({BT, C});
         at::Tensor mu = xf.mean(-1, true);
         at::Tensor rs = (xf - mu).pow(2).mean(-1, true).add(eps).rsqrt();
         at::Tensor xh = (xf - mu) * rs;
@@ -543,43 +581,32 @@ shim_tensor *shim_head_input_grads(const shim_tensor *gqkv, const shim_tensor *w
             at::Tensor gp = gy.mul_(lw);
             at::Tensor m2 = (gp * xh).mean(-1, true);
             gp.sub_(gp.mean(-1, true)).sub_(xh * m2).mul_(rs);
-            return wrap(gp.reshape({H * 3, B * T * C}));
+            return wrap(out.reshape({rows, BT * C}));
         }
         // on a CPU, two passes over each row and no temporary
-        gy = gy.contiguous();
         xh = xh.contiguous(), rs = rs.contiguous();
         float *gd = gy.data_ptr<float>();
         const float *xd = xh.data_ptr<float>(), *rd = rs.data_ptr<float>(),
                     *wd = lw.data_ptr<float>();
-        int64_t rows = 3 * H * B * T, BT = B * T;
-        at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
-            for (int64_t r = r0; r < r1; r++) {
-                float *gr = gd + r * C;
-                const float *xr = xd + (r % BT) * C;
-                double s1 = 0, s2 = 0;
-                for (int64_t c = 0; c < C; c++) {
-                    float gp = gr[c] * wd[c];
-                    s1 += gp, s2 += (double)gp * xr[c];
-                }
-                float m1 = (float)(s1 / C), m2 = (float)(s2 / C), q = rd[r % BT];
-                for (int64_t c = 0; c < C; c++)
-                    gr[c] = (gr[c] * wd[c] - m1 - xr[c] * m2) * q;
-            }
+        at::parallel_for(0, K * BT, 64, [&](int64_t r0, int64_t r1) {
+            ln_backward_rows(gd, xd, rd, wd, C, BT, r0, r1);
         });
-        return wrap(gy.reshape({H * 3, B * T * C}));
+        return wrap(out.reshape({rows, BT * C}));
     });
 }
 
-shim_tensor *shim_head_outputs(const shim_tensor *z, const shim_tensor *w_proj, int n_head,
-                               shim_status *st)
+int shim_rows_head_outputs(shim_tensor *dst, int64_t row0, double a, double b, const shim_tensor *z,
+                           const shim_tensor *w_proj, int n_head, shim_status *st)
 {
-    SHIM_GUARD(st, nullptr, {
+    SHIM_GUARD(st, -1, {
         at::NoGradGuard no_grad;
         const at::Tensor &w = w_proj->t;
         int64_t C = w.size(0), H = n_head, D = C / H, N = z->t.numel() / C;
-        at::Tensor z3 = z->t.detach().to(at::kFloat).reshape({N, H, D});
+        at::Tensor z3 = z->t.detach().to(at::kFloat).reshape({N, H, D}).transpose(0, 1);
         at::Tensor w3 = w.detach().to(at::kFloat).reshape({H, D, C});
-        return wrap(at::einsum("nhd,hdk->hnk", {z3, w3}).reshape({H, N * C}));
+        at::Tensor rows = dst->t.narrow(0, row0, H).view({H, N, C});
+        rows.baddbmm_(z3, w3, b, a); // b rows + a (z_h W_O[h]), b 0: rows are not read
+        return 0;
     });
 }
 
@@ -591,22 +618,32 @@ shim_tensor *shim_flat_f32(const shim_tensor *t, shim_status *st)
     });
 }
 
-int shim_rows_add(shim_tensor *dst, int64_t row0, double a, const shim_tensor *src, shim_status *st)
+int shim_rows_add(shim_tensor *dst, int64_t row0, double a, const shim_tensor *src, double b,
+                  shim_status *st)
 {
     SHIM_GUARD(st, -1, {
         at::NoGradGuard no_grad;
         at::Tensor s = src->t.detach().reshape({-1, dst->t.size(1)});
-        dst->t.narrow(0, row0, s.size(0)).add_(s.to(dst->t.scalar_type()), a);
+        at::Tensor rows = dst->t.narrow(0, row0, s.size(0));
+        if (b == 0) { // overwritten, whatever the rows held
+            rows.copy_(s);
+            if (a != 1)
+                rows.mul_(a);
+        } else {
+            if (b != 1)
+                rows.mul_(b);
+            rows.add_(s.to(dst->t.scalar_type()), a);
+        }
         return 0;
     });
 }
 
-shim_tensor *shim_zeros_f32(int64_t rows, int64_t cols, shim_device dev, shim_status *st)
+shim_tensor *shim_empty_f32(int64_t rows, int64_t cols, shim_device dev, shim_status *st)
 {
     SHIM_GUARD(st, nullptr, {
-        c10::InferenceMode normal(false); // shim_rows_add updates it in either mode
+        c10::InferenceMode normal(false); // the shim_rows_* functions update it in either mode
         return wrap(
-            at::zeros({rows, cols}, at::TensorOptions().dtype(at::kFloat).device(to_device(dev))));
+            at::empty({rows, cols}, at::TensorOptions().dtype(at::kFloat).device(to_device(dev))));
     });
 }
 

@@ -162,20 +162,22 @@ shim_tensor *shim_grad_leaf(const shim_tensor *t, shim_status *st);
 /* t itself (a view) whose gradient shim_grad reads after shim_backward: a
  * receiver's own copy of its input, for example. */
 shim_tensor *shim_grad_tap(const shim_tensor *t, shim_status *st);
-/* Head h's share of an attention output, z_h W_O[h] (no bias), for every
- * head: z (..., C) the attention core's output, w_proj (C, C) c_proj's
- * weight -> (H, numel(z)) float32, no gradient. */
-shim_tensor *shim_head_outputs(const shim_tensor *z, const shim_tensor *w_proj, int n_head,
-                               shim_status *st);
+/* dst (R, numel(z)) rows [row0, row0 + H) = b * rows + a * (z_h W_O[h]),
+ * head h's share of an attention output (no bias) in row row0 + h: z (..., C)
+ * the attention core's output, w_proj (C, C) c_proj's weight. In place, no
+ * gradient; with b 0 the rows are not read. */
+int shim_rows_head_outputs(shim_tensor *dst, int64_t row0, double a, double b, const shim_tensor *z,
+                           const shim_tensor *w_proj, int n_head, shim_status *st);
 /* t as one float32 row (1, numel), no gradient. */
 shim_tensor *shim_flat_f32(const shim_tensor *t, shim_status *st);
-/* dst (R, K) rows [row0, row0 + n) += a * src, src any shape of n*K
- * elements (a block of rows), in place, no gradient. */
-int shim_rows_add(shim_tensor *dst, int64_t row0, double a, const shim_tensor *src,
+/* dst (R, K) rows [row0, row0 + n) = b * rows + a * src, src any shape of
+ * n*K elements (a block of rows), in place, no gradient; with b 0 the rows
+ * are not read. */
+int shim_rows_add(shim_tensor *dst, int64_t row0, double a, const shim_tensor *src, double b,
                   shim_status *st);
-/* A (rows, cols) float32 tensor of zeros on dev (for shim_rows_add, in or
- * out of gradient mode). */
-shim_tensor *shim_zeros_f32(int64_t rows, int64_t cols, shim_device dev, shim_status *st);
+/* An uninitialized (rows, cols) float32 tensor on dev (for the shim_rows_*
+ * functions, in or out of gradient mode). */
+shim_tensor *shim_empty_f32(int64_t rows, int64_t cols, shim_device dev, shim_status *st);
 /* a x + b y (same shapes). */
 shim_tensor *shim_axpby(double a, const shim_tensor *x, double b, const shim_tensor *y,
                         shim_status *st);
@@ -185,12 +187,13 @@ int shim_backward(const shim_tensor *y, const shim_tensor *seed, shim_status *st
 shim_tensor *shim_grad(const shim_tensor *t, shim_status *st);
 /* Per-head input gradients of one attention layer: gqkv (B, T, 3C) is dM/d
  * of its c_attn output, w_attn (C, 3C), x (B, T, C) the ln_1 input, ln_w
- * ln_1's weight. Row 3h + c of the result (3H, B*T*C, float32) is dM/dx
+ * ln_1's weight. Row cH + h of the result (3H, B*T*C, float32) is dM/dx
  * through head h's query (c 0), key (1) or value (2) alone: each head's own
- * copy of its input. */
+ * copy of its input. extra (B*T*C elements, or NULL) becomes one more row
+ * after those (so one product takes a layer's MLP receiver too). */
 shim_tensor *shim_head_input_grads(const shim_tensor *gqkv, const shim_tensor *w_attn,
                                    const shim_tensor *x, const shim_tensor *ln_w, double eps,
-                                   int n_head, shim_status *st);
+                                   int n_head, const shim_tensor *extra, shim_status *st);
 
 #ifdef __cplusplus
 }

@@ -53,37 +53,32 @@ static void step(actx *a)
         a->o->progress(a->o->ud, a->o->done0 + a->done, a->o->total);
 }
 
-/* delta's rows of sender s.. += sign * t (consumes t). */
-static void add_rows(actx *a, int s, double sign, shim_tensor *t)
-{
-    if (t)
-        shim_rows_add(a->delta, s, sign, t, &a->st);
-    shim_free(t);
-}
-
-/* Adds the sender outputs of the plain run on ids (inference) to delta. */
-static void add_senders(actx *a, const int64_t *ids, double sign)
+/* Writes the sender outputs of the plain run on ids (inference) into delta's
+ * rows (every row: delta's first contents). */
+static void set_senders(actx *a, const int64_t *ids)
 {
     const model *m = a->m;
     shim_status *st = &a->st;
     int64_t C = a->C;
     shim_tensor *x = gpt2_embed(m, ids, a->B, a->T, st);
     if (x)
-        shim_rows_add(a->delta, 0, sign, x, st);
+        shim_rows_add(a->delta, 0, 1.0, x, 0.0, st);
     for (int i = 0; i < a->L && !st->code; i++) {
         shim_tensor *qkv = gpt2_attn_qkv(m, i, x, st);
         shim_tensor *q = shim_narrow(qkv, 2, 0, C, st), *k = shim_narrow(qkv, 2, C, C, st),
                     *v = shim_narrow(qkv, 2, 2 * C, C, st);
         shim_tensor *z = shim_attention(q, k, v, a->H, gpt2_attn_scale(m, i), NULL, st);
         shim_free(q), shim_free(k), shim_free(v), shim_free(qkv);
-        add_rows(a, srow(a, i, 0), sign, shim_head_outputs(z, m->blocks[i].proj_w, a->H, st));
+        if (z)
+            shim_rows_head_outputs(a->delta, srow(a, i, 0), 1.0, 0.0, z, m->blocks[i].proj_w, a->H,
+                                   st);
         shim_tensor *att = shim_linear(z, m->blocks[i].proj_w, m->blocks[i].proj_b, st);
         shim_free(z);
         shim_tensor *x2 = shim_add(x, att, st);
         shim_free(att), shim_free(x);
         shim_tensor *y = gpt2_mlp(m, i, x2, st);
         if (y)
-            shim_rows_add(a->delta, srow(a, i, a->H), sign, y, st);
+            shim_rows_add(a->delta, srow(a, i, a->H), 1.0, y, 0.0, st);
         x = shim_add(x2, y, st);
         shim_free(x2), shim_free(y);
     }
@@ -197,44 +192,49 @@ done:
 }
 
 /* score[s][rcv[k]] += w * sum_n delta[s, n] G[k, n] for the senders s <
- * nup (those upstream of the receivers), G (nr, N). */
-static void add_scores(actx *a, int nup, const shim_tensor *G, const int *rcv, int nr, double w)
+ * nup[k] (those upstream of receiver k), G (nr, N): one product with the
+ * largest prefix of delta's rows. */
+static void add_scores(actx *a, const int *nup, const shim_tensor *G, const int *rcv, int nr,
+                       double w)
 {
-    float *p = malloc((size_t)nup * (size_t)nr * sizeof *p);
+    int most = 0;
+    for (int k = 0; k < nr; k++)
+        most = nup[k] > most ? nup[k] : most;
+    float *p = malloc((size_t)most * (size_t)nr * sizeof *p);
     if (!p) {
         a->st.code = SHIM_ENOMEM;
         return;
     }
-    shim_tensor *D = shim_narrow(a->delta, 0, 0, nup, &a->st);
-    shim_tensor *P = shim_matmul_nt(D, G, &a->st); /* (nup, nr) */
-    if (P && !shim_to_host_f32(P, p, (size_t)nup * nr, &a->st))
-        for (int s = 0; s < nup; s++)
-            for (int k = 0; k < nr; k++)
+    shim_tensor *D = shim_narrow(a->delta, 0, 0, most, &a->st);
+    shim_tensor *P = shim_matmul_nt(D, G, &a->st); /* (most, nr) */
+    if (P && !shim_to_host_f32(P, p, (size_t)most * nr, &a->st))
+        for (int k = 0; k < nr; k++)
+            for (int s = 0; s < nup[k]; s++)
                 a->score[(size_t)s * a->R + rcv[k]] += w * p[s * nr + k];
     shim_free(P), shim_free(D);
     free(p);
 }
 
-/* Layer i's scores from its taps' gradients, at weight w. */
+/* Layer i's scores from its taps' gradients, at weight w: its 3H q/k/v
+ * receivers and its MLP's in one product (rcv, nup: 3H + 1 entries). */
 static void layer_scores(actx *a, int i, shim_tensor *qkv, shim_tensor *mt, const shim_tensor *xin,
-                         int *rcv, double w)
+                         int *rcv, int *nup, double w)
 {
     const model *m = a->m;
     shim_status *st = &a->st;
     int H = a->H;
-    shim_tensor *g = shim_grad(qkv, st);
-    shim_tensor *G = shim_head_input_grads(g, m->blocks[i].attn_w, xin, m->blocks[i].ln_1_w,
-                                           m->cfg.ln_eps, H, st); /* (3H, N) */
-    shim_free(g);
-    for (int r = 0; r < 3 * H; r++)
-        rcv[r] = 1 + 3 * i * H + r;
-    add_scores(a, srow(a, i, 0), G, rcv, 3 * H, w);
+    shim_tensor *g = shim_grad(qkv, st), *gm = shim_grad(mt, st);
+    shim_tensor *G = g && gm ? shim_head_input_grads(g, m->blocks[i].attn_w, xin,
+                                                     m->blocks[i].ln_1_w, m->cfg.ln_eps, H, gm, st)
+                             : NULL; /* (3H + 1, N): row cH + h head h's q, k or v; the MLP */
+    shim_free(g), shim_free(gm);
+    for (int c = 0; c < 3; c++)
+        for (int h = 0; h < H; h++)
+            rcv[c * H + h] = 1 + 3 * (i * H + h) + c, nup[c * H + h] = srow(a, i, 0);
+    rcv[3 * H] = 1 + 3 * a->L * H + i, nup[3 * H] = srow(a, i, H);
+    if (G)
+        add_scores(a, nup, G, rcv, 3 * H + 1, w);
     shim_free(G);
-    shim_tensor *gm = shim_grad(mt, st), *gf = shim_flat_f32(gm, st);
-    shim_free(gm);
-    rcv[0] = 1 + 3 * a->L * H + i;
-    add_scores(a, srow(a, i, H), gf, rcv, 1, w);
-    shim_free(gf);
 }
 
 /* One gradient pass on the input embedding e_corrupt + alpha (e_clean -
@@ -251,10 +251,11 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
     int64_t C = a->C;
     shim_tensor **xin = calloc((size_t)L + 1, sizeof *xin), **out = calloc((size_t)L, sizeof *out),
                 **qkv = calloc((size_t)L, sizeof *qkv), **mt = calloc((size_t)L, sizeof *mt);
-    int *rcv = malloc((size_t)(3 * H + 1) * sizeof *rcv);
+    int *rcv = malloc((size_t)(3 * H + 1) * sizeof *rcv),
+        *nup = malloc((size_t)(3 * H + 1) * sizeof *nup);
     shim_tensor *ft = NULL, *h = NULL, *seed = NULL, *g = NULL;
     double w = 1.0 / a->steps;
-    if (!xin || !out || !qkv || !mt || !rcv) {
+    if (!xin || !out || !qkv || !mt || !rcv || !nup) {
         rc = npp_fail(a->e, NPP_ENOMEM, "attribution", "out of memory");
         goto done;
     }
@@ -263,7 +264,7 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
     xin[0] = shim_grad_leaf(e0 ? e0 : ec, st);
     shim_free(e0);
     if (first)
-        shim_rows_add(a->delta, 0, -1.0, xin[0], st);
+        shim_rows_add(a->delta, 0, -1.0, xin[0], 1.0, st);
     for (int i = 0; i < L && !(rc = failed(a)); i++) {
         shim_tensor *x = xin[i];
         shim_tensor *q0 = gpt2_attn_qkv(m, i, x, st);
@@ -273,8 +274,9 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
                     *v = shim_narrow(qkv[i], 2, 2 * C, C, st);
         shim_tensor *z = shim_attention(q, k, v, H, gpt2_attn_scale(m, i), NULL, st);
         shim_free(q), shim_free(k), shim_free(v);
-        if (first)
-            add_rows(a, srow(a, i, 0), -1.0, shim_head_outputs(z, m->blocks[i].proj_w, H, st));
+        if (first && z)
+            shim_rows_head_outputs(a->delta, srow(a, i, 0), -1.0, 1.0, z, m->blocks[i].proj_w, H,
+                                   st);
         shim_tensor *att = shim_linear(z, m->blocks[i].proj_w, m->blocks[i].proj_b, st);
         shim_free(z);
         shim_tensor *x2 = shim_add(x, att, st);
@@ -282,7 +284,7 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
         mt[i] = shim_grad_tap(x2, st); /* the MLP's own copy of its input */
         shim_tensor *y = gpt2_mlp(m, i, mt[i], st);
         if (first && y)
-            shim_rows_add(a->delta, srow(a, i, H), -1.0, y, st);
+            shim_rows_add(a->delta, srow(a, i, H), -1.0, y, 1.0, st);
         out[i] = shim_add(x2, y, st); /* the residual reads x2, not the tap */
         shim_free(x2), shim_free(y);
         xin[i + 1] = shim_grad_leaf(out[i], st);
@@ -299,16 +301,16 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
     shim_backward(h, seed, st);
     g = shim_grad(ft, st);
     shim_tensor *gf = shim_flat_f32(g, st);
-    rcv[0] = 0;
+    rcv[0] = 0, nup[0] = a->S;
     if (gf)
-        add_scores(a, a->S, gf, rcv, 1, w);
+        add_scores(a, nup, gf, rcv, 1, w);
     shim_free(gf);
     for (int i = L - 1; i >= 0 && !(rc = failed(a)); i--) {
         shim_backward(out[i], g, st); /* layer i alone: its input is a leaf */
         shim_free(g);
         g = shim_grad(xin[i], st);
         if (!st->code)
-            layer_scores(a, i, qkv[i], mt[i], xin[i], rcv, w);
+            layer_scores(a, i, qkv[i], mt[i], xin[i], rcv, nup, w);
         shim_free(out[i]), shim_free(qkv[i]), shim_free(mt[i]), shim_free(xin[i + 1]);
         out[i] = qkv[i] = mt[i] = xin[i + 1] = NULL;
         step(a);
@@ -320,7 +322,7 @@ done:
     for (int i = 0; out && i < L; i++)
         shim_free(out[i]), shim_free(qkv[i]), shim_free(mt[i]);
     shim_free(ft), shim_free(h), shim_free(seed), shim_free(g);
-    free(xin), free(out), free(qkv), free(mt), free(rcv);
+    free(xin), free(out), free(qkv), free(mt), free(rcv), free(nup);
     return rc;
 }
 
@@ -412,7 +414,7 @@ size_t attrib_bytes(const model *m, const job *j)
      * c_fc and GELU outputs; then the taps' gradients */
     size_t tape = L * (e * (9 * N + 2 * BT * I) + 4 * att + e * 4 * N);
     size_t backward = e * (6 * N + 2 * BT * I) + 4 * 2 * att; /* one layer's gradients at once */
-    size_t heads = 4 * 2 * 3 * H * N;     /* shim_head_input_grads: the result, the GEMM's copy */
+    size_t heads = 4 * (3 * H + 2) * N; /* shim_head_input_grads: 3H + 1 rows, the MLP's gradient */
     size_t delta = 4 * S * N + 4 * H * N; /* the deltas, one layer's heads being made */
     size_t host = 8 * S * R + 4 * (size_t)j->B * V * 4 + 4 * N;
     return tape + backward + heads + delta + host;
@@ -448,8 +450,9 @@ int attrib_run(const model *m, const job *j, const attrib_opts *o, json_t **out,
         goto done;
     }
     const int64_t *clean = j->ids, *corrupt = j->ids + (size_t)j->B * j->T;
-    a.delta = shim_zeros_f32(a.S, a.N, m->device, &a.st);
-    add_senders(&a, corrupt, 1.0);
+    a.delta = shim_empty_f32(a.S, a.N, m->device, &a.st);
+    if (a.delta)
+        set_senders(&a, corrupt);
     step(&a);
     ec = gpt2_embed(m, clean, a.B, a.T, &a.st);
     ex = gpt2_embed(m, corrupt, a.B, a.T, &a.st);
