@@ -343,17 +343,38 @@ static int32_t val_emb(plan *p, int k)
 
 static int32_t val_attn_shared(plan *p, int layer, int32_t x);
 
-/* The source most of src[0..n) are (the first of the most frequent). */
+/* The source at least half of src[0..n) are (of two such, the first
+ * seen), else src[0]: only such a source can make an ADELTA (val_attn:
+ * half of the heads reading it alone is half of the slots). Linear in n:
+ * two candidates (Misra-Gries) end up holding every source of more than
+ * n/3 of the slots, then each is counted. */
 static int32_t majority(const int32_t *src, int n)
 {
-    int32_t best = src[0];
-    int most = 0;
+    int32_t cand[2] = {src[0], src[0]};
+    int cnt[2] = {0, 0};
     for (int i = 0; i < n; i++) {
-        int c = 0;
-        for (int k = 0; k < n; k++)
-            c += src[k] == src[i];
-        if (c > most)
-            most = c, best = src[i];
+        if (cnt[0] && src[i] == cand[0])
+            cnt[0]++;
+        else if (cnt[1] && src[i] == cand[1])
+            cnt[1]++;
+        else if (!cnt[0])
+            cand[0] = src[i], cnt[0] = 1;
+        else if (!cnt[1])
+            cand[1] = src[i], cnt[1] = 1;
+        else
+            cnt[0]--, cnt[1]--;
+    }
+    int32_t best = src[0];
+    int most = 0, first = n;
+    for (int c = 0; c < 2; c++) {
+        int k = 0, at = n;
+        for (int i = 0; i < n; i++)
+            if (src[i] == cand[c]) {
+                k++;
+                at = at < i ? at : i;
+            }
+        if (2 * k >= n && (k > most || (k == most && at < first)))
+            best = cand[c], most = k, first = at;
     }
     return best;
 }
