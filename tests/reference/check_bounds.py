@@ -8,7 +8,12 @@ bound on what the job holds.
 1. With --chunk-mb 1 every attention and MLP call is cut into chunks (a
    value too big for one chunk is split along the batch); the hidden states
    equal the unchunked run's within 1e-5 (another batch shape may round
-   differently in the last bits) and the top-k tokens are the same.
+   differently in the last bits) and the top-k tokens are the same. The
+   same for a sweep of head patches (each an `attn_delta`: the patched
+   heads' change added to the plain attention): at 1 MB, the memo (one
+   chunk's budget) cannot keep an attention call's projections for the
+   heads (2.4 MB a source here), so every patched head projects its own
+   sources (checked by hand: 14 such projections instead of 2).
 2. For a few job shapes (attribution's gradients among them), `npp run
    --memory-report` measures the peak RSS
    during the job over the RSS before it; the estimate must be at least
@@ -67,6 +72,25 @@ def main():
     check("chunked top-k tokens = unchunked",
           [[t["id"] for p in e for t in p["tokens"]] for e in cut["outputs"]["top_k"]] ==
           [[t["id"] for p in e for t in p["tokens"]] for e in whole["outputs"]["top_k"]])
+
+    sweep = {"inputs": [ids(6, 128), ids(6, 128, 5)], "metric": {"type": "logit_diff", "target": 5,
+                                                                 "baseline": 6},
+             "outputs": {"top_k": 0, "baselines": True},
+             "sweep": [{"name": "%s -> %s" % (u, v), "preset": {"type": "path_patch", "senders": [u],
+                                                                "receivers": [v]}}
+                       for u, v in [("a0.head0", "ln_final"), ("a0.head1", "a1.head2.v"),
+                                    ("a0.head3", "a1.head0.q"), ("a1.head1", "ln_final")]]}
+    whole, cut = run(sweep), run(sweep, "--chunk-mb", "1")
+    check("--chunk-mb 1 cuts the sweep's calls into more chunks",
+          cut["stats"]["batches"] > 2 * whole["stats"]["batches"],
+          "%d calls, %d unchunked" % (cut["stats"]["batches"], whole["stats"]["batches"]))
+    mw = np.array([v["metric"]["per_example"] for v in whole["sweep"]])
+    mc = np.array([v["metric"]["per_example"] for v in cut["sweep"]])
+    plain = np.array(whole["baselines"][0]["metric"]["per_example"])  # the clean run
+    err = float(np.max(np.abs(mc - mw)))
+    check("chunked head-patch sweep = unchunked within 1e-5, every patch moving the metric",
+          err <= 1e-5 and float(np.min(np.max(np.abs(mw - plain), axis=1))) > 1e-4,
+          "max abs diff %.3g, smallest effect %.3g" % (err, float(np.min(np.max(np.abs(mw - plain), axis=1)))))
 
     shapes = [
         ("batch 32 x 128 tokens", {"inputs": [ids(32, 128)], "outputs": {"top_k": 5}}),
