@@ -14,8 +14,10 @@ difference), each edge patched alone from the corrupted run:
            input (one head's query, key or value input, an MLP's input, or
            the final residual).
 
-Prints both times and their ratio (the goal: npp at least 5x faster), and
-checks that the K effects agree within 1e-4 (relative to the largest).
+Prints both times and their ratio (the goal: npp at least 5x faster), the
+ratio's ceiling for these edges (an exact engine recomputes, per edge, only
+what is downstream of its receiver: see downstream()), and checks that the K
+effects agree within 1e-4 (relative to the largest).
     verify.py NPP MODEL [THREADS] [K]
 """
 import json
@@ -106,6 +108,22 @@ def hooks(cfg, W, edges):
     return time.perf_counter() - t0, effects
 
 
+def downstream(cfg, v):
+    """The share of one forward pass's multiply-adds (the blocks' matrix
+    products; the metric's two logits are free) that patching receiver v
+    must recompute: one head's query, key or value and what follows it in
+    that layer, or the MLP, then every later layer; nothing for ln_final."""
+    L, H, C, I = cfg["n_layer"], cfg["n_head"], cfg["n_embd"], cfg.get("n_inner") or 4 * cfg["n_embd"]
+    attn, mlp = 3 * C * C + C * C, 2 * C * I  # per token: c_attn + c_proj, c_fc + c_proj
+    if v == "ln_final":
+        return 0.0
+    layer = int(v[1:v.index(".")])
+    rest = mlp + (L - 1 - layer) * (attn + mlp)
+    if v.startswith("a"):  # one head's q, k or v, its share of c_proj
+        rest += (C * C + C * C) / H
+    return rest / (L * (attn + mlp))
+
+
 def main():
     torch.set_num_threads(threads)
     cfg, W = gpt2_ref.load(model, torch.float32)
@@ -126,6 +144,9 @@ def main():
     print("npp sweep job (%6d values)        %8.3f s" % (res["stats"]["values_computed"], t_npp))
     print("hooked forwards (%d + 2)           %8.3f s   hooks / npp %.2f (goal: at least 5)"
           % (len(edges), t_ref, t_ref / t_npp))
+    work = 2 + sum(downstream(cfg, v) for _, v in edges)  # the two plain runs, then each edge
+    print("ceiling for these edges: hooks / exact recomputation of what each edge changes %.2f"
+          % ((len(edges) + 2) / work))
     print("max effect difference %.1e of the largest (must be <= 1e-4)" % diff)
     if diff > 1e-4:
         sys.exit(1)

@@ -53,36 +53,21 @@ static void step(actx *a)
         a->o->progress(a->o->ud, a->o->done0 + a->done, a->o->total);
 }
 
-/* Writes the sender outputs of the plain run on ids (inference) into delta's
- * rows (every row: delta's first contents). */
-static void set_senders(actx *a, const int64_t *ids)
+/* delta's first contents: the corrupted run's sender outputs, one row
+ * each (o->senders, freed as they are copied). */
+static void take_senders(actx *a)
 {
-    const model *m = a->m;
-    shim_status *st = &a->st;
-    int64_t C = a->C;
-    shim_tensor *x = gpt2_embed(m, ids, a->B, a->T, st);
-    if (x)
-        shim_rows_add(a->delta, 0, 1.0, x, 0.0, st);
-    for (int i = 0; i < a->L && !st->code; i++) {
-        shim_tensor *qkv = gpt2_attn_qkv(m, i, x, st);
-        shim_tensor *q = shim_narrow(qkv, 2, 0, C, st), *k = shim_narrow(qkv, 2, C, C, st),
-                    *v = shim_narrow(qkv, 2, 2 * C, C, st);
-        shim_tensor *z = shim_attention(q, k, v, a->H, gpt2_attn_scale(m, i), NULL, st);
-        shim_free(q), shim_free(k), shim_free(v), shim_free(qkv);
-        if (z)
-            shim_rows_head_outputs(a->delta, srow(a, i, 0), 1.0, 0.0, z, m->blocks[i].proj_w, a->H,
-                                   st);
-        shim_tensor *att = shim_linear(z, m->blocks[i].proj_w, m->blocks[i].proj_b, st);
-        shim_free(z);
-        shim_tensor *x2 = shim_add(x, att, st);
-        shim_free(att), shim_free(x);
-        shim_tensor *y = gpt2_mlp(m, i, x2, st);
-        if (y)
-            shim_rows_add(a->delta, srow(a, i, a->H), 1.0, y, 0.0, st);
-        x = shim_add(x2, y, st);
-        shim_free(x2), shim_free(y);
+    shim_tensor **t = a->o->senders;
+    for (int s = 0; s < a->S; s++) {
+        if (!t[s] && !a->st.code) {
+            a->st.code = SHIM_EINVAL;
+            snprintf(a->st.msg, sizeof a->st.msg, "attribution: sender %d was not computed", s);
+        }
+        if (t[s])
+            shim_rows_add(a->delta, s, 1.0, t[s], 0.0, &a->st);
+        shim_free(t[s]);
+        t[s] = NULL;
     }
-    shim_free(x);
 }
 
 /* dM/dh for final hidden states h (B, T, C): the metric's gradient at each
@@ -432,7 +417,7 @@ size_t attrib_text_bytes(const model *m, const job *j)
 
 long attrib_units(const model *m, const job *j)
 {
-    return 1 + 2L * m->cfg.n_layer * j->attrib->steps;
+    return 2L * m->cfg.n_layer * j->attrib->steps;
 }
 
 int attrib_run(const model *m, const job *j, const attrib_opts *o, json_t **out, npp_err *e)
@@ -452,8 +437,7 @@ int attrib_run(const model *m, const job *j, const attrib_opts *o, json_t **out,
     const int64_t *clean = j->ids, *corrupt = j->ids + (size_t)j->B * j->T;
     a.delta = shim_empty_f32(a.S, a.N, m->device, &a.st);
     if (a.delta)
-        set_senders(&a, corrupt);
-    step(&a);
+        take_senders(&a);
     ec = gpt2_embed(m, clean, a.B, a.T, &a.st);
     ex = gpt2_embed(m, corrupt, a.B, a.T, &a.st);
     if ((rc = failed(&a)))

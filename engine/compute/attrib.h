@@ -11,7 +11,8 @@
  * is the sum of its edges' scores: the same first-order estimate for
  * patching the sender everywhere.
  *
- * How: one inference pass gives the corrupted run's senders; each step is a
+ * How: the corrupted run's senders are values of the plan (the executor
+ * computes them, or the shared cache has them); each step is a
  * forward pass with gradients (the clean step also gives the clean senders)
  * and one backward from dM/d(final hidden). dM/dx_v for a head's q, k or v
  * comes from the gradient on c_attn's output, through that head's columns
@@ -39,10 +40,15 @@ typedef struct {
     void *ud;
     long done0, total; /* progress runs from done0 to done0 + attrib_units */
     int all;           /* every edge in the result, whatever the job's "top" */
+    /* the corrupted run's sender outputs (run.c has the executor compute
+     * them, so they come from the shared cache where present): 1 + L(H+1)
+     * handles in stream order (plan_plain_senders), taken over: each is
+     * freed, and set NULL, once copied */
+    shim_tensor **senders;
 } attrib_opts;
 
-/* Progress units of the job's attribution: the corrupted run, then a
- * forward and a backward pass per layer and step. */
+/* Progress units of the job's attribution: a forward and a backward pass
+ * per layer and step. */
 long attrib_units(const model *m, const job *j);
 
 /* Runs the job's attribution; *out gets the result's "attribution" object:

@@ -536,7 +536,23 @@ int32_t plan_plain(plan *p, int k, npp_err *e)
     return x < 0 || check_size(p) ? -1 : x;
 }
 
-/* ---- the walk ----------------------------------------------------------------- */
+int plan_plain_senders(plan *p, int k, int32_t *out, npp_err *e)
+{
+    p->err = e;
+    int n = 0;
+    int32_t x = val_emb(p, k);
+    out[n++] = x;
+    for (int i = 0; i < p->g.L && x >= 0; i++) {
+        int32_t src[3] = {x, x, x}, x2, f;
+        for (int h = 0; h < p->g.H && x >= 0; h++)
+            x = (out[n++] = val_head(p, i, h, src)) < 0 ? -1 : x;
+        x2 = x < 0 ? -1 : val_block_step(p, 2 * i + 1, x);
+        f = x2 < 0 ? -1 : val_op(p, OP_MLP, i, &x2, 1);
+        out[n++] = f;
+        x = f < 0 ? -1 : val_block_step(p, 2 * i + 2, x2);
+    }
+    return x < 0 || check_size(p) ? -1 : n;
+}
 
 /* ---- walk states ------------------------------------------------------------- */
 

@@ -139,6 +139,12 @@ void plan_free(plan *p);
 int plan_patched(plan *p, const ruleset *r, int32_t *root, npp_err *e);
 /* Plans the plain forward pass of input k; returns its LNF value or -1. */
 int32_t plan_plain(plan *p, int k, npp_err *e);
+/* The outputs of every sender (patch/edges.h) in input k's plain run, in
+ * stream order: emb, then for each layer its heads' shares (HEAD) and its
+ * MLP's output, into out (1 + L(H + 1) values); returns their number or
+ * -1. What attribution takes from the executor (and so from the shared
+ * cache) for the corrupted run. */
+int plan_plain_senders(plan *p, int k, int32_t *out, npp_err *e);
 
 /* Adds src's values to p, equal keys becoming one value (a sweep's union);
  * *root gets the index in p of src's value src_root. src must have p's

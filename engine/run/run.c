@@ -73,7 +73,8 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
     size_t attrib = 0;
     if (j->attrib) { /* after the result is built: the result, the scores and their text */
         est->result_bytes = rs.text_bytes + attrib_text_bytes(m, j);
-        attrib = attrib_bytes(m, j) + rs.peak_bytes + 2 * attrib_text_bytes(m, j);
+        /* the roots (the corrupted senders among them) are held when it starts */
+        attrib = attrib_bytes(m, j) + ex.end_bytes + rs.peak_bytes + 2 * attrib_text_bytes(m, j);
         /* discover's second job (discover_bytes; it is planned after the
          * attribution and refused if it needs more) */
         size_t second =
@@ -120,6 +121,23 @@ static int keep_attention_sources(run_output *r, npp_err *e)
                 r->roots[r->nroots++] = s;
         }
     }
+    return 0;
+}
+
+/* For an attribution: the outputs of every sender in the corrupted run
+ * (input 1's plain run) as roots from r->sroot0 on, so that they come from
+ * the shared cache where another job left them (attrib_opts.senders). */
+static int keep_senders(run_output *r, npp_err *e)
+{
+    int S = edges_nsenders(&r->job->g);
+    int32_t *roots = realloc(r->roots, ((size_t)r->nroots + (size_t)S) * sizeof *roots);
+    if (!roots)
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    r->roots = roots;
+    r->sroot0 = r->nroots;
+    if (plan_plain_senders(&r->plan, 1, r->roots + r->nroots, e) != S)
+        return e && e->code ? e->code : NPP_ENOMEM;
+    r->nroots += S;
     return 0;
 }
 
@@ -217,6 +235,8 @@ int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out
             goto fail_rc;
     r->nmain = r->nroots;
     if (!j->nvar && j->nattn && (rc = keep_attention_sources(r, e)))
+        goto fail;
+    if (j->attrib && (rc = keep_senders(r, e)))
         goto fail;
     if ((rc = estimate(m, r, o, e)))
         goto fail;
@@ -394,8 +414,8 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
             json_t *at = NULL;
             double t2 = now_ms();
             long done = r->stats.computed; /* what the executor counted */
-            attrib_opts ao = {o->cancel, o->progress,     o->ud,
-                              done,      done + pp.extra, j->attrib->discover};
+            attrib_opts ao = {o->cancel,       o->progress,         o->ud,         done,
+                              done + pp.extra, j->attrib->discover, hs + r->sroot0};
             if (!(rc = attrib_run(m, r->job, &ao, &at, e))) {
                 json_object_set_new(r->result, "attribution", at);
                 json_object_set_new(json_object_get(r->result, "stats"), "attribution_ms",

@@ -58,8 +58,9 @@ typedef struct {
     int nvplans;
     exec_stats stats;
     int32_t *roots; /* patched (one per variant in a sweep), [KL reference], [baselines],
-                     * then the sources of the patched run's attentions (nmain before) */
-    int nroots, nmain;
+                     * then the sources of the patched run's attentions (nmain before),
+                     * then an attribution's corrupted senders (from sroot0) */
+    int nroots, nmain, sroot0;
     int32_t *pattn; /* a job's outputs.attention layers: the patched run's attention value
                      * on its trunk (plan_trunk_attn), -1 where none; NULL for a sweep */
     double plan_ms;

@@ -13,7 +13,11 @@ definition), on models of several layer and head counts:
    and cut to "top"; "count" is the number of edges of the model;
 4. discover: its exact effects equal single path_patch jobs within 1e-5
    (relative) beside the scores, its faithfulness curve single circuit jobs
-   of the top n edges.
+   of the top n edges;
+5. the corrupted run's sender outputs are values of the job's plan: run
+   twice in one process (--repeat 2), the second run takes all of them (and
+   the clean run) from the shared cache, computes no value, and gives the
+   same scores (within 1e-6 of the largest).
 
     check_attribution.py --npp BUILD/npp --model DIR [--model DIR ...]
 """
@@ -163,6 +167,18 @@ def check_model(model):
     check("%s: node scores = the sums of their edges" % name,
           d <= 1e-6 * max(map(abs, sums.values())) and len(nodes["nodes"]) == len(sums),
           "%.1e" % d)
+
+    # the corrupted senders from the shared cache
+    S = 1 + cfg["n_layer"] * (cfg["n_head"] + 1)
+    cold = run(dict(base, metric=spec, attribution=att))
+    warm = run(dict(base, metric=spec, attribution=att), "--repeat", "2")
+    ws, cs = warm["stats"], cold["stats"]
+    big = max(abs(s) for _, _, s in full)
+    d = max(abs(a[2] - b[2]) for a, b in zip(sorted(warm["attribution"]["edges"]), sorted(full)))
+    check("%s: again in one process, the %d corrupted senders from the cache, same scores" % (name, S),
+          cs["values_computed"] >= S and ws["values_computed"] == 0 and ws["values_cached"] >= S and
+          d <= 1e-6 * big, "cold: %d computed; warm: %d cached, %d computed; %.1e" %
+          (cs["values_computed"], ws["values_cached"], ws["values_computed"], d))
 
 
 def main():
