@@ -400,7 +400,7 @@ size_t attrib_bytes(const model *m, const job *j)
     size_t tape = L * (e * (9 * N + 2 * BT * I) + 4 * att + e * 4 * N);
     size_t backward = e * (6 * N + 2 * BT * I) + 4 * 2 * att; /* one layer's gradients at once */
     size_t heads = 4 * (3 * H + 2) * N; /* shim_head_input_grads: 3H + 1 rows, the MLP's gradient */
-    size_t delta = 4 * S * N + 4 * H * N; /* the deltas, one layer's heads being made */
+    size_t delta = 4 * S * N; /* the deltas (the head outputs go straight into their rows) */
     size_t host = 8 * S * R + 4 * (size_t)j->B * V * 4 + 4 * N;
     return tape + backward + heads + delta + host;
 }
