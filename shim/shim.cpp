@@ -78,10 +78,10 @@ thread_local bool grad_on = false; // shim_grad_mode
 // ln_1's backward in place on rows r0..r1 of g (each C wide), whose inputs
 // are rows r % BT of xh (normalized) and rs (1 / sigma), w ln_1's weight:
 // g = (g w - mean(g w) - xh mean(g w xh)) / sigma. The row sums run in 16
-// float lanes, added up in double; an AVX2 copy where the CPU has it.
-__attribute__((target_clones("avx2", "default"))) void
-ln_backward_rows(float *g, const float *xh, const float *rs, const float *w, int64_t C, int64_t BT,
-                 int64_t r0, int64_t r1)
+// float lanes, added up in double.
+inline __attribute__((always_inline)) void ln_rows(float *g, const float *xh, const float *rs,
+                                                   const float *w, int64_t C, int64_t BT,
+                                                   int64_t r0, int64_t r1)
 {
     enum { LANES = 16 };
     for (int64_t r = r0; r < r1; r++) {
@@ -105,6 +105,29 @@ ln_backward_rows(float *g, const float *xh, const float *rs, const float *w, int
         for (c = 0; c < C; c++)
             gr[c] = (gr[c] * w[c] - m1 - xr[c] * m2) * q;
     }
+}
+
+__attribute__((target("avx2"))) void ln_rows_avx2(float *g, const float *xh, const float *rs,
+                                                  const float *w, int64_t C, int64_t BT, int64_t r0,
+                                                  int64_t r1)
+{
+    ln_rows(g, xh, rs, w, C, BT, r0, r1);
+}
+
+void ln_rows_base(float *g, const float *xh, const float *rs, const float *w, int64_t C, int64_t BT,
+                  int64_t r0, int64_t r1)
+{
+    ln_rows(g, xh, rs, w, C, BT, r0, r1);
+}
+
+// ln_rows compiled for AVX2 where the CPU has it. Chosen at the first call,
+// not by an ifunc (target_clones): ifunc resolvers run before the
+// sanitizers' runtimes are up, and ThreadSanitizer builds crash in them.
+void ln_backward_rows(float *g, const float *xh, const float *rs, const float *w, int64_t C,
+                      int64_t BT, int64_t r0, int64_t r1)
+{
+    static const bool avx2 = __builtin_cpu_supports("avx2");
+    (avx2 ? ln_rows_avx2 : ln_rows_base)(g, xh, rs, w, C, BT, r0, r1);
 }
 
 } // namespace
