@@ -585,8 +585,9 @@ shim_tensor *shim_head_input_grads(const shim_tensor *gqkv, const shim_tensor *w
         int64_t K = 3 * H, rows = K + (extra ? 1 : 0);
         // gy[k] = g[:, k*D : +D] @ W[:, k*D : +D]^T, k = c*H + h: the gradient on
         // the ln_1 output that only head h's query (c 0), key (1) or value (2)
-        // sees. Both operands are strided views of g and W (no copies), the
-        // product goes straight into the result's rows.
+        // sees. Both operands are strided views of g and W (copied only to
+        // convert a float16 or bfloat16 model's), the product goes straight
+        // into the result's rows.
         at::Tensor g = gqkv->t.detach().to(at::kFloat).reshape({BT, 3 * C}).contiguous();
         at::Tensor wf = w.detach().to(at::kFloat).contiguous();
         at::Tensor out = at::empty({rows, BT, C}, g.options());
@@ -641,22 +642,22 @@ shim_tensor *shim_flat_f32(const shim_tensor *t, shim_status *st)
     });
 }
 
-int shim_rows_add(shim_tensor *dst, int64_t row0, double a, const shim_tensor *src, double b,
-                  shim_status *st)
+int shim_rows_add(shim_tensor *dst, int64_t row0, double a, const shim_tensor *src, shim_status *st)
 {
     SHIM_GUARD(st, -1, {
         at::NoGradGuard no_grad;
         at::Tensor s = src->t.detach().reshape({-1, dst->t.size(1)});
-        at::Tensor rows = dst->t.narrow(0, row0, s.size(0));
-        if (b == 0) { // overwritten, whatever the rows held
-            rows.copy_(s);
-            if (a != 1)
-                rows.mul_(a);
-        } else {
-            if (b != 1)
-                rows.mul_(b);
-            rows.add_(s.to(dst->t.scalar_type()), a);
-        }
+        dst->t.narrow(0, row0, s.size(0)).add_(s.to(dst->t.scalar_type()), a);
+        return 0;
+    });
+}
+
+int shim_rows_set(shim_tensor *dst, int64_t row0, const shim_tensor *src, shim_status *st)
+{
+    SHIM_GUARD(st, -1, {
+        at::NoGradGuard no_grad;
+        at::Tensor s = src->t.detach().reshape({-1, dst->t.size(1)});
+        dst->t.narrow(0, row0, s.size(0)).copy_(s);
         return 0;
     });
 }

@@ -170,11 +170,12 @@ int shim_rows_head_outputs(shim_tensor *dst, int64_t row0, double a, double b, c
                            const shim_tensor *w_proj, int n_head, shim_status *st);
 /* t as one float32 row (1, numel), no gradient. */
 shim_tensor *shim_flat_f32(const shim_tensor *t, shim_status *st);
-/* dst (R, K) rows [row0, row0 + n) = b * rows + a * src, src any shape of
- * n*K elements (a block of rows), in place, no gradient; with b 0 the rows
- * are not read. */
-int shim_rows_add(shim_tensor *dst, int64_t row0, double a, const shim_tensor *src, double b,
+/* dst (R, K) rows [row0, row0 + n) += a * src, src any shape of n*K
+ * elements (a block of rows), in place, no gradient. */
+int shim_rows_add(shim_tensor *dst, int64_t row0, double a, const shim_tensor *src,
                   shim_status *st);
+/* The same rows = src (converted to dst's dtype). */
+int shim_rows_set(shim_tensor *dst, int64_t row0, const shim_tensor *src, shim_status *st);
 /* An uninitialized (rows, cols) float32 tensor on dev (for the shim_rows_*
  * functions, in or out of gradient mode). */
 shim_tensor *shim_empty_f32(int64_t rows, int64_t cols, shim_device dev, shim_status *st);

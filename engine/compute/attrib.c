@@ -64,7 +64,7 @@ static void take_senders(actx *a)
             snprintf(a->st.msg, sizeof a->st.msg, "attribution: sender %d was not computed", s);
         }
         if (t[s])
-            shim_rows_add(a->delta, s, 1.0, t[s], 0.0, &a->st);
+            shim_rows_set(a->delta, s, t[s], &a->st);
         shim_free(t[s]);
         t[s] = NULL;
     }
@@ -249,7 +249,7 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
     xin[0] = shim_grad_leaf(e0 ? e0 : ec, st);
     shim_free(e0);
     if (first)
-        shim_rows_add(a->delta, 0, -1.0, xin[0], 1.0, st);
+        shim_rows_add(a->delta, 0, -1.0, xin[0], st);
     for (int i = 0; i < L && !(rc = failed(a)); i++) {
         shim_tensor *x = xin[i];
         shim_tensor *q0 = gpt2_attn_qkv(m, i, x, st);
@@ -269,7 +269,7 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
         mt[i] = shim_grad_tap(x2, st); /* the MLP's own copy of its input */
         shim_tensor *y = gpt2_mlp(m, i, mt[i], st);
         if (first && y)
-            shim_rows_add(a->delta, srow(a, i, H), -1.0, y, 1.0, st);
+            shim_rows_add(a->delta, srow(a, i, H), -1.0, y, st);
         out[i] = shim_add(x2, y, st); /* the residual reads x2, not the tap */
         shim_free(x2), shim_free(y);
         xin[i + 1] = shim_grad_leaf(out[i], st);
@@ -399,7 +399,9 @@ size_t attrib_bytes(const model *m, const job *j)
      * c_fc and GELU outputs; then the taps' gradients */
     size_t tape = L * (e * (9 * N + 2 * BT * I) + 4 * att + e * 4 * N);
     size_t backward = e * (6 * N + 2 * BT * I) + 4 * 2 * att; /* one layer's gradients at once */
-    size_t heads = 4 * (3 * H + 2) * N; /* shim_head_input_grads: 3H + 1 rows, the MLP's gradient */
+    /* shim_head_input_grads: 3H + 1 rows, the MLP's gradient; with 16-bit
+     * weights, float32 copies of c_attn's weight and output gradient */
+    size_t C = (size_t)c->n_embd, heads = 4 * (3 * H + 2) * N + (e < 4 ? 4 * 3 * (C * C + N) : 0);
     size_t delta = 4 * S * N; /* the deltas (the head outputs go straight into their rows) */
     size_t host = 8 * S * R + 4 * (size_t)j->B * V * 4 + 4 * N;
     return tape + backward + heads + delta + host;
