@@ -545,6 +545,11 @@ shim_tensor *shim_grad_leaf(const shim_tensor *t, shim_status *st)
     });
 }
 
+shim_tensor *shim_detach(const shim_tensor *t, shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, { return wrap(t->t.detach()); });
+}
+
 shim_tensor *shim_grad_tap(const shim_tensor *t, shim_status *st)
 {
     SHIM_GUARD(st, nullptr, {
@@ -648,6 +653,16 @@ int shim_rows_add(shim_tensor *dst, int64_t row0, double a, const shim_tensor *s
         at::NoGradGuard no_grad;
         at::Tensor s = src->t.detach().reshape({-1, dst->t.size(1)});
         dst->t.narrow(0, row0, s.size(0)).add_(s.to(dst->t.scalar_type()), a);
+        return 0;
+    });
+}
+
+int shim_add_row_sum(shim_tensor *dst, const shim_tensor *rows, int64_t n, shim_status *st)
+{
+    SHIM_GUARD(st, -1, {
+        at::NoGradGuard no_grad;
+        at::Tensor d = dst->t.detach();
+        d.add_(rows->t.detach().narrow(0, 0, n).sum(0).view(d.sizes()).to(d.scalar_type()));
         return 0;
     });
 }

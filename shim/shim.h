@@ -159,6 +159,8 @@ int shim_grad_enabled(void);
  * there (nothing behind it is recorded). t must not change while it is in
  * use; a tensor made outside gradient mode is copied. */
 shim_tensor *shim_grad_leaf(const shim_tensor *t, shim_status *st);
+/* t's data with no graph behind it and no gradient (a view). */
+shim_tensor *shim_detach(const shim_tensor *t, shim_status *st);
 /* t itself (a view) whose gradient shim_grad reads after shim_backward: a
  * receiver's own copy of its input, for example. */
 shim_tensor *shim_grad_tap(const shim_tensor *t, shim_status *st);
@@ -174,6 +176,9 @@ shim_tensor *shim_flat_f32(const shim_tensor *t, shim_status *st);
  * elements (a block of rows), in place, no gradient. */
 int shim_rows_add(shim_tensor *dst, int64_t row0, double a, const shim_tensor *src,
                   shim_status *st);
+/* dst += the sum of rows [0, n) of rows (R, numel(dst)), in place, no
+ * gradient. */
+int shim_add_row_sum(shim_tensor *dst, const shim_tensor *rows, int64_t n, shim_status *st);
 /* The same rows = src (converted to dst's dtype). */
 int shim_rows_set(shim_tensor *dst, int64_t row0, const shim_tensor *src, shim_status *st);
 /* An uninitialized (rows, cols) float32 tensor on dev (for the shim_rows_*

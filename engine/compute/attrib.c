@@ -201,9 +201,12 @@ static void add_scores(actx *a, const int *nup, const shim_tensor *G, const int 
 }
 
 /* Layer i's scores from its taps' gradients, at weight w: its 3H q/k/v
- * receivers and its MLP's in one product (rcv, nup: 3H + 1 entries). */
+ * receivers and its MLP's in one product (rcv, nup: 3H + 1 entries). gx
+ * (or NULL): the gradient on the layer's input, which backward brought
+ * through the residual only (c_attn's output is a leaf); the q/k/v rows
+ * add what reaches it through ln_1. */
 static void layer_scores(actx *a, int i, shim_tensor *qkv, shim_tensor *mt, const shim_tensor *xin,
-                         int *rcv, int *nup, double w)
+                         shim_tensor *gx, int *rcv, int *nup, double w)
 {
     const model *m = a->m;
     shim_status *st = &a->st;
@@ -219,6 +222,8 @@ static void layer_scores(actx *a, int i, shim_tensor *qkv, shim_tensor *mt, cons
     rcv[3 * H] = 1 + 3 * a->L * H + i, nup[3 * H] = srow(a, i, H);
     if (G)
         add_scores(a, nup, G, rcv, 3 * H + 1, w);
+    if (G && gx)
+        shim_add_row_sum(gx, G, 3 * H, st);
     shim_free(G);
 }
 
@@ -227,7 +232,10 @@ static void layer_scores(actx *a, int i, shim_tensor *qkv, shim_tensor *mt, cons
  * senders from delta. The graph is cut at every layer's input (a leaf of
  * its own), so backward runs one layer at a time: a cancel takes effect
  * within a layer's backward, and a layer's scores are taken (and its
- * tensors freed) as soon as its gradients are there. */
+ * tensors freed) as soon as its gradients are there. c_attn's output is a
+ * leaf too (ln_1 and c_attn run outside the graph): the per-head input
+ * gradients the scores need sum to what c_attn's and ln_1's backward
+ * would give the residual, so backward skips that product. */
 static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_tensor *ex, int first)
 {
     const model *m = a->m;
@@ -252,8 +260,10 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
         shim_rows_add(a->delta, 0, -1.0, xin[0], st);
     for (int i = 0; i < L && !(rc = failed(a)); i++) {
         shim_tensor *x = xin[i];
-        shim_tensor *q0 = gpt2_attn_qkv(m, i, x, st);
-        qkv[i] = shim_grad_tap(q0, st);
+        shim_tensor *xd = shim_detach(x, st);
+        shim_tensor *q0 = gpt2_attn_qkv(m, i, xd, st);
+        shim_free(xd);
+        qkv[i] = shim_grad_leaf(q0, st);
         shim_free(q0);
         shim_tensor *q = shim_narrow(qkv[i], 2, 0, C, st), *k = shim_narrow(qkv[i], 2, C, C, st),
                     *v = shim_narrow(qkv[i], 2, 2 * C, C, st);
@@ -279,6 +289,8 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
         goto done;
     ft = shim_grad_tap(xin[L], st); /* ln_final's */
     h = gpt2_ln_f(m, ft, st);
+    if (first && a->o->clean_out && h)
+        *a->o->clean_out = shim_detach(h, st);
     shim_grad_mode(0);
     seed = metric_seed(a, h, first);
     if ((rc = failed(a)))
@@ -295,7 +307,7 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
         shim_free(g);
         g = shim_grad(xin[i], st);
         if (!st->code)
-            layer_scores(a, i, qkv[i], mt[i], xin[i], rcv, nup, w);
+            layer_scores(a, i, qkv[i], mt[i], xin[i], i ? g : NULL, rcv, nup, w);
         shim_free(out[i]), shim_free(qkv[i]), shim_free(mt[i]), shim_free(xin[i + 1]);
         out[i] = qkv[i] = mt[i] = xin[i + 1] = NULL;
         step(a);
@@ -394,10 +406,11 @@ size_t attrib_bytes(const model *m, const job *j)
     size_t att = (size_t)j->B * H * (size_t)j->T * (size_t)j->T;
     size_t S = (size_t)edges_nsenders(&j->g), R = (size_t)edges_nreceivers(&j->g);
     size_t V = (size_t)c->vocab_size;
-    /* what backward keeps per layer: ln_1 and c_attn outputs, the
-     * probabilities (float32), z, c_proj's output and the residuals, ln_2,
-     * c_fc and GELU outputs; then the taps' gradients */
-    size_t tape = L * (e * (9 * N + 2 * BT * I) + 4 * att + e * 4 * N);
+    /* what backward keeps per layer: c_attn's output (a leaf; ln_1 runs
+     * outside the graph), the probabilities (float32), z, c_proj's output
+     * and the residuals, ln_2, c_fc and GELU outputs; then the taps'
+     * gradients */
+    size_t tape = L * (e * (8 * N + 2 * BT * I) + 4 * att + e * 4 * N);
     size_t backward = e * (6 * N + 2 * BT * I) + 4 * 2 * att; /* one layer's gradients at once */
     /* shim_head_input_grads: 3H + 1 rows, the MLP's gradient; with 16-bit
      * weights, float32 copies of c_attn's weight and output gradient */

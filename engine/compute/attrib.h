@@ -45,6 +45,10 @@ typedef struct {
      * handles in stream order (plan_plain_senders), taken over: each is
      * freed, and set NULL, once copied */
     shim_tensor **senders;
+    /* where not NULL: gets the clean pass's final hidden states (B, T, C),
+     * input 0's plain run (plan_plain's value), no gradient; the caller
+     * frees it */
+    shim_tensor **clean_out;
 } attrib_opts;
 
 /* Progress units of the job's attribution: a forward and a backward pass

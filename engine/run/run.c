@@ -49,6 +49,21 @@ static size_t discover_bytes(const job *j, size_t plain_bytes)
            256 * (listed + (size_t)at->verify);
 }
 
+/* The roots the executor computes, into xr (at most r->nroots), with
+ * their indices in r->roots into at (when not NULL): all but those an
+ * attribution's clean pass gives (r->clean_v). Returns their count. */
+static int exec_roots(const run_output *r, int32_t *xr, int *at)
+{
+    int n = 0;
+    for (int k = 0; k < r->nroots; k++)
+        if (r->roots[k] != r->clean_v) {
+            if (at)
+                at[n] = k;
+            xr[n++] = r->roots[k];
+        }
+    return n;
+}
+
 /* Fills r->est from the plans (run_prepare, after planning). */
 static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e)
 {
@@ -57,7 +72,11 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
     exec_estimate_t ex;
     result_size rs;
     size_t chunk = o->chunk_bytes ? o->chunk_bytes : EXEC_CHUNK_BYTES;
-    int rc = exec_estimate(&r->plan, r->roots, r->nroots, chunk, &ex, e);
+    int32_t *xr = malloc(((size_t)r->nroots + 1) * sizeof *xr);
+    if (!xr)
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    int rc = exec_estimate(&r->plan, xr, exec_roots(r, xr, NULL), chunk, &ex, e);
+    free(xr);
     if (rc)
         return rc;
     est->plan_bytes = plan_bytes(&r->plan) + JOB_OVERHEAD +
@@ -138,6 +157,10 @@ static int keep_senders(run_output *r, npp_err *e)
     if (plan_plain_senders(&r->plan, 1, r->roots + r->nroots, e) != S)
         return e && e->code ? e->code : NPP_ENOMEM;
     r->nroots += S;
+    /* the attribution's first pass is input 0's plain run with gradients:
+     * its final hidden states are that run's output (not computed twice) */
+    if ((r->clean_v = plan_plain(&r->plan, 0, e)) < 0)
+        return e && e->code ? e->code : NPP_ENOMEM;
     return 0;
 }
 
@@ -190,6 +213,7 @@ int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out
     r->plan.len = j->len, r->plan.edits = &j->edits;
     r->plan.max_bytes = max_bytes, r->plan.cancel = o->cancel;
     r->plan.plan_seconds = o->plan_seconds, r->plan.deadline_ms = deadline;
+    r->clean_v = -1;
     r->roots = malloc((size_t)(npatched + 1 + j->n_inputs) * sizeof *r->roots);
     r->vplans = j->nvar ? calloc((size_t)j->nvar, sizeof *r->vplans) : NULL;
     if (!r->roots || (j->nvar && !r->vplans)) {
@@ -389,12 +413,19 @@ static int discover(const model *m, run_output *r, const run_opts *o, json_t *at
 
 int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
 {
-    int rc;
-    json_t *trace = r->job->want_trace ? json_array() : NULL;
-    shim_tensor **hs = calloc((size_t)r->nroots, sizeof *hs);
-    if (!hs) {
-        json_decref(trace);
-        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    int rc, nx = 0;
+    json_t *trace = r->job->want_trace ? json_array() : NULL, *at = NULL;
+    shim_tensor **hs = calloc((size_t)r->nroots, sizeof *hs), **xh = NULL, *clean = NULL;
+    int32_t *xr = malloc(((size_t)r->nroots + 1) * sizeof *xr);
+    int *xat = malloc(((size_t)r->nroots + 1) * sizeof *xat);
+    if (!hs || !xr || !xat) {
+        rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
+        goto done;
+    }
+    nx = exec_roots(r, xr, xat);
+    if (!(xh = calloc((size_t)nx + 1, sizeof *xh))) {
+        rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
+        goto done;
     }
     double t1 = now_ms();
     const job *j = r->job;
@@ -403,35 +434,52 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
     exec_opts eo = {o->cancel, wrap ? progress_with_attrib : o->progress,
                     wrap ? (void *)&pp : o->ud, trace,
                     o->chunk_bytes ? o->chunk_bytes : EXEC_CHUNK_BYTES};
-    if ((rc = exec_run(&r->plan, o->cache, r->roots, r->nroots, hs, &eo, &r->stats, e)) == 0) {
+    if ((rc = exec_run(&r->plan, o->cache, xr, nx, xh, &eo, &r->stats, e)))
+        goto done;
+    for (int k = 0; k < nx; k++)
+        hs[xat[k]] = xh[k], xh[k] = NULL;
+    json_t *stats = stats_json(r, now_ms() - t1);
+    if (j->attrib) {
+        /* before the result: its clean pass gives input 0's plain run */
+        double t2 = now_ms();
+        long done = r->stats.computed; /* what the executor counted */
+        attrib_opts ao = {
+            o->cancel,       o->progress,         o->ud,          done,
+            done + pp.extra, j->attrib->discover, hs + r->sroot0, r->clean_v >= 0 ? &clean : NULL};
+        rc = attrib_run(m, j, &ao, &at, e);
+        for (int k = 0; !rc && k < r->nroots; k++)
+            if (r->roots[k] == r->clean_v) {
+                shim_status st = {0};
+                if (!(hs[k] = shim_detach(clean, &st)))
+                    rc = npp_fail_shim(e, &st);
+            }
+        json_object_set_new(stats, "attribution_ms", json_real(now_ms() - t2));
+    }
+    if (!rc) {
         shim_tensor **probs = r->pattn ? patched_probs(r, hs, e) : NULL;
         result_opts ro = {m, r->job, o->npy_dir, o->model_name, o->cancel, probs};
-        json_t *stats = stats_json(r, now_ms() - t1);
         rc = r->pattn && !probs ? (e && e->code ? e->code : NPP_ENOMEM)
                                 : result_build(&ro, hs, r->nmain, stats, trace, &r->result, e);
-        json_decref(stats);
-        if (!rc && r->job->attrib) {
-            json_t *at = NULL;
-            double t2 = now_ms();
-            long done = r->stats.computed; /* what the executor counted */
-            attrib_opts ao = {o->cancel,       o->progress,         o->ud,         done,
-                              done + pp.extra, j->attrib->discover, hs + r->sroot0};
-            if (!(rc = attrib_run(m, r->job, &ao, &at, e))) {
-                json_object_set_new(r->result, "attribution", at);
-                json_object_set_new(json_object_get(r->result, "stats"), "attribution_ms",
-                                    json_real(now_ms() - t2));
-            }
-            if (!rc && j->attrib->discover)
-                rc = discover(m, r, o, at, e);
-        }
         for (int i = 0; probs && i < r->job->nattn; i++)
             shim_free(probs[i]);
         free(probs);
     }
-    for (int i = 0; i < r->nroots; i++)
+    json_decref(stats);
+    if (!rc && at) {
+        json_object_set_new(r->result, "attribution", at);
+        at = NULL;
+        if (j->attrib->discover)
+            rc = discover(m, r, o, json_object_get(r->result, "attribution"), e);
+    }
+done:
+    for (int i = 0; hs && i < r->nroots; i++)
         shim_free(hs[i]);
-    free(hs);
+    for (int i = 0; xh && i < nx; i++)
+        shim_free(xh[i]);
+    shim_free(clean);
+    free(hs), free(xh), free(xr), free(xat);
     json_decref(trace);
+    json_decref(at);
     return rc;
 }
 

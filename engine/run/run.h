@@ -61,8 +61,10 @@ typedef struct {
                      * then the sources of the patched run's attentions (nmain before),
                      * then an attribution's corrupted senders (from sroot0) */
     int nroots, nmain, sroot0;
-    int32_t *pattn; /* a job's outputs.attention layers: the patched run's attention value
-                     * on its trunk (plan_trunk_attn), -1 where none; NULL for a sweep */
+    int32_t clean_v; /* an attribution's: input 0's plain run, which the attribution's
+                      * clean pass gives (the executor skips the roots that are it); -1 */
+    int32_t *pattn;  /* a job's outputs.attention layers: the patched run's attention value
+                      * on its trunk (plan_trunk_attn), -1 where none; NULL for a sweep */
     double plan_ms;
     run_estimate est;
 } run_output;
