@@ -13,9 +13,12 @@
 
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <string>
+#include <utility>
+#include <vector>
 
 struct shim_tensor {
     at::Tensor t;
@@ -23,6 +26,82 @@ struct shim_tensor {
 
 namespace
 {
+
+// ---- a block cache for one thread's CPU tensors (shim_block_cache) ----------
+//
+// libtorch's CPU allocator maps every large tensor afresh, so a gradient
+// pass faults in (and zeroes) each of its temporaries' pages again: 165k
+// page faults in one cold attribution of the GPT-2-small shape. While a
+// thread's cache is on, its blocks of at least 256 KiB go back to its own
+// list when freed and the next tensor of the same size reuses one; the
+// list holds at most the thread's cap and is freed when the cache is
+// turned off. Freed on another thread (or with the cache off), a block
+// goes back to the system at once.
+
+struct block_list {
+    std::vector<std::pair<size_t, void *>> free; // (size, block)
+    size_t bytes = 0, cap = 0;
+    ~block_list()
+    {
+        for (auto &b : free)
+            std::free(b.second);
+    }
+};
+
+thread_local block_list blocks;
+constexpr size_t kBlockMin = 256 << 10, kAlign = 64, kHead = 64; // the size sits in front
+
+void block_free(void *ctx)
+{
+    char *base = static_cast<char *>(ctx);
+    size_t n;
+    memcpy(&n, base, sizeof n);
+    block_list &l = blocks;
+    if (l.cap && l.bytes + n <= l.cap) {
+        l.free.emplace_back(n, base);
+        l.bytes += n;
+    } else {
+        std::free(base);
+    }
+}
+
+struct cached_cpu_allocator final : c10::Allocator {
+    c10::Allocator *base = nullptr;
+    c10::DataPtr allocate(size_t n) const override
+    {
+        block_list &l = blocks;
+        if (!l.cap || n < kBlockMin)
+            return base->allocate(n);
+        void *p = nullptr;
+        for (size_t i = 0; i < l.free.size(); i++)
+            if (l.free[i].first == n) {
+                p = l.free[i].second;
+                l.free[i] = l.free.back();
+                l.free.pop_back();
+                l.bytes -= n;
+                break;
+            }
+        if (!p) {
+            if (posix_memalign(&p, kAlign, n + kHead))
+                throw std::bad_alloc();
+            memcpy(p, &n, sizeof n);
+        }
+        char *data = static_cast<char *>(p) + kHead;
+        return {data, p, &block_free, c10::Device(c10::DeviceType::CPU)};
+    }
+    c10::DeleterFnPtr raw_deleter() const override
+    {
+        return nullptr;
+    }
+};
+
+cached_cpu_allocator cpu_cache;
+
+const bool cpu_cache_installed = [] {
+    cpu_cache.base = c10::GetAllocator(c10::DeviceType::CPU);
+    c10::SetAllocator(c10::DeviceType::CPU, &cpu_cache, 1);
+    return true;
+}();
 
 void set_err(shim_status *st, int code, const char *fmt, ...)
 {
@@ -581,7 +660,8 @@ shim_tensor *shim_grad(const shim_tensor *t, shim_status *st)
 
 shim_tensor *shim_head_input_grads(const shim_tensor *gqkv, const shim_tensor *w_attn,
                                    const shim_tensor *x, const shim_tensor *ln_w, double eps,
-                                   int n_head, const shim_tensor *extra, shim_status *st)
+                                   int n_head, const shim_tensor *extra, shim_tensor *buf,
+                                   shim_status *st)
 {
     SHIM_GUARD(st, nullptr, {
         at::NoGradGuard no_grad;
@@ -595,7 +675,14 @@ shim_tensor *shim_head_input_grads(const shim_tensor *gqkv, const shim_tensor *w
         // into the result's rows.
         at::Tensor g = gqkv->t.detach().to(at::kFloat).reshape({BT, 3 * C}).contiguous();
         at::Tensor wf = w.detach().to(at::kFloat).contiguous();
-        at::Tensor out = at::empty({rows, BT, C}, g.options());
+        if (buf && (buf->t.scalar_type() != at::kFloat || buf->t.numel() < rows * BT * C ||
+                    !buf->t.is_contiguous())) {
+            set_err(st, SHIM_EINVAL, "head_input_grads: buf is not a float32 tensor of %lld",
+                    (long long)(rows * BT * C));
+            return nullptr;
+        }
+        at::Tensor out = buf ? buf->t.view({-1}).narrow(0, 0, rows * BT * C).view({rows, BT, C})
+                             : at::empty({rows, BT, C}, g.options());
         at::Tensor gy = out.narrow(0, 0, K);
         at::bmm_out(gy, g.view({BT, K, D}).transpose(0, 1), wf.view({C, K, D}).permute({1, 2, 0}));
         if (extra)
@@ -695,6 +782,19 @@ shim_tensor *shim_axpby(double a, const shim_tensor *x, double b, const shim_ten
 shim_tensor *shim_matmul_nt(const shim_tensor *x, const shim_tensor *w, shim_status *st)
 {
     SHIM_GUARD(st, nullptr, { return wrap(at::matmul(x->t, w->t.t())); });
+}
+
+void shim_block_cache(size_t cap)
+{
+    block_list &l = blocks;
+    (void)cpu_cache_installed;
+    l.cap = cap;
+    if (!cap) {
+        for (auto &b : l.free)
+            std::free(b.second);
+        l.free.clear();
+        l.bytes = 0;
+    }
 }
 
 } // extern "C"

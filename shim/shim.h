@@ -149,6 +149,12 @@ shim_tensor *shim_attention(const shim_tensor *q, const shim_tensor *k, const sh
 /* x (N, C) · w (V, C)^T -> (N, V), computed in x's dtype. */
 shim_tensor *shim_matmul_nt(const shim_tensor *x, const shim_tensor *w, shim_status *st);
 
+/* The calling thread's cache of freed CPU tensor blocks of at least 256
+ * KiB, reused by the next tensor of the same size it makes: on with cap
+ * bytes at most held free (cap > 0), or off (0), which frees what it holds.
+ * Off by default. */
+void shim_block_cache(size_t cap);
+
 /* ---- gradients (attribution) ----------------------------------------- */
 
 /* Gradient mode for the calling thread: on, the operations record what
@@ -196,10 +202,14 @@ shim_tensor *shim_grad(const shim_tensor *t, shim_status *st);
  * ln_1's weight. Row cH + h of the result (3H, B*T*C, float32) is dM/dx
  * through head h's query (c 0), key (1) or value (2) alone: each head's own
  * copy of its input. extra (B*T*C elements, or NULL) becomes one more row
- * after those (so one product takes a layer's MLP receiver too). */
+ * after those (so one product takes a layer's MLP receiver too). buf (or
+ * NULL): a float32 tensor of at least that many elements (shim_empty_f32)
+ * that the result is written into and views, so that one buffer serves
+ * every layer. */
 shim_tensor *shim_head_input_grads(const shim_tensor *gqkv, const shim_tensor *w_attn,
                                    const shim_tensor *x, const shim_tensor *ln_w, double eps,
-                                   int n_head, const shim_tensor *extra, shim_status *st);
+                                   int n_head, const shim_tensor *extra, shim_tensor *buf,
+                                   shim_status *st);
 
 #ifdef __cplusplus
 }

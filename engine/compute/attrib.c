@@ -24,6 +24,7 @@ typedef struct {
     int64_t N;          /* B*T*C */
     double *score;      /* S x R */
     shim_tensor *delta; /* (S, N) float32 */
+    shim_tensor *gbuf;  /* (3H + 1, N) float32: each layer's per-head input gradients */
     float *ref;         /* kl: the clean run's log-softmax at the metric positions (B x V) */
     const attrib_opts *o;
     long done; /* progress units so far */
@@ -212,9 +213,10 @@ static void layer_scores(actx *a, int i, shim_tensor *qkv, shim_tensor *mt, cons
     shim_status *st = &a->st;
     int H = a->H;
     shim_tensor *g = shim_grad(qkv, st), *gm = shim_grad(mt, st);
-    shim_tensor *G = g && gm ? shim_head_input_grads(g, m->blocks[i].attn_w, xin,
-                                                     m->blocks[i].ln_1_w, m->cfg.ln_eps, H, gm, st)
-                             : NULL; /* (3H + 1, N): row cH + h head h's q, k or v; the MLP */
+    shim_tensor *G = g && gm
+                         ? shim_head_input_grads(g, m->blocks[i].attn_w, xin, m->blocks[i].ln_1_w,
+                                                 m->cfg.ln_eps, H, gm, a->gbuf, st)
+                         : NULL; /* (3H + 1, N): row cH + h head h's q, k or v; the MLP */
     shim_free(g), shim_free(gm);
     for (int c = 0; c < 3; c++)
         for (int h = 0; h < H; h++)
@@ -398,7 +400,8 @@ static json_t *result_json(const actx *a)
 
 /* ---- bounds ------------------------------------------------------------------- */
 
-size_t attrib_bytes(const model *m, const job *j)
+/* What the attribution needs but the block cache (shim_block_cache). */
+static size_t working_bytes(const model *m, const job *j)
 {
     const model_config *c = &m->cfg;
     size_t e = shim_dtype_size(m->dtype), L = (size_t)c->n_layer, H = (size_t)c->n_head;
@@ -418,6 +421,21 @@ size_t attrib_bytes(const model *m, const job *j)
     size_t delta = 4 * S * N; /* the deltas (the head outputs go straight into their rows) */
     size_t host = 8 * S * R + 4 * (size_t)j->B * V * 4 + 4 * N;
     return tape + backward + heads + delta + host;
+}
+
+/* The block cache's cap: the backward pass's temporaries, freed and made
+ * again at each layer, come back from it instead of being faulted in anew
+ * (measured on the GPT-2-small shape, 8 x 16 tokens: backward 370 -> 265
+ * ms, its page faults 40k -> 1.7k); 64 MiB held that job's reuse. */
+static size_t cache_bytes(const model *m, const job *j)
+{
+    size_t q = working_bytes(m, j) / 4;
+    return q < (64u << 20) ? q : 64u << 20;
+}
+
+size_t attrib_bytes(const model *m, const job *j)
+{
+    return working_bytes(m, j) + cache_bytes(m, j);
 }
 
 size_t attrib_text_bytes(const model *m, const job *j)
@@ -450,7 +468,9 @@ int attrib_run(const model *m, const job *j, const attrib_opts *o, json_t **out,
         goto done;
     }
     const int64_t *clean = j->ids, *corrupt = j->ids + (size_t)j->B * j->T;
+    shim_block_cache(cache_bytes(m, j));
     a.delta = shim_empty_f32(a.S, a.N, m->device, &a.st);
+    a.gbuf = shim_empty_f32(3 * a.H + 1, a.N, m->device, &a.st);
     if (a.delta)
         take_senders(&a);
     ec = gpt2_embed(m, clean, a.B, a.T, &a.st);
@@ -463,7 +483,8 @@ int attrib_run(const model *m, const job *j, const attrib_opts *o, json_t **out,
     if (!rc && !(*out = result_json(&a)))
         rc = npp_fail(e, NPP_ENOMEM, "attribution", "out of memory");
 done:
-    shim_free(a.delta), shim_free(ec), shim_free(ex);
+    shim_free(a.delta), shim_free(a.gbuf), shim_free(ec), shim_free(ex);
+    shim_block_cache(0);
     free(a.score), free(a.ref);
     return rc;
 }
