@@ -744,13 +744,34 @@ int shim_rows_add(shim_tensor *dst, int64_t row0, double a, const shim_tensor *s
     });
 }
 
-int shim_add_row_sum(shim_tensor *dst, const shim_tensor *rows, int64_t n, shim_status *st)
+int shim_add_row_sum(shim_tensor *dst, const shim_tensor *rows, int64_t n, const int64_t *idx,
+                     int64_t nidx, shim_status *st)
 {
     SHIM_GUARD(st, -1, {
         at::NoGradGuard no_grad;
         at::Tensor d = dst->t.detach();
-        d.add_(rows->t.detach().narrow(0, 0, n).sum(0).view(d.sizes()).to(d.scalar_type()));
+        at::Tensor sum = rows->t.detach().narrow(0, 0, n).sum(0).to(d.scalar_type());
+        if (!idx) {
+            d.add_(sum.view(d.sizes()));
+            return 0;
+        }
+        at::Tensor i = at::from_blob(const_cast<int64_t *>(idx), {nidx}, at::kLong).to(d.device());
+        int64_t w = sum.numel() / nidx;
+        d.view({-1, w}).index_add_(0, i, sum.view({nidx, w}));
         return 0;
+    });
+}
+
+shim_tensor *shim_gather_rows(const shim_tensor *t, int64_t nrows, const int64_t *idx, int64_t n,
+                              shim_status *st)
+{
+    SHIM_GUARD(st, nullptr, {
+        at::NoGradGuard no_grad;
+        at::Tensor r = t->t.detach().reshape({nrows, -1});
+        if (!idx)
+            return wrap(r);
+        at::Tensor i = at::from_blob(const_cast<int64_t *>(idx), {n}, at::kLong).to(r.device());
+        return wrap(r.index_select(0, i));
     });
 }
 

@@ -182,9 +182,15 @@ shim_tensor *shim_flat_f32(const shim_tensor *t, shim_status *st);
  * elements (a block of rows), in place, no gradient. */
 int shim_rows_add(shim_tensor *dst, int64_t row0, double a, const shim_tensor *src,
                   shim_status *st);
-/* dst += the sum of rows [0, n) of rows (R, numel(dst)), in place, no
- * gradient. */
-int shim_add_row_sum(shim_tensor *dst, const shim_tensor *rows, int64_t n, shim_status *st);
+/* dst += the sum of rows [0, n) of rows (R, K), in place, no gradient:
+ * with idx NULL, K is numel(dst); else dst is seen as rows of width
+ * K / nidx and the sum's nidx rows are added to its rows idx[0..nidx). */
+int shim_add_row_sum(shim_tensor *dst, const shim_tensor *rows, int64_t n, const int64_t *idx,
+                     int64_t nidx, shim_status *st);
+/* t seen as nrows rows: rows idx[0..n) (host indices) as a new (n, width)
+ * tensor, or with idx NULL all of them (a view), no gradient. */
+shim_tensor *shim_gather_rows(const shim_tensor *t, int64_t nrows, const int64_t *idx, int64_t n,
+                              shim_status *st);
 /* The same rows = src (converted to dst's dtype). */
 int shim_rows_set(shim_tensor *dst, int64_t row0, const shim_tensor *src, shim_status *st);
 /* An uninitialized (rows, cols) float32 tensor on dev (for the shim_rows_*

@@ -22,9 +22,10 @@ typedef struct {
     const job *j;
     int L, H, C, B, T, S, R, steps;
     int64_t N;          /* B*T*C */
+    int64_t *act, nact; /* the rows (b*T + t) that can score (active_rows); act NULL: all */
     double *score;      /* S x R */
-    shim_tensor *delta; /* (S, N) float32 */
-    shim_tensor *gbuf;  /* (3H + 1, N) float32: each layer's per-head input gradients */
+    shim_tensor *delta; /* (S, nact*C) float32 */
+    shim_tensor *gbuf;  /* (3H + 1, nact*C) float32: each layer's per-head input gradients */
     float *ref;         /* kl: the clean run's log-softmax at the metric positions (B x V) */
     const attrib_opts *o;
     long done; /* progress units so far */
@@ -54,6 +55,42 @@ static void step(actx *a)
         a->o->progress(a->o->ud, a->o->done0 + a->done, a->o->total);
 }
 
+/* The positions that can add to a score: in example b, from the first
+ * where the clean and corrupted tokens differ to the metric's position.
+ * Before the first difference both runs are the same (the attention is
+ * causal), so every delta is 0 there; after the metric's position every
+ * gradient is 0. Gradients at the positions before the first difference
+ * only ever flow to earlier positions, so the scores need them nowhere
+ * (layer_scores completes the residual's gradient at the active rows
+ * alone). The deltas and the receivers' gradients keep the active rows
+ * only: on the bench's prompts (corrupted at position 5 of 16) 11 of 16. */
+static int active_rows(actx *a)
+{
+    const job *j = a->j;
+    const int64_t *clean = j->ids, *corrupt = j->ids + (size_t)a->B * a->T;
+    int64_t n = 0, *act = malloc((size_t)a->B * a->T * sizeof *act);
+    if (!act)
+        return npp_fail(a->e, NPP_ENOMEM, "attribution", "out of memory");
+    for (int b = 0; b < a->B; b++) {
+        int t = 0;
+        size_t row = (size_t)b * a->T;
+        while (t < j->m_pos[b] && clean[row + t] == corrupt[row + t])
+            t++;
+        for (; t <= j->m_pos[b]; t++)
+            act[n++] = (int64_t)row + t;
+    }
+    if (n == (int64_t)a->B * a->T)
+        free(act), act = NULL;
+    a->act = act, a->nact = n;
+    return 0;
+}
+
+/* t (B, T, ...) at the active rows, (nact, ...) (a view when all are). */
+static shim_tensor *active(actx *a, const shim_tensor *t)
+{
+    return shim_gather_rows(t, (int64_t)a->B * a->T, a->act, a->nact, &a->st);
+}
+
 /* delta's first contents: the corrupted run's sender outputs, one row
  * each (o->senders, freed as they are copied). */
 static void take_senders(actx *a)
@@ -64,8 +101,10 @@ static void take_senders(actx *a)
             a->st.code = SHIM_EINVAL;
             snprintf(a->st.msg, sizeof a->st.msg, "attribution: sender %d was not computed", s);
         }
-        if (t[s])
-            shim_rows_set(a->delta, s, t[s], &a->st);
+        shim_tensor *r = t[s] ? active(a, t[s]) : NULL;
+        if (r)
+            shim_rows_set(a->delta, s, r, &a->st);
+        shim_free(r);
         shim_free(t[s]);
         t[s] = NULL;
     }
@@ -212,12 +251,15 @@ static void layer_scores(actx *a, int i, shim_tensor *qkv, shim_tensor *mt, cons
     const model *m = a->m;
     shim_status *st = &a->st;
     int H = a->H;
-    shim_tensor *g = shim_grad(qkv, st), *gm = shim_grad(mt, st);
-    shim_tensor *G = g && gm
-                         ? shim_head_input_grads(g, m->blocks[i].attn_w, xin, m->blocks[i].ln_1_w,
+    shim_tensor *g0 = shim_grad(qkv, st), *gm0 = shim_grad(mt, st);
+    shim_tensor *g = g0 ? active(a, g0) : NULL, *gm = gm0 ? active(a, gm0) : NULL;
+    shim_tensor *x = active(a, xin);
+    shim_free(g0), shim_free(gm0);
+    shim_tensor *G = g && gm && x
+                         ? shim_head_input_grads(g, m->blocks[i].attn_w, x, m->blocks[i].ln_1_w,
                                                  m->cfg.ln_eps, H, gm, a->gbuf, st)
-                         : NULL; /* (3H + 1, N): row cH + h head h's q, k or v; the MLP */
-    shim_free(g), shim_free(gm);
+                         : NULL; /* (3H + 1, nact*C): row cH + h head h's q, k or v; the MLP */
+    shim_free(g), shim_free(gm), shim_free(x);
     for (int c = 0; c < 3; c++)
         for (int h = 0; h < H; h++)
             rcv[c * H + h] = 1 + 3 * (i * H + h) + c, nup[c * H + h] = srow(a, i, 0);
@@ -225,8 +267,17 @@ static void layer_scores(actx *a, int i, shim_tensor *qkv, shim_tensor *mt, cons
     if (G)
         add_scores(a, nup, G, rcv, 3 * H + 1, w);
     if (G && gx)
-        shim_add_row_sum(gx, G, 3 * H, st);
+        shim_add_row_sum(gx, G, 3 * H, a->act, a->nact, st);
     shim_free(G);
+}
+
+/* delta's row s -= the clean run's sender output t (B, T, C). */
+static void rows_sub(actx *a, int s, const shim_tensor *t)
+{
+    shim_tensor *r = active(a, t);
+    if (r)
+        shim_rows_add(a->delta, s, -1.0, r, &a->st);
+    shim_free(r);
 }
 
 /* One gradient pass on the input embedding e_corrupt + alpha (e_clean -
@@ -259,7 +310,7 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
     xin[0] = shim_grad_leaf(e0 ? e0 : ec, st);
     shim_free(e0);
     if (first)
-        shim_rows_add(a->delta, 0, -1.0, xin[0], st);
+        rows_sub(a, 0, xin[0]);
     for (int i = 0; i < L && !(rc = failed(a)); i++) {
         shim_tensor *x = xin[i];
         shim_tensor *xd = shim_detach(x, st);
@@ -271,9 +322,11 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
                     *v = shim_narrow(qkv[i], 2, 2 * C, C, st);
         shim_tensor *z = shim_attention(q, k, v, H, gpt2_attn_scale(m, i), NULL, st);
         shim_free(q), shim_free(k), shim_free(v);
-        if (first && z)
-            shim_rows_head_outputs(a->delta, srow(a, i, 0), -1.0, 1.0, z, m->blocks[i].proj_w, H,
+        shim_tensor *za = first && z ? active(a, z) : NULL;
+        if (za)
+            shim_rows_head_outputs(a->delta, srow(a, i, 0), -1.0, 1.0, za, m->blocks[i].proj_w, H,
                                    st);
+        shim_free(za);
         shim_tensor *att = shim_linear(z, m->blocks[i].proj_w, m->blocks[i].proj_b, st);
         shim_free(z);
         shim_tensor *x2 = shim_add(x, att, st);
@@ -281,7 +334,7 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
         mt[i] = shim_grad_tap(x2, st); /* the MLP's own copy of its input */
         shim_tensor *y = gpt2_mlp(m, i, mt[i], st);
         if (first && y)
-            shim_rows_add(a->delta, srow(a, i, H), -1.0, y, st);
+            rows_sub(a, srow(a, i, H), y);
         out[i] = shim_add(x2, y, st); /* the residual reads x2, not the tap */
         shim_free(x2), shim_free(y);
         xin[i + 1] = shim_grad_leaf(out[i], st);
@@ -299,7 +352,8 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
         goto done;
     shim_backward(h, seed, st);
     g = shim_grad(ft, st);
-    shim_tensor *gf = shim_flat_f32(g, st);
+    shim_tensor *ga = g ? active(a, g) : NULL, *gf = ga ? shim_flat_f32(ga, st) : NULL;
+    shim_free(ga);
     rcv[0] = 0, nup[0] = a->S;
     if (gf)
         add_scores(a, nup, gf, rcv, 1, w);
@@ -418,7 +472,8 @@ static size_t working_bytes(const model *m, const job *j)
     /* shim_head_input_grads: 3H + 1 rows, the MLP's gradient; with 16-bit
      * weights, float32 copies of c_attn's weight and output gradient */
     size_t C = (size_t)c->n_embd, heads = 4 * (3 * H + 2) * N + (e < 4 ? 4 * 3 * (C * C + N) : 0);
-    size_t delta = 4 * S * N; /* the deltas (the head outputs go straight into their rows) */
+    size_t delta = 4 * S * N; /* the deltas (at most every row active; the head outputs go
+                               * straight into their rows) */
     size_t host = 8 * S * R + 4 * (size_t)j->B * V * 4 + 4 * N;
     return tape + backward + heads + delta + host;
 }
@@ -469,8 +524,10 @@ int attrib_run(const model *m, const job *j, const attrib_opts *o, json_t **out,
     }
     const int64_t *clean = j->ids, *corrupt = j->ids + (size_t)j->B * j->T;
     shim_block_cache(cache_bytes(m, j));
-    a.delta = shim_empty_f32(a.S, a.N, m->device, &a.st);
-    a.gbuf = shim_empty_f32(3 * a.H + 1, a.N, m->device, &a.st);
+    if ((rc = active_rows(&a)))
+        goto done;
+    a.delta = shim_empty_f32(a.S, a.nact * a.C, m->device, &a.st);
+    a.gbuf = shim_empty_f32(3 * a.H + 1, a.nact * a.C, m->device, &a.st);
     if (a.delta)
         take_senders(&a);
     ec = gpt2_embed(m, clean, a.B, a.T, &a.st);
@@ -485,6 +542,6 @@ int attrib_run(const model *m, const job *j, const attrib_opts *o, json_t **out,
 done:
     shim_free(a.delta), shim_free(a.gbuf), shim_free(ec), shim_free(ex);
     shim_block_cache(0);
-    free(a.score), free(a.ref);
+    free(a.score), free(a.ref), free(a.act);
     return rc;
 }

@@ -8,7 +8,9 @@ definition), on models of several layer and head counts:
    within 1e-4 of the largest score; logit_diff, logprob (over the whole
    vocabulary) and kl (EAP-IG: the gradient of KL vanishes at the clean run);
 2. an uneven batch (examples of 5 and 3 tokens) equals the reference's
-   per-example scores averaged;
+   per-example scores averaged; so do prompts corrupted late (the engine
+   keeps only the positions from the first corrupted one to the metric's),
+   not at all, and at the first position;
 3. node scores are the sums of their edges'; the list is sorted by |score|
    and cut to "top"; "count" is the number of edges of the model;
 4. discover: its exact effects equal single path_patch jobs within 1e-5
@@ -135,6 +137,19 @@ def check_model(model):
     per = [ref_scores(cfg, W, [ex[b]], [ey[b]], spec, 2, [len(ex[b]) - 1]) for b in range(2)]
     compare("%s: uneven batch (5 and 3 tokens) = the examples' mean" % name, engine_scores(res),
             {e: (per[0][e] + per[1][e]) / 2 for e in edges}, edges)
+
+    # the positions that can score: corrupted late in example 0 (only its
+    # last two positions can), not at all in example 1 (none can: its
+    # scores are 0), at the start of the others (all can)
+    late = [row[:] for row in clean]
+    late[0][-2] = clean[0][-2] + 1
+    for b in range(2, len(late)):
+        late[b][0] = clean[b][0] + 1
+    spec = {"type": "logit_diff", "target": 11, "baseline": 12}
+    res = run({"inputs": [clean, late], "metric": spec, "attribution": {"method": "eap"},
+               "outputs": {"top_k": 0}})
+    compare("%s: corrupted late, not at all, at the start (the rows kept) = autograd" % name,
+            engine_scores(res), ref_scores(cfg, W, clean, late, spec, 1, pos), edges)
 
     # discover: its exact effects are single path_patch jobs, its curve single circuit jobs
     res = run(dict(base, metric=spec, discover={"method": "eap-ig", "steps": 2,
