@@ -7,19 +7,24 @@ copy of the residual stream, hooked; a corrupted forward pass for the
 senders' outputs, a clean forward and backward for the receivers'
 gradients, then one einsum of deltas and gradients).
 
-    eap.py NPP MODEL [THREADS] [STEPS]
+    eap.py NPP MODEL [THREADS] [STEPS] [ROUNDS]
 
 Prints the times, the ratio, and the largest difference between the two
 score sets relative to the largest score (must be <= 1e-4). npp's time is
 the whole job's: its exec_ms (the executor: the corrupted run's senders)
 plus its attribution_ms (the clean pass with gradients, which also gives
 the job's own output, the backward pass and the scores), against the
-exec_ms of a plain job of the same batch. Then the same job again in the
-same process (--repeat 2, the warm run): the corrupted run's senders come
-from the shared cache."""
+exec_ms of a plain job of the same batch. This VM's speed drifts by
++-15% within a minute, so the plain job and the attribution job run
+ROUNDS times (default 3), each a fresh process, one after the other; the
+ratio printed is the median of the rounds' ratios (each round's two runs
+are neighbours in time), beside the median times. Then the same job again
+in the same process (--repeat 2, the warm run): the corrupted run's
+senders come from the shared cache."""
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +40,7 @@ from prompts import B, T, BASELINE, TARGET, clean, corrupt  # noqa: E402
 npp, model = sys.argv[1], sys.argv[2]
 threads = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 steps = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+rounds = int(sys.argv[5]) if len(sys.argv) > 5 else 3
 
 
 def baseline(cfg, W):
@@ -145,12 +151,17 @@ def main():
     torch.set_num_threads(threads)
     cfg, W = gpt2_ref.load(model, torch.float32)
     metric = {"type": "logit_diff", "target": TARGET, "baseline": BASELINE}
-    plain = npp_run({"inputs": [clean], "metric": metric, "outputs": {"top_k": 0}})
     att = {"method": "eap"} if steps == 1 else {"method": "eap-ig", "steps": steps}
     job = {"inputs": [clean, corrupt], "metric": metric, "outputs": {"top_k": 0}, "attribution": att}
-    res, warm = npp_run(job), npp_run(job, "--repeat", "2")
-    t_plain = plain["stats"]["exec_ms"] / 1e3
-    t_npp = (res["stats"]["attribution_ms"] + res["stats"]["exec_ms"]) / 1e3
+    plains, npps = [], []
+    for _ in range(rounds):
+        plain = npp_run({"inputs": [clean], "metric": metric, "outputs": {"top_k": 0}})
+        res = npp_run(job)
+        plains.append(plain["stats"]["exec_ms"] / 1e3)
+        npps.append((res["stats"]["attribution_ms"] + res["stats"]["exec_ms"]) / 1e3)
+    warm = npp_run(job, "--repeat", "2")
+    t_plain, t_npp = statistics.median(plains), statistics.median(npps)
+    ratio = statistics.median(n / p for n, p in zip(npps, plains))
     t_warm = (warm["stats"]["attribution_ms"] + warm["stats"]["exec_ms"]) / 1e3
     t_ref, ref = baseline(cfg, W)
     got = {(u, v): s for u, v, s in res["attribution"]["edges"]}
@@ -158,9 +169,12 @@ def main():
     diff = max(abs(got[e] - ref[e]) for e in ref) / big
     print("EAP%s of %d edges, %d x %d tokens, %d thread(s)"
           % ("" if steps == 1 else "-IG (%d steps)" % steps, len(got), B, T, threads))
-    print("npp plain forward (the same batch)    %8.3f s" % t_plain)
-    print("npp attribution                       %8.3f s   %.1f plain forwards" %
-          (t_npp, t_npp / t_plain))
+    print("npp plain forward (the same batch)    %8.3f s   median of %s" %
+          (t_plain, " ".join("%.3f" % t for t in plains)))
+    print("npp attribution                       %8.3f s   median of %s" %
+          (t_npp, " ".join("%.3f" % t for t in npps)))
+    print("                                                 %.1f plain forwards (median of %s)" %
+          (ratio, " ".join("%.1f" % (n / p) for n, p in zip(npps, plains))))
     print("npp, again (warm cache: %3d values)   %8.3f s   %.1f plain forwards" %
           (warm["stats"]["values_cached"], t_warm, t_warm / t_plain))
     print("PyTorch autograd (split q/k/v inputs) %8.3f s   npp / PyTorch %.2f" %
