@@ -16,7 +16,7 @@ plus its attribution_ms (the clean pass with gradients, which also gives
 the job's own output, the backward pass and the scores), against the
 exec_ms of a plain job of the same batch. This VM's speed drifts by
 +-15% within a minute, so the plain job and the attribution job run
-ROUNDS times (default 3), each a fresh process, one after the other; the
+ROUNDS times (default 5), each a fresh process, one after the other; the
 ratio printed is the median of the rounds' ratios (each round's two runs
 are neighbours in time), beside the median times. Then the same job again
 in the same process (--repeat 2, the warm run): the corrupted run's
@@ -40,7 +40,7 @@ from prompts import B, T, BASELINE, TARGET, clean, corrupt  # noqa: E402
 npp, model = sys.argv[1], sys.argv[2]
 threads = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 steps = int(sys.argv[4]) if len(sys.argv) > 4 else 1
-rounds = int(sys.argv[5]) if len(sys.argv) > 5 else 3
+rounds = int(sys.argv[5]) if len(sys.argv) > 5 else 5
 
 
 def baseline(cfg, W):

@@ -7,4 +7,4 @@ set -euo pipefail
 . "$(dirname "$0")/../common.sh"
 model=$(bench_model)
 echo "$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p')"
-/usr/bin/python3 "$root/bench/attrib/eap.py" "$build/npp" "$model" "${2:-1}" "${3:-1}" "${4:-3}"
+/usr/bin/python3 "$root/bench/attrib/eap.py" "$build/npp" "$model" "${2:-1}" "${3:-1}" "${4:-5}"
