@@ -35,8 +35,10 @@ namespace
 // thread's cache is on, its blocks of at least 256 KiB go back to its own
 // list when freed and the next tensor of the same size reuses one; the
 // list holds at most the thread's cap and is freed when the cache is
-// turned off. Freed on another thread (or with the cache off), a block
-// goes back to the system at once.
+// turned off. A block freed on a thread whose cache is off goes back to
+// the system at once (on another thread with its cache on, to that
+// thread's list). Only blocks made while a cache is on take this path;
+// every other tensor keeps libtorch's own allocation.
 
 struct block_list {
     std::vector<std::pair<size_t, void *>> free; // (size, block)
