@@ -17,8 +17,6 @@
 #include <cstring>
 #include <new>
 #include <string>
-#include <utility>
-#include <vector>
 
 struct shim_tensor {
     at::Tensor t;
@@ -40,14 +38,15 @@ namespace
 // thread's list). Only blocks made while a cache is on take this path;
 // every other tensor keeps libtorch's own allocation.
 
+// Trivially destructible, so that a block freed while a thread ends finds
+// a valid list; a cap of at most 64 MiB over blocks of at least 256 KiB
+// needs at most 256 entries (a block that finds the list full is freed).
 struct block_list {
-    std::vector<std::pair<size_t, void *>> free; // (size, block)
-    size_t bytes = 0, cap = 0;
-    ~block_list()
-    {
-        for (auto &b : free)
-            std::free(b.second);
-    }
+    size_t bytes, cap, n;
+    struct {
+        size_t size;
+        void *p;
+    } free[256];
 };
 
 thread_local block_list blocks;
@@ -59,8 +58,8 @@ void block_free(void *ctx)
     size_t n;
     memcpy(&n, base, sizeof n);
     block_list &l = blocks;
-    if (l.cap && l.bytes + n <= l.cap) {
-        l.free.emplace_back(n, base);
+    if (l.cap && l.bytes + n <= l.cap && l.n < sizeof l.free / sizeof *l.free) {
+        l.free[l.n].size = n, l.free[l.n++].p = base;
         l.bytes += n;
     } else {
         std::free(base);
@@ -75,11 +74,10 @@ struct cached_cpu_allocator final : c10::Allocator {
         if (!l.cap || n < kBlockMin)
             return base->allocate(n);
         void *p = nullptr;
-        for (size_t i = 0; i < l.free.size(); i++)
-            if (l.free[i].first == n) {
-                p = l.free[i].second;
-                l.free[i] = l.free.back();
-                l.free.pop_back();
+        for (size_t i = 0; i < l.n; i++)
+            if (l.free[i].size == n) {
+                p = l.free[i].p;
+                l.free[i] = l.free[--l.n];
                 l.bytes -= n;
                 break;
             }
@@ -813,9 +811,9 @@ void shim_block_cache(size_t cap)
     (void)cpu_cache_installed;
     l.cap = cap;
     if (!cap) {
-        for (auto &b : l.free)
-            std::free(b.second);
-        l.free.clear();
+        for (size_t i = 0; i < l.n; i++)
+            std::free(l.free[i].p);
+        l.n = 0;
         l.bytes = 0;
     }
 }
