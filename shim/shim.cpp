@@ -135,6 +135,12 @@ at::ScalarType to_scalar(shim_dtype d)
     return at::kFloat;
 }
 
+// Host indices idx[0..n) as an index tensor on dev.
+at::Tensor host_index(const int64_t *idx, int64_t n, const at::Device &dev)
+{
+    return at::from_blob(const_cast<int64_t *>(idx), {n}, at::kLong).to(dev);
+}
+
 at::Device to_device(shim_device d)
 {
     if (d.kind == SHIM_CUDA)
@@ -448,10 +454,8 @@ shim_tensor *shim_clone(const shim_tensor *t, shim_status *st)
 
 shim_tensor *shim_take_rows(const shim_tensor *t, const int64_t *idx, int64_t n, shim_status *st)
 {
-    SHIM_GUARD(st, nullptr, {
-        at::Tensor i = at::from_blob(const_cast<int64_t *>(idx), {n}, at::kLong).to(t->t.device());
-        return wrap(t->t.index_select(0, i));
-    });
+    SHIM_GUARD(st, nullptr,
+               { return wrap(t->t.index_select(0, host_index(idx, n, t->t.device()))); });
 }
 
 shim_tensor *shim_edit_positions(const shim_tensor *x, const shim_tensor *minus,
@@ -460,7 +464,7 @@ shim_tensor *shim_edit_positions(const shim_tensor *x, const shim_tensor *minus,
 {
     SHIM_GUARD(st, nullptr, {
         const at::Tensor &X = x->t; // (B, T, C)
-        at::Tensor i = at::from_blob(const_cast<int64_t *>(pos), {npos}, at::kLong).to(X.device());
+        at::Tensor i = host_index(pos, npos, X.device());
         at::Tensor y = X.clone(at::MemoryFormat::Contiguous);
         if (replace) {
             if (plus)
@@ -513,9 +517,8 @@ shim_tensor *shim_embed(const shim_tensor *wte, const shim_tensor *wpe, const in
                 return nullptr;
             }
         }
-        at::Tensor idx =
-            at::from_blob(const_cast<int64_t *>(ids), {B * T}, at::kLong).to(E.device());
-        at::Tensor tok = E.index_select(0, idx).view({B, T, E.size(1)}); // (B, T, C)
+        at::Tensor tok = E.index_select(0, host_index(ids, B * T, E.device()))
+                             .view({B, T, E.size(1)}); // (B, T, C)
         return wrap(tok + P.narrow(0, 0, T).unsqueeze(0));
     });
 }
@@ -755,9 +758,8 @@ int shim_add_row_sum(shim_tensor *dst, const shim_tensor *rows, int64_t n, const
             d.add_(sum.view(d.sizes()));
             return 0;
         }
-        at::Tensor i = at::from_blob(const_cast<int64_t *>(idx), {nidx}, at::kLong).to(d.device());
         int64_t w = sum.numel() / nidx;
-        d.view({-1, w}).index_add_(0, i, sum.view({nidx, w}));
+        d.view({-1, w}).index_add_(0, host_index(idx, nidx, d.device()), sum.view({nidx, w}));
         return 0;
     });
 }
@@ -770,8 +772,7 @@ shim_tensor *shim_gather_rows(const shim_tensor *t, int64_t nrows, const int64_t
         at::Tensor r = t->t.detach().reshape({nrows, -1});
         if (!idx)
             return wrap(r);
-        at::Tensor i = at::from_blob(const_cast<int64_t *>(idx), {n}, at::kLong).to(r.device());
-        return wrap(r.index_select(0, i));
+        return wrap(r.index_select(0, host_index(idx, n, r.device())));
     });
 }
 

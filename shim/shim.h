@@ -187,8 +187,8 @@ int shim_rows_add(shim_tensor *dst, int64_t row0, double a, const shim_tensor *s
  * K / nidx and the sum's nidx rows are added to its rows idx[0..nidx). */
 int shim_add_row_sum(shim_tensor *dst, const shim_tensor *rows, int64_t n, const int64_t *idx,
                      int64_t nidx, shim_status *st);
-/* t seen as nrows rows: rows idx[0..n) (host indices) as a new (n, width)
- * tensor, or with idx NULL all of them (a view), no gradient. */
+/* shim_take_rows of t seen as nrows rows, (n, width), no gradient; with
+ * idx NULL all of them (a view). */
 shim_tensor *shim_gather_rows(const shim_tensor *t, int64_t nrows, const int64_t *idx, int64_t n,
                               shim_status *st);
 /* The same rows = src (converted to dst's dtype). */
