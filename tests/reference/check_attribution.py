@@ -17,8 +17,9 @@ definition), on models of several layer and head counts:
    (relative) beside the scores, its faithfulness curve single circuit jobs
    of the top n edges;
 5. the corrupted run's sender outputs are values of the job's plan: run
-   twice in one process (--repeat 2), the second run takes all of them (and
-   the clean run) from the shared cache, computes no value, and gives the
+   twice in one process (--repeat 2), the second run takes all of them from
+   the shared cache, computes no value (the clean run is the gradient
+   pass's), and gives the
    same scores (within 1e-6 of the largest);
 6. with the model computing in bfloat16 (--dtype bf16 on the CPU), the
    scores follow the float32 run's: relative L2 error at most 0.25,
