@@ -220,7 +220,10 @@ try {
   const faith = Number(/normalized (-?[0-9.]+)/.exec(await page.textContent("#metric"))[1]);
   check("circuit: its faithfulness = the curve's", Math.abs(faith - dapi.discover.curve[1].faithfulness) < 1e-3,
     `${faith} vs ${dapi.discover.curve[1].faithfulness}`);
-  check("circuit: its picture is drawn", (await page.$$("#circuit-svg svg path.edge")).length > 0);
+  // the metric is shown before the picture arrives (showResult awaits it after)
+  const pictured = await page.waitForFunction(() => document.getElementById("stats").textContent !== "", null, { timeout: 60000 })
+    .then(() => true, () => false);
+  check("circuit: its picture is drawn", pictured && (await page.$$("#circuit-svg svg path.edge")).length > 0);
   await page.fill("#ci-edges", "emb -> ln_final\na1.head0 -> a1.head2.k");
   await page.click("#run");
   await page.waitForFunction(() => document.querySelector("#kind-circuit .err").textContent !== "");
