@@ -634,11 +634,29 @@ static const char PLAN_HELP[] =
     "sweep's union) and path-tree nodes, the planning time and the estimate of its\n"
     "peak memory and result size (bytes, at the default chunk budget, as nppd admits\n"
     "it), then the size of the union of all the jobs' values (what one sweep of these\n"
-    "jobs would compute).\n";
+    "jobs would compute). A job that is refused prints its error as its line\n"
+    "({\"job\": FILE, \"error\": {\"field\": ..., \"message\": ...}}, and on stderr) and\n"
+    "the others are still planned; the exit status is then 1.\n";
 
 static int cmp_key(const void *a, const void *b)
 {
     return memcmp(a, b, 32);
+}
+
+/* Prints v as compact JSON and takes it; null if v is NULL (a string that
+ * was not UTF-8, or out of memory). */
+static void put_json(json_t *v)
+{
+    if (!v || json_dumpf(v, stdout, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER))
+        fputs("null", stdout);
+    json_decref(v);
+}
+
+/* A plan line's start: {"job": PATH */
+static void put_job_name(const char *path)
+{
+    fputs("{\"job\": ", stdout);
+    put_json(json_string(path));
 }
 
 static int cmd_plan(int argc, char **argv)
@@ -666,7 +684,7 @@ static int cmd_plan(int argc, char **argv)
     unsigned char *keys = NULL;
     size_t nkeys = 0;
     double total = 0;
-    int rc = 0;
+    int rc = 0, refused = 0;
     if ((rc = model_load(model_dir, NULL, &m, &e)))
         goto fail;
     for (int i = optind; i < argc; i++) {
@@ -674,9 +692,19 @@ static int cmd_plan(int argc, char **argv)
         run_output *r = NULL;
         json_t *doc = load_job(argv[i], &e);
         double t0 = now_ms();
-        if (!doc || (rc = run_prepare(m, doc, &ro, &r, &e))) {
+        if (!doc || run_prepare(m, doc, &ro, &r, &e)) {
+            /* this job's error, then the next job */
+            json_t *err = json_pack("{s:s, s:s}", "field", e.field, "message", e.message);
+            put_job_name(argv[i]);
+            fputs(", \"error\": ", stdout);
+            put_json(err);
+            puts("}");
+            fprintf(stderr, "%s: %s: error in '%s': %s\n", prog, argv[i], e.field, e.message);
+            e = (npp_err){0};
+            run_output_free(r);
             json_decref(doc);
-            goto fail;
+            refused++;
+            continue;
         }
         double ms = now_ms() - t0;
         total += ms;
@@ -688,13 +716,13 @@ static int cmd_plan(int argc, char **argv)
                 memcpy(keys + 32 * nkeys++, p->v[v].key, 32);
         }
         const run_estimate *est = &r->est;
-        printf("{\"job\": \"%s\", \"values\": %d, \"path_nodes\": %ld, \"plan_ms\": %.3f, "
+        put_job_name(argv[i]);
+        printf(", \"values\": %d, \"path_nodes\": %ld, \"plan_ms\": %.3f, "
                "\"estimate\": {\"peak_bytes\": %zu, \"result_bytes\": %zu, \"plan_bytes\": %zu, "
                "\"exec_bytes\": %zu, \"output_bytes\": %zu, \"chunks\": %ld, \"peak_field\": "
                "\"%s\", \"result_field\": \"%s\"}}\n",
-               argv[i], p->nv, run_path_nodes(r), ms, est->peak_bytes, est->result_bytes,
-               est->plan_bytes, est->exec_bytes, est->output_bytes, est->chunks, est->peak_field,
-               est->result_field);
+               p->nv, run_path_nodes(r), ms, est->peak_bytes, est->result_bytes, est->plan_bytes,
+               est->exec_bytes, est->output_bytes, est->chunks, est->peak_field, est->result_field);
         run_output_free(r);
         json_decref(doc);
         if (!nk) {
@@ -706,8 +734,10 @@ static int cmd_plan(int argc, char **argv)
     size_t uniq = 0;
     for (size_t k = 0; k < nkeys; k++)
         uniq += k == 0 || memcmp(keys + 32 * k, keys + 32 * (k - 1), 32) != 0;
-    printf("{\"jobs\": %d, \"union_values\": %zu, \"sum_values\": %zu, \"total_plan_ms\": %.3f}\n",
-           argc - optind, uniq, nkeys, total);
+    printf("{\"jobs\": %d, \"refused\": %d, \"union_values\": %zu, \"sum_values\": %zu, "
+           "\"total_plan_ms\": %.3f}\n",
+           argc - optind, refused, uniq, nkeys, total);
+    rc = refused ? 1 : 0;
 fail:
     if (e.code)
         rc = job_error(&e);

@@ -58,14 +58,13 @@ echo "== sanitizer build (ASan + UBSan) =="
 # The 'heavy' tests repeat numerics on a 12-layer model through code paths
 # the tiny models already cover; under ASan they would only cost time.
 # The 'memory' ones measure RSS, which ASan's shadow memory inflates.
-# Left out by default: job_errors (its cases run through nppd in server_api,
-# here too: the same parser and planner), loader_errors (the safetensors and
+# Left out by default: loader_errors (the safetensors and
 # config.json fuzz targets run the loader's parsers under ASan), sweep_vs_jobs
 # (sweeps run through nppd in server_api and server_clients), forward_vs_
 # reference_* (the forward pass runs in every other test), server_nginx and
 # induction_model_circuit (ordinary jobs through other front ends).
 CTEST_ARGS=(-LE "heavy|memory"
-  -E "^(job_errors|loader_errors|sweep_vs_jobs|forward_vs_reference_.*|server_nginx|induction_model_circuit)$")
+  -E "^(loader_errors|sweep_vs_jobs|forward_vs_reference_.*|server_nginx|induction_model_circuit)$")
 [ "$full" = 1 ] && CTEST_ARGS=(-LE "heavy|memory")
 export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
 export LSAN_OPTIONS=suppressions=$root/tests/lsan.supp
