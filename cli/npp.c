@@ -439,12 +439,29 @@ static int write_svg(const char *flag, const char *path, char *text, size_t n, n
     return ok ? 0 : npp_fail(e, NPP_EIO, "", "%s: cannot write %s", flag, path);
 }
 
+/* Prints v as compact JSON and takes it; null if v is NULL (a string that
+ * was not UTF-8, or out of memory). */
+static void put_json(json_t *v)
+{
+    if (!v || json_dumpf(v, stdout, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER))
+        fputs("null", stdout);
+    json_decref(v);
+}
+
+/* A plan line's start: {"job": PATH */
+static void put_job_name(const char *path)
+{
+    fputs("{\"job\": ", stdout);
+    put_json(json_string(path));
+}
+
 static const char RUN_HELP[] =
     "usage: npp run --model DIR JOB.json [--svg FILE] [--heatmap FILE] [--circuit FILE]\n"
     "               [--npy-dir DIR]\n"
     "               [--cache-mb N]\n"
     "               [--max-values N] [--repeat N] [--device cpu|cuda:N] [--dtype f32|f16|bf16]\n"
     "               [--threads N] [--chunk-mb N] [--memory-report] [--compact]\n"
+    "       npp run --model DIR --jsonl JOBS.jsonl [options but the four that write files]\n"
     "Runs a path-patching job (JSON; '-' reads stdin) in-process and prints the result\n"
     "JSON. --svg writes the path graph (a sweep's: one file per variant, FILE-0.svg,\n"
     "FILE-1.svg, ...); --heatmap writes a grid job's heatmap (SVG); --circuit an\n"
@@ -456,7 +473,11 @@ static const char RUN_HELP[] =
     "attention or MLP call (MiB, 32; larger calls are cut). --memory-report prints, on\n"
     "stderr, the RSS before the job and its peak during the job (Linux), with the\n"
     "estimate nppd admits it by. --compact prints the result without indentation\n"
-    "(as nppd stores it). Job format: docs/jobs.md.\n";
+    "(as nppd stores it). --jsonl reads one job per line (a file, or '-': stdin, as\n"
+    "the lines come) and prints one line per job as it finishes: the result\n"
+    "(compact), or {\"error\": {\"field\": ..., \"message\": ...}} and on to the next\n"
+    "line. Each job runs as its own `npp run` would (a fresh cache; the model is\n"
+    "loaded once); the exit status is 1 if any job failed. Job format: docs/jobs.md.\n";
 
 /* VmRSS or VmHWM of this process in bytes (Linux /proc), 0 if unknown. */
 static size_t proc_status_bytes(const char *key)
@@ -493,32 +514,161 @@ static json_t *load_job(const char *path, npp_err *e)
     return doc;
 }
 
+/* What every job of one `npp run` shares. */
+typedef struct {
+    const char *model_dir, *svg, *npy_dir, *heat, *circ;
+    long cache_mb, max_values, repeat, chunk_mb;
+    int memory_report, compact;
+} job_args;
+
+/* Runs one job (its own cache) and prints its result, then its warnings on
+ * stderr; writes the files the options ask for. */
+static int run_print(const model *m, json_t *doc, const job_args *a, npp_err *e)
+{
+    cache *ca = NULL;
+    run_output *r = NULL;
+    int rc = 0;
+    if (!(ca = cache_new((size_t)a->cache_mb << 20))) {
+        rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
+        goto done;
+    }
+    run_opts ro = {.cache = ca,
+                   .max_values = (size_t)a->max_values,
+                   .npy_dir = a->npy_dir,
+                   .model_name = a->model_dir,
+                   .chunk_bytes = (size_t)a->chunk_mb << 20};
+    size_t rss0 = 0;
+    if (a->memory_report) { /* the job's own peak, not the model loader's */
+        reset_peak_rss();
+        rss0 = proc_status_bytes("VmRSS");
+    }
+    for (long i = 0; i < a->repeat; i++) {
+        run_output_free(r);
+        r = NULL;
+        if ((rc = run_job(m, doc, &ro, &r, e)))
+            goto done;
+    }
+    for (int i = 0; a->svg && i < (r->job->nvar ? r->job->nvar : 1); i++) {
+        char path[4096];
+        size_t stem = strlen(a->svg);
+        if (stem > 4 && !strcmp(a->svg + stem - 4, ".svg"))
+            stem -= 4;
+        if (r->job->nvar)
+            snprintf(path, sizeof path, "%.*s-%d.svg", (int)stem, a->svg, i);
+        else
+            snprintf(path, sizeof path, "%s", a->svg);
+        if ((rc = svg_write_file(run_tree(r, i), r->job, path, e)))
+            goto done;
+    }
+    if (a->heat) {
+        char *text = NULL;
+        size_t n = 0;
+        json_t *grid = json_object_get(r->result, "grid");
+        if (!grid)
+            rc = npp_fail(e, NPP_EINVAL, "grid",
+                          "--heatmap: the job has no grid (see \"grid\" in docs/jobs.md)");
+        else if (!(rc = heatmap_svg(grid, &text, &n, e)))
+            rc = write_svg("--heatmap", a->heat, text, n, e);
+        if (rc)
+            goto done;
+    }
+    if (a->circ) {
+        char *text = NULL;
+        size_t n = 0;
+        const model_config *c = &m->cfg;
+        if (!(rc = circuit_svg(r->result, c->n_layer, c->n_head, &text, &n, e)))
+            rc = write_svg("--circuit", a->circ, text, n, e);
+        if (rc)
+            goto done;
+    }
+    json_dumpf(r->result, stdout,
+               (a->compact ? JSON_COMPACT : JSON_INDENT(1)) | JSON_PRESERVE_ORDER);
+    putchar('\n');
+    fflush(stdout);
+    for (size_t k = 0; k < json_array_size(r->job->warnings); k++)
+        fprintf(stderr, "npp: warning: %s\n",
+                json_string_value(json_object_get(json_array_get(r->job->warnings, k), "message")));
+    if (a->memory_report)
+        fprintf(stderr,
+                "{\"memory\": {\"rss_before_bytes\": %zu, \"rss_peak_bytes\": %zu, "
+                "\"estimate_peak_bytes\": %zu, \"estimate_result_bytes\": %zu}}\n",
+                rss0, proc_status_bytes("VmHWM"), r->est.peak_bytes, r->est.result_bytes);
+done:
+    run_output_free(r);
+    cache_free(ca);
+    return rc;
+}
+
+/* --jsonl: one job per line of f, one result or error line per job. */
+static int run_lines(const model *m, FILE *f, const job_args *a)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int failed = 0;
+    for (long no = 1; (n = getline(&line, &cap, f)) >= 0; no++) {
+        if (strspn(line, " \t\r\n") == (size_t)n)
+            continue; /* blank lines are not jobs */
+        npp_err e = {0};
+        json_error_t je;
+        char where[32];
+        snprintf(where, sizeof where, "line %ld", no);
+        json_t *doc = json_loadb(line, (size_t)n, JSON_REJECT_DUPLICATES, &je);
+        if (!doc)
+            npp_fail(&e, NPP_EINVAL, where, "%s: not valid JSON: %s (column %d)", where, je.text,
+                     je.column);
+        if (!doc || run_print(m, doc, a, &e)) {
+            fputs("{\"error\":", stdout);
+            put_json(json_pack("{s:s, s:s}", "field", e.field, "message", e.message));
+            puts("}");
+            fflush(stdout);
+            failed = 1;
+        }
+        json_decref(doc);
+    }
+    free(line);
+    return failed;
+}
+
 static int cmd_run(int argc, char **argv)
 {
-    static const struct option opts[] = {{"model", 1, 0, 'm'},         {"svg", 1, 0, 's'},
-                                         {"npy-dir", 1, 0, 'n'},       {"cache-mb", 1, 0, 'c'},
-                                         {"max-values", 1, 0, 'x'},    {"repeat", 1, 0, 'r'},
-                                         {"device", 1, 0, 'D'},        {"dtype", 1, 0, 'd'},
-                                         {"threads", 1, 0, 't'},       {"chunk-mb", 1, 0, 'k'},
-                                         {"memory-report", 0, 0, 'M'}, {"compact", 0, 0, 'C'},
-                                         {"heatmap", 1, 0, 'h'},       {"circuit", 1, 0, 'G'},
-                                         {"help", 0, 0, 'H'},          {0, 0, 0, 0}};
-    const char *model_dir = getenv("NPP_MODEL"), *svg = NULL, *npy_dir = NULL, *heat = NULL,
-               *circ = NULL;
+    static const struct option opts[] = {{"model", 1, 0, 'm'},
+                                         {"svg", 1, 0, 's'},
+                                         {"npy-dir", 1, 0, 'n'},
+                                         {"cache-mb", 1, 0, 'c'},
+                                         {"max-values", 1, 0, 'x'},
+                                         {"repeat", 1, 0, 'r'},
+                                         {"device", 1, 0, 'D'},
+                                         {"dtype", 1, 0, 'd'},
+                                         {"threads", 1, 0, 't'},
+                                         {"chunk-mb", 1, 0, 'k'},
+                                         {"memory-report", 0, 0, 'M'},
+                                         {"compact", 0, 0, 'C'},
+                                         {"heatmap", 1, 0, 'h'},
+                                         {"circuit", 1, 0, 'G'},
+                                         {"jsonl", 0, 0, 'L'},
+                                         {"help", 0, 0, 'H'},
+                                         {0, 0, 0, 0}};
+    job_args a = {.model_dir = getenv("NPP_MODEL"),
+                  .cache_mb = 1024,
+                  .max_values = 50000,
+                  .repeat = 1,
+                  .chunk_mb = EXEC_CHUNK_BYTES >> 20};
     model_opts mo = {getenv("NPP_DEVICE"), getenv("NPP_DTYPE")};
-    long cache_mb = 1024, max_values = 50000, repeat = 1, chunk_mb = EXEC_CHUNK_BYTES >> 20, v;
-    int c, memory_report = 0, compact = 0;
+    long v;
+    int c, lines = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': model_dir = optarg; break;
-        case 's': svg = optarg; break;
-        case 'h': heat = optarg; break;
-        case 'G': circ = optarg; break;
-        case 'n': npy_dir = optarg; break;
+        case 'm': a.model_dir = optarg; break;
+        case 's': a.svg = optarg; break;
+        case 'h': a.heat = optarg; break;
+        case 'G': a.circ = optarg; break;
+        case 'n': a.npy_dir = optarg; break;
         case 'D': mo.device = optarg; break;
         case 'd': mo.dtype = optarg; break;
-        case 'M': memory_report = 1; break;
-        case 'C': compact = 1; break;
+        case 'M': a.memory_report = 1; break;
+        case 'C': a.compact = 1; break;
+        case 'L': lines = 1; break;
         case 'c':
         case 'x':
         case 'r':
@@ -528,98 +678,46 @@ static int cmd_run(int argc, char **argv)
                 return usage_error("run", "numeric options take a non-negative integer");
             if (c == 't')
                 shim_set_threads((int)v);
-            *(c == 'c'   ? &cache_mb
-              : c == 'x' ? &max_values
-              : c == 'r' ? &repeat
-              : c == 'k' ? &chunk_mb
+            *(c == 'c'   ? &a.cache_mb
+              : c == 'x' ? &a.max_values
+              : c == 'r' ? &a.repeat
+              : c == 'k' ? &a.chunk_mb
                          : &v) = v;
             break;
         case 'H': fputs(RUN_HELP, stdout); return 0;
         default: return usage_error("run", "unknown option");
         }
     }
-    if (!model_dir)
+    if (!a.model_dir)
         return usage_error("run", "--model DIR is required (or set NPP_MODEL)");
     if (optind + 1 != argc)
-        return usage_error("run", "give exactly one JOB.json");
+        return usage_error("run", lines ? "give exactly one JOBS.jsonl ('-': stdin)"
+                                        : "give exactly one JOB.json");
+    if (lines && (a.svg || a.heat || a.circ || a.npy_dir))
+        return usage_error("run", "--svg, --heatmap, --circuit and --npy-dir take one job, "
+                                  "not --jsonl");
     npp_err e = {0};
     model *m = NULL;
-    cache *ca = NULL;
-    run_output *r = NULL;
     json_t *doc = NULL;
+    FILE *f = NULL;
     int rc = 0;
-    if (!(doc = load_job(argv[optind], &e)) || (rc = model_load(model_dir, &mo, &m, &e)))
+    if (lines) {
+        const char *path = argv[optind];
+        if (!(f = strcmp(path, "-") ? fopen(path, "r") : stdin)) {
+            rc = npp_fail(&e, NPP_EIO, path, "%s: %s", path, strerror(errno));
+            goto fail;
+        }
+        a.compact = 1;
+    } else if (!(doc = load_job(argv[optind], &e)))
         goto fail;
-    if (!(ca = cache_new((size_t)cache_mb << 20))) {
-        rc = npp_fail(&e, NPP_ENOMEM, "", "out of memory");
+    if ((rc = model_load(a.model_dir, &mo, &m, &e)))
         goto fail;
-    }
-    run_opts ro = {.cache = ca,
-                   .max_values = (size_t)max_values,
-                   .npy_dir = npy_dir,
-                   .model_name = model_dir,
-                   .chunk_bytes = (size_t)chunk_mb << 20};
-    size_t rss0 = 0;
-    if (memory_report) { /* the job's own peak, not the model loader's */
-        reset_peak_rss();
-        rss0 = proc_status_bytes("VmRSS");
-    }
-    for (long i = 0; i < repeat; i++) {
-        run_output_free(r);
-        r = NULL;
-        if ((rc = run_job(m, doc, &ro, &r, &e)))
-            goto fail;
-    }
-    for (int i = 0; svg && i < (r->job->nvar ? r->job->nvar : 1); i++) {
-        char path[4096];
-        size_t stem = strlen(svg);
-        if (stem > 4 && !strcmp(svg + stem - 4, ".svg"))
-            stem -= 4;
-        if (r->job->nvar)
-            snprintf(path, sizeof path, "%.*s-%d.svg", (int)stem, svg, i);
-        else
-            snprintf(path, sizeof path, "%s", svg);
-        if ((rc = svg_write_file(run_tree(r, i), r->job, path, &e)))
-            goto fail;
-    }
-    if (heat) {
-        char *text = NULL;
-        size_t n = 0;
-        json_t *grid = json_object_get(r->result, "grid");
-        if (!grid)
-            rc = npp_fail(&e, NPP_EINVAL, "grid",
-                          "--heatmap: the job has no grid (see \"grid\" in docs/jobs.md)");
-        else if (!(rc = heatmap_svg(grid, &text, &n, &e)))
-            rc = write_svg("--heatmap", heat, text, n, &e);
-        if (rc)
-            goto fail;
-    }
-    if (circ) {
-        char *text = NULL;
-        size_t n = 0;
-        const model_config *c = &m->cfg;
-        if (!(rc = circuit_svg(r->result, c->n_layer, c->n_head, &text, &n, &e)))
-            rc = write_svg("--circuit", circ, text, n, &e);
-        if (rc)
-            goto fail;
-    }
-    json_dumpf(r->result, stdout, (compact ? JSON_COMPACT : JSON_INDENT(1)) | JSON_PRESERVE_ORDER);
-    putchar('\n');
-    for (size_t k = 0; k < json_array_size(r->job->warnings); k++)
-        fprintf(stderr, "npp: warning: %s\n",
-                json_string_value(json_object_get(json_array_get(r->job->warnings, k), "message")));
-    if (memory_report) {
-        fflush(stdout);
-        fprintf(stderr,
-                "{\"memory\": {\"rss_before_bytes\": %zu, \"rss_peak_bytes\": %zu, "
-                "\"estimate_peak_bytes\": %zu, \"estimate_result_bytes\": %zu}}\n",
-                rss0, proc_status_bytes("VmHWM"), r->est.peak_bytes, r->est.result_bytes);
-    }
+    rc = lines ? run_lines(m, f, &a) : run_print(m, doc, &a, &e);
 fail:
     if (e.code)
         rc = job_error(&e);
-    run_output_free(r);
-    cache_free(ca);
+    if (f && f != stdin)
+        fclose(f);
     model_free(m);
     json_decref(doc);
     return rc;
@@ -641,22 +739,6 @@ static const char PLAN_HELP[] =
 static int cmp_key(const void *a, const void *b)
 {
     return memcmp(a, b, 32);
-}
-
-/* Prints v as compact JSON and takes it; null if v is NULL (a string that
- * was not UTF-8, or out of memory). */
-static void put_json(json_t *v)
-{
-    if (!v || json_dumpf(v, stdout, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER))
-        fputs("null", stdout);
-    json_decref(v);
-}
-
-/* A plan line's start: {"job": PATH */
-static void put_job_name(const char *path)
-{
-    fputs("{\"job\": ", stdout);
-    put_json(json_string(path));
 }
 
 static int cmd_plan(int argc, char **argv)

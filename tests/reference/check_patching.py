@@ -10,17 +10,15 @@ exact identities where the engine must reproduce a plain run bit for bit,
 1e-5 for activation patching, 1e-4 for path patching (Wang et al. 2022)."""
 import argparse
 import base64
-import json
 import os
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpt2_ref  # noqa: E402
+import harness  # noqa: E402
 
 A = None  # argparse namespace
 CFG = W = None
@@ -29,17 +27,9 @@ RESULTS = []
 
 
 def run_job(job, extra=()):
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(job, f)
-        path = f.name
-    try:
-        p = subprocess.run([A.npp, "run", "--model", A.model, path, *extra],
-                           capture_output=True, text=True)
-    finally:
-        os.unlink(path)
-    if p.returncode != 0:
-        raise RuntimeError("npp run failed: " + p.stderr)
-    return json.loads(p.stdout)
+    """`npp run` of a job (harness.run: one process for the whole check)."""
+    harness.setup(A.npp, A.model)
+    return harness.run(job, *extra)
 
 
 def hidden(res):
@@ -246,6 +236,8 @@ def main():
               hidden(run_job(job(preset=dict(pp, receivers=["a1.head2.%s" % comp])))),
               ref({"qkv": recv}), 1e-4)
 
+    harness.close_streams()  # its check: the npp process exited cleanly
+    RESULTS.extend(harness.RESULTS)
     n_ok = sum(RESULTS)
     print("%d passed, %d failed" % (n_ok, len(RESULTS) - n_ok))
     return 0 if all(RESULTS) else 1
