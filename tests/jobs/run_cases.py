@@ -5,8 +5,10 @@ never crash).
 
 All cases go through one `npp plan` call (every Debian libtorch process
 spends ~1 s starting, and plan reports each refused job and goes on), with
-a good job among them that must still be planned; a few go through
-`npp run`, which must exit 1 with the same error on stderr.
+a good job among them that must still be planned; then all through one
+`npp run --jsonl -` (an error line per refused job, the good job's
+result); a few through `npp run`, which must exit 1 with the same error on
+stderr.
 
     run_cases.py NPP MODEL_DIR CASES.json
 """
@@ -65,6 +67,23 @@ check(lines and lines[-1].get("refused") == len(refused), "the summary counts th
 stderr = p.stderr.splitlines()
 check(len(stderr) == len(refused) and all(s.startswith("npp: " + f + ": error in '") for s, (_, f, _, _) in zip(stderr, refused)),
       "one stderr line per refused job", "%d lines" % len(stderr))
+
+# npp run --jsonl: the same refusals as lines, the good job's result among
+# them, a blank line skipped, a line that is not JSON named by its number.
+texts = [open(f).read() for f in files] + ["", "{not json"]
+p = subprocess.run([npp, "run", "--model", model, "--jsonl", "-"], input="\n".join(texts) + "\n",
+                   capture_output=True, text=True)
+out = [json.loads(x) for x in p.stdout.splitlines()]
+check(p.returncode == 1 and len(out) == len(files) + 1, "npp run --jsonl: exit 1, a line per job",
+      "exit %d, %d lines for %d jobs" % (p.returncode, len(out), len(files) + 1))
+want = [(field if f != dup else "line %d" % (files.index(f) + 1), message) for _, f, field, message in refused]
+want.insert(files.index(good), None)
+want.append(("line %d" % (len(texts)), "not valid JSON"))
+bad = [i for i, (w, o) in enumerate(zip(want, out)) if
+       (w is None and "outputs" not in o) or
+       (w is not None and not (o.get("error", {}).get("field") == w[0] and w[1] in o["error"].get("message", "")))]
+check(not bad and len(out) == len(want), "npp run --jsonl: each line's error or result",
+      "wrong lines: %s" % [(i, out[i]) for i in bad[:3]])
 
 # npp run: exit 1, `npp: error in 'FIELD': MESSAGE` on stderr.
 for name, f, field, message in [refused[0], refused[len(refused) // 2], refused[-1]]:
