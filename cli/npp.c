@@ -448,6 +448,14 @@ static void put_json(json_t *v)
     json_decref(v);
 }
 
+/* A job's error ending a line: "error": {"field": ..., "message": ...}} */
+static void put_error(const npp_err *e)
+{
+    fputs("\"error\": ", stdout);
+    put_json(json_pack("{s:s, s:s}", "field", e->field, "message", e->message));
+    puts("}");
+}
+
 /* A plan line's start: {"job": PATH */
 static void put_job_name(const char *path)
 {
@@ -618,9 +626,8 @@ static int run_lines(const model *m, FILE *f, const job_args *a)
             npp_fail(&e, NPP_EINVAL, where, "%s: not valid JSON: %s (column %d)", where, je.text,
                      je.column);
         if (!doc || run_print(m, doc, a, &e)) {
-            fputs("{\"error\":", stdout);
-            put_json(json_pack("{s:s, s:s}", "field", e.field, "message", e.message));
-            puts("}");
+            putchar('{');
+            put_error(&e);
             fflush(stdout);
             failed = 1;
         }
@@ -775,15 +782,12 @@ static int cmd_plan(int argc, char **argv)
         json_t *doc = load_job(argv[i], &e);
         double t0 = now_ms();
         if (!doc || run_prepare(m, doc, &ro, &r, &e)) {
-            /* this job's error, then the next job */
-            json_t *err = json_pack("{s:s, s:s}", "field", e.field, "message", e.message);
+            /* this job's error, then the next job (r is NULL) */
             put_job_name(argv[i]);
-            fputs(", \"error\": ", stdout);
-            put_json(err);
-            puts("}");
+            fputs(", ", stdout);
+            put_error(&e);
             fprintf(stderr, "%s: %s: error in '%s': %s\n", prog, argv[i], e.field, e.message);
             e = (npp_err){0};
-            run_output_free(r);
             json_decref(doc);
             refused++;
             continue;

@@ -28,7 +28,6 @@ RESULTS = []
 
 def run_job(job, extra=()):
     """`npp run` of a job (harness.run: one process for the whole check)."""
-    harness.setup(A.npp, A.model)
     return harness.run(job, *extra)
 
 
@@ -103,6 +102,7 @@ def main():
     ap.add_argument("--npp", required=True)
     ap.add_argument("--model", required=True)
     A = ap.parse_args()
+    harness.setup(A.npp, A.model)
     CFG, W = gpt2_ref.load(A.model, torch.float64)
     L, H = CFG["n_layer"], CFG["n_head"]
     assert L >= 2 and H >= 3, "needs a model with 2+ layers and 3+ heads"
