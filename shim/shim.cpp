@@ -714,17 +714,19 @@ shim_tensor *shim_head_input_grads(const shim_tensor *gqkv, const shim_tensor *w
     });
 }
 
-int shim_rows_head_outputs(shim_tensor *dst, int64_t row0, double a, double b, const shim_tensor *z,
-                           const shim_tensor *w_proj, int n_head, shim_status *st)
+int shim_rows_head_deltas(shim_tensor *dst, int64_t row0, const shim_tensor *z1,
+                          const shim_tensor *z0, const shim_tensor *w_proj, int n_head,
+                          shim_status *st)
 {
     SHIM_GUARD(st, -1, {
         at::NoGradGuard no_grad;
         const at::Tensor &w = w_proj->t;
-        int64_t C = w.size(0), H = n_head, D = C / H, N = z->t.numel() / C;
-        at::Tensor z3 = z->t.detach().to(at::kFloat).reshape({N, H, D}).transpose(0, 1);
+        int64_t C = w.size(0), H = n_head, D = C / H, N = z1->t.numel() / C;
+        at::Tensor dz = z1->t.detach().to(at::kFloat) - z0->t.detach().to(at::kFloat);
+        at::Tensor z3 = dz.reshape({N, H, D}).transpose(0, 1);
         at::Tensor w3 = w.detach().to(at::kFloat).reshape({H, D, C});
         at::Tensor rows = dst->t.narrow(0, row0, H).view({H, N, C});
-        rows.baddbmm_(z3, w3, b, a); // b rows + a (z_h W_O[h]), b 0: rows are not read
+        at::bmm_out(rows, z3, w3);
         return 0;
     });
 }

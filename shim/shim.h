@@ -170,12 +170,13 @@ shim_tensor *shim_detach(const shim_tensor *t, shim_status *st);
 /* t itself (a view) whose gradient shim_grad reads after shim_backward: a
  * receiver's own copy of its input, for example. */
 shim_tensor *shim_grad_tap(const shim_tensor *t, shim_status *st);
-/* dst (R, numel(z)) rows [row0, row0 + H) = b * rows + a * (z_h W_O[h]),
- * head h's share of an attention output (no bias) in row row0 + h: z (..., C)
- * the attention core's output, w_proj (C, C) c_proj's weight. In place, no
- * gradient; with b 0 the rows are not read. */
-int shim_rows_head_outputs(shim_tensor *dst, int64_t row0, double a, double b, const shim_tensor *z,
-                           const shim_tensor *w_proj, int n_head, shim_status *st);
+/* dst (R, numel(z1)) rows [row0, row0 + H) = (z1 - z0)_h W_O[h], the
+ * change of head h's share of an attention output (no bias) in row
+ * row0 + h, in float32: z1, z0 (..., C) two outputs of the attention core
+ * (same shape), w_proj (C, C) c_proj's weight. In place, no gradient. */
+int shim_rows_head_deltas(shim_tensor *dst, int64_t row0, const shim_tensor *z1,
+                          const shim_tensor *z0, const shim_tensor *w_proj, int n_head,
+                          shim_status *st);
 /* t as one float32 row (1, numel), no gradient. */
 shim_tensor *shim_flat_f32(const shim_tensor *t, shim_status *st);
 /* dst (R, K) rows [row0, row0 + n) += a * src, src any shape of n*K

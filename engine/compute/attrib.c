@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "compute/plan.h"
 #include "model/gpt2.h"
 #include "patch/edges.h"
 
@@ -25,6 +26,8 @@ typedef struct {
     int64_t *act, nact; /* the rows (b*T + t) that can score (active_rows); act NULL: all */
     double *score;      /* S x R */
     shim_tensor *delta; /* (S, nact*C) float32 */
+    shim_tensor **zc;   /* L: the corrupted run's heads' outputs z at the active rows, until
+                         * the clean pass makes the heads' rows of delta from them */
     shim_tensor *gbuf;  /* (3H + 1, nact*C) float32: each layer's per-head input gradients */
     float *ref;         /* kl: the clean run's log-softmax at the metric positions (B x V) */
     const attrib_opts *o;
@@ -91,22 +94,28 @@ static shim_tensor *active(actx *a, const shim_tensor *t)
     return shim_gather_rows(t, (int64_t)a->B * a->T, a->act, a->nact, &a->st);
 }
 
-/* delta's first contents: the corrupted run's sender outputs, one row
- * each (o->senders, freed as they are copied). */
+/* The corrupted run's sender outputs (o->senders, in plan_plain_senders'
+ * order, freed as they are taken): emb's and the MLPs' become their rows
+ * of delta; each layer's heads' outputs z are kept (zc) for the clean
+ * pass, which writes the heads' rows as (z(corrupt) - z(clean))_h W_O[h]. */
 static void take_senders(actx *a)
 {
     shim_tensor **t = a->o->senders;
-    for (int s = 0; s < a->S; s++) {
-        if (!t[s] && !a->st.code) {
+    for (int k = 0; k < PLAN_SENDER_VALUES(a->L); k++) {
+        int layer = (k - 1) / 2, z = k && k % 2;
+        if (!t[k] && !a->st.code) {
             a->st.code = SHIM_EINVAL;
-            snprintf(a->st.msg, sizeof a->st.msg, "attribution: sender %d was not computed", s);
+            snprintf(a->st.msg, sizeof a->st.msg, "attribution: sender value %d was not computed",
+                     k);
         }
-        shim_tensor *r = t[s] ? active(a, t[s]) : NULL;
-        if (r)
-            shim_rows_set(a->delta, s, r, &a->st);
+        shim_tensor *r = t[k] ? active(a, t[k]) : NULL;
+        if (z)
+            a->zc[layer] = r, r = NULL;
+        else if (r)
+            shim_rows_set(a->delta, k ? srow(a, layer, a->H) : 0, r, &a->st);
         shim_free(r);
-        shim_free(t[s]);
-        t[s] = NULL;
+        shim_free(t[k]);
+        t[k] = NULL;
     }
 }
 
@@ -323,10 +332,12 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
         shim_tensor *z = shim_attention(q, k, v, H, gpt2_attn_scale(m, i), NULL, st);
         shim_free(q), shim_free(k), shim_free(v);
         shim_tensor *za = first && z ? active(a, z) : NULL;
-        if (za)
-            shim_rows_head_outputs(a->delta, srow(a, i, 0), -1.0, 1.0, za, m->blocks[i].proj_w, H,
-                                   st);
+        if (za) /* the heads' rows: their outputs' change, head by head */
+            shim_rows_head_deltas(a->delta, srow(a, i, 0), a->zc[i], za, m->blocks[i].proj_w, H,
+                                  st);
         shim_free(za);
+        if (first)
+            shim_free(a->zc[i]), a->zc[i] = NULL;
         shim_tensor *att = shim_linear(z, m->blocks[i].proj_w, m->blocks[i].proj_b, st);
         shim_free(z);
         shim_tensor *x2 = shim_add(x, att, st);
@@ -518,7 +529,8 @@ int attrib_run(const model *m, const job *j, const attrib_opts *o, json_t **out,
     *out = NULL;
     a.score = calloc((size_t)a.S * (size_t)a.R, sizeof *a.score);
     shim_tensor *ec = NULL, *ex = NULL;
-    if (!a.score) {
+    a.zc = calloc((size_t)a.L, sizeof *a.zc);
+    if (!a.score || !a.zc) {
         rc = npp_fail(e, NPP_ENOMEM, "attribution", "out of memory");
         goto done;
     }
@@ -541,6 +553,9 @@ int attrib_run(const model *m, const job *j, const attrib_opts *o, json_t **out,
         rc = npp_fail(e, NPP_ENOMEM, "attribution", "out of memory");
 done:
     shim_free(a.delta), shim_free(a.gbuf), shim_free(ec), shim_free(ex);
+    for (int i = 0; a.zc && i < a.L; i++)
+        shim_free(a.zc[i]);
+    free(a.zc);
     shim_block_cache(0);
     free(a.score), free(a.ref), free(a.act);
     return rc;

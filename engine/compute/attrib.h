@@ -12,7 +12,9 @@
  * patching the sender everywhere.
  *
  * How: the corrupted run's senders are values of the plan (the executor
- * computes them, or the shared cache has them); each step is a
+ * computes them, or the shared cache has them: each layer's heads as one
+ * value, their outputs z before c_proj, so the head's change is taken
+ * before its projection, (z(corrupt) - z(clean))_h W_O[h]); each step is a
  * forward pass with gradients (the clean step also gives the clean senders)
  * and one backward from dM/d(final hidden). dM/dx_v for a head's q, k or v
  * comes from the gradient on c_attn's output, through that head's columns
@@ -41,9 +43,10 @@ typedef struct {
     long done0, total; /* progress runs from done0 to done0 + attrib_units */
     int all;           /* every edge in the result, whatever the job's "top" */
     /* the corrupted run's sender outputs (run.c has the executor compute
-     * them, so they come from the shared cache where present): 1 + L(H+1)
-     * handles in stream order (plan_plain_senders), taken over: each is
-     * freed, and set NULL, once copied */
+     * them, so they come from the shared cache where present):
+     * PLAN_SENDER_VALUES(L) handles in plan_plain_senders' order (emb,
+     * then each layer's heads' outputs z and MLP output), taken over: each
+     * is freed, and set NULL, once used */
     shim_tensor **senders;
     /* where not NULL: gets the clean pass's final hidden states (B, T, C),
      * input 0's plain run (plan_plain's value), no gradient; the caller

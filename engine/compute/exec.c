@@ -283,8 +283,8 @@ static size_t exec_memo_budget(size_t chunk_bytes)
 }
 
 /* The memo lives from an attention group until the next attention or
- * MLP group: the heads' shares and attention deltas of that layer run in
- * between. */
+ * MLP group: the heads' shares, attention deltas and heads' outputs of
+ * that layer run in between. */
 static int memo_ends(plan_op op)
 {
     return op == OP_ATTN || op == OP_MLP;

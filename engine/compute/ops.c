@@ -136,6 +136,14 @@ static size_t attn_cost(const plan *p, int ns, int n, int64_t b)
     return worst;
 }
 
+/* run_z on n values: at most what an attention call on their n sources
+ * holds (run_z computes one at a time, so this is generous). */
+static size_t z_cost(const plan *p, int ns, int n, int64_t b)
+{
+    (void)ns; /* one input per value */
+    return attn_cost(p, n, n, b);
+}
+
 static size_t mlp_cost(const plan *p, int ns, int n, int64_t b)
 {
     (void)ns; /* one input per value */
@@ -416,6 +424,29 @@ static void run_head(const op_env *x, const int32_t *vs, int n, int64_t b0, int6
     }
 }
 
+/* Every head's output z (bn, T, C) for values vs[0..n) of one layer, each
+ * all heads reading its one input (plan.h, OP_Z), rows [b0, b0+bn): the
+ * layer's attention before c_proj, from the projection that attention
+ * call kept where it did. */
+static void run_z(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
+                  shim_tensor **out, shim_status *st)
+{
+    const model *m = x->p->m;
+    int layer = x->p->v[vs[0]].layer;
+    int64_t C = m->cfg.n_embd;
+    for (int i = 0; i < n && !st->code; i++) {
+        shim_tensor *qkv = project(x, layer, x->p->v[vs[i]].in[0], b0, bn, st), *part[3] = {0};
+        for (int c = 0; c < 3 && qkv; c++)
+            part[c] = shim_narrow(qkv, 2, c * C, C, st); /* (bn, T, C) */
+        out[i] = st->code ? NULL
+                          : shim_attention(part[0], part[1], part[2], m->cfg.n_head,
+                                           gpt2_attn_scale(m, layer), NULL, st);
+        for (int c = 0; c < 3; c++)
+            shim_free(part[c]);
+        shim_free(qkv);
+    }
+}
+
 /* An attention whose heads read different sources (plan.h, OP_ADELTA):
  * the plain attention of s plus, for each head h that reads others,
  * (z_h(own) - z_h(s)) W_O[h]. */
@@ -495,6 +526,13 @@ static int attn_rank(const plan *p, int layer, int max_input_rank)
     return RANKS_PER_LAYER * layer + 4;
 }
 
+/* Right after the layer's attention group, whose projections it reads. */
+static int z_rank(const plan *p, int layer, int max_input_rank)
+{
+    (void)p, (void)max_input_rank;
+    return RANKS_PER_LAYER * layer + 5;
+}
+
 static int mlp_rank(const plan *p, int layer, int max_input_rank)
 {
     (void)p, (void)max_input_rank;
@@ -522,6 +560,7 @@ static const op_def OPS[] = {
     /* attn_delta: a head's sources projected (up to 3 x 3 values, none when
      * the memo has them), its change, the running sum and the new one */
     [OP_ADELTA] = {"attn_delta", 0, after_inputs, run_adelta, NULL, NULL, 12},
+    [OP_Z] = {"attn_z", 1, z_rank, NULL, run_z, z_cost, 0},
 };
 
 const op_def *op_info(plan_op op)

@@ -12,8 +12,8 @@
 #include "shim.h"
 
 /* The q/k/v projections (ln_1 and c_attn, (B, T, 3C)) an attention call
- * made of its sources, kept for the heads' shares and attention deltas
- * (plan.h, OP_HEAD, OP_ADELTA) of the same layer that the executor runs
+ * made of its sources, kept for the heads' shares, attention deltas and
+ * heads' outputs (plan.h, OP_HEAD, OP_ADELTA, OP_Z) of the same layer that the executor runs
  * before the next attention or MLP group: a head then slices its columns
  * instead of projecting its sources again. Only whole-batch calls are
  * kept, up to budget bytes; a head whose source is not here projects it

@@ -543,10 +543,9 @@ int plan_plain_senders(plan *p, int k, int32_t *out, npp_err *e)
     int32_t x = val_emb(p, k);
     out[n++] = x;
     for (int i = 0; i < p->g.L && x >= 0; i++) {
-        int32_t src[3] = {x, x, x}, x2, f;
-        for (int h = 0; h < p->g.H && x >= 0; h++)
-            x = (out[n++] = val_head(p, i, h, src)) < 0 ? -1 : x;
-        x2 = x < 0 ? -1 : val_block_step(p, 2 * i + 1, x);
+        int32_t z = val_op(p, OP_Z, i, &x, 1), x2, f;
+        out[n++] = z;
+        x2 = z < 0 ? -1 : val_block_step(p, 2 * i + 1, x);
         f = x2 < 0 ? -1 : val_op(p, OP_MLP, i, &x2, 1);
         out[n++] = f;
         x = f < 0 ? -1 : val_block_step(p, 2 * i + 2, x2);

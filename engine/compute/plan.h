@@ -41,7 +41,10 @@
  * ADELTA: an attention whose heads read different sources, as the plain
  * attention of the sources most heads read (s) plus, for each head h that
  * reads others, (z_h from its own sources - z_h from s) W_O[h] (so only
- * those heads are computed). */
+ * those heads are computed); Z: the attention's heads' outputs z (B, T, C,
+ * head h in columns [hD, (h+1)D), before c_proj) of one residual at a
+ * layer, all heads reading it (what an attribution takes for every head's
+ * share at once: z_h W_O[h] is head h's). */
 typedef enum {
     OP_EMB,
     OP_ADD,
@@ -52,7 +55,8 @@ typedef enum {
     OP_HEAD,
     OP_EDIT,
     OP_MEAN,
-    OP_ADELTA
+    OP_ADELTA,
+    OP_Z
 } plan_op;
 
 /* How an EDIT value changes its first input x at the edit's positions. */
@@ -64,13 +68,13 @@ enum {
 
 typedef struct {
     plan_op op;
-    int layer;   /* ATTN / MLP / HEAD / ADELTA layer; EMB: the input index; EDIT: EDIT_SET
+    int layer;   /* ATTN / MLP / HEAD / ADELTA / Z layer; EMB: the input index; EDIT: EDIT_SET
                   * or EDIT_HEAD; else -1 */
     int aux;     /* HEAD: the head; EDIT: the edit's index in the plan's table; ADELTA: the
                   * number d of heads computed; else 0 */
     int rank;    /* execution order: every input has a smaller rank */
     int nin;     /* ADD 2; MIX T (one per position); ATTN 3H (q, k, v per head); HEAD 3;
-                  * EDIT 1..3; MLP, LNF, MEAN 1; ADELTA 3H + 2 (the sources as ATTN's, the
+                  * EDIT 1..3; MLP, LNF, MEAN, Z 1; ADELTA 3H + 2 (the sources as ATTN's, the
                   * plain attention, s) */
     int32_t *in; /* value indices (into the plan's pool) */
     uint8_t key[32];
@@ -139,11 +143,13 @@ void plan_free(plan *p);
 int plan_patched(plan *p, const ruleset *r, int32_t *root, npp_err *e);
 /* Plans the plain forward pass of input k; returns its LNF value or -1. */
 int32_t plan_plain(plan *p, int k, npp_err *e);
-/* The outputs of every sender (patch/edges.h) in input k's plain run, in
- * stream order: emb, then for each layer its heads' shares (HEAD) and its
- * MLP's output, into out (1 + L(H + 1) values); returns their number or
- * -1. What attribution takes from the executor (and so from the shared
- * cache) for the corrupted run. */
+/* What gives the outputs of every sender (patch/edges.h) in input k's
+ * plain run, in stream order: emb, then for each layer its heads' outputs
+ * z (Z; head h's share is z_h W_O[h]) and its MLP's output, into out
+ * (PLAN_SENDER_VALUES(L) values); returns their number or -1. What
+ * attribution takes from the executor (and so from the shared cache) for
+ * the corrupted run. */
+#define PLAN_SENDER_VALUES(L) (1 + 2 * (L))
 int plan_plain_senders(plan *p, int k, int32_t *out, npp_err *e);
 
 /* Adds src's values to p, equal keys becoming one value (a sweep's union);

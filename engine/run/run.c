@@ -148,7 +148,7 @@ static int keep_attention_sources(run_output *r, npp_err *e)
  * the shared cache where another job left them (attrib_opts.senders). */
 static int keep_senders(run_output *r, npp_err *e)
 {
-    int S = edges_nsenders(&r->job->g);
+    int S = PLAN_SENDER_VALUES(r->plan.g.L);
     int32_t *roots = realloc(r->roots, ((size_t)r->nroots + (size_t)S) * sizeof *roots);
     if (!roots)
         return npp_fail(e, NPP_ENOMEM, "", "out of memory");
