@@ -24,6 +24,8 @@ typedef struct {
     int L, H, C, B, T, S, R, steps;
     int64_t N;          /* B*T*C */
     int64_t *act, nact; /* the rows (b*T + t) that can score (active_rows); act NULL: all */
+    int64_t *rest;      /* the other B*T - nact rows */
+    int64_t *order;     /* B*T: row r is row order[r] of the active rows, then the rest */
     double *score;      /* S x R */
     shim_tensor *delta; /* (S, nact*C) float32 */
     shim_tensor **zc;   /* L: the corrupted run's heads' outputs z at the active rows, until
@@ -82,9 +84,22 @@ static int active_rows(actx *a)
         for (; t <= j->m_pos[b]; t++)
             act[n++] = (int64_t)row + t;
     }
-    if (n == (int64_t)a->B * a->T)
-        free(act), act = NULL;
     a->act = act, a->nact = n;
+    if (n == (int64_t)a->B * a->T) {
+        free(act), a->act = NULL;
+        return 0;
+    }
+    int64_t BT = (int64_t)a->B * a->T, nr = 0;
+    a->rest = malloc((size_t)(BT - n) * sizeof *a->rest);
+    a->order = malloc((size_t)BT * sizeof *a->order);
+    if (!a->rest || !a->order)
+        return npp_fail(a->e, NPP_ENOMEM, "attribution", "out of memory");
+    for (int64_t r = 0, k = 0; r < BT; r++) {
+        if (k < n && act[k] == r)
+            a->order[r] = k++;
+        else
+            a->order[r] = n + nr, a->rest[nr++] = r;
+    }
     return 0;
 }
 
@@ -250,20 +265,20 @@ static void add_scores(actx *a, const int *nup, const shim_tensor *G, const int 
 }
 
 /* Layer i's scores from its taps' gradients, at weight w: its 3H q/k/v
- * receivers and its MLP's in one product (rcv, nup: 3H + 1 entries). gx
- * (or NULL): the gradient on the layer's input, which backward brought
- * through the residual only (c_attn's output is a leaf); the q/k/v rows
- * add what reaches it through ln_1. */
+ * receivers and its MLP's (mt, its tap at the active rows) in one product
+ * (rcv, nup: 3H + 1 entries). gx (or NULL): the gradient on the layer's
+ * input, which backward brought through the residual only (c_attn's
+ * output is a leaf); the q/k/v rows add what reaches it through ln_1. */
 static void layer_scores(actx *a, int i, shim_tensor *qkv, shim_tensor *mt, const shim_tensor *xin,
                          shim_tensor *gx, int *rcv, int *nup, double w)
 {
     const model *m = a->m;
     shim_status *st = &a->st;
     int H = a->H;
-    shim_tensor *g0 = shim_grad(qkv, st), *gm0 = shim_grad(mt, st);
-    shim_tensor *g = g0 ? active(a, g0) : NULL, *gm = gm0 ? active(a, gm0) : NULL;
+    shim_tensor *g0 = shim_grad(qkv, st), *gm = shim_grad(mt, st); /* mt: the active rows */
+    shim_tensor *g = g0 ? active(a, g0) : NULL;
     shim_tensor *x = active(a, xin);
-    shim_free(g0), shim_free(gm0);
+    shim_free(g0);
     shim_tensor *G = g && gm && x
                          ? shim_head_input_grads(g, m->blocks[i].attn_w, x, m->blocks[i].ln_1_w,
                                                  m->cfg.ln_eps, H, gm, a->gbuf, st)
@@ -278,6 +293,40 @@ static void layer_scores(actx *a, int i, shim_tensor *qkv, shim_tensor *mt, cons
     if (G && gx)
         shim_add_row_sum(gx, G, 3 * H, a->act, a->nact, st);
     shim_free(G);
+}
+
+/* Layer i's MLP output (B, T, C) on x2 for the gradient pass: in the
+ * graph at the active rows only, through *tap (the MLP's own copy of its
+ * input there, (nact, C)), and outside it at the rest, whose gradients no
+ * score needs (active_rows); so backward runs the MLP at the active rows
+ * alone. The first pass also subtracts the clean MLP output from its row
+ * of delta. */
+static shim_tensor *mlp_active(actx *a, int i, const shim_tensor *x2, shim_tensor **tap, int first)
+{
+    const model *m = a->m;
+    shim_status *st = &a->st;
+    int64_t BT = (int64_t)a->B * a->T, flat[2] = {BT, a->C}, shape[3] = {a->B, a->T, a->C};
+    shim_tensor *xf = shim_reshape(x2, flat, 2, st);
+    shim_tensor *xa = a->act ? shim_take_rows(xf, a->act, a->nact, st) : NULL;
+    *tap = shim_grad_tap(xa ? xa : xf, st);
+    shim_tensor *ya = gpt2_mlp(m, i, *tap, st), *y = NULL; /* (nact, C) */
+    if (first && ya)
+        shim_rows_add(a->delta, srow(a, i, a->H), -1.0, ya, st);
+    if (a->act && ya) {
+        shim_grad_mode(0);
+        shim_tensor *xr = shim_gather_rows(xf, BT, a->rest, BT - a->nact, st);
+        shim_tensor *yr = gpt2_mlp(m, i, xr, st); /* (BT - nact, C), no gradient */
+        shim_grad_mode(1);
+        shim_tensor *parts[2] = {ya, yr};
+        shim_tensor *both = yr ? shim_cat(parts, 2, 0, st) : NULL;
+        shim_tensor *yf = both ? shim_take_rows(both, a->order, BT, st) : NULL; /* row order */
+        y = yf ? shim_reshape(yf, shape, 3, st) : NULL;
+        shim_free(xr), shim_free(yr), shim_free(both), shim_free(yf);
+    } else if (ya) {
+        y = shim_reshape(ya, shape, 3, st);
+    }
+    shim_free(xf), shim_free(xa), shim_free(ya);
+    return y;
 }
 
 /* delta's row s -= the clean run's sender output t (B, T, C). */
@@ -342,10 +391,7 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
         shim_free(z);
         shim_tensor *x2 = shim_add(x, att, st);
         shim_free(att);
-        mt[i] = shim_grad_tap(x2, st); /* the MLP's own copy of its input */
-        shim_tensor *y = gpt2_mlp(m, i, mt[i], st);
-        if (first && y)
-            rows_sub(a, srow(a, i, H), y);
+        shim_tensor *y = mlp_active(a, i, x2, &mt[i], first);
         out[i] = shim_add(x2, y, st); /* the residual reads x2, not the tap */
         shim_free(x2), shim_free(y);
         xin[i + 1] = shim_grad_leaf(out[i], st);
@@ -395,6 +441,7 @@ done:
 typedef struct {
     double score;
     int u, v; /* symbols; v -1 for a node score */
+    int s, r; /* their sender and receiver numbers */
 } scored;
 
 static int by_magnitude(const void *x, const void *y)
@@ -434,26 +481,35 @@ static json_t *result_json(const actx *a)
             if (at->nodes)
                 node += sc;
             else
-                list[n++] = (scored){sc, u, v};
+                list[n++] = (scored){sc, u, v, s, r};
         }
         if (at->nodes)
-            list[n++] = (scored){node, u, -1};
+            list[n++] = (scored){node, u, -1, s, -1};
     }
     qsort(list, n, sizeof *list, by_magnitude);
     size_t keep = at->top && !a->o->all && (size_t)at->top < n ? (size_t)at->top : n;
-    json_t *arr = json_array();
-    char un[48], vn[48];
-    for (size_t i = 0; arr && i < keep; i++) {
-        graph_name(g, list[i].u, un, sizeof un);
+    /* each name one string, shared by the rows that name it */
+    json_t *arr = json_array(), **name = calloc((size_t)(a->S + a->R), sizeof *name);
+    char buf[48];
+    for (int k = 0; arr && name && k < a->S + a->R; k++) {
+        graph_name(g, k < a->S ? sender_sym(a, k) : edges_receiver_sym(g, k - a->S), buf,
+                   sizeof buf);
+        if (!(name[k] = json_string(buf)))
+            json_decref(arr), arr = NULL;
+    }
+    for (size_t i = 0; arr && name && i < keep; i++) {
         json_t *row = json_array();
-        json_array_append_new(row, json_string(un));
-        if (list[i].v >= 0) {
-            graph_name(g, list[i].v, vn, sizeof vn);
-            json_array_append_new(row, json_string(vn));
-        }
+        json_array_append(row, name[list[i].s]);
+        if (list[i].v >= 0)
+            json_array_append(row, name[a->S + list[i].r]);
         json_array_append_new(row, json_real(list[i].score));
         json_array_append_new(arr, row);
     }
+    for (int k = 0; name && k < a->S + a->R; k++)
+        json_decref(name[k]);
+    if (!name)
+        json_decref(arr), arr = NULL;
+    free(name);
     free(list);
     static const char *const methods[] = {"eap", "eap-ig"};
     return arr ? json_pack("{s:s,s:i,s:s,s:s,s:I,s:o}", "method", methods[at->method], "steps",
@@ -557,6 +613,6 @@ done:
         shim_free(a.zc[i]);
     free(a.zc);
     shim_block_cache(0);
-    free(a.score), free(a.ref), free(a.act);
+    free(a.score), free(a.ref), free(a.act), free(a.rest), free(a.order);
     return rc;
 }
