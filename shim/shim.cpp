@@ -35,8 +35,11 @@ namespace
 // list holds at most the thread's cap and is freed when the cache is
 // turned off. A block freed on a thread whose cache is off goes back to
 // the system at once (on another thread with its cache on, to that
-// thread's list). Only blocks made while a cache is on take this path;
-// every other tensor keeps libtorch's own allocation.
+// thread's list). Every CPU tensor is allocated here (64-byte aligned,
+// its size in the 64 bytes in front), so that one deleter frees them all
+// and the data pointer is the context: libtorch's "raw" interface
+// (raw_allocate / raw_deallocate, which oneDNN's bfloat16 kernels use on
+// CPUs with AVX512-BF16) needs both.
 
 // Trivially destructible, so that a block freed while a thread ends finds
 // a valid list; a cap of at most 64 MiB over blocks of at least 256 KiB
@@ -54,11 +57,13 @@ constexpr size_t kBlockMin = 256 << 10, kAlign = 64, kHead = 64; // the size sit
 
 void block_free(void *ctx)
 {
-    char *base = static_cast<char *>(ctx);
+    if (!ctx)
+        return;
+    char *base = static_cast<char *>(ctx) - kHead;
     size_t n;
     memcpy(&n, base, sizeof n);
     block_list &l = blocks;
-    if (l.cap && l.bytes + n <= l.cap && l.n < sizeof l.free / sizeof *l.free) {
+    if (l.cap && n >= kBlockMin && l.bytes + n <= l.cap && l.n < sizeof l.free / sizeof *l.free) {
         l.free[l.n].size = n, l.free[l.n++].p = base;
         l.bytes += n;
     } else {
@@ -67,14 +72,11 @@ void block_free(void *ctx)
 }
 
 struct cached_cpu_allocator final : c10::Allocator {
-    c10::Allocator *base = nullptr;
     c10::DataPtr allocate(size_t n) const override
     {
         block_list &l = blocks;
-        if (!l.cap || n < kBlockMin)
-            return base->allocate(n);
         void *p = nullptr;
-        for (size_t i = 0; i < l.n; i++)
+        for (size_t i = 0; l.cap && n >= kBlockMin && i < l.n; i++)
             if (l.free[i].size == n) {
                 p = l.free[i].p;
                 l.free[i] = l.free[--l.n];
@@ -87,18 +89,17 @@ struct cached_cpu_allocator final : c10::Allocator {
             memcpy(p, &n, sizeof n);
         }
         char *data = static_cast<char *>(p) + kHead;
-        return {data, p, &block_free, c10::Device(c10::DeviceType::CPU)};
+        return {data, data, &block_free, c10::Device(c10::DeviceType::CPU)};
     }
     c10::DeleterFnPtr raw_deleter() const override
     {
-        return nullptr;
+        return &block_free;
     }
 };
 
 cached_cpu_allocator cpu_cache;
 
 const bool cpu_cache_installed = [] {
-    cpu_cache.base = c10::GetAllocator(c10::DeviceType::CPU);
     c10::SetAllocator(c10::DeviceType::CPU, &cpu_cache, 1);
     return true;
 }();
