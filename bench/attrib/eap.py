@@ -18,9 +18,11 @@ exec_ms of a plain job of the same batch. This VM's speed drifts by
 +-15% within a minute, so the plain job and the attribution job run
 ROUNDS times (default 5), each a fresh process, one after the other; the
 ratio printed is the median of the rounds' ratios (each round's two runs
-are neighbours in time), beside the median times. Then the same job again
-in the same process (--repeat 2, the warm run): the corrupted run's
-senders come from the shared cache."""
+are neighbours in time), beside the median times, and the ratio of the
+fastest attribution to the fastest plain job (the drift only ever slows a
+run down, so the fastest of each is the closest to its cost). Then the
+same job again in the same process (--repeat 2, the warm run): the
+corrupted run's senders come from the shared cache."""
 import json
 import math
 import os
@@ -175,6 +177,8 @@ def main():
           (t_npp, " ".join("%.3f" % t for t in npps)))
     print("                                                 %.1f plain forwards (median of %s)" %
           (ratio, " ".join("%.1f" % (n / p) for n, p in zip(npps, plains))))
+    print("                                                 %.1f plain forwards (fastest of each, "
+          "%.3f / %.3f s)" % (min(npps) / min(plains), min(npps), min(plains)))
     print("npp, again (warm cache: %3d values)   %8.3f s   %.1f plain forwards" %
           (warm["stats"]["values_cached"], t_warm, t_warm / t_plain))
     print("PyTorch autograd (split q/k/v inputs) %8.3f s   npp / PyTorch %.2f" %

@@ -539,8 +539,9 @@ static size_t working_bytes(const model *m, const job *j)
     /* shim_head_input_grads: 3H + 1 rows, the MLP's gradient; with 16-bit
      * weights, float32 copies of c_attn's weight and output gradient */
     size_t C = (size_t)c->n_embd, heads = 4 * (3 * H + 2) * N + (e < 4 ? 4 * 3 * (C * C + N) : 0);
-    size_t delta = 4 * S * N; /* the deltas (at most every row active; the head outputs go
-                               * straight into their rows) */
+    /* the deltas (at most every row active; the head outputs go straight
+     * into their rows) and the corrupted heads' outputs z kept until then */
+    size_t delta = 4 * S * N + e * L * N;
     size_t host = 8 * S * R + 4 * (size_t)j->B * V * 4 + 4 * N;
     return tape + backward + heads + delta + host;
 }
