@@ -205,7 +205,7 @@ def ref_run(ids, resid=None, attn_out=None, mlp_out=None, z=None):
 
 
 def interventions(rng):
-    L, H, C = CFG["n_layer"], CFG["n_head"], CFG["n_embd"]
+    L, C = CFG["n_layer"], CFG["n_embd"]
     T = 6
     ids = rng.integers(0, 50000, size=(2, 3, T)).tolist()  # 2 inputs, batch 3
     base = ref_run(ids[0])
@@ -391,7 +391,7 @@ def grids(rng):
 
 def patched_attention(rng):
     """outputs.attention also for the patched run: its trunk's attention."""
-    L, H, C = CFG["n_layer"], CFG["n_head"], CFG["n_embd"]
+    C = CFG["n_embd"]
     ids = rng.integers(0, 50000, size=(2, 2, 6)).tolist()
     res = run({"inputs": ids, "preset": {"type": "activation_patch", "node": "a1.head2"},
                "outputs": {"top_k": 0, "attention": [0, 1]}})
