@@ -32,18 +32,17 @@ namespace
 // page faults in one cold attribution of the GPT-2-small shape. While a
 // thread's cache is on, its blocks of at least 256 KiB go back to its own
 // list when freed and the next tensor of the same size reuses one; the
-// list holds at most the thread's cap and is freed when the cache is
-// turned off. A block freed on a thread whose cache is off goes back to
-// the system at once (on another thread with its cache on, to that
-// thread's list). Every CPU tensor is allocated here (64-byte aligned,
-// its size in the 64 bytes in front), so that one deleter frees them all
-// and the data pointer is the context: libtorch's "raw" interface
+// list holds at most the thread's cap (the oldest blocks freed first to
+// make room) and is freed when the cache is turned off. A block freed on a thread whose cache is
+// off goes back to the system at once (on another thread with its cache on, to that thread's list).
+// Every CPU tensor is allocated here (64-byte aligned, its size in the 64 bytes in front), so that
+// one deleter frees them all and the data pointer is the context: libtorch's "raw" interface
 // (raw_allocate / raw_deallocate, which oneDNN's bfloat16 kernels use on
 // CPUs with AVX512-BF16) needs both.
 
 // Trivially destructible, so that a block freed while a thread ends finds
 // a valid list; a cap of at most 64 MiB over blocks of at least 256 KiB
-// needs at most 256 entries (a block that finds the list full is freed).
+// needs at most 256 entries (beyond that, the oldest make room).
 struct block_list {
     size_t bytes, cap, n;
     struct {
@@ -63,12 +62,22 @@ void block_free(void *ctx)
     size_t n;
     memcpy(&n, base, sizeof n);
     block_list &l = blocks;
-    if (l.cap && n >= kBlockMin && l.bytes + n <= l.cap && l.n < sizeof l.free / sizeof *l.free) {
-        l.free[l.n].size = n, l.free[l.n++].p = base;
-        l.bytes += n;
-    } else {
+    const size_t slots = sizeof l.free / sizeof *l.free;
+    if (!l.cap || n < kBlockMin || n > l.cap) {
         std::free(base);
+        return;
     }
+    // room for it: the oldest blocks go first (a size that is never made
+    // again would otherwise hold the list for good)
+    size_t k = 0, drop = 0;
+    while (k < l.n && (l.bytes - drop + n > l.cap || l.n - k >= slots))
+        drop += l.free[k].size, std::free(l.free[k++].p);
+    if (k) {
+        memmove(l.free, l.free + k, (l.n - k) * sizeof *l.free);
+        l.n -= k, l.bytes -= drop;
+    }
+    l.free[l.n].size = n, l.free[l.n++].p = base;
+    l.bytes += n;
 }
 
 struct cached_cpu_allocator final : c10::Allocator {
@@ -76,10 +85,11 @@ struct cached_cpu_allocator final : c10::Allocator {
     {
         block_list &l = blocks;
         void *p = nullptr;
-        for (size_t i = 0; l.cap && n >= kBlockMin && i < l.n; i++)
-            if (l.free[i].size == n) {
+        for (size_t i = l.n; l.cap && n >= kBlockMin && i-- > 0;)
+            if (l.free[i].size == n) { // the newest of that size; the rest keep their order
                 p = l.free[i].p;
-                l.free[i] = l.free[--l.n];
+                memmove(l.free + i, l.free + i + 1, (l.n - i - 1) * sizeof *l.free);
+                l.n--;
                 l.bytes -= n;
                 break;
             }
@@ -580,19 +590,24 @@ shim_tensor *shim_attention(const shim_tensor *q, const shim_tensor *k, const sh
             return nullptr;
         }
         int64_t B = Q.size(0), T = Q.size(1), C = Q.size(2), D = C / n_head;
-        auto heads = [&](const at::Tensor &x) { // (B, T, C) -> (B, H, T, D)
-            return x.view({B, T, n_head, D}).transpose(1, 2);
+        int64_t Tk = k->t.dim() == 3 ? k->t.size(1) : -1;
+        if (Tk < T || k->t.sizes() != v->t.sizes() || k->t.size(0) != B || k->t.size(2) != C) {
+            set_err(st, SHIM_EINVAL, "attention: k and v must be (B, Tk, C) with Tk >= q's T");
+            return nullptr;
+        }
+        auto heads = [&](const at::Tensor &x) { // (B, t, C) -> (B, H, t, D)
+            return x.view({B, x.size(1), n_head, D}).transpose(1, 2);
         };
         at::Tensor qh = heads(Q), kh = heads(k->t), vh = heads(v->t);
         // In place where the result is the same, so that at most two
         // (B, H, T, T) float32 tensors are alive at once: the scores and the
         // probabilities (exec.c's attn_cost counts on it).
-        at::Tensor s = at::matmul(qh, kh.transpose(-1, -2)); // (B, H, T, T)
+        at::Tensor s = at::matmul(qh, kh.transpose(-1, -2)); // (B, H, T, Tk)
         if (scale_div != 1.0)
             s.div_(scale_div);
         s = s.to(at::kFloat); // the same tensor in float32
-        at::Tensor mask =
-            at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(Q.device())).triu(1);
+        at::Tensor mask = at::ones({T, Tk}, at::TensorOptions().dtype(at::kBool).device(Q.device()))
+                              .triu(1 + Tk - T);
         s.masked_fill_(mask, -INFINITY);
         at::Tensor p = s.softmax(-1);
         s = at::Tensor();

@@ -141,9 +141,11 @@ shim_tensor *shim_gelu(const shim_tensor *x, int tanh_approx, shim_status *st);
 int shim_gelu_(shim_tensor *x, int tanh_approx, shim_status *st);
 shim_tensor *shim_add(const shim_tensor *a, const shim_tensor *b, shim_status *st);
 /* Causal multi-head attention core.
- * q, k, v: (B, T, H*D) holding H heads side by side -> (B, T, H*D).
+ * q (B, Tq, H*D), k, v (B, Tk, H*D), Tq <= Tk, holding H heads side by
+ * side -> (B, Tq, H*D): q's rows are the last Tq of the Tk positions (row
+ * i at position Tk - Tq + i sees keys 0 .. Tk - Tq + i).
  * scores = q·k / scale_div, causal mask, softmax in float32.
- * If probs is not NULL it receives a new (B, H, T, T) float32 tensor. */
+ * If probs is not NULL it receives a new (B, H, Tq, Tk) float32 tensor. */
 shim_tensor *shim_attention(const shim_tensor *q, const shim_tensor *k, const shim_tensor *v,
                             int n_head, double scale_div, shim_tensor **probs, shim_status *st);
 /* x (N, C) · w (V, C)^T -> (N, V), computed in x's dtype. */

@@ -2,7 +2,8 @@
 // contract: every allocation's data pointer is its context and carries the
 // one deleter raw_deleter() names, so the "raw" interface (raw_allocate /
 // raw_deallocate, what oneDNN's bfloat16 kernels call on CPUs with
-// AVX512-BF16) works with the block cache off and on. C++ because the
+// AVX512-BF16) works with the block cache off and on; the cache, full,
+// frees its oldest blocks first. C++ because the
 // contract is libtorch's; the rest of the tests are C.
 
 #include "shim.h"
@@ -52,6 +53,20 @@ int main()
     void *q = a->raw_allocate(big);
     CHECK(q == p, "cache on: a freed 1 MiB block is not reused (%p, then %p)", p, q);
     a->raw_deallocate(q);
+    shim_block_cache(0);
+    // full, the cache makes room by freeing its oldest blocks: with room
+    // for two, of three freed blocks the last two come back, newest first
+    shim_block_cache(2 * big);
+    void *b[3];
+    for (void *&x : b)
+        x = a->raw_allocate(big);
+    for (void *x : b)
+        a->raw_deallocate(x);
+    void *r0 = a->raw_allocate(big), *r1 = a->raw_allocate(big);
+    CHECK(r0 == b[2] && r1 == b[1], "full cache: got %p, %p back; want the newest two, %p, %p", r0,
+          r1, b[2], b[1]);
+    a->raw_deallocate(r0);
+    a->raw_deallocate(r1);
     shim_block_cache(0);
     contract("cache off again");
     return check_done("alloc");
