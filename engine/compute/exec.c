@@ -28,6 +28,7 @@ typedef struct {
     int32_t *users;  /* consumers still to run, per value */
     long done, total;
     op_memo memo; /* the last attention call's projections (ops.h) */
+    int64_t t0;   /* the shared prefix (shared_rows) */
 } ex;
 
 static int cancelled(const ex *x)
@@ -200,7 +201,7 @@ static int compute(ex *x, const int32_t *vs, int n, shim_status *st)
     const op_def *op = op_info(x->p->v[vs[0]].op);
     if (op->batched)
         return run_chunked(x, vs, n, st);
-    op_env env = {x->p, x->h, &x->memo};
+    op_env env = {x->p, x->h, &x->memo, x->t0};
     for (int i = 0; i < n; i++)
         x->h[vs[i]] = op->run(&env, vs[i], st);
     return 0;
@@ -344,7 +345,7 @@ static int run_chunked(ex *x, const int32_t *vs, int n, shim_status *st)
     exec_chunk *ch;
     int nch;
     const op_def *op = op_info(x->p->v[vs[0]].op);
-    op_env env = {x->p, x->h, &x->memo};
+    op_env env = {x->p, x->h, &x->memo, x->t0};
     if (exec_chunks(x->p, vs, n, x->o ? x->o->chunk_bytes : 0, &ch, &nch))
         return npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
     shim_tensor **out = calloc((size_t)n, sizeof *out), **parts = NULL;
@@ -362,6 +363,8 @@ static int run_chunked(ex *x, const int32_t *vs, int n, shim_status *st)
         }
         op->run_batch(&env, vs + c->i0, c->i1 - c->i0, c->b0, bn, out + c->i0, st);
         x->s->batches++;
+        if (op_shared_rows(&env, x->p->v[vs[0]].op, c->i1 - c->i0))
+            x->s->shared = (long)x->t0;
         if (bn == x->p->B || st->code)
             continue;
         /* one value split along the batch: gather its parts */
@@ -432,16 +435,47 @@ static void count_users(ex *x, const int32_t *mine, long nm, const int32_t *root
         x->users[roots[i]] += 1 << 20;
 }
 
+/* The shared prefix of a plan (ops.h, op_env): the positions before the
+ * first where two inputs' token ids differ, in any example. Every value is
+ * the model's function at its node of the inputs each of its paths reads
+ * (embeddings, residual sums, per-position mixes, attention, MLP, heads'
+ * shares, ln_f), and every such function is causal: row t depends on rows
+ * <= t of the embeddings only. So at those positions all inputs' values at
+ * one node are equal, and a layer's attention (or MLP) values are all the
+ * same there. Interventions (edits) and batch means break that (an edit
+ * at a shared position, a mean over examples), so a plan with either has
+ * none. At least the last position is always computed per value. */
+static int64_t shared_rows(const plan *p)
+{
+    for (int32_t v = 0; v < p->nv; v++)
+        if (p->v[v].op == OP_EDIT || p->v[v].op == OP_MEAN)
+            return 0;
+    int64_t t0 = p->T - 1;
+    for (int k = 1; k < p->n_inputs; k++)
+        for (int64_t b = 0; b < p->B; b++) {
+            const int64_t *a = p->ids + (size_t)b * p->T,
+                          *z = p->ids + ((size_t)k * p->B + (size_t)b) * p->T;
+            for (int64_t t = 0; t < t0; t++)
+                if (a[t] != z[t]) {
+                    t0 = t;
+                    break;
+                }
+        }
+    return t0;
+}
+
 int exec_run(const plan *p, cache *c, const int32_t *roots, int n, shim_tensor **out,
              const exec_opts *o, exec_stats *s, npp_err *e)
 {
-    ex x = {p, c, o, s, e, NULL, NULL, NULL, 0, 0, {0}};
+    ex x = {p, c, o, s, e, NULL, NULL, NULL, 0, 0, {0}, shared_rows(p)};
     x.memo.budget = exec_memo_budget(o ? o->chunk_bytes : 0);
     int32_t *mine = NULL;
     long nm = 0, i = 0;
     int rc = 0;
     memset(s, 0, sizeof *s);
     s->planned = p->nv;
+    if (o && o->block_bytes)
+        shim_block_cache(o->block_bytes);
     x.state = calloc((size_t)p->nv + 1, 1);
     x.h = calloc((size_t)p->nv + 1, sizeof *x.h);
     x.users = calloc((size_t)p->nv + 1, sizeof *x.users);
@@ -503,6 +537,8 @@ done:
     free(x.h);
     free(x.users);
     free(mine);
+    if (o && o->block_bytes)
+        shim_block_cache(0); /* what it holds goes back */
     return rc;
 }
 
@@ -535,7 +571,7 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
                 seen[pv->in[i]] = 1, mine[nm++] = pv->in[i];
     }
     qsort_r(mine, (size_t)nm, sizeof *mine, by_rank, (void *)p);
-    ex x = {p, NULL, NULL, NULL, e, NULL, NULL, users, 0, 0, {0}};
+    ex x = {p, NULL, NULL, NULL, e, NULL, NULL, users, 0, 0, {0}, 0};
     count_users(&x, mine, nm, roots, n);
     size_t live = 0, peak = 0, memo = 0; /* memo: what the last attention call keeps */
     for (long i = 0; i < nm;) {
@@ -595,7 +631,9 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
         }
         i = j;
     }
-    out->peak_bytes = peak;
+    /* the block cache: half of the rest, at most EXEC_BLOCK_BYTES */
+    out->block_bytes = peak / 2 < EXEC_BLOCK_BYTES ? peak / 2 : EXEC_BLOCK_BYTES;
+    out->peak_bytes = peak + out->block_bytes;
     out->end_bytes = live;
 done:
     free(seen);

@@ -25,6 +25,8 @@ typedef struct {
     void *ud;
     json_t *trace;      /* if not NULL, an array that gets one object per value touched */
     size_t chunk_bytes; /* bound on one tensor call's temporaries (0: none); see below */
+    size_t block_bytes; /* freed blocks the calling thread keeps for reuse while the job runs
+                         * (shim_block_cache; 0: none): exec_estimate's block_bytes */
 } exec_opts;
 
 typedef struct {
@@ -34,6 +36,8 @@ typedef struct {
     long cached;   /* taken from the cache */
     long waited;   /* computed by another job while this one waited */
     long batches;  /* tensor calls for attention and MLP */
+    long shared;   /* the shared prefix (ops.h, op_env): leading positions every input has in
+                    * common, which each attention or MLP call computed once (0: none) */
 } exec_stats;
 
 /* Computes roots[0..n); out[i] gets a new handle of root i's tensor. */
@@ -51,12 +55,16 @@ int exec_run(const plan *p, cache *c, const int32_t *roots, int n, shim_tensor *
  * counted there. */
 typedef struct {
     size_t value_bytes; /* one (B, T, C) value */
-    size_t peak_bytes;  /* the executor's high-water mark */
+    size_t peak_bytes;  /* the executor's high-water mark, block_bytes included */
+    size_t block_bytes; /* the block cache it may use: half of the rest, at most
+                         * EXEC_BLOCK_BYTES (each value made anew is otherwise faulted in
+                         * anew: ~20% of a large sweep's time went to zeroing pages) */
     size_t end_bytes;   /* held when exec_run returns: the roots */
     long chunks;        /* tensor calls for attention and MLP */
 } exec_estimate_t;
 
 #define EXEC_CHUNK_BYTES (32u << 20) /* the default chunk budget */
+#define EXEC_BLOCK_BYTES (64u << 20) /* the most the block cache holds */
 
 int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes,
                   exec_estimate_t *out, npp_err *e);

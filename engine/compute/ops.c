@@ -124,7 +124,9 @@ static size_t attn_cost(const plan *p, int ns, int n, int64_t b)
     size_t sc = 4 * (size_t)b * (size_t)c->n_head * T * T; /* its float32 scores */
     size_t se = e < 4 ? sc / 4 * e : 0;                    /* the probabilities cast back */
     size_t step[5] = {
-        5 * S * a,                    /* the stacked sources, ln_1, then c_attn (3C) */
+        /* the stacked sources, ln_1, then c_attn (3C); with a shared prefix,
+         * c_attn's rows after it, its rows in front and both together */
+        6 * S * a,
         (3 * S + 6 * N) * a,          /* c_attn, each value's q/k/v gathered and batched */
         (3 * S + 5 * N) * a + N * sc, /* q.k: the batch, matmul's copies of q and k, scores */
         (3 * S + 3 * N) * a + N * (2 * sc + se), /* scores and probabilities */
@@ -157,13 +159,24 @@ static size_t mlp_cost(const plan *p, int ns, int n, int64_t b)
     return e * rows * (stack + (inner > 2 * C ? inner : 2 * C));
 }
 
-/* Rows [b0, b0+bn) of the tensors of values vs[0..n), stacked on the
- * batch dimension: (n*bn, T, C); a view when n == 1. */
-static shim_tensor *stack(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
-                          shim_status *st)
+/* Examples [b0, b0+bn), positions [t, t+tn) of t's tensor: a view. */
+static shim_tensor *rows(const shim_tensor *h, int64_t b0, int64_t bn, int64_t t, int64_t tn,
+                         shim_status *st)
 {
+    shim_tensor *b = shim_narrow(h, 0, b0, bn, st), *r = shim_narrow(b, 1, t, tn, st);
+    shim_free(b);
+    return r;
+}
+
+/* Examples [b0, b0+bn), positions [t, T) of the tensors of values
+ * vs[0..n), stacked on the batch dimension: (n*bn, T-t, C); a view when
+ * n == 1. */
+static shim_tensor *stack(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
+                          int64_t t, shim_status *st)
+{
+    int64_t tn = x->p->T - t;
     if (n == 1)
-        return shim_narrow(x->h[vs[0]], 0, b0, bn, st);
+        return rows(x->h[vs[0]], b0, bn, t, tn, st);
     shim_tensor **ts = calloc((size_t)n, sizeof *ts);
     if (!ts) {
         st->code = SHIM_ENOMEM;
@@ -171,7 +184,7 @@ static shim_tensor *stack(const op_env *x, const int32_t *vs, int n, int64_t b0,
         return NULL;
     }
     for (int i = 0; i < n; i++)
-        ts[i] = shim_narrow(x->h[vs[i]], 0, b0, bn, st);
+        ts[i] = rows(x->h[vs[i]], b0, bn, t, tn, st);
     shim_tensor *r = shim_cat(ts, n, 0, st);
     for (int i = 0; i < n; i++)
         shim_free(ts[i]);
@@ -179,20 +192,33 @@ static shim_tensor *stack(const op_env *x, const int32_t *vs, int n, int64_t b0,
     return r;
 }
 
-/* Splits y (n*bn, ...) into out[0..n). Each gets its own storage (a
- * slice would pin the whole batch in the cache, whose byte count would
- * then understate what it holds); a single one is y itself. */
-static void unstack(shim_tensor *y, int n, int64_t bn, shim_tensor **out, shim_status *st)
+/* Splits y (n*bn, T-t0, C) into out[0..n), each (bn, T, C) with the shared
+ * rows pre (bn, t0, C) in front when there are some (pre NULL: t0 = 0).
+ * Each gets its own storage (a slice would pin the whole batch in the
+ * cache, whose byte count would then understate what it holds); a single
+ * one without shared rows is y itself. */
+static void unstack(shim_tensor *y, const shim_tensor *pre, int n, int64_t bn, shim_tensor **out,
+                    shim_status *st)
 {
-    if (n == 1) {
+    if (n == 1 && !pre) {
         out[0] = shim_narrow(y, 0, 0, bn, st); /* the whole of y: nothing to pin */
         return;
     }
     for (int i = 0; i < n && !st->code; i++) {
         shim_tensor *slice = shim_narrow(y, 0, (int64_t)i * bn, bn, st);
-        out[i] = shim_clone(slice, st);
+        if (pre) {
+            shim_tensor *parts[2] = {(shim_tensor *)pre, slice};
+            out[i] = shim_cat(parts, 2, 1, st);
+        } else {
+            out[i] = shim_clone(slice, st);
+        }
         shim_free(slice);
     }
+}
+
+int64_t op_shared_rows(const op_env *x, plan_op op, int n)
+{
+    return (op == OP_ATTN || op == OP_MLP) && n > 1 && x->t0 > 0 && x->t0 < x->p->T ? x->t0 : 0;
 }
 
 /* MLP of one layer for values vs[0..n), rows [b0, b0+bn): out[i] gets
@@ -208,11 +234,21 @@ static void run_mlp(const op_env *x, const int32_t *vs, int n, int64_t b0, int64
     }
     for (int i = 0; i < n; i++)
         in[i] = x->p->v[vs[i]].in[0];
-    shim_tensor *X = stack(x, in, n, b0, bn, st);                    /* (n*bn, T, C) */
-    shim_tensor *Y = gpt2_mlp(x->p->m, x->p->v[vs[0]].layer, X, st); /* (n*bn, T, C) */
+    const model *m = x->p->m;
+    int layer = x->p->v[vs[0]].layer;
+    int64_t t0 = op_shared_rows(x, OP_MLP, n);
+    shim_tensor *X = stack(x, in, n, b0, bn, t0, st); /* (n*bn, T-t0, C) */
+    shim_tensor *Y = gpt2_mlp(m, layer, X, st);       /* (n*bn, T-t0, C) */
     shim_free(X);
-    unstack(Y, n, bn, out, st);
+    shim_tensor *P = NULL; /* the shared rows, once: (bn, t0, C) */
+    if (t0) {
+        X = rows(x->h[in[0]], b0, bn, 0, t0, st);
+        P = gpt2_mlp(m, layer, X, st);
+        shim_free(X);
+    }
+    unstack(Y, P, n, bn, out, st);
     shim_free(Y);
+    shim_free(P);
     free(in);
 }
 
@@ -278,9 +314,12 @@ static void attn_call(const op_env *x, const int32_t *vs, int n, int64_t b0, int
     int32_t *srcs = calloc((size_t)n * 3 * H, sizeof *srcs), ns = 0;
     int32_t *slot = calloc((size_t)n * 3 * H, sizeof *slot);
     shim_tensor **q = calloc((size_t)3 * n, sizeof *q),
-                **pieces = calloc((size_t)H, sizeof *pieces);
-    shim_tensor *X = NULL, *QKV = NULL, *Q = NULL, *K = NULL, *V = NULL, *Y = NULL;
-    if (!srcs || !slot || !q || !pieces) {
+                **pieces = calloc((size_t)H, sizeof *pieces),
+                **pieces_p = calloc((size_t)n * 3 * H, sizeof *pieces_p);
+    shim_tensor *X = NULL, *QKV = NULL, *Q = NULL, *K = NULL, *V = NULL, *Y = NULL, *P = NULL;
+    int64_t T = x->p->T,
+            t0 = probs ? 0 : op_shared_rows(x, OP_ATTN, n); /* probs: one value, full rows */
+    if (!srcs || !slot || !q || !pieces || !pieces_p) {
         st->code = SHIM_ENOMEM;
         snprintf(st->msg, sizeof st->msg, "out of memory");
         goto done;
@@ -296,10 +335,23 @@ static void attn_call(const op_env *x, const int32_t *vs, int n, int64_t b0, int
             slot[i * 3 * H + k] = j;
         }
     }
-    X = stack(x, srcs, ns, b0, bn, st);   /* (ns*bn, T, C) */
-    QKV = gpt2_attn_qkv(m, layer, X, st); /* (ns*bn, T, 3C) */
+    X = stack(x, srcs, ns, b0, bn, t0, st); /* (ns*bn, T-t0, C) */
+    QKV = gpt2_attn_qkv(m, layer, X, st);   /* (ns*bn, T-t0, 3C) */
     shim_free(X);
     X = NULL;
+    if (t0) { /* the shared rows' projection, once, in front of every source's */
+        X = rows(x->h[srcs[0]], b0, bn, 0, t0, st);
+        P = gpt2_attn_qkv(m, layer, X, st); /* (bn, t0, 3C) */
+        shim_free(X);
+        X = NULL;
+        for (int j = 0; j < ns && !st->code; j++)
+            pieces_p[j] = P;
+        shim_tensor *front = shim_cat(pieces_p, ns, 0, st), *parts[2] = {front, QKV};
+        shim_tensor *full = shim_cat(parts, 2, 1, st); /* (ns*bn, T, 3C) */
+        shim_free(front);
+        shim_free(QKV);
+        QKV = full;
+    }
     if (b0 == 0)
         memo_keep(x, layer, srcs, ns, QKV, bn, st);
     for (int i = 0; i < n && !st->code; i++) {
@@ -308,18 +360,20 @@ static void attn_call(const op_env *x, const int32_t *vs, int n, int64_t b0, int
             int same = 1;
             for (int h = 1; h < H; h++)
                 same &= sl[3 * h + c] == sl[c];
+            /* queries at the rows computed per value; keys, values at all */
+            int64_t t = c == 0 ? t0 : 0;
             if (same) {
-                shim_tensor *rows = shim_narrow(QKV, 0, (int64_t)sl[c] * bn, bn, st);
-                q[3 * i + c] = shim_narrow(rows, 2, c * C, C, st); /* (bn, T, C) */
-                shim_free(rows);
+                shim_tensor *r = rows(QKV, (int64_t)sl[c] * bn, bn, t, T - t, st);
+                q[3 * i + c] = shim_narrow(r, 2, c * C, C, st); /* (bn, T-t, C) */
+                shim_free(r);
                 continue;
             }
             for (int h = 0; h < H; h++) {
-                shim_tensor *rows = shim_narrow(QKV, 0, (int64_t)sl[3 * h + c] * bn, bn, st);
-                pieces[h] = shim_narrow(rows, 2, c * C + h * D, D, st); /* (bn, T, D) */
-                shim_free(rows);
+                shim_tensor *r = rows(QKV, (int64_t)sl[3 * h + c] * bn, bn, t, T - t, st);
+                pieces[h] = shim_narrow(r, 2, c * C + h * D, D, st); /* (bn, T-t, D) */
+                shim_free(r);
             }
-            q[3 * i + c] = shim_cat(pieces, H, 2, st); /* (bn, T, C) */
+            q[3 * i + c] = shim_cat(pieces, H, 2, st); /* (bn, T-t, C) */
             for (int h = 0; h < H; h++) {
                 shim_free(pieces[h]);
                 pieces[h] = NULL;
@@ -344,10 +398,21 @@ static void attn_call(const op_env *x, const int32_t *vs, int n, int64_t b0, int
         shim_free(q[i]);
         q[i] = NULL;
     }
-    Y = gpt2_attn_out(m, layer, Q, K, V, probs, st); /* (n*bn, T, C) */
+    Y = gpt2_attn_out(m, layer, Q, K, V, probs, st); /* (n*bn, T-t0, C) */
     shim_free(QKV), shim_free(Q), shim_free(K), shim_free(V);
     QKV = Q = K = V = NULL;
-    unstack(Y, n, bn, out, st);
+    if (t0) { /* the shared rows' output, once: their attention sees only them */
+        for (int c = 0; c < 3; c++)
+            q[c] = shim_narrow(P, 2, c * C, C, st); /* (bn, t0, C) */
+        shim_tensor *Yp = gpt2_attn_out(m, layer, q[0], q[1], q[2], NULL, st);
+        for (int c = 0; c < 3; c++) {
+            shim_free(q[c]);
+            q[c] = NULL;
+        }
+        shim_free(P);
+        P = Yp;
+    }
+    unstack(Y, P, n, bn, out, st);
 done:
     for (int i = 0; q && i < 3 * n; i++)
         shim_free(q[i]);
@@ -357,10 +422,12 @@ done:
     shim_free(K);
     shim_free(V);
     shim_free(Y);
+    shim_free(P);
     free(srcs);
     free(slot);
     free(q);
     free(pieces);
+    free(pieces_p);
 }
 
 /* Source u's q/k/v projection at this layer, rows [b0, b0+bn): the memo's
@@ -493,7 +560,7 @@ static void run_attn(const op_env *x, const int32_t *vs, int n, int64_t b0, int6
 
 shim_tensor *op_attn_probs(const plan *p, shim_tensor **h, int32_t v, shim_status *st)
 {
-    op_env env = {p, h, NULL};
+    op_env env = {p, h, NULL, 0};
     shim_tensor *out = NULL, *probs = NULL;
     attn_call(&env, &v, 1, 0, p->B, &out, &probs, st);
     shim_free(out);

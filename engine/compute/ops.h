@@ -28,12 +28,18 @@ typedef struct {
 void op_memo_clear(op_memo *m);
 
 /* What an op reads: the plan and the tensors of the values computed so far
- * (indexed like p->v; the executor's, borrowed), and where attention calls
- * keep their projections (NULL: nowhere). */
+ * (indexed like p->v; the executor's, borrowed), where attention calls
+ * keep their projections (NULL: nowhere), and the shared prefix: positions
+ * [0, t0) where every value of an attention or MLP group equals every
+ * other (exec.c, shared_rows; 0: none). A call on two or more values then
+ * computes those rows once, from the first value's input, and only the
+ * rest for each value: an attention's queries, the same keys and values
+ * (the shared rows' from that one input). */
 typedef struct {
     const plan *p;
     shim_tensor **h;
     op_memo *memo;
+    int64_t t0;
 } op_env;
 
 typedef struct {
@@ -56,6 +62,10 @@ typedef struct {
 } op_def;
 
 const op_def *op_info(plan_op op);
+
+/* The shared rows a batched call of op on n values computes once (op_env's
+ * t0 for an attention or MLP call on two or more values; else 0). */
+int64_t op_shared_rows(const op_env *x, plan_op op, int n);
 
 /* The attention probabilities (B, H, T, T) of attention value v, computed
  * again from its sources' tensors h[v's inputs] (h indexed like p->v). */

@@ -84,6 +84,7 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
     for (int i = 0; i < r->nvplans; i++)
         est->plan_bytes += plan_bytes(&r->vplans[i]);
     est->exec_bytes = ex.peak_bytes;
+    est->block_bytes = ex.block_bytes;
     est->chunks = ex.chunks;
     result_estimate(m, j, ex.value_bytes, (size_t)r->plan.nv, &rs);
     est->output_bytes = ex.end_bytes + rs.peak_bytes;
@@ -276,12 +277,13 @@ fail:
 
 static json_t *stats_json(const run_output *r, double exec_ms)
 {
-    return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f}", "values_planned",
+    return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f}", "values_planned",
                      (json_int_t)r->stats.planned, "values_needed", (json_int_t)r->stats.needed,
                      "values_computed", (json_int_t)r->stats.computed, "values_cached",
                      (json_int_t)r->stats.cached, "values_waited", (json_int_t)r->stats.waited,
-                     "batches", (json_int_t)r->stats.batches, "path_nodes",
-                     (json_int_t)run_path_nodes(r), "plan_ms", r->plan_ms, "exec_ms", exec_ms);
+                     "batches", (json_int_t)r->stats.batches, "shared_positions",
+                     (json_int_t)r->stats.shared, "path_nodes", (json_int_t)run_path_nodes(r),
+                     "plan_ms", r->plan_ms, "exec_ms", exec_ms);
 }
 
 /* An attribution job's progress: the plan's values, then the attribution's
@@ -431,9 +433,9 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
     const job *j = r->job;
     progress_plus pp = {o, j->attrib ? attrib_units(m, j) : 0};
     int wrap = j->attrib && o->progress;
-    exec_opts eo = {o->cancel, wrap ? progress_with_attrib : o->progress,
-                    wrap ? (void *)&pp : o->ud, trace,
-                    o->chunk_bytes ? o->chunk_bytes : EXEC_CHUNK_BYTES};
+    exec_opts eo = {
+        o->cancel, wrap ? progress_with_attrib : o->progress,          wrap ? (void *)&pp : o->ud,
+        trace,     o->chunk_bytes ? o->chunk_bytes : EXEC_CHUNK_BYTES, r->est.block_bytes};
     if ((rc = exec_run(&r->plan, o->cache, xr, nx, xh, &eo, &r->stats, e)))
         goto done;
     for (int k = 0; k < nx; k++)

@@ -47,7 +47,8 @@ typedef struct {
     /* the job's field that contributes most to each ("inputs", "sweep",
      * "outputs.logits", ...; static strings) */
     const char *peak_field, *result_field;
-    long chunks; /* tensor calls for attention and MLP, at the chunk budget */
+    long chunks;        /* tensor calls for attention and MLP, at the chunk budget */
+    size_t block_bytes; /* the executor's block cache (exec.h), in exec_bytes */
 } run_estimate;
 
 typedef struct {

@@ -7,7 +7,12 @@ independent reference (gpt2_ref.py), batch size 2, two inputs.
 Each case runs a job, decodes the final hidden states (after ln_f) and
 compares them with the same experiment done by hooks in PyTorch (float64):
 exact identities where the engine must reproduce a plain run bit for bit,
-1e-5 for activation patching, 1e-4 for path patching (Wang et al. 2022)."""
+1e-5 for activation patching, 1e-4 for path patching (Wang et al. 2022).
+
+The cases run twice: on random token ids, then on inputs that agree on
+their first 3 positions (as a prompt and its corruption often do), where
+the engine computes those rows once per layer call (stats.shared_positions)
+and every other row per value; the hooks compute everything."""
 import argparse
 import base64
 import os
@@ -24,6 +29,7 @@ A = None  # argparse namespace
 CFG = W = None
 IDS = None  # (2 inputs, B=2, T) token ids
 RESULTS = []
+LABEL = ""  # the run's prefix to every check's name
 
 
 def run_job(job, extra=()):
@@ -38,8 +44,10 @@ def hidden(res):
 
 
 def job(**kw):
+    # with the plain runs as outputs too (in the second run), each layer's
+    # attention and MLP are calls on several values
     j = {"inputs": [IDS[0].tolist(), IDS[1].tolist()],
-         "outputs": {"hidden_states": True, "top_k": 0}}
+         "outputs": {"hidden_states": True, "top_k": 0, "baselines": bool(LABEL)}}
     j.update(kw)
     return j
 
@@ -54,9 +62,10 @@ BASE = None  # hidden states of the unpatched run of input 0
 
 
 def check(name, got, want, tol):
+    name = LABEL + name
     err = float(np.max(np.abs(got - want)))
     ok = err <= tol if tol > 0 else err == 0.0
-    if BASE is not None and not name.startswith("split") and not name.startswith("every"):
+    if BASE is not None and not name[len(LABEL):].startswith(("split", "every")):
         # A patch that changed nothing would pass vacuously: demand an effect.
         moved = float(np.max(np.abs(want - BASE)))
         if moved < 100 * max(tol, 1e-6):
@@ -96,19 +105,12 @@ def head_contrib(l, h, z):
     return z[:, h] @ Wo[h * D:(h + 1) * D]
 
 
-def main():
-    global A, CFG, W, IDS, BASE
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--npp", required=True)
-    ap.add_argument("--model", required=True)
-    A = ap.parse_args()
-    harness.setup(A.npp, A.model)
-    CFG, W = gpt2_ref.load(A.model, torch.float64)
+def cases(shared):
+    """Every case on IDS; shared: the positions both inputs agree on (the
+    position cases then patch positions after them)."""
+    global BASE
+    BASE = None
     L, H = CFG["n_layer"], CFG["n_head"]
-    assert L >= 2 and H >= 3, "needs a model with 2+ layers and 3+ heads"
-    rng = np.random.default_rng(7)
-    IDS = rng.integers(0, 50000, size=(2, 2, 7))  # 2 inputs, batch 2, 7 tokens
-
     clean, corrupt = capture(0), capture(1)
     h0, h1 = ref(k=0), ref(k=1)
 
@@ -180,17 +182,20 @@ def main():
             mixed[:, positions] = xk[:, positions]
             a_mixed, _, _ = gpt2_ref.attention(CFG, W, l, mixed, mixed, mixed)
         return {"attn_out": lambda l_, a: a_mixed if l_ == l else a}
-    check("attention positions a1.head @ [1, 3] = hook on its input rows",
-          hidden(run_job(job(preset=dict(pre, node="a1.head", positions=[1, 3])))),
-          ref(attn_pos_hook([1, 3])), 1e-5)
+    ap_ = [1 + shared, 3 + shared]
+    check("attention positions a1.head @ %s = hook on its input rows" % ap_,
+          hidden(run_job(job(preset=dict(pre, node="a1.head", positions=ap_)))),
+          ref(attn_pos_hook(ap_)), 1e-5)
+
+    mp = 2 + shared
 
     def mlp_pos(l_, m):
         if l_ == 0:
             m = m.clone()
-            m[:, 2] = corrupt["mlp"][0][:, 2]
+            m[:, mp] = corrupt["mlp"][0][:, mp]
         return m
-    check("MLP positions f0.head @ [2] = hook on its output row",
-          hidden(run_job(job(preset=dict(pre, node="f0.head", positions=[2])))),
+    check("MLP positions f0.head @ [%d] = hook on its output row" % mp,
+          hidden(run_job(job(preset=dict(pre, node="f0.head", positions=[mp])))),
           ref({"mlp_out": mlp_pos}), 1e-5)
 
     # ---- path patching (Wang et al. 2022): direct paths only ------------------------------
@@ -232,9 +237,32 @@ def main():
             t = [q.clone(), k.clone(), v.clone()]
             t[ci][:, r_h] = new
             return tuple(t)
-        check("path patch a0.head1 -> a1.head2.%s = Wang et al. by hook" % comp,
-              hidden(run_job(job(preset=dict(pp, receivers=["a1.head2.%s" % comp])))),
+        res = run_job(job(preset=dict(pp, receivers=["a1.head2.%s" % comp])))
+        check("path patch a0.head1 -> a1.head2.%s = Wang et al. by hook" % comp, hidden(res),
               ref({"qkv": recv}), 1e-4)
+        # the shared rows computed once where there are some (and only then)
+        ok = res["stats"]["shared_positions"] == shared
+        RESULTS.append(ok)
+        print("%s %-55s %d" % ("ok  " if ok else "FAIL", LABEL + "stats.shared_positions",
+                               res["stats"]["shared_positions"]))
+
+
+def main():
+    global A, CFG, W, IDS, LABEL
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--npp", required=True)
+    ap.add_argument("--model", required=True)
+    A = ap.parse_args()
+    harness.setup(A.npp, A.model)
+    CFG, W = gpt2_ref.load(A.model, torch.float64)
+    assert CFG["n_layer"] >= 2 and CFG["n_head"] >= 3, "needs a model with 2+ layers and 3+ heads"
+    rng = np.random.default_rng(7)
+    IDS = rng.integers(0, 50000, size=(2, 2, 7))  # 2 inputs, batch 2, 7 tokens
+    assert (IDS[0, :, 0] != IDS[1, :, 0]).any()
+    cases(0)
+    IDS[1, :, :3] = IDS[0, :, :3]  # the inputs agree on positions 0-2
+    LABEL = "shared prefix: "
+    cases(3)
 
     harness.close_streams()  # its check: the npp process exited cleanly
     RESULTS.extend(harness.RESULTS)
