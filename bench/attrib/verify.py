@@ -16,8 +16,10 @@ difference), each edge patched alone from the corrupted run:
 
 Prints both times and their ratio (the goal: npp at least 5x faster), the
 ratio's ceiling for these edges (an exact engine recomputes, per edge, only
-what is downstream of its receiver: see downstream()), and checks that the K
-effects agree within 1e-4 (relative to the largest).
+what is downstream of its receiver: see downstream(); and only at the
+positions after those where clean and corrupted prompts agree, which are
+the same in every patched run), and checks that the K effects agree within
+1e-4 (relative to the largest).
     verify.py NPP MODEL [THREADS] [K]
 """
 import json
@@ -144,9 +146,12 @@ def main():
     print("npp sweep job (%6d values)        %8.3f s" % (res["stats"]["values_computed"], t_npp))
     print("hooked forwards (%d + 2)           %8.3f s   hooks / npp %.2f (goal: at least 5)"
           % (len(edges), t_ref, t_ref / t_npp))
-    work = 2 + sum(downstream(cfg, v) for _, v in edges)  # the two plain runs, then each edge
-    print("ceiling for these edges: hooks / exact recomputation of what each edge changes %.2f"
-          % ((len(edges) + 2) / work))
+    work = sum(downstream(cfg, v) for _, v in edges)  # after the two plain runs
+    t0 = min(next((t for t in range(T) if a[t] != b[t]), T) for a, b in zip(clean, corrupt))
+    print("ceiling for these edges: hooks / exact recomputation of what each edge changes %.2f,"
+          % ((len(edges) + 2) / (2 + work)))
+    print("  at the positions after the %d the prompts share %.2f (npp: %d shared)"
+          % (t0, (len(edges) + 2) / (2 + work * (T - t0) / T), res["stats"]["shared_positions"]))
     print("max effect difference %.1e of the largest (must be <= 1e-4)" % diff)
     if diff > 1e-4:
         sys.exit(1)
