@@ -33,12 +33,13 @@ namespace
 // thread's cache is on, its blocks of at least 256 KiB go back to its own
 // list when freed and the next tensor of the same size reuses one; the
 // list holds at most the thread's cap (the oldest blocks freed first to
-// make room) and is freed when the cache is turned off. A block freed on a thread whose cache is
-// off goes back to the system at once (on another thread with its cache on, to that thread's list).
-// Every CPU tensor is allocated here (64-byte aligned, its size in the 64 bytes in front), so that
-// one deleter frees them all and the data pointer is the context: libtorch's "raw" interface
-// (raw_allocate / raw_deallocate, which oneDNN's bfloat16 kernels use on
-// CPUs with AVX512-BF16) needs both.
+// make room) and is freed when the cache is turned off. A block freed on
+// a thread whose cache is off goes back to the system at once (on another
+// thread with its cache on, to that thread's list). Every CPU tensor is
+// allocated here (64-byte aligned, its size in the 64 bytes in front), so
+// that one deleter frees them all and the data pointer is the context:
+// libtorch's "raw" interface (raw_allocate / raw_deallocate, which oneDNN's
+// bfloat16 kernels use on CPUs with AVX512-BF16) needs both.
 
 // Trivially destructible, so that a block freed while a thread ends finds
 // a valid list; a cap of at most 64 MiB over blocks of at least 256 KiB

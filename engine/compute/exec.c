@@ -631,8 +631,8 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
         }
         i = j;
     }
-    /* the block cache: half of the rest, at most EXEC_BLOCK_BYTES */
-    out->block_bytes = peak / 2 < EXEC_BLOCK_BYTES ? peak / 2 : EXEC_BLOCK_BYTES;
+    /* the block cache: an eighth of the rest, at most EXEC_BLOCK_BYTES */
+    out->block_bytes = peak / 8 < EXEC_BLOCK_BYTES ? peak / 8 : EXEC_BLOCK_BYTES;
     out->peak_bytes = peak + out->block_bytes;
     out->end_bytes = live;
 done:

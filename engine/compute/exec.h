@@ -56,7 +56,7 @@ int exec_run(const plan *p, cache *c, const int32_t *roots, int n, shim_tensor *
 typedef struct {
     size_t value_bytes; /* one (B, T, C) value */
     size_t peak_bytes;  /* the executor's high-water mark, block_bytes included */
-    size_t block_bytes; /* the block cache it may use: half of the rest, at most
+    size_t block_bytes; /* the block cache it may use: an eighth of the rest, at most
                          * EXEC_BLOCK_BYTES (each value made anew is otherwise faulted in
                          * anew: ~20% of a large sweep's time went to zeroing pages) */
     size_t end_bytes;   /* held when exec_run returns: the roots */

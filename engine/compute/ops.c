@@ -159,7 +159,7 @@ static size_t mlp_cost(const plan *p, int ns, int n, int64_t b)
     return e * rows * (stack + (inner > 2 * C ? inner : 2 * C));
 }
 
-/* Examples [b0, b0+bn), positions [t, t+tn) of t's tensor: a view. */
+/* Examples [b0, b0+bn), positions [t, t+tn) of h: a view. */
 static shim_tensor *rows(const shim_tensor *h, int64_t b0, int64_t bn, int64_t t, int64_t tn,
                          shim_status *st)
 {

@@ -433,9 +433,12 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
     const job *j = r->job;
     progress_plus pp = {o, j->attrib ? attrib_units(m, j) : 0};
     int wrap = j->attrib && o->progress;
-    exec_opts eo = {
-        o->cancel, wrap ? progress_with_attrib : o->progress,          wrap ? (void *)&pp : o->ud,
-        trace,     o->chunk_bytes ? o->chunk_bytes : EXEC_CHUNK_BYTES, r->est.block_bytes};
+    exec_opts eo = {.cancel = o->cancel,
+                    .progress = wrap ? progress_with_attrib : o->progress,
+                    .ud = wrap ? (void *)&pp : o->ud,
+                    .trace = trace,
+                    .chunk_bytes = o->chunk_bytes ? o->chunk_bytes : EXEC_CHUNK_BYTES,
+                    .block_bytes = r->est.block_bytes};
     if ((rc = exec_run(&r->plan, o->cache, xr, nx, xh, &eo, &r->stats, e)))
         goto done;
     for (int k = 0; k < nx; k++)
