@@ -588,8 +588,13 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
                 goto done;
         }
         /* light ops, one at a time: their outputs, and one's temporaries */
-        size_t outs = (size_t)(j - i) * vb,
-               holds = outs + (size_t)op_info(p->v[mine[i]].op)->temps * vb;
+        const op_def *od = op_info(p->v[mine[i]].op);
+        size_t outs = (size_t)(j - i) * vb, temps = (size_t)od->temps * vb;
+        for (long k = i; od->temp_bytes && k < j; k++) {
+            size_t t = od->temp_bytes(p, mine[k], vb);
+            temps = t > temps ? t : temps;
+        }
+        size_t holds = outs + temps;
         if (op_info(p->v[mine[i]].op)->batched) {
             exec_chunk *ch;
             int nch;

@@ -552,6 +552,31 @@ static shim_tensor *run_adelta(const op_env *x, int32_t v, shim_status *st)
     return r;
 }
 
+/* What run_adelta holds besides its output, as if no projection were in
+ * the memo: per head it computes, the running sum (one value) while head_z
+ * projects each run of equal sources (three values each), and one head's
+ * attention: its scores and probabilities (float32, B x T x T each), the
+ * mask, copies of its q and k, its z and the z's of both calls (1/H of a
+ * value each); after, the sum, the head's change and the new sum (three
+ * values). */
+static size_t adelta_temp_bytes(const plan *p, int32_t v, size_t vb)
+{
+    const plan_value *pv = &p->v[v];
+    int H = p->g.H;
+    int32_t s = pv->in[3 * H + 1];
+    size_t TT = (size_t)p->T * (size_t)p->T, worst = 3 * vb;
+    size_t attn = 2 * 4 * (size_t)p->B * TT + TT + 6 * (vb / (size_t)H + 1);
+    for (int h = 0; h < H; h++) {
+        const int32_t *own = &pv->in[3 * h];
+        if (own[0] == s && own[1] == s && own[2] == s)
+            continue;
+        size_t runs = 1 + (own[1] != own[0]) + (own[2] != own[1]); /* head_z's projections */
+        size_t b = vb + 3 * runs * vb + attn;
+        worst = b > worst ? b : worst;
+    }
+    return worst;
+}
+
 static void run_attn(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
                      shim_tensor **out, shim_status *st)
 {
@@ -615,19 +640,18 @@ static int lnf_rank(const plan *p, int layer, int max_input_rank)
 /* ---- the table -------------------------------------------------------------------- */
 
 static const op_def OPS[] = {
-    [OP_EMB] = {"emb", 0, after_inputs, run_emb, NULL, NULL, 0},
-    [OP_ADD] = {"add", 0, after_inputs, run_add, NULL, NULL, 0},
-    [OP_MIX] = {"mix", 0, after_inputs, run_mix, NULL, NULL, 0},
-    [OP_ATTN] = {"attn", 1, attn_rank, NULL, run_attn, attn_cost, 0},
-    [OP_MLP] = {"mlp", 1, mlp_rank, NULL, run_mlp, mlp_cost, 0},
-    [OP_LNF] = {"ln_f", 0, lnf_rank, run_lnf, NULL, NULL, 0},
-    [OP_HEAD] = {"head", 1, attn_rank, NULL, run_head, attn_cost, 0},
-    [OP_EDIT] = {"edit", 0, after_inputs, run_edit, NULL, NULL, 2}, /* the rows, their change */
-    [OP_MEAN] = {"mean", 0, after_inputs, run_mean, NULL, NULL, 1}, /* the weighted copy */
-    /* attn_delta: a head's sources projected (up to 3 x 3 values, none when
-     * the memo has them), its change, the running sum and the new one */
-    [OP_ADELTA] = {"attn_delta", 0, after_inputs, run_adelta, NULL, NULL, 12},
-    [OP_Z] = {"attn_z", 1, z_rank, NULL, run_z, z_cost, 0},
+    [OP_EMB] = {"emb", 0, after_inputs, run_emb, NULL, NULL, 0, NULL},
+    [OP_ADD] = {"add", 0, after_inputs, run_add, NULL, NULL, 0, NULL},
+    [OP_MIX] = {"mix", 0, after_inputs, run_mix, NULL, NULL, 0, NULL},
+    [OP_ATTN] = {"attn", 1, attn_rank, NULL, run_attn, attn_cost, 0, NULL},
+    [OP_MLP] = {"mlp", 1, mlp_rank, NULL, run_mlp, mlp_cost, 0, NULL},
+    [OP_LNF] = {"ln_f", 0, lnf_rank, run_lnf, NULL, NULL, 0, NULL},
+    [OP_HEAD] = {"head", 1, attn_rank, NULL, run_head, attn_cost, 0, NULL},
+    /* edit: the rows, their change; mean: the weighted copy */
+    [OP_EDIT] = {"edit", 0, after_inputs, run_edit, NULL, NULL, 2, NULL},
+    [OP_MEAN] = {"mean", 0, after_inputs, run_mean, NULL, NULL, 1, NULL},
+    [OP_ADELTA] = {"attn_delta", 0, after_inputs, run_adelta, NULL, NULL, 0, adelta_temp_bytes},
+    [OP_Z] = {"attn_z", 1, z_rank, NULL, run_z, z_cost, 0, NULL},
 };
 
 const op_def *op_info(plan_op op)

@@ -59,6 +59,9 @@ typedef struct {
     size_t (*cost)(const plan *p, int ns, int n, int64_t b);
     /* a light op: temporaries it holds besides its output, in values */
     int temps;
+    /* a light op whose temporaries depend on the value (else NULL): a bound
+     * in bytes, vb the bytes of one (B, T, C) value; replaces temps */
+    size_t (*temp_bytes)(const plan *p, int32_t v, size_t vb);
 } op_def;
 
 const op_def *op_info(plan_op op);
