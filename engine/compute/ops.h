@@ -32,9 +32,9 @@ void op_memo_clear(op_memo *m);
  * keep their projections (NULL: nowhere), and the shared prefix: positions
  * [0, t0) where every value of an attention or MLP group equals every
  * other (exec.c, shared_rows; 0: none). A call on two or more values then
- * computes those rows once, from the first value's input, and only the
- * rest for each value: an attention's queries, the same keys and values
- * (the shared rows' from that one input). */
+ * computes those rows once, from the first value's input, and the rest
+ * for each value (an attention: its queries there, and its keys and values
+ * at every position, the shared rows' from that one projection). */
 typedef struct {
     const plan *p;
     shim_tensor **h;
