@@ -153,8 +153,8 @@ shim_tensor *shim_matmul_nt(const shim_tensor *x, const shim_tensor *w, shim_sta
 
 /* The calling thread's cache of freed CPU tensor blocks of at least 256
  * KiB, reused by the next tensor of the same size it makes: on with cap
- * bytes at most held free (cap > 0), or off (0), which frees what it holds.
- * Off by default. */
+ * bytes at most held free (cap > 0; when full, its oldest blocks are freed
+ * to make room), or off (0), which frees what it holds. Off by default. */
 void shim_block_cache(size_t cap);
 
 /* ---- gradients (attribution) ----------------------------------------- */

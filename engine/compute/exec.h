@@ -26,7 +26,8 @@ typedef struct {
     json_t *trace;      /* if not NULL, an array that gets one object per value touched */
     size_t chunk_bytes; /* bound on one tensor call's temporaries (0: none); see below */
     size_t block_bytes; /* freed blocks the calling thread keeps for reuse while the job runs
-                         * (shim_block_cache; 0: none): exec_estimate's block_bytes */
+                         * (shim_block_cache; 0: none): exec_estimate's block_bytes. It is
+                         * turned off at the end, so 0 where the caller has one on */
 } exec_opts;
 
 typedef struct {
