@@ -11,7 +11,9 @@
 #include <torch/cuda.h>
 #include <torch/version.h>
 
+#include <atomic>
 #include <cstdarg>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -27,33 +29,54 @@ namespace
 
 // ---- a block cache for one thread's CPU tensors (shim_block_cache) ----------
 //
-// libtorch's CPU allocator maps every large tensor afresh, so a gradient
-// pass faults in (and zeroes) each of its temporaries' pages again: 165k
-// page faults in one cold attribution of the GPT-2-small shape. While a
-// thread's cache is on, its blocks of at least 256 KiB go back to its own
-// list when freed and the next tensor of the same size reuses one; the
-// list holds at most the thread's cap (the oldest blocks freed first to
-// make room) and is freed when the cache is turned off. A block freed on
-// a thread whose cache is off goes back to the system at once (on another
-// thread with its cache on, to that thread's list). Every CPU tensor is
-// allocated here (64-byte aligned, its size in the 64 bytes in front), so
-// that one deleter frees them all and the data pointer is the context:
-// libtorch's "raw" interface (raw_allocate / raw_deallocate, which oneDNN's
-// bfloat16 kernels use on CPUs with AVX512-BF16) needs both.
+// libtorch's CPU allocator maps every large tensor afresh, so each value
+// and temporary a job makes is faulted in and zeroed by the kernel again
+// (1.1M page faults, a fifth of the time, in a 200-edge verify sweep on a
+// VM where a fault costs ~6 us). While a thread's cache is on, its blocks
+// of at least 256 KiB go back to its own list when freed and the next
+// tensor of the same size (or of at least half a block's) reuses one. The list is bounded by the
+// job's own budget: what the thread has allocated since the cache went on and not freed (used) plus
+// what the list holds stays at most the budget, so a job whose memory was estimated before it ran
+// holds no more than its estimate (blocks, oldest first, are freed to make room for a new
+// allocation, and a freed block that does not fit goes back to the system). Turning the cache off
+// frees the list. A block freed on a thread whose cache is off goes back to the system at once (on
+// another thread with its cache on, to that thread's list, if it fits). Every CPU tensor is
+// allocated here (64-byte aligned, its size and the token of the period that counted it in the 64
+// bytes in front), so that one deleter frees them all and the data pointer is the context:
+// libtorch's "raw" interface (raw_allocate / raw_deallocate, which oneDNN's bfloat16 kernels use on
+// CPUs with AVX512-BF16) needs both.
 
 // Trivially destructible, so that a block freed while a thread ends finds
-// a valid list; a cap of at most 64 MiB over blocks of at least 256 KiB
-// needs at most 256 entries (beyond that, the oldest make room).
+// a valid list; when every slot is taken, the oldest block makes room.
 struct block_list {
-    size_t bytes, cap, n;
+    size_t budget; // 0: off
+    size_t used;   // allocated on this thread while on (this token), not yet freed
+    size_t bytes;  // held in free[]
+    size_t n;
+    uint64_t token; // marks the blocks counted in used: one per period the cache is on
     struct {
         size_t size;
         void *p;
-    } free[256];
+    } free[1024];
 };
 
 thread_local block_list blocks;
-constexpr size_t kBlockMin = 256 << 10, kAlign = 64, kHead = 64; // the size sits in front
+std::atomic<uint64_t> block_tokens{0};
+constexpr size_t kBlockMin = 256 << 10, kAlign = 64, kHead = 64; // size, token in front
+constexpr size_t kSlots = sizeof blocks.free / sizeof *blocks.free;
+
+// Frees the list's oldest blocks until `more` bytes fit under the budget
+// beside what it holds and what the thread uses (or the list is empty).
+void block_make_room(block_list &l, size_t more)
+{
+    size_t k = 0, drop = 0;
+    while (k < l.n && (l.used + l.bytes - drop + more > l.budget || l.n - k >= kSlots))
+        drop += l.free[k].size, std::free(l.free[k++].p);
+    if (k) {
+        memmove(l.free, l.free + k, (l.n - k) * sizeof *l.free);
+        l.n -= k, l.bytes -= drop;
+    }
+}
 
 void block_free(void *ctx)
 {
@@ -61,24 +84,40 @@ void block_free(void *ctx)
         return;
     char *base = static_cast<char *>(ctx) - kHead;
     size_t n;
+    uint64_t token;
     memcpy(&n, base, sizeof n);
+    memcpy(&token, base + sizeof n, sizeof token);
     block_list &l = blocks;
-    const size_t slots = sizeof l.free / sizeof *l.free;
-    if (!l.cap || n < kBlockMin || n > l.cap) {
+    if (l.budget && token == l.token)
+        l.used -= n < l.used ? n : l.used;
+    if (!l.budget || n < kBlockMin || n > l.budget) {
         std::free(base);
         return;
     }
-    // room for it: the oldest blocks go first (a size that is never made
-    // again would otherwise hold the list for good)
-    size_t k = 0, drop = 0;
-    while (k < l.n && (l.bytes - drop + n > l.cap || l.n - k >= slots))
-        drop += l.free[k].size, std::free(l.free[k++].p);
-    if (k) {
-        memmove(l.free, l.free + k, (l.n - k) * sizeof *l.free);
-        l.n -= k, l.bytes -= drop;
+    block_make_room(l, n);
+    if (l.used + l.bytes + n > l.budget) { // the thread's live blocks leave no room
+        std::free(base);
+        return;
     }
     l.free[l.n].size = n, l.free[l.n++].p = base;
     l.bytes += n;
+}
+
+// The held block to reuse for n bytes (its index, or l.n for none): the
+// newest of exactly that size, else the smallest of up to twice the size
+// (moving it from held to used changes neither's sum; only a thread that
+// already uses more than its budget is refused a larger block).
+size_t block_pick(const block_list &l, size_t n)
+{
+    size_t best = l.n;
+    for (size_t i = l.n; i-- > 0;) {
+        size_t c = l.free[i].size;
+        if (c == n)
+            return i;
+        if (c > n && c - n <= n && l.used + c <= l.budget && (best == l.n || c < l.free[best].size))
+            best = i;
+    }
+    return best;
 }
 
 struct cached_cpu_allocator final : c10::Allocator {
@@ -86,19 +125,23 @@ struct cached_cpu_allocator final : c10::Allocator {
     {
         block_list &l = blocks;
         void *p = nullptr;
-        for (size_t i = l.n; l.cap && n >= kBlockMin && i-- > 0;)
-            if (l.free[i].size == n) { // the newest of that size; the rest keep their order
-                p = l.free[i].p;
-                memmove(l.free + i, l.free + i + 1, (l.n - i - 1) * sizeof *l.free);
-                l.n--;
-                l.bytes -= n;
-                break;
-            }
-        if (!p) {
+        size_t size = n; // the block's: a reused one may be larger
+        size_t i = l.budget && n >= kBlockMin ? block_pick(l, n) : l.n;
+        if (i < l.n) { // the rest keep their order
+            p = l.free[i].p, size = l.free[i].size;
+            memmove(l.free + i, l.free + i + 1, (l.n - i - 1) * sizeof *l.free);
+            l.n--;
+            l.bytes -= size;
+        } else {
+            if (l.budget)
+                block_make_room(l, n);
             if (posix_memalign(&p, kAlign, n + kHead))
                 throw std::bad_alloc();
             memcpy(p, &n, sizeof n);
         }
+        uint64_t token = l.budget ? l.token : 0;
+        memcpy(static_cast<char *>(p) + sizeof size, &token, sizeof token);
+        l.used += l.budget ? size : 0;
         char *data = static_cast<char *>(p) + kHead;
         return {data, data, &block_free, c10::Device(c10::DeviceType::CPU)};
     }
@@ -825,17 +868,46 @@ shim_tensor *shim_matmul_nt(const shim_tensor *x, const shim_tensor *w, shim_sta
     SHIM_GUARD(st, nullptr, { return wrap(at::matmul(x->t, w->t.t())); });
 }
 
-void shim_block_cache(size_t cap)
+size_t shim_block_cache(size_t budget)
 {
     block_list &l = blocks;
+    size_t prev = l.budget;
     (void)cpu_cache_installed;
-    l.cap = cap;
-    if (!cap) {
+    if (budget && !l.budget)
+        l.token = ++block_tokens, l.used = 0;
+    l.budget = budget;
+    if (!budget) {
         for (size_t i = 0; i < l.n; i++)
             std::free(l.free[i].p);
-        l.n = 0;
-        l.bytes = 0;
+        l.n = 0, l.bytes = 0, l.used = 0;
+    } else {
+        block_make_room(l, 0);
     }
+    return prev;
+}
+
+void shim_block_disown(const shim_tensor *t)
+{
+    if (!t || !t->t.defined() || !t->t.has_storage())
+        return;
+    const c10::DataPtr &d = t->t.storage().data_ptr();
+    if (d.get_deleter() != &block_free || !d.get())
+        return;
+    char *base = static_cast<char *>(d.get_context()) - kHead;
+    size_t n;
+    uint64_t token, none = 0;
+    memcpy(&n, base, sizeof n);
+    memcpy(&token, base + sizeof n, sizeof token);
+    block_list &l = blocks;
+    if (l.budget && token == l.token)
+        l.used -= n < l.used ? n : l.used;
+    memcpy(base + sizeof n, &none, sizeof none);
+}
+
+void shim_block_cache_usage(size_t *used, size_t *held)
+{
+    *used = blocks.used;
+    *held = blocks.bytes;
 }
 
 } // extern "C"

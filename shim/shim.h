@@ -152,10 +152,26 @@ shim_tensor *shim_attention(const shim_tensor *q, const shim_tensor *k, const sh
 shim_tensor *shim_matmul_nt(const shim_tensor *x, const shim_tensor *w, shim_status *st);
 
 /* The calling thread's cache of freed CPU tensor blocks of at least 256
- * KiB, reused by the next tensor of the same size it makes: on with cap
- * bytes at most held free (cap > 0; when full, its oldest blocks are freed
- * to make room), or off (0), which frees what it holds. Off by default. */
-void shim_block_cache(size_t cap);
+ * KiB, reused by the next tensor it makes of the same size (or of at least
+ * half a held block's size): a tensor made anew is faulted in and zeroed
+ * page by page. On with a budget (> 0): what the thread allocates from
+ * then on and has not freed, plus what the cache holds, stays at most
+ * budget bytes (the cache frees its oldest blocks to make room, and a
+ * freed block that does not fit goes back to the system), so a job given
+ * its estimated peak as the budget holds no more than that unless what it
+ * uses alone is more. Off (0) frees what it holds. Off by default; calling
+ * it again while on changes the budget (what the thread uses still
+ * counts). Returns the budget before (0: it was off), so that a nested
+ * user can put it back. */
+size_t shim_block_cache(size_t budget);
+/* t's storage stops counting toward the budget of the thread that made it
+ * (called on that thread; elsewhere it only stops counting): a value the
+ * shared cache keeps is the cache's bytes, bounded by the cache's own
+ * budget, not the job's. Nothing for other tensors. */
+void shim_block_disown(const shim_tensor *t);
+/* The calling thread's cache: bytes allocated since it went on and not
+ * freed (used) and bytes it holds free (held); 0 and 0 when off. */
+void shim_block_cache_usage(size_t *used, size_t *held);
 
 /* ---- gradients (attribution) ----------------------------------------- */
 

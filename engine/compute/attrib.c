@@ -521,8 +521,8 @@ static json_t *result_json(const actx *a)
 
 /* ---- bounds ------------------------------------------------------------------- */
 
-/* What the attribution needs but the block cache (shim_block_cache). */
-static size_t working_bytes(const model *m, const job *j)
+/* What the attribution holds at most. */
+size_t attrib_bytes(const model *m, const job *j)
 {
     const model_config *c = &m->cfg;
     size_t e = shim_dtype_size(m->dtype), L = (size_t)c->n_layer, H = (size_t)c->n_head;
@@ -544,21 +544,6 @@ static size_t working_bytes(const model *m, const job *j)
     size_t delta = 4 * S * N + e * L * N;
     size_t host = 8 * S * R + 4 * (size_t)j->B * V * 4 + 4 * N;
     return tape + backward + heads + delta + host;
-}
-
-/* The block cache's cap: the backward pass's temporaries, freed and made
- * again at each layer, come back from it instead of being faulted in anew
- * (measured on the GPT-2-small shape, 8 x 16 tokens: backward 370 -> 265
- * ms, its page faults 40k -> 1.7k); 64 MiB held that job's reuse. */
-static size_t cache_bytes(const model *m, const job *j)
-{
-    size_t q = working_bytes(m, j) / 4;
-    return q < (64u << 20) ? q : 64u << 20;
-}
-
-size_t attrib_bytes(const model *m, const job *j)
-{
-    return working_bytes(m, j) + cache_bytes(m, j);
 }
 
 size_t attrib_text_bytes(const model *m, const job *j)
@@ -592,7 +577,6 @@ int attrib_run(const model *m, const job *j, const attrib_opts *o, json_t **out,
         goto done;
     }
     const int64_t *clean = j->ids, *corrupt = j->ids + (size_t)j->B * j->T;
-    shim_block_cache(cache_bytes(m, j));
     if ((rc = active_rows(&a)))
         goto done;
     a.delta = shim_empty_f32(a.S, a.nact * a.C, m->device, &a.st);
@@ -613,7 +597,6 @@ done:
     for (int i = 0; a.zc && i < a.L; i++)
         shim_free(a.zc[i]);
     free(a.zc);
-    shim_block_cache(0);
     free(a.score), free(a.ref), free(a.act), free(a.rest), free(a.order);
     return rc;
 }

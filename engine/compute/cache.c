@@ -187,6 +187,8 @@ void cache_fulfil(cache *c, const uint8_t key[32], const shim_tensor *t)
         lru_push(c, e);
         mine = NULL;
         evict(c);
+        if ((e = find(c, key)) && e->t) /* kept: the cache's bytes, not the job's */
+            shim_block_disown(e->t);
     } else if (e && !e->t) { /* could not make a handle: behave as abandon */
         unlink_hash(c, e);
         c->st.inflight--;

@@ -474,8 +474,6 @@ int exec_run(const plan *p, cache *c, const int32_t *roots, int n, shim_tensor *
     int rc = 0;
     memset(s, 0, sizeof *s);
     s->planned = p->nv;
-    if (o && o->block_bytes)
-        shim_block_cache(o->block_bytes);
     x.state = calloc((size_t)p->nv + 1, 1);
     x.h = calloc((size_t)p->nv + 1, sizeof *x.h);
     x.users = calloc((size_t)p->nv + 1, sizeof *x.users);
@@ -537,8 +535,6 @@ done:
     free(x.h);
     free(x.users);
     free(mine);
-    if (o && o->block_bytes)
-        shim_block_cache(0); /* what it holds goes back */
     return rc;
 }
 
@@ -636,9 +632,7 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
         }
         i = j;
     }
-    /* the block cache: an eighth of the rest, at most EXEC_BLOCK_BYTES */
-    out->block_bytes = peak / 8 < EXEC_BLOCK_BYTES ? peak / 8 : EXEC_BLOCK_BYTES;
-    out->peak_bytes = peak + out->block_bytes;
+    out->peak_bytes = peak;
     out->end_bytes = live;
 done:
     free(seen);

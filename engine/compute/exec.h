@@ -25,9 +25,6 @@ typedef struct {
     void *ud;
     json_t *trace;      /* if not NULL, an array that gets one object per value touched */
     size_t chunk_bytes; /* bound on one tensor call's temporaries (0: none); see below */
-    size_t block_bytes; /* freed blocks the calling thread keeps for reuse while the job runs
-                         * (shim_block_cache; 0: none): exec_estimate's block_bytes. It is
-                         * turned off at the end, so 0 where the caller has one on */
 } exec_opts;
 
 typedef struct {
@@ -56,16 +53,12 @@ int exec_run(const plan *p, cache *c, const int32_t *roots, int n, shim_tensor *
  * counted there. */
 typedef struct {
     size_t value_bytes; /* one (B, T, C) value */
-    size_t peak_bytes;  /* the executor's high-water mark, block_bytes included */
-    size_t block_bytes; /* the block cache it may use: an eighth of the rest, at most
-                         * EXEC_BLOCK_BYTES (each value made anew is otherwise faulted in
-                         * anew: ~20% of a large sweep's time went to zeroing pages) */
+    size_t peak_bytes;  /* the executor's high-water mark */
     size_t end_bytes;   /* held when exec_run returns: the roots */
     long chunks;        /* tensor calls for attention and MLP */
 } exec_estimate_t;
 
 #define EXEC_CHUNK_BYTES (32u << 20) /* the default chunk budget */
-#define EXEC_BLOCK_BYTES (64u << 20) /* the most the block cache holds */
 
 int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes,
                   exec_estimate_t *out, npp_err *e);

@@ -47,8 +47,9 @@ typedef struct {
     /* the job's field that contributes most to each ("inputs", "sweep",
      * "outputs.logits", ...; static strings) */
     const char *peak_field, *result_field;
-    long chunks;        /* tensor calls for attention and MLP, at the chunk budget */
-    size_t block_bytes; /* the executor's block cache (exec.h), in exec_bytes */
+    long chunks;       /* tensor calls for attention and MLP, at the chunk budget */
+    size_t work_bytes; /* the largest of exec_bytes, output_bytes and an attribution's: the
+                        * job's block cache budget, less a sixteenth (run_execute) */
 } run_estimate;
 
 typedef struct {

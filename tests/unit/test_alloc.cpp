@@ -2,9 +2,11 @@
 // contract: every allocation's data pointer is its context and carries the
 // one deleter raw_deleter() names, so the "raw" interface (raw_allocate /
 // raw_deallocate, what oneDNN's bfloat16 kernels call on CPUs with
-// AVX512-BF16) works with the block cache off and on; the cache, full,
-// frees its oldest blocks first. C++ because the
-// contract is libtorch's; the rest of the tests are C.
+// AVX512-BF16) works with the block cache off and on; and the cache keeps
+// what the thread uses plus what it holds within its budget (freeing its
+// oldest blocks to make room), reusing a freed block of the same size or of
+// up to twice it. C++ because the contract is libtorch's; the rest of the
+// tests are C.
 
 #include "shim.h"
 
@@ -41,32 +43,74 @@ static void contract(const char *when)
           y.max().item<float>());
 }
 
+static void usage(const char *when, size_t want_used, size_t want_held)
+{
+    size_t used, held;
+    shim_block_cache_usage(&used, &held);
+    CHECK(used == want_used && held == want_held, "%s: used %zu, held %zu; want %zu, %zu", when,
+          used, held, want_used, want_held);
+}
+
 int main()
 {
     contract("cache off");
     shim_block_cache(64u << 20);
     contract("cache on");
+    shim_block_cache(0);
+    shim_block_cache(64u << 20);
     c10::Allocator *a = c10::GetAllocator(c10::DeviceType::CPU);
-    size_t big = 1u << 20;
+    const size_t big = 1u << 20;
     void *p = a->raw_allocate(big);
+    usage("one block in use", big, 0);
     a->raw_deallocate(p);
+    usage("one block freed", 0, big);
     void *q = a->raw_allocate(big);
     CHECK(q == p, "cache on: a freed 1 MiB block is not reused (%p, then %p)", p, q);
     a->raw_deallocate(q);
     shim_block_cache(0);
-    // full, the cache makes room by freeing its oldest blocks: with room
-    // for two, of three freed blocks the last two come back, newest first
+    shim_block_cache(64u << 20);
+    // a smaller request takes a held block of up to twice its size, the
+    // smallest; one more than twice its size is not used
+    void *h15 = a->raw_allocate(big + big / 2), *h2 = a->raw_allocate(2 * big);
+    a->raw_deallocate(h15);
+    a->raw_deallocate(h2);
+    void *s = a->raw_allocate(big - 4096);
+    CHECK(s == h15, "a 1 MiB - 4 KiB request: got %p, want the 1.5 MiB block %p", s, h15);
+    usage("a held block reused for less", big + big / 2, 2 * big);
+    void *t = a->raw_allocate(big / 2);
+    CHECK(t != h2, "a 512 KiB request took a block over twice its size (%p)", t);
+    a->raw_deallocate(s);
+    a->raw_deallocate(t);
+    shim_block_cache(0);
+    usage("off", 0, 0);
+    // the budget: with room for two blocks, three in use and freed leave
+    // the last two held (the first freed had no room while the others
+    // were in use), and they come back newest first
     shim_block_cache(2 * big);
     void *b[3];
     for (void *&x : b)
         x = a->raw_allocate(big);
+    usage("three blocks over a budget of two", 3 * big, 0);
     for (void *x : b)
         a->raw_deallocate(x);
+    usage("three freed under a budget of two", 0, 2 * big);
     void *r0 = a->raw_allocate(big), *r1 = a->raw_allocate(big);
-    CHECK(r0 == b[2] && r1 == b[1], "full cache: got %p, %p back; want the newest two, %p, %p", r0,
-          r1, b[2], b[1]);
-    a->raw_deallocate(r0);
+    CHECK(r0 == b[2] && r1 == b[1], "budget of two: got %p, %p back; want the newest two, %p, %p",
+          r0, r1, b[2], b[1]);
     a->raw_deallocate(r1);
+    a->raw_deallocate(r0); // held: r1 (older), r0
+    // a new block of another size makes room by freeing the oldest held
+    void *n = a->raw_allocate(big / 2 - 4096);
+    usage("room made for a new block", big / 2 - 4096, big);
+    void *r = a->raw_allocate(big);
+    CHECK(r == r0, "after making room: got %p; want the newer block %p", r, r0);
+    a->raw_deallocate(r);
+    a->raw_deallocate(n);
+    // a lower budget frees the oldest held blocks at once
+    shim_block_cache(big);
+    size_t used, held;
+    shim_block_cache_usage(&used, &held);
+    CHECK(used + held <= big, "budget lowered to 1 MiB: used %zu + held %zu", used, held);
     shim_block_cache(0);
     contract("cache off again");
     return check_done("alloc");
