@@ -18,7 +18,8 @@ Prints both times and their ratio (the goal: npp at least 5x faster), the
 ratio's ceiling for these edges (an exact engine recomputes, per edge, only
 what is downstream of its receiver: see downstream(); and only at the
 positions after those where clean and corrupted prompts agree, which are
-the same in every patched run), and checks that the K effects agree within
+the same in every patched run; and the last layer's c_proj and MLP only at
+the metric's position, the only one read), and checks that the K effects agree within
 1e-4 (relative to the largest).
     verify.py NPP MODEL [THREADS] [K]
 """
@@ -110,20 +111,34 @@ def hooks(cfg, W, edges):
     return time.perf_counter() - t0, effects
 
 
-def downstream(cfg, v):
-    """The share of one forward pass's multiply-adds (the blocks' matrix
-    products; the metric's two logits are free) that patching receiver v
-    must recompute: one head's query, key or value and what follows it in
-    that layer, or the MLP, then every later layer; nothing for ln_final."""
+def downstream(cfg, v, t0=0, t1=None):
+    """The multiply-adds per example (the blocks' matrix products; the
+    metric's two logits are free) that patching receiver v must recompute:
+    one head's query, key or value and its share of c_proj, or the MLP, then
+    every later layer; nothing for ln_final. Every row from t0 on (the
+    positions before t0 are the same in every patched run); from t1 on (the
+    metric's position) the last layer's c_proj and MLP, which nothing reads
+    at earlier rows (its c_attn at every row: the keys and values)."""
     L, H, C, I = cfg["n_layer"], cfg["n_head"], cfg["n_embd"], cfg.get("n_inner") or 4 * cfg["n_embd"]
-    attn, mlp = 3 * C * C + C * C, 2 * C * I  # per token: c_attn + c_proj, c_fc + c_proj
+    t1 = t0 if t1 is None else t1
     if v == "ln_final":
         return 0.0
     layer = int(v[1:v.index(".")])
-    rest = mlp + (L - 1 - layer) * (attn + mlp)
-    if v.startswith("a"):  # one head's q, k or v, its share of c_proj
-        rest += (C * C + C * C) / H
-    return rest / (L * (attn + mlp))
+
+    def rows(top):
+        return T - (t1 if top else t0)
+    work = 2 * C * I * rows(layer == L - 1)  # this layer's MLP
+    if v.startswith("a"):  # one head's q, k or v and its share of c_proj
+        work += C * C / H * rows(False) + C * C / H * rows(layer == L - 1)
+    for l in range(layer + 1, L):
+        work += 3 * C * C * rows(False) + (C * C + 2 * C * I) * rows(l == L - 1)
+    return work
+
+
+def forward_work(cfg):
+    """A forward pass's multiply-adds per example, as downstream() counts."""
+    L, C, I = cfg["n_layer"], cfg["n_embd"], cfg.get("n_inner") or 4 * cfg["n_embd"]
+    return L * (4 * C * C + 2 * C * I) * T
 
 
 def main():
@@ -146,12 +161,17 @@ def main():
     print("npp sweep job (%6d values)        %8.3f s" % (res["stats"]["values_computed"], t_npp))
     print("hooked forwards (%d + 2)           %8.3f s   hooks / npp %.2f (goal: at least 5)"
           % (len(edges), t_ref, t_ref / t_npp))
-    work = sum(downstream(cfg, v) for _, v in edges)  # after the two plain runs
+    fw = forward_work(cfg)  # in forwards, after the two plain runs:
     t0 = min(next((t for t in range(T) if a[t] != b[t]), T) for a, b in zip(clean, corrupt))
+    work = sum(downstream(cfg, v) for _, v in edges) / fw
+    work_t0 = sum(downstream(cfg, v, t0) for _, v in edges) / fw
+    work_t1 = sum(downstream(cfg, v, t0, T - 1) for _, v in edges) / fw
     print("ceiling for these edges: hooks / exact recomputation of what each edge changes %.2f,"
           % ((len(edges) + 2) / (2 + work)))
     print("  at the positions after the %d the prompts share %.2f (npp: %d shared)"
-          % (t0, (len(edges) + 2) / (2 + work * (T - t0) / T), res["stats"]["shared_positions"]))
+          % (t0, (len(edges) + 2) / (2 + work_t0), res["stats"]["shared_positions"]))
+    print("  and the last layer's c_proj and MLP at the metric's position only %.2f (npp: from %d)"
+          % ((len(edges) + 2) / (2 + work_t1), res["stats"]["tail_from"]))
     print("max effect difference %.1e of the largest (must be <= 1e-4)" % diff)
     if diff > 1e-4:
         sys.exit(1)

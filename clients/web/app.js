@@ -332,6 +332,7 @@ async function showResult(job) {
   $("stats").textContent = `${s.values_planned} values planned, ${s.values_computed} computed, ` +
     `${s.values_cached} from the cache, ${s.path_nodes} path nodes` +
     (s.shared_positions ? `, the first ${s.shared_positions} positions computed once` : "") +
+    (s.tail_from ? `, the last layer from position ${s.tail_from} on` : "") +
     `; plan ${s.plan_ms.toFixed(1)} ms, ` +
     `run ${s.exec_ms.toFixed(1)} ms` + (s.attribution_ms !== undefined ? `, gradients ${s.attribution_ms.toFixed(1)} ms` : "");
   // a circuit's path tree is the full split: its picture is the circuit's

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/sha256.h"
 #include "compute/ops.h"
 
 enum { S_UNKNOWN, S_READY, S_MINE, S_THEIRS };
@@ -27,9 +28,18 @@ typedef struct {
     shim_tensor **h; /* per value, owned */
     int32_t *users;  /* consumers still to run, per value */
     long done, total;
-    op_memo memo; /* the last attention call's projections (ops.h) */
-    int64_t t0;   /* the shared prefix (shared_rows) */
+    op_memo memo;  /* the last attention call's projections (ops.h) */
+    int64_t t0;    /* the shared prefix (shared_rows) */
+    int64_t *from; /* per value: the first row computed (plan_tails; 0: all) */
+    uint8_t *tkey; /* per value computed at rows [from, T): its cache key, 32 bytes */
 } ex;
+
+/* The key value v is cached under: a value computed at some rows only is
+ * not the whole value, so it has its own (plan_tails). */
+static const uint8_t *key_of(const ex *x, int32_t v)
+{
+    return x->from[v] ? x->tkey + (size_t)v * 32 : x->p->v[v].key;
+}
 
 static int cancelled(const ex *x)
 {
@@ -44,7 +54,7 @@ static void trace(ex *x, int32_t v, const char *event)
     const plan_value *pv = &x->p->v[v];
     char hex[17];
     for (int i = 0; i < 8; i++)
-        snprintf(hex + 2 * i, 3, "%02x", pv->key[i]);
+        snprintf(hex + 2 * i, 3, "%02x", key_of(x, v)[i]);
     json_array_append_new(x->o->trace,
                           json_pack("{s:s,s:s,s:i,s:s}", "key", hex, "op", plan_op_name(pv->op),
                                     "layer", pv->op == OP_EMB ? -1 : pv->layer, "event", event));
@@ -71,7 +81,7 @@ static int resolve(ex *x, const int32_t *roots, int n)
         if (x->state[v] != S_UNKNOWN)
             continue;
         x->s->needed++;
-        switch (cache_get_or_claim(x->c, pv->key, &x->h[v])) {
+        switch (cache_get_or_claim(x->c, key_of(x, v), &x->h[v])) {
         case CACHE_HIT:
             x->state[v] = S_READY;
             x->s->cached++;
@@ -199,9 +209,24 @@ static int run_chunked(ex *x, const int32_t *vs, int n, shim_status *st);
 static int compute(ex *x, const int32_t *vs, int n, shim_status *st)
 {
     const op_def *op = op_info(x->p->v[vs[0]].op);
+    int nt = 0;
+    for (int i = 0; i < n; i++)
+        nt += x->from[vs[i]] > 0;
+    if (op->batched && nt > 0 && nt < n) { /* one call's values have the same rows */
+        int32_t *part = malloc((size_t)n * sizeof *part);
+        if (!part)
+            return npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
+        for (int i = 0, f = 0, t = n - nt; i < n; i++)
+            part[x->from[vs[i]] ? t++ : f++] = vs[i];
+        int rc = run_chunked(x, part, n - nt, st);
+        if (!rc && !st->code)
+            rc = run_chunked(x, part + n - nt, nt, st);
+        free(part);
+        return rc;
+    }
     if (op->batched)
         return run_chunked(x, vs, n, st);
-    op_env env = {x->p, x->h, &x->memo, x->t0};
+    op_env env = {x->p, x->h, &x->memo, x->t0, x->from};
     for (int i = 0; i < n; i++)
         x->h[vs[i]] = op->run(&env, vs[i], st);
     return 0;
@@ -218,19 +243,20 @@ static int compute_now(ex *x, int32_t v)
     for (int k = 0; k < pv->nin; k++) {
         int rc = ensure(x, pv->in[k]);
         if (rc) {
-            cache_abandon(x->c, pv->key);
+            cache_abandon(x->c, key_of(x, v));
             return rc;
         }
     }
     shim_status st = {0};
     int rc = compute(x, &v, 1, &st);
     if (rc || st.code) {
-        cache_abandon(x->c, pv->key);
+        cache_abandon(x->c, key_of(x, v));
         return rc ? rc : fail_shim(x, &st);
     }
-    cache_fulfil(x->c, pv->key, x->h[v]);
+    cache_fulfil(x->c, key_of(x, v), x->h[v]);
     x->state[v] = S_READY;
     x->s->computed++;
+    x->s->tail += x->from[v] > 0;
     trace(x, v, "computed");
     return 0;
 }
@@ -249,7 +275,7 @@ static int ensure(ex *x, int32_t v)
             x->state[v] = S_UNKNOWN;
             continue;
         case S_UNKNOWN:
-            switch (cache_get_or_claim(x->c, x->p->v[v].key, &x->h[v])) {
+            switch (cache_get_or_claim(x->c, key_of(x, v), &x->h[v])) {
             case CACHE_HIT:
                 x->state[v] = S_READY;
                 x->s->cached++;
@@ -260,7 +286,7 @@ static int ensure(ex *x, int32_t v)
             }
             break;
         case S_THEIRS: {
-            int r = cache_wait(x->c, x->p->v[v].key, &x->h[v], x->o ? x->o->cancel : NULL);
+            int r = cache_wait(x->c, key_of(x, v), &x->h[v], x->o ? x->o->cancel : NULL);
             if (r < 0)
                 return npp_fail(x->e, NPP_ECANCELED, "", "the job was cancelled");
             if (r == CACHE_HIT) {
@@ -345,7 +371,7 @@ static int run_chunked(ex *x, const int32_t *vs, int n, shim_status *st)
     exec_chunk *ch;
     int nch;
     const op_def *op = op_info(x->p->v[vs[0]].op);
-    op_env env = {x->p, x->h, &x->memo, x->t0};
+    op_env env = {x->p, x->h, &x->memo, x->t0, x->from};
     if (exec_chunks(x->p, vs, n, x->o ? x->o->chunk_bytes : 0, &ch, &nch))
         return npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
     shim_tensor **out = calloc((size_t)n, sizeof *out), **parts = NULL;
@@ -409,9 +435,10 @@ static int run_group(ex *x, const int32_t *vs, int n)
     if (st.code)
         return fail_shim(x, &st);
     for (int i = 0; i < n; i++) {
-        cache_fulfil(x->c, x->p->v[vs[i]].key, x->h[vs[i]]);
+        cache_fulfil(x->c, key_of(x, vs[i]), x->h[vs[i]]);
         x->state[vs[i]] = S_READY;
         x->s->computed++;
+        x->s->tail += x->from[vs[i]] > 0;
         trace(x, vs[i], "computed");
     }
     release_inputs(x, vs, n);
@@ -464,10 +491,75 @@ static int64_t shared_rows(const plan *p)
     return t0;
 }
 
+/* Which rows each value is computed at (exec_opts.tail): walking from the
+ * consumers down (an input's index is below its consumer's, as the planner
+ * makes them), a value is needed at rows [tail_from, T) only when every
+ * consumer needs only those rows of it: a tail root; a residual sum, MLP
+ * or ln_f computed at those rows (row by row, each reads the same rows of
+ * its inputs); an attention reads its sources whole (the keys and values
+ * at every row) but computes its own output at the rows its consumers
+ * need. Every other op is computed whole and reads its inputs whole. A
+ * value computed at those rows alone gets the key SHA-256(key, "tail",
+ * tail_from), so the cache never hands it to a job that reads other rows. */
+static int plan_tails(ex *x, const int32_t *roots, int n)
+{
+    const plan *p = x->p;
+    const exec_opts *o = x->o;
+    if (!o || !o->tail || o->tail_from <= 0 || o->tail_from >= p->T)
+        return 0;
+    unsigned char *need = calloc((size_t)p->nv + 1, 1); /* 0 none, 1 the tail, 2 whole */
+    long tails = 0;
+    if (!need)
+        return npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
+    for (int i = 0; i < n; i++) {
+        unsigned char d = o->tail[i] ? 1 : 2;
+        need[roots[i]] = need[roots[i]] > d ? need[roots[i]] : d;
+    }
+    for (int32_t v = p->nv - 1; v >= 0; v--) {
+        const plan_value *pv = &p->v[v];
+        if (!need[v])
+            continue;
+        int rows = pv->op == OP_ADD || pv->op == OP_MLP || pv->op == OP_LNF;
+        if (need[v] == 1 && !rows && pv->op != OP_ATTN)
+            need[v] = 2;
+        for (int k = 0; k < pv->nin; k++) {
+            int32_t u = pv->in[k];
+            unsigned char d = need[v] == 1 && rows ? 1 : 2;
+            if (u >= v) { /* not the planner's order: compute everything whole */
+                free(need);
+                return 0;
+            }
+            need[u] = need[u] > d ? need[u] : d;
+        }
+    }
+    for (int32_t v = 0; v < p->nv; v++)
+        tails += need[v] == 1;
+    if (tails && !(x->tkey = malloc((size_t)p->nv * 32))) {
+        free(need);
+        return npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
+    }
+    for (int32_t v = 0; tails && v < p->nv; v++) {
+        if (need[v] != 1)
+            continue;
+        sha256_ctx c;
+        unsigned char f[8];
+        for (int i = 0; i < 8; i++)
+            f[i] = (unsigned char)((uint64_t)o->tail_from >> (8 * i));
+        sha256_init(&c);
+        sha256_update(&c, p->v[v].key, 32);
+        sha256_update(&c, "tail", 4);
+        sha256_update(&c, f, sizeof f);
+        sha256_final(&c, x->tkey + (size_t)v * 32);
+        x->from[v] = o->tail_from;
+    }
+    free(need);
+    return 0;
+}
+
 int exec_run(const plan *p, cache *c, const int32_t *roots, int n, shim_tensor **out,
              const exec_opts *o, exec_stats *s, npp_err *e)
 {
-    ex x = {p, c, o, s, e, NULL, NULL, NULL, 0, 0, {0}, shared_rows(p)};
+    ex x = {p, c, o, s, e, NULL, NULL, NULL, 0, 0, {0}, shared_rows(p), NULL, NULL};
     x.memo.budget = exec_memo_budget(o ? o->chunk_bytes : 0);
     int32_t *mine = NULL;
     long nm = 0, i = 0;
@@ -477,12 +569,13 @@ int exec_run(const plan *p, cache *c, const int32_t *roots, int n, shim_tensor *
     x.state = calloc((size_t)p->nv + 1, 1);
     x.h = calloc((size_t)p->nv + 1, sizeof *x.h);
     x.users = calloc((size_t)p->nv + 1, sizeof *x.users);
+    x.from = calloc((size_t)p->nv + 1, sizeof *x.from);
     mine = malloc(((size_t)p->nv + 1) * sizeof *mine);
-    if (!x.state || !x.h || !x.users || !mine) {
+    if (!x.state || !x.h || !x.users || !x.from || !mine) {
         rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
         goto done;
     }
-    if ((rc = resolve(&x, roots, n)))
+    if ((rc = plan_tails(&x, roots, n)) || (rc = resolve(&x, roots, n)))
         goto done;
     for (int32_t v = 0; v < p->nv; v++)
         if (x.state[v] == S_MINE)
@@ -528,12 +621,14 @@ done:
     /* Claims never computed are given back so that waiters can proceed. */
     for (long k = 0; x.state && k < nm; k++)
         if (x.state[mine[k]] == S_MINE)
-            cache_abandon(c, p->v[mine[k]].key);
+            cache_abandon(c, key_of(&x, mine[k]));
     for (int32_t v = 0; x.h && v < p->nv; v++)
         shim_free(x.h[v]);
     free(x.state);
     free(x.h);
     free(x.users);
+    free(x.from);
+    free(x.tkey);
     free(mine);
     return rc;
 }
@@ -567,7 +662,7 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
                 seen[pv->in[i]] = 1, mine[nm++] = pv->in[i];
     }
     qsort_r(mine, (size_t)nm, sizeof *mine, by_rank, (void *)p);
-    ex x = {p, NULL, NULL, NULL, e, NULL, NULL, users, 0, 0, {0}, 0};
+    ex x = {p, NULL, NULL, NULL, e, NULL, NULL, users, 0, 0, {0}, 0, NULL, NULL};
     count_users(&x, mine, nm, roots, n);
     size_t live = 0, peak = 0, memo = 0; /* memo: what the last attention call keeps */
     for (long i = 0; i < nm;) {

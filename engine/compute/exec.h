@@ -25,6 +25,16 @@ typedef struct {
     void *ud;
     json_t *trace;      /* if not NULL, an array that gets one object per value touched */
     size_t chunk_bytes; /* bound on one tensor call's temporaries (0: none); see below */
+    /* Roots whose rows before tail_from nobody reads (tail[i] for root i; NULL or
+     * tail_from 0: none), such as final hidden states read only for the logits at the
+     * metric's and outputs' positions. Every value whose consumers all read only rows
+     * [tail_from, T), through ops that work row by row (residual sums, MLPs, ln_f) or an
+     * attention's queries, is computed at those rows alone: on a plain run, the last
+     * layer's MLP, c_proj, queries' attention and ln_f at the rows asked for instead of
+     * every row. Such a value is its own entry in the cache (its key and the rows), and
+     * out[i] of such a root holds rows [tail_from, T) only: (B, T - tail_from, C). */
+    int64_t tail_from;
+    const unsigned char *tail;
 } exec_opts;
 
 typedef struct {
@@ -36,6 +46,7 @@ typedef struct {
     long batches;  /* tensor calls for attention and MLP */
     long shared;   /* the shared prefix (ops.h, op_env): leading positions every input has in
                     * common, which each attention or MLP call computed once (0: none) */
+    long tail;     /* values computed at rows [tail_from, T) only (exec_opts.tail) */
 } exec_stats;
 
 /* Computes roots[0..n); out[i] gets a new handle of root i's tensor. */

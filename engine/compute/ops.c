@@ -17,15 +17,50 @@ static shim_tensor *run_emb(const op_env *x, int32_t v, shim_status *st)
     return gpt2_embed(p->m, p->ids + (size_t)p->v[v].layer * p->B * p->T, p->B, p->T, st);
 }
 
+/* The first row of value v's tensor (op_env.from). */
+static int64_t from_of(const op_env *x, int32_t v)
+{
+    return x->from ? x->from[v] : 0;
+}
+
+/* Examples [b0, b0+bn), positions [t, t+tn) of h: a view. */
+static shim_tensor *rows(const shim_tensor *h, int64_t b0, int64_t bn, int64_t t, int64_t tn,
+                         shim_status *st)
+{
+    shim_tensor *b = shim_narrow(h, 0, b0, bn, st), *r = shim_narrow(b, 1, t, tn, st);
+    shim_free(b);
+    return r;
+}
+
+/* The same of value u's tensor, which holds rows [from_of(u), T). */
+static shim_tensor *value_rows(const op_env *x, int32_t u, int64_t b0, int64_t bn, int64_t t,
+                               int64_t tn, shim_status *st)
+{
+    return rows(x->h[u], b0, bn, t - from_of(x, u), tn, st);
+}
+
+/* Input u of value v at v's rows, every example: (B, T - from_of(v), C). */
+static shim_tensor *input_rows(const op_env *x, int32_t v, int32_t u, shim_status *st)
+{
+    int64_t f = from_of(x, v);
+    return value_rows(x, u, 0, x->p->B, f, x->p->T - f, st);
+}
+
 static shim_tensor *run_add(const op_env *x, int32_t v, shim_status *st)
 {
     const plan_value *pv = &x->p->v[v];
-    return shim_add(x->h[pv->in[0]], x->h[pv->in[1]], st);
+    shim_tensor *a = input_rows(x, v, pv->in[0], st), *b = input_rows(x, v, pv->in[1], st);
+    shim_tensor *r = shim_add(a, b, st);
+    shim_free(a), shim_free(b);
+    return r;
 }
 
 static shim_tensor *run_lnf(const op_env *x, int32_t v, shim_status *st)
 {
-    return gpt2_ln_f(x->p->m, x->h[x->p->v[v].in[0]], st);
+    shim_tensor *a = input_rows(x, v, x->p->v[v].in[0], st);
+    shim_tensor *r = gpt2_ln_f(x->p->m, a, st);
+    shim_free(a);
+    return r;
 }
 
 /* A per-position mix: row t comes from input t; runs of one source become
@@ -159,15 +194,6 @@ static size_t mlp_cost(const plan *p, int ns, int n, int64_t b)
     return e * rows * (stack + (inner > 2 * C ? inner : 2 * C));
 }
 
-/* Examples [b0, b0+bn), positions [t, t+tn) of h: a view. */
-static shim_tensor *rows(const shim_tensor *h, int64_t b0, int64_t bn, int64_t t, int64_t tn,
-                         shim_status *st)
-{
-    shim_tensor *b = shim_narrow(h, 0, b0, bn, st), *r = shim_narrow(b, 1, t, tn, st);
-    shim_free(b);
-    return r;
-}
-
 /* Examples [b0, b0+bn), positions [t, T) of the tensors of values
  * vs[0..n), stacked on the batch dimension: (n*bn, T-t, C); a view when
  * n == 1. */
@@ -176,7 +202,7 @@ static shim_tensor *stack(const op_env *x, const int32_t *vs, int n, int64_t b0,
 {
     int64_t tn = x->p->T - t;
     if (n == 1)
-        return rows(x->h[vs[0]], b0, bn, t, tn, st);
+        return value_rows(x, vs[0], b0, bn, t, tn, st);
     shim_tensor **ts = calloc((size_t)n, sizeof *ts);
     if (!ts) {
         st->code = SHIM_ENOMEM;
@@ -184,7 +210,7 @@ static shim_tensor *stack(const op_env *x, const int32_t *vs, int n, int64_t b0,
         return NULL;
     }
     for (int i = 0; i < n; i++)
-        ts[i] = rows(x->h[vs[i]], b0, bn, t, tn, st);
+        ts[i] = value_rows(x, vs[i], b0, bn, t, tn, st);
     shim_tensor *r = shim_cat(ts, n, 0, st);
     for (int i = 0; i < n; i++)
         shim_free(ts[i]);
@@ -192,8 +218,10 @@ static shim_tensor *stack(const op_env *x, const int32_t *vs, int n, int64_t b0,
     return r;
 }
 
-/* Splits y (n*bn, T-t0, C) into out[0..n), each (bn, T, C) with the shared
- * rows pre (bn, t0, C) in front when there are some (pre NULL: t0 = 0).
+/* Splits y (n*bn, T-t, C) into out[0..n), each (bn, T-f, C) with the
+ * shared rows pre (bn, t-f, C) in front when there are some (pre NULL:
+ * t = f): f is the values' first row (op_env.from), t the first computed
+ * per value.
  * Each gets its own storage (a slice would pin the whole batch in the
  * cache, whose byte count would then understate what it holds); a single
  * one without shared rows is y itself. */
@@ -221,8 +249,8 @@ int64_t op_shared_rows(const op_env *x, plan_op op, int n)
     return (op == OP_ATTN || op == OP_MLP) && n > 1 && x->t0 > 0 && x->t0 < x->p->T ? x->t0 : 0;
 }
 
-/* MLP of one layer for values vs[0..n), rows [b0, b0+bn): out[i] gets
- * value i's rows. */
+/* MLP of one layer for values vs[0..n), examples [b0, b0+bn): out[i] gets
+ * value i's rows (those from from_of(vs[i]), the same for all). */
 static void run_mlp(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
                     shim_tensor **out, shim_status *st)
 {
@@ -236,13 +264,13 @@ static void run_mlp(const op_env *x, const int32_t *vs, int n, int64_t b0, int64
         in[i] = x->p->v[vs[i]].in[0];
     const model *m = x->p->m;
     int layer = x->p->v[vs[0]].layer;
-    int64_t t0 = op_shared_rows(x, OP_MLP, n);
-    shim_tensor *X = stack(x, in, n, b0, bn, t0, st); /* (n*bn, T-t0, C) */
-    shim_tensor *Y = gpt2_mlp(m, layer, X, st);       /* (n*bn, T-t0, C) */
+    int64_t f = from_of(x, vs[0]), t0 = op_shared_rows(x, OP_MLP, n), t = t0 > f ? t0 : f;
+    shim_tensor *X = stack(x, in, n, b0, bn, t, st); /* (n*bn, T-t, C) */
+    shim_tensor *Y = gpt2_mlp(m, layer, X, st);      /* (n*bn, T-t, C) */
     shim_free(X);
-    shim_tensor *P = NULL; /* the shared rows, once: (bn, t0, C) */
-    if (t0) {
-        X = rows(x->h[in[0]], b0, bn, 0, t0, st);
+    shim_tensor *P = NULL; /* the shared rows it needs, once: (bn, t-f, C) */
+    if (t > f) {
+        X = value_rows(x, in[0], b0, bn, f, t - f, st);
         P = gpt2_mlp(m, layer, X, st);
         shim_free(X);
     }
@@ -317,8 +345,10 @@ static void attn_call(const op_env *x, const int32_t *vs, int n, int64_t b0, int
                 **pieces = calloc((size_t)H, sizeof *pieces),
                 **pieces_p = calloc((size_t)n * 3 * H, sizeof *pieces_p);
     shim_tensor *X = NULL, *QKV = NULL, *Q = NULL, *K = NULL, *V = NULL, *Y = NULL, *P = NULL;
-    int64_t T = x->p->T,
-            t0 = probs ? 0 : op_shared_rows(x, OP_ATTN, n); /* probs: one value, full rows */
+    /* probs: one value, every row. Projections from t0 per source (the
+     * shared rows' once); queries, and so the output, from t per value */
+    int64_t T = x->p->T, t0 = probs ? 0 : op_shared_rows(x, OP_ATTN, n),
+            f = probs ? 0 : from_of(x, vs[0]), t = t0 > f ? t0 : f;
     if (!srcs || !slot || !q || !pieces || !pieces_p) {
         st->code = SHIM_ENOMEM;
         snprintf(st->msg, sizeof st->msg, "out of memory");
@@ -340,7 +370,7 @@ static void attn_call(const op_env *x, const int32_t *vs, int n, int64_t b0, int
     shim_free(X);
     X = NULL;
     if (t0) { /* the shared rows' projection, once, in front of every source's */
-        X = rows(x->h[srcs[0]], b0, bn, 0, t0, st);
+        X = value_rows(x, srcs[0], b0, bn, 0, t0, st);
         P = gpt2_attn_qkv(m, layer, X, st); /* (bn, t0, 3C) */
         shim_free(X);
         X = NULL;
@@ -361,19 +391,19 @@ static void attn_call(const op_env *x, const int32_t *vs, int n, int64_t b0, int
             for (int h = 1; h < H; h++)
                 same &= sl[3 * h + c] == sl[c];
             /* queries at the rows computed per value; keys, values at all */
-            int64_t t = c == 0 ? t0 : 0;
+            int64_t r0 = c == 0 ? t : 0;
             if (same) {
-                shim_tensor *r = rows(QKV, (int64_t)sl[c] * bn, bn, t, T - t, st);
-                q[3 * i + c] = shim_narrow(r, 2, c * C, C, st); /* (bn, T-t, C) */
+                shim_tensor *r = rows(QKV, (int64_t)sl[c] * bn, bn, r0, T - r0, st);
+                q[3 * i + c] = shim_narrow(r, 2, c * C, C, st); /* (bn, T-r0, C) */
                 shim_free(r);
                 continue;
             }
             for (int h = 0; h < H; h++) {
-                shim_tensor *r = rows(QKV, (int64_t)sl[3 * h + c] * bn, bn, t, T - t, st);
-                pieces[h] = shim_narrow(r, 2, c * C + h * D, D, st); /* (bn, T-t, D) */
+                shim_tensor *r = rows(QKV, (int64_t)sl[3 * h + c] * bn, bn, r0, T - r0, st);
+                pieces[h] = shim_narrow(r, 2, c * C + h * D, D, st); /* (bn, T-r0, D) */
                 shim_free(r);
             }
-            q[3 * i + c] = shim_cat(pieces, H, 2, st); /* (bn, T-t, C) */
+            q[3 * i + c] = shim_cat(pieces, H, 2, st); /* (bn, T-r0, C) */
             for (int h = 0; h < H; h++) {
                 shim_free(pieces[h]);
                 pieces[h] = NULL;
@@ -398,19 +428,27 @@ static void attn_call(const op_env *x, const int32_t *vs, int n, int64_t b0, int
         shim_free(q[i]);
         q[i] = NULL;
     }
-    Y = gpt2_attn_out(m, layer, Q, K, V, probs, st); /* (n*bn, T-t0, C) */
+    Y = gpt2_attn_out(m, layer, Q, K, V, probs, st); /* (n*bn, T-t, C) */
     shim_free(QKV), shim_free(Q), shim_free(K), shim_free(V);
     QKV = Q = K = V = NULL;
-    if (t0) { /* the shared rows' output, once: their attention sees only them */
-        for (int c = 0; c < 3; c++)
-            q[c] = shim_narrow(P, 2, c * C, C, st); /* (bn, t0, C) */
-        shim_tensor *Yp = gpt2_attn_out(m, layer, q[0], q[1], q[2], NULL, st);
+    if (t > f) { /* the shared rows' output, once: their attention sees only them */
+        for (int c = 0; c < 3; c++) /* queries from f; keys and values from 0 */
+            q[c] = shim_narrow(P, 1, c ? 0 : f, c ? t0 : t0 - f, st);
+        for (int c = 0; c < 3; c++) {
+            shim_tensor *qc = shim_narrow(q[c], 2, c * C, C, st); /* (bn, ., C) */
+            shim_free(q[c]);
+            q[c] = qc;
+        }
+        shim_tensor *Yp = gpt2_attn_out(m, layer, q[0], q[1], q[2], NULL, st); /* (bn, t0-f, C) */
         for (int c = 0; c < 3; c++) {
             shim_free(q[c]);
             q[c] = NULL;
         }
         shim_free(P);
         P = Yp;
+    } else {
+        shim_free(P); /* the shared rows' projection only served the keys and values */
+        P = NULL;
     }
     unstack(Y, P, n, bn, out, st);
 done:
@@ -585,7 +623,7 @@ static void run_attn(const op_env *x, const int32_t *vs, int n, int64_t b0, int6
 
 shim_tensor *op_attn_probs(const plan *p, shim_tensor **h, int32_t v, shim_status *st)
 {
-    op_env env = {p, h, NULL, 0};
+    op_env env = {p, h, NULL, 0, NULL};
     shim_tensor *out = NULL, *probs = NULL;
     attn_call(&env, &v, 1, 0, p->B, &out, &probs, st);
     shim_free(out);

@@ -34,12 +34,17 @@ void op_memo_clear(op_memo *m);
  * other (exec.c, shared_rows; 0: none). A call on two or more values then
  * computes those rows once, from the first value's input, and the rest
  * for each value (an attention: its queries there, and its keys and values
- * at every position, the shared rows' from that one projection). */
+ * at every position, the shared rows' from that one projection). And the
+ * rows each value is computed at (exec.h, exec_opts.tail): value v's
+ * tensor holds rows [from[v], T) (NULL: every value all rows); the values
+ * of one batched call have the same. Only residual sums, MLPs, ln_f and
+ * attentions (their queries) are computed at some rows; the rest whole. */
 typedef struct {
     const plan *p;
     shim_tensor **h;
     op_memo *memo;
     int64_t t0;
+    const int64_t *from;
 } op_env;
 
 typedef struct {

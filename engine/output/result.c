@@ -137,12 +137,15 @@ static int shim_err(ctx *c, const shim_status *st)
     return npp_fail_shim(c->e, st);
 }
 
-/* Rows of hidden (B, T, C) at each example's positions pos[b * np + i]
- * -> (B*np, C), row b * np + i. */
-static shim_tensor *rows_at(const model *m, const shim_tensor *hidden, const int *pos, int np,
+/* Rows of hidden at each example's positions pos[b * np + i] -> (B*np,
+ * C), row b * np + i. hidden holds the job's last T' of T positions (B,
+ * T', C): every position when T' = T, else only the rows from the first
+ * any output or the metric reads (exec.h, exec_opts.tail). */
+static shim_tensor *rows_at(const ctx *c, const shim_tensor *hidden, const int *pos, int np,
                             shim_status *st)
 {
-    int64_t B = shim_dim(hidden, 0), T = shim_dim(hidden, 1), C = m->cfg.n_embd;
+    int64_t B = shim_dim(hidden, 0), T = shim_dim(hidden, 1), C = c->m->cfg.n_embd;
+    int64_t from = c->j->T - T;
     int64_t *idx = malloc((size_t)(B * np) * sizeof *idx), shape[2] = {B * T, C};
     if (!idx) {
         st->code = SHIM_ENOMEM;
@@ -150,7 +153,7 @@ static shim_tensor *rows_at(const model *m, const shim_tensor *hidden, const int
     }
     for (int64_t b = 0; b < B; b++)
         for (int i = 0; i < np; i++)
-            idx[b * np + i] = b * T + pos[b * np + i];
+            idx[b * np + i] = b * T + pos[b * np + i] - from;
     shim_tensor *flat = shim_reshape(hidden, shape, 2, st);
     shim_tensor *r = shim_take_rows(flat, idx, B * np, st);
     shim_free(flat);
@@ -223,7 +226,7 @@ static float *logits_at(ctx *c, const shim_tensor *hidden, const int *pos, int n
 {
     shim_status st = {0};
     int64_t B = shim_dim(hidden, 0), V = c->m->cfg.vocab_size;
-    shim_tensor *rows = rows_at(c->m, hidden, pos, np, &st);
+    shim_tensor *rows = rows_at(c, hidden, pos, np, &st);
     shim_tensor *lg = gpt2_unembed(c->m, rows, &st); /* (B*np, V) */
     float *h = st.code ? NULL : malloc((size_t)(B * np * V) * sizeof *h);
     if (h && shim_to_host_f32(lg, h, (size_t)(B * np * V), &st)) {
@@ -280,7 +283,7 @@ static json_t *metric_json(ctx *c, const shim_tensor *hidden, const shim_tensor 
         shim_status st = {0};
         int64_t *cols = malloc((size_t)(nt * B + 1) * sizeof *cols);
         h = malloc((size_t)(B * nt * B + 1) * sizeof *h);
-        shim_tensor *rows = rows_at(c->m, hidden, j->m_pos, 1, &st), *w = NULL, *l2 = NULL;
+        shim_tensor *rows = rows_at(c, hidden, j->m_pos, 1, &st), *w = NULL, *l2 = NULL;
         if (!cols || !h) {
             st.code = SHIM_ENOMEM;
             snprintf(st.msg, sizeof st.msg, "out of memory");

@@ -64,6 +64,24 @@ static int exec_roots(const run_output *r, int32_t *xr, int *at)
     return n;
 }
 
+/* The first position any output or the metric reads of a run's final
+ * hidden state (the logits at outputs.positions and the metric's), so
+ * that the executor computes the top of the model from there on
+ * (exec_opts.tail); 0 (every position) when hidden states are asked for. */
+static int64_t tail_from(const job *j)
+{
+    int64_t f = j->T;
+    if (j->want_hidden)
+        return 0;
+    for (int b = 0; b < j->B; b++) {
+        for (int i = 0; i < j->npos; i++)
+            f = j->positions[b * j->npos + i] < f ? j->positions[b * j->npos + i] : f;
+        if (j->metric)
+            f = j->m_pos[b] < f ? j->m_pos[b] : f;
+    }
+    return f < j->T ? f : 0;
+}
+
 /* Fills r->est from the plans (run_prepare, after planning). */
 static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e)
 {
@@ -277,13 +295,14 @@ fail:
 
 static json_t *stats_json(const run_output *r, double exec_ms)
 {
-    return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f}", "values_planned",
+    return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f}", "values_planned",
                      (json_int_t)r->stats.planned, "values_needed", (json_int_t)r->stats.needed,
                      "values_computed", (json_int_t)r->stats.computed, "values_cached",
                      (json_int_t)r->stats.cached, "values_waited", (json_int_t)r->stats.waited,
                      "batches", (json_int_t)r->stats.batches, "shared_positions",
-                     (json_int_t)r->stats.shared, "path_nodes", (json_int_t)run_path_nodes(r),
-                     "plan_ms", r->plan_ms, "exec_ms", exec_ms);
+                     (json_int_t)r->stats.shared, "tail_from",
+                     (json_int_t)(r->stats.tail ? tail_from(r->job) : 0), "path_nodes",
+                     (json_int_t)run_path_nodes(r), "plan_ms", r->plan_ms, "exec_ms", exec_ms);
 }
 
 /* An attribution job's progress: the plan's values, then the attribution's
@@ -431,11 +450,14 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
     shim_tensor **hs = calloc((size_t)r->nroots, sizeof *hs), **xh = NULL, *clean = NULL;
     int32_t *xr = malloc(((size_t)r->nroots + 1) * sizeof *xr);
     int *xat = malloc(((size_t)r->nroots + 1) * sizeof *xat);
-    if (!hs || !xr || !xat) {
+    unsigned char *tail = malloc((size_t)r->nroots + 1);
+    if (!hs || !xr || !xat || !tail) {
         rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
         goto done;
     }
     nx = exec_roots(r, xr, xat);
+    for (int k = 0; k < nx; k++) /* the runs' final hidden states, read at some positions */
+        tail[k] = xat[k] < r->nmain;
     if (!(xh = calloc((size_t)nx + 1, sizeof *xh))) {
         rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
         goto done;
@@ -448,7 +470,9 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
                     .progress = wrap ? progress_with_attrib : o->progress,
                     .ud = wrap ? (void *)&pp : o->ud,
                     .trace = trace,
-                    .chunk_bytes = o->chunk_bytes ? o->chunk_bytes : EXEC_CHUNK_BYTES};
+                    .chunk_bytes = o->chunk_bytes ? o->chunk_bytes : EXEC_CHUNK_BYTES,
+                    .tail_from = tail_from(j),
+                    .tail = tail};
     if ((rc = exec_run(&r->plan, o->cache, xr, nx, xh, &eo, &r->stats, e)))
         goto done;
     for (int k = 0; k < nx; k++)
@@ -494,7 +518,7 @@ done:
     for (int i = 0; xh && i < nx; i++)
         shim_free(xh[i]);
     shim_free(clean);
-    free(hs), free(xh), free(xr), free(xat);
+    free(hs), free(xh), free(xr), free(xat), free(tail);
     json_decref(trace);
     json_decref(at);
     if (blocks_on)

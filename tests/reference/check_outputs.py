@@ -111,6 +111,37 @@ def main():
     check("prob_diff metric (per-example baselines) = reference", err < 1e-5 and
           r["metric"]["type"] == "prob_diff", "max err %.3g" % err)
 
+    # the top of the model at the rows read: with hidden states asked for every
+    # row is computed; without, the last layer and ln_f only from the first
+    # position an output or the metric reads, with the same logits and metric
+    check("hidden states asked for: every position computed (tail_from 0)",
+          res["stats"]["tail_from"] == 0, json.dumps(res["stats"]))
+    top = run(dict(job, outputs={"positions": [-1, 3], "top_k": 5, "logits": True,
+                                 "baselines": True}))
+    check("logits at positions [-1, 3]: the top computed from position 3",
+          top["stats"]["tail_from"] == 3, json.dumps(top["stats"]))
+    err = max(np.max(np.abs(tensor(top["outputs"]["logits"]) - L)),
+              np.max(np.abs(np.array(top["metric"]["per_example"]) - np.array(md["per_example"]))),
+              np.max(np.abs(np.array(top["baselines"][0]["metric"]["per_example"]) -
+                            np.array(b0["metric"]["per_example"]))))
+    check("the same logits, metric and baselines as every position's", err < 1e-5,
+          "max err %.3g" % err)
+    last = run({"inputs": texts, "preset": patch, "metric": job["metric"], "outputs": {"top_k": 0}})
+    err = np.max(np.abs(np.array(last["metric"]["per_example"]) - np.array(md["per_example"])))
+    check("metric alone: the top computed at the last position only, the same metric",
+          last["stats"]["tail_from"] == T - 1 and err < 1e-5,
+          "tail_from %d of %d, max err %.3g" % (last["stats"]["tail_from"], T, err))
+    uneven = [[texts[0][0], texts[0][1] + " the"], [texts[1][0], texts[1][1] + " the"]]
+    r = run({"inputs": uneven, "metric": {"type": "logprob", "token": " Mary"}, "outputs": {"top_k": 0}})
+    ids1 = torch.tensor(r["inputs"][0][1])
+    with torch.inference_mode():
+        _, lg1 = gpt2_ref.forward(cfg, W, ids1[None, :r["lengths"][1]])
+    want = [lp0[0, -1, mary], float(torch.log_softmax(lg1[0, -1], -1)[mary])]
+    err = np.max(np.abs(np.array(r["metric"]["per_example"]) - np.array(want)))
+    check("uneven prompts: the top from the shorter one's last position, metric = reference",
+          r["stats"]["tail_from"] == T - 1 and err < 1e-5,
+          "tail_from %d, max err %.3g" % (r["stats"]["tail_from"], err))
+
     # cache: a repeated job computes nothing; a cache too small changes nothing but speed
     small = dict(job, outputs={"hidden_states": True, "top_k": 0})
     r2 = run(small, "--repeat", "2")

@@ -12,6 +12,8 @@ import subprocess
 import time
 import xml.etree.ElementTree as ET
 
+import pytest
+
 from conftest import (LONG_MODEL, MODEL, NPP, SLOW_MODEL, TOKENS, free_port, in_thread, job_doc,
                       slow_job, validate, wait_state)
 
@@ -137,6 +139,33 @@ def test_sweep(server):
     st, _, err = server.request("POST", "/v1/jobs", dict(job_doc(), sweep=variants))
     assert st == 422 and err["error"]["field"] == "sweep"
     validate("/v1/jobs", "POST", st, err)
+
+
+def test_rows_read_are_their_own_cache_entries(server):
+    """A job that reads its runs' last position only computes the top of
+    the model there (stats.tail_from); those values are cached apart from
+    the whole ones, so a later job asking for hidden states on the same
+    inputs computes the top again, whole, and both agree."""
+    base = job_doc(metric={"type": "logprob", "token": " Madrid"}, outputs={"top_k": 0})
+    st, _, a = server.request("POST", "/v1/jobs?wait=60", base)
+    assert st == 200 and a["state"] == "done", a
+    T = a["result"]["tokens"]
+    assert a["result"]["stats"]["tail_from"] == T - 1
+    whole = dict(base, outputs={"top_k": 0, "hidden_states": True})
+    st, _, b = server.request("POST", "/v1/jobs?wait=60", whole)
+    assert st == 200 and b["state"] == "done", b
+    sb = b["result"]["stats"]
+    assert sb["tail_from"] == 0
+    # the patched run's last layer and ln_f, whole: an attention, its sum,
+    # an MLP, its sum and ln_f at least
+    assert sb["values_computed"] >= 5 and sb["values_cached"] > 0, sb
+    hs = b["result"]["outputs"]["hidden_states"]
+    assert hs["shape"] == [1, T, 64], hs["shape"]
+    assert b["result"]["metric"]["mean"] == pytest.approx(a["result"]["metric"]["mean"],
+                                                          rel=1e-5, abs=1e-5)
+    st, _, c = server.request("POST", "/v1/jobs?wait=60", base)  # the first job again
+    assert st == 200 and c["result"]["stats"]["values_computed"] == 0
+    assert c["result"]["metric"] == a["result"]["metric"]
 
 
 def test_discover_and_its_circuit(make_server):
