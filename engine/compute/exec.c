@@ -491,28 +491,27 @@ static int64_t shared_rows(const plan *p)
     return t0;
 }
 
-/* Which rows each value is computed at (exec_opts.tail): walking from the
- * consumers down (an input's index is below its consumer's, as the planner
- * makes them), a value is needed at rows [tail_from, T) only when every
- * consumer needs only those rows of it: a tail root; a residual sum, MLP
- * or ln_f computed at those rows (row by row, each reads the same rows of
- * its inputs); an attention reads its sources whole (the keys and values
- * at every row) but computes its own output at the rows its consumers
- * need. Every other op is computed whole and reads its inputs whole. A
- * value computed at those rows alone gets the key SHA-256(key, "tail",
- * tail_from), so the cache never hands it to a job that reads other rows. */
-static int plan_tails(ex *x, const int32_t *roots, int n)
+/* Which rows each value is computed at (exec_opts.tail): from[v] gets the
+ * first (0: all). Walking from the consumers down (an input's index is
+ * below its consumer's, as the planner makes them), a value is needed at
+ * rows [tail_from, T) only when every consumer needs only those rows of
+ * it: a tail root; a residual sum, MLP or ln_f computed at those rows (row
+ * by row, each reads the same rows of its inputs); an attention reads its
+ * sources whole (the keys and values at every row) but computes its own
+ * output at the rows its consumers need. Every other op is computed whole
+ * and reads its inputs whole. Returns how many values are computed at
+ * those rows alone, or -1 when out of memory. */
+static long rows_needed(const plan *p, const int32_t *roots, int n, int64_t tail_from,
+                        const unsigned char *tail, int64_t *from)
 {
-    const plan *p = x->p;
-    const exec_opts *o = x->o;
-    if (!o || !o->tail || o->tail_from <= 0 || o->tail_from >= p->T)
+    if (!tail || tail_from <= 0 || tail_from >= p->T)
         return 0;
     unsigned char *need = calloc((size_t)p->nv + 1, 1); /* 0 none, 1 the tail, 2 whole */
     long tails = 0;
     if (!need)
-        return npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
+        return -1;
     for (int i = 0; i < n; i++) {
-        unsigned char d = o->tail[i] ? 1 : 2;
+        unsigned char d = tail[i] ? 1 : 2;
         need[roots[i]] = need[roots[i]] > d ? need[roots[i]] : d;
     }
     for (int32_t v = p->nv - 1; v >= 0; v--) {
@@ -533,13 +532,26 @@ static int plan_tails(ex *x, const int32_t *roots, int n)
         }
     }
     for (int32_t v = 0; v < p->nv; v++)
-        tails += need[v] == 1;
-    if (tails && !(x->tkey = malloc((size_t)p->nv * 32))) {
-        free(need);
+        if (need[v] == 1)
+            from[v] = tail_from, tails++;
+    free(need);
+    return tails;
+}
+
+/* The rows each value is computed at (rows_needed) and, for those computed
+ * at some rows alone, their cache keys: SHA-256(key, "tail", tail_from), so
+ * the cache never hands such a value to a job that reads other rows. */
+static int plan_tails(ex *x, const int32_t *roots, int n)
+{
+    const plan *p = x->p;
+    const exec_opts *o = x->o;
+    long tails = o ? rows_needed(p, roots, n, o->tail_from, o->tail, x->from) : 0;
+    if (tails > 0 && !(x->tkey = malloc((size_t)p->nv * 32)))
+        tails = -1;
+    if (tails < 0)
         return npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
-    }
     for (int32_t v = 0; tails && v < p->nv; v++) {
-        if (need[v] != 1)
+        if (!x->from[v])
             continue;
         sha256_ctx c;
         unsigned char f[8];
@@ -550,9 +562,7 @@ static int plan_tails(ex *x, const int32_t *roots, int n)
         sha256_update(&c, "tail", 4);
         sha256_update(&c, f, sizeof f);
         sha256_final(&c, x->tkey + (size_t)v * 32);
-        x->from[v] = o->tail_from;
     }
-    free(need);
     return 0;
 }
 
@@ -635,8 +645,14 @@ done:
 
 /* ---- the estimate -------------------------------------------------------------- */
 
-int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes,
-                  exec_estimate_t *out, npp_err *e)
+/* Value v's bytes: a whole one's vb, or its rows [from[v], T)'s. */
+static size_t rows_bytes(const plan *p, size_t vb, const int64_t *from, int32_t v)
+{
+    return vb / (size_t)p->T * (size_t)(p->T - from[v]);
+}
+
+int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes, int64_t tail_from,
+                  const unsigned char *tail, exec_estimate_t *out, npp_err *e)
 {
     memset(out, 0, sizeof *out);
     size_t vb =
@@ -645,12 +661,14 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
     unsigned char *seen = calloc((size_t)p->nv + 1, 1);
     int32_t *mine = malloc(((size_t)p->nv + 1) * sizeof *mine);
     int32_t *users = calloc((size_t)p->nv + 1, sizeof *users);
+    int64_t *from = calloc((size_t)p->nv + 1, sizeof *from);
     long nm = 0;
     int rc = 0;
-    if (!seen || !mine || !users) {
+    if (!seen || !mine || !users || !from || rows_needed(p, roots, n, tail_from, tail, from) < 0) {
         rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
         goto done;
     }
+
     /* every value the roots depend on, as if the cache held none */
     for (int r = 0; r < n; r++)
         if (!seen[roots[r]])
@@ -662,7 +680,7 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
                 seen[pv->in[i]] = 1, mine[nm++] = pv->in[i];
     }
     qsort_r(mine, (size_t)nm, sizeof *mine, by_rank, (void *)p);
-    ex x = {p, NULL, NULL, NULL, e, NULL, NULL, users, 0, 0, {0}, 0, NULL, NULL};
+    ex x = {p, NULL, NULL, NULL, e, NULL, NULL, users, 0, 0, {0}, 0, from, NULL};
     count_users(&x, mine, nm, roots, n);
     size_t live = 0, peak = 0, memo = 0; /* memo: what the last attention call keeps */
     for (long i = 0; i < nm;) {
@@ -680,7 +698,9 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
         }
         /* light ops, one at a time: their outputs, and one's temporaries */
         const op_def *od = op_info(p->v[mine[i]].op);
-        size_t outs = (size_t)(j - i) * vb, temps = (size_t)od->temps * vb;
+        size_t outs = 0, temps = (size_t)od->temps * vb;
+        for (long k = i; k < j; k++)
+            outs += rows_bytes(p, vb, from, mine[k]);
         for (long k = i; od->temp_bytes && k < j; k++) {
             size_t t = od->temp_bytes(p, mine[k], vb);
             temps = t > temps ? t : temps;
@@ -699,15 +719,17 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
             size_t made = 0, part = 0;
             holds = 0;
             for (int k = 0; k < nch; k++) {
-                size_t h = made + part + ch[k].cost;
+                size_t h = made + part + ch[k].cost,
+                       one = rows_bytes(p, vb, from, mine[i + ch[k].i0]);
                 if (ch[k].b1 - ch[k].b0 < p->B) {
-                    part += vb * (size_t)(ch[k].b1 - ch[k].b0) / (size_t)p->B;
+                    part += one * (size_t)(ch[k].b1 - ch[k].b0) / (size_t)p->B;
                     if (ch[k].b1 == p->B) {
-                        h = h > made + 2 * vb ? h : made + 2 * vb;
-                        made += vb, part = 0;
+                        h = h > made + 2 * one ? h : made + 2 * one;
+                        made += one, part = 0;
                     }
                 } else {
-                    made += (size_t)(ch[k].i1 - ch[k].i0) * vb;
+                    for (int q = ch[k].i0; q < ch[k].i1; q++)
+                        made += rows_bytes(p, vb, from, mine[i + q]);
                 }
                 holds = h > holds ? h : holds;
             }
@@ -722,7 +744,7 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
             for (int q = 0; q < pv->nin; q++) {
                 int32_t u = pv->in[q];
                 if ((!q || pv->in[q - 1] != u) && users[u] > 0 && --users[u] == 0)
-                    live -= vb;
+                    live -= rows_bytes(p, vb, from, u);
             }
         }
         i = j;
@@ -733,5 +755,6 @@ done:
     free(seen);
     free(mine);
     free(users);
+    free(from);
     return rc;
 }

@@ -71,8 +71,10 @@ typedef struct {
 
 #define EXEC_CHUNK_BYTES (32u << 20) /* the default chunk budget */
 
-int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes,
-                  exec_estimate_t *out, npp_err *e);
+/* tail_from, tail: as in exec_opts (the values computed at some rows hold
+ * only those). */
+int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes, int64_t tail_from,
+                  const unsigned char *tail, exec_estimate_t *out, npp_err *e);
 
 /* One chunk of a group: values [i0, i1) of it, examples [b0, b1). */
 typedef struct {

@@ -64,6 +64,14 @@ static int exec_roots(const run_output *r, int32_t *xr, int *at)
     return n;
 }
 
+/* Which of the executor's nx roots (exec_roots' at) are read at some
+ * positions only (exec_opts.tail): the runs' final hidden states. */
+static void tail_roots(const run_output *r, const int *at, int nx, unsigned char *tail)
+{
+    for (int k = 0; k < nx; k++)
+        tail[k] = at[k] < r->nmain;
+}
+
 /* The first position any output or the metric reads of a run's final
  * hidden state (the logits at outputs.positions and the metric's), so
  * that the executor computes the top of the model from there on
@@ -91,10 +99,16 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
     result_size rs;
     size_t chunk = o->chunk_bytes ? o->chunk_bytes : EXEC_CHUNK_BYTES;
     int32_t *xr = malloc(((size_t)r->nroots + 1) * sizeof *xr);
-    if (!xr)
-        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
-    int rc = exec_estimate(&r->plan, xr, exec_roots(r, xr, NULL), chunk, &ex, e);
-    free(xr);
+    int *xat = malloc(((size_t)r->nroots + 1) * sizeof *xat), rc;
+    unsigned char *tail = malloc((size_t)r->nroots + 1);
+    if (!xr || !xat || !tail) {
+        rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    } else {
+        int nx = exec_roots(r, xr, xat);
+        tail_roots(r, xat, nx, tail);
+        rc = exec_estimate(&r->plan, xr, nx, chunk, tail_from(j), tail, &ex, e);
+    }
+    free(xr), free(xat), free(tail);
     if (rc)
         return rc;
     est->plan_bytes = plan_bytes(&r->plan) + JOB_OVERHEAD +
@@ -456,8 +470,7 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
         goto done;
     }
     nx = exec_roots(r, xr, xat);
-    for (int k = 0; k < nx; k++) /* the runs' final hidden states, read at some positions */
-        tail[k] = xat[k] < r->nmain;
+    tail_roots(r, xat, nx, tail);
     if (!(xh = calloc((size_t)nx + 1, sizeof *xh))) {
         rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
         goto done;
