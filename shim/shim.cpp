@@ -20,6 +20,8 @@
 #include <new>
 #include <string>
 
+#include <sys/mman.h>
+
 struct shim_tensor {
     at::Tensor t;
 };
@@ -64,6 +66,7 @@ thread_local block_list blocks;
 std::atomic<uint64_t> block_tokens{0};
 constexpr size_t kBlockMin = 256 << 10, kAlign = 64, kHead = 64; // size, token in front
 constexpr size_t kSlots = sizeof blocks.free / sizeof *blocks.free;
+constexpr size_t kHugePage = 2u << 20, kHugeMin = 4u << 20;
 
 // Frees the list's oldest blocks until `more` bytes fit under the budget
 // beside what it holds and what the thread uses (or the list is empty).
@@ -103,6 +106,26 @@ void block_free(void *ctx)
     l.bytes += n;
 }
 
+// A new block of n bytes, 64-byte aligned. One of at least 4 MiB starts on
+// a 2 MiB boundary and asks the kernel for huge pages over its whole 2 MiB
+// pages (transparent huge pages, where the system leaves them to
+// madvise): one fault and one 2 MiB zeroing instead of 512 faults. On a VM
+// where a fault costs ~10 us, a 42 MiB buffer took 115 ms to touch with 4
+// KiB pages and 3 ms with huge pages. The pages lie inside the block, so
+// its memory is what it would be with small pages, once written.
+void *block_new(size_t n)
+{
+    void *p = nullptr;
+    bool huge = n >= kHugeMin;
+    if (posix_memalign(&p, huge ? kHugePage : kAlign, n))
+        throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    if (huge)
+        madvise(p, n / kHugePage * kHugePage, MADV_HUGEPAGE); /* a hint: failure is harmless */
+#endif
+    return p;
+}
+
 // The held block to reuse for n bytes (its index, or l.n for none): the
 // newest of exactly that size, else the smallest of up to twice the size
 // (moving it from held to used changes neither's sum; only a thread that
@@ -135,8 +158,7 @@ struct cached_cpu_allocator final : c10::Allocator {
         } else {
             if (l.budget)
                 block_make_room(l, n);
-            if (posix_memalign(&p, kAlign, n + kHead))
-                throw std::bad_alloc();
+            p = block_new(n + kHead);
             memcpy(p, &n, sizeof n);
         }
         uint64_t token = l.budget ? l.token : 0;
