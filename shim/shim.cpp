@@ -34,19 +34,22 @@ namespace
 // libtorch's CPU allocator maps every large tensor afresh, so each value
 // and temporary a job makes is faulted in and zeroed by the kernel again
 // (1.1M page faults, a fifth of the time, in a 200-edge verify sweep on a
-// VM where a fault costs ~6 us). While a thread's cache is on, its blocks
-// of at least 256 KiB go back to its own list when freed and the next
-// tensor of the same size (or of at least half a block's) reuses one. The list is bounded by the
-// job's own budget: what the thread has allocated since the cache went on and not freed (used) plus
-// what the list holds stays at most the budget, so a job whose memory was estimated before it ran
-// holds no more than its estimate (blocks, oldest first, are freed to make room for a new
-// allocation, and a freed block that does not fit goes back to the system). Turning the cache off
-// frees the list. A block freed on a thread whose cache is off goes back to the system at once (on
-// another thread with its cache on, to that thread's list, if it fits). Every CPU tensor is
-// allocated here (64-byte aligned, its size and the token of the period that counted it in the 64
-// bytes in front), so that one deleter frees them all and the data pointer is the context:
-// libtorch's "raw" interface (raw_allocate / raw_deallocate, which oneDNN's bfloat16 kernels use on
-// CPUs with AVX512-BF16) needs both.
+// VM where a fault costs 6-10 us). While a thread's cache is on, its
+// blocks of at least 256 KiB go back to its own list when freed, and the
+// next tensor of the same size (or of at least half a block's) reuses
+// one. The list is bounded by the job's own budget: what the thread has
+// allocated since the cache went on and not freed (used), plus what the
+// list holds, stays at most the budget, so a job whose memory was
+// estimated before it ran holds no more than its estimate (the oldest
+// blocks are freed to make room for a new allocation, and a freed block
+// that does not fit goes back to the system). Turning the cache off frees
+// the list. A block freed on a thread whose cache is off goes back to the
+// system at once (on another thread with its cache on, to that thread's
+// list, if it fits). Every CPU tensor is allocated here (64-byte aligned,
+// its size and the token of the period that counted it in the 64 bytes in
+// front), so that one deleter frees them all and the data pointer is the
+// context: libtorch's "raw" interface (raw_allocate / raw_deallocate,
+// which oneDNN's bfloat16 kernels use on CPUs with AVX512-BF16) needs both.
 
 // Trivially destructible, so that a block freed while a thread ends finds
 // a valid list; when every slot is taken, the oldest block makes room.
