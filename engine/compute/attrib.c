@@ -22,16 +22,19 @@ typedef struct {
     const model *m;
     const job *j;
     int L, H, C, B, T, S, R, steps;
-    int64_t N;          /* B*T*C */
-    int64_t *act, nact; /* the rows (b*T + t) that can score (active_rows); act NULL: all */
-    int64_t *rest;      /* the other B*T - nact rows */
-    int64_t *order;     /* B*T: row r is row order[r] of the active rows, then the rest */
-    double *score;      /* S x R */
-    shim_tensor *delta; /* (S, nact*C) float32 */
-    shim_tensor **zc;   /* L: the corrupted run's heads' outputs z at the active rows, until
-                         * the clean pass makes the heads' rows of delta from them */
-    shim_tensor *gbuf;  /* (3H + 1, nact*C) float32: each layer's per-head input gradients */
-    float *ref;         /* kl: the clean run's log-softmax at the metric positions (B x V) */
+    int64_t N;           /* B*T*C */
+    int64_t *act, nact;  /* the rows (b*T + t) that can score (active_rows); act NULL: all */
+    int64_t *rest;       /* the other B*T - nact rows */
+    int64_t *order;      /* B*T: row r is row order[r] of the active rows, then the rest */
+    double *score;       /* S x R */
+    shim_tensor *delta;  /* (S, nact*C) float32 */
+    shim_tensor **zc;    /* L: the corrupted run's heads' outputs z at the active rows, until
+                          * the clean pass makes the heads' rows of delta from them */
+    shim_tensor *gbuf;   /* (3H + 1, nact*C) float32: each layer's per-head input gradients */
+    shim_tensor **mrest; /* L, or NULL: each MLP's output at the rest rows, when all of them lie
+                          * before their example's first corrupted token (taken from the
+                          * corrupted run, which is the same there) */
+    float *ref;          /* kl: the clean run's log-softmax at the metric positions (B x V) */
     const attrib_opts *o;
     long done; /* progress units so far */
     shim_status st;
@@ -89,6 +92,16 @@ static int active_rows(actx *a)
         free(act), a->act = NULL;
         return 0;
     }
+    /* every row left out lies before its example's first difference (none
+     * after a metric position): there each value of the clean pass is the
+     * corrupted run's (every op is causal), so the MLPs' outputs at those
+     * rows come from the corrupted senders instead of being computed again
+     * (take_senders, mlp_active) */
+    int prefix = 1;
+    for (int b = 0; b < a->B; b++)
+        prefix &= j->m_pos[b] == a->T - 1;
+    if (prefix && !(a->mrest = calloc((size_t)a->L, sizeof *a->mrest)))
+        return npp_fail(a->e, NPP_ENOMEM, "attribution", "out of memory");
     int64_t BT = (int64_t)a->B * a->T, nr = 0;
     a->rest = malloc((size_t)(BT - n) * sizeof *a->rest);
     a->order = malloc((size_t)BT * sizeof *a->order);
@@ -124,6 +137,9 @@ static void take_senders(actx *a)
                      k);
         }
         shim_tensor *r = t[k] ? active(a, t[k]) : NULL;
+        if (k && !z && a->mrest && t[k]) /* an MLP's output at the rest rows */
+            a->mrest[layer] = shim_gather_rows(t[k], (int64_t)a->B * a->T, a->rest,
+                                               (int64_t)a->B * a->T - a->nact, &a->st);
         if (z)
             a->zc[layer] = r, r = NULL;
         else if (r)
@@ -299,8 +315,10 @@ static void layer_scores(actx *a, int i, shim_tensor *qkv, shim_tensor *mt, cons
  * graph at the active rows only, through *tap (the MLP's own copy of its
  * input there, (nact, C)), and outside it at the rest, whose gradients no
  * score needs (active_rows); so backward runs the MLP at the active rows
- * alone. The first pass also subtracts the clean MLP output from its row
- * of delta. */
+ * alone. Where every row left out comes before its example's first
+ * corrupted token, the output there is the corrupted run's (mrest), not
+ * computed again. The first pass also subtracts the clean MLP output from
+ * its row of delta. */
 static shim_tensor *mlp_active(actx *a, int i, const shim_tensor *x2, shim_tensor **tap, int first)
 {
     const model *m = a->m;
@@ -314,8 +332,11 @@ static shim_tensor *mlp_active(actx *a, int i, const shim_tensor *x2, shim_tenso
         shim_rows_add(a->delta, srow(a, i, a->H), -1.0, ya, st);
     if (a->act && ya) {
         shim_grad_mode(0);
-        shim_tensor *xr = shim_gather_rows(xf, BT, a->rest, BT - a->nact, st);
-        shim_tensor *yr = gpt2_mlp(m, i, xr, st); /* (BT - nact, C), no gradient */
+        shim_tensor *xr = NULL, *yr = NULL; /* (BT - nact, C), no gradient */
+        if (a->mrest && a->mrest[i])
+            yr = shim_narrow(a->mrest[i], 0, 0, BT - a->nact, st); /* a new handle */
+        else
+            xr = shim_gather_rows(xf, BT, a->rest, BT - a->nact, st), yr = gpt2_mlp(m, i, xr, st);
         shim_grad_mode(1);
         shim_tensor *parts[2] = {ya, yr};
         shim_tensor *both = yr ? shim_cat(parts, 2, 0, st) : NULL;
@@ -540,8 +561,9 @@ size_t attrib_bytes(const model *m, const job *j)
      * weights, float32 copies of c_attn's weight and output gradient */
     size_t C = (size_t)c->n_embd, heads = 4 * (3 * H + 2) * N + (e < 4 ? 4 * 3 * (C * C + N) : 0);
     /* the deltas (at most every row active; the head outputs go straight
-     * into their rows) and the corrupted heads' outputs z kept until then */
-    size_t delta = 4 * S * N + e * L * N;
+     * into their rows), the corrupted heads' outputs z kept until then, and
+     * the MLPs' outputs at the rows left out (mrest) */
+    size_t delta = 4 * S * N + 2 * e * L * N;
     size_t host = 8 * S * R + 4 * (size_t)j->B * V * 4 + 4 * N;
     return tape + backward + heads + delta + host;
 }
@@ -596,7 +618,9 @@ done:
     shim_free(a.delta), shim_free(a.gbuf), shim_free(ec), shim_free(ex);
     for (int i = 0; a.zc && i < a.L; i++)
         shim_free(a.zc[i]);
-    free(a.zc);
+    for (int i = 0; a.mrest && i < a.L; i++)
+        shim_free(a.mrest[i]);
+    free(a.zc), free(a.mrest);
     free(a.score), free(a.ref), free(a.act), free(a.rest), free(a.order);
     return rc;
 }
