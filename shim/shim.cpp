@@ -84,18 +84,28 @@ void block_make_room(block_list &l, size_t more)
     }
 }
 
-void block_free(void *ctx)
+// The block at base (its data kHead bytes in) stops counting as the calling thread's
+// (if it did: its token is this thread's period's); returns its size.
+size_t block_uncount(char *base)
 {
-    if (!ctx)
-        return;
-    char *base = static_cast<char *>(ctx) - kHead;
     size_t n;
-    uint64_t token;
+    uint64_t token, none = 0;
     memcpy(&n, base, sizeof n);
     memcpy(&token, base + sizeof n, sizeof token);
     block_list &l = blocks;
     if (l.budget && token == l.token)
         l.used -= n < l.used ? n : l.used;
+    memcpy(base + sizeof n, &none, sizeof none);
+    return n;
+}
+
+void block_free(void *ctx)
+{
+    if (!ctx)
+        return;
+    char *base = static_cast<char *>(ctx) - kHead;
+    size_t n = block_uncount(base);
+    block_list &l = blocks;
     if (!l.budget || n < kBlockMin || n > l.budget) {
         std::free(base);
         return;
@@ -918,15 +928,7 @@ void shim_block_disown(const shim_tensor *t)
     const c10::DataPtr &d = t->t.storage().data_ptr();
     if (d.get_deleter() != &block_free || !d.get())
         return;
-    char *base = static_cast<char *>(d.get_context()) - kHead;
-    size_t n;
-    uint64_t token, none = 0;
-    memcpy(&n, base, sizeof n);
-    memcpy(&token, base + sizeof n, sizeof token);
-    block_list &l = blocks;
-    if (l.budget && token == l.token)
-        l.used -= n < l.used ? n : l.used;
-    memcpy(base + sizeof n, &none, sizeof none);
+    block_uncount(static_cast<char *>(d.get_context()) - kHead);
 }
 
 void shim_block_cache_usage(size_t *used, size_t *held)

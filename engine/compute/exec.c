@@ -81,6 +81,7 @@ static int resolve(ex *x, const int32_t *roots, int n)
         if (x->state[v] != S_UNKNOWN)
             continue;
         x->s->needed++;
+        x->s->tail += x->from[v] > 0;
         switch (cache_get_or_claim(x->c, key_of(x, v), &x->h[v])) {
         case CACHE_HIT:
             x->state[v] = S_READY;
@@ -256,7 +257,6 @@ static int compute_now(ex *x, int32_t v)
     cache_fulfil(x->c, key_of(x, v), x->h[v]);
     x->state[v] = S_READY;
     x->s->computed++;
-    x->s->tail += x->from[v] > 0;
     trace(x, v, "computed");
     return 0;
 }
@@ -438,7 +438,6 @@ static int run_group(ex *x, const int32_t *vs, int n)
         cache_fulfil(x->c, key_of(x, vs[i]), x->h[vs[i]]);
         x->state[vs[i]] = S_READY;
         x->s->computed++;
-        x->s->tail += x->from[vs[i]] > 0;
         trace(x, vs[i], "computed");
     }
     release_inputs(x, vs, n);

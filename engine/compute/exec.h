@@ -46,7 +46,8 @@ typedef struct {
     long batches;  /* tensor calls for attention and MLP */
     long shared;   /* the shared prefix (ops.h, op_env): leading positions every input has in
                     * common, which each attention or MLP call computed once (0: none) */
-    long tail;     /* values computed at rows [tail_from, T) only (exec_opts.tail) */
+    long tail;     /* of the values needed, those at rows [tail_from, T) only (exec_opts.tail),
+                    * computed or from the cache */
 } exec_stats;
 
 /* Computes roots[0..n); out[i] gets a new handle of root i's tensor. */

@@ -165,6 +165,7 @@ def test_rows_read_are_their_own_cache_entries(server):
                                                           rel=1e-5, abs=1e-5)
     st, _, c = server.request("POST", "/v1/jobs?wait=60", base)  # the first job again
     assert st == 200 and c["result"]["stats"]["values_computed"] == 0
+    assert c["result"]["stats"]["tail_from"] == T - 1  # its rows, from the cache
     assert c["result"]["metric"] == a["result"]["metric"]
 
 

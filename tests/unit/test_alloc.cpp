@@ -106,17 +106,18 @@ int main()
     CHECK(r == r0, "after making room: got %p; want the newer block %p", r, r0);
     a->raw_deallocate(r);
     a->raw_deallocate(n);
+    // a lower budget frees the oldest held blocks at once
+    usage("both freed", 0, big + big / 2 - 4096);
+    shim_block_cache(big);
+    size_t used, held;
+    shim_block_cache_usage(&used, &held);
+    CHECK(used + held <= big, "budget lowered to 1 MiB: used %zu + held %zu", used, held);
     // a block of 4 MiB or more starts on a 2 MiB boundary (its data 64
     // bytes in), so that its whole 2 MiB pages can be huge pages
     void *hp = a->raw_allocate(8u << 20);
     CHECK(reinterpret_cast<uintptr_t>(hp) % (2u << 20) == 64, "an 8 MiB block at %p", hp);
     memset(hp, 1, 8u << 20);
     a->raw_deallocate(hp);
-    // a lower budget frees the oldest held blocks at once
-    shim_block_cache(big);
-    size_t used, held;
-    shim_block_cache_usage(&used, &held);
-    CHECK(used + held <= big, "budget lowered to 1 MiB: used %zu + held %zu", used, held);
     shim_block_cache(0);
     contract("cache off again");
     return check_done("alloc");
