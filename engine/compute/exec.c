@@ -667,7 +667,6 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
         rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
         goto done;
     }
-
     /* every value the roots depend on, as if the cache held none */
     for (int r = 0; r < n; r++)
         if (!seen[roots[r]])
