@@ -11,6 +11,7 @@
 #include <torch/cuda.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdarg>
 #include <cstdint>
@@ -19,6 +20,7 @@
 #include <cstring>
 #include <new>
 #include <string>
+#include <vector>
 
 #include <sys/mman.h>
 
@@ -869,7 +871,14 @@ shim_tensor *shim_gather_rows(const shim_tensor *t, int64_t nrows, const int64_t
         at::Tensor r = t->t.detach().reshape({nrows, -1});
         if (!idx)
             return wrap(r);
-        return wrap(r.index_select(0, host_index(idx, n, r.device())));
+        if (std::none_of(idx, idx + n, [](int64_t i) { return i < 0; }))
+            return wrap(r.index_select(0, host_index(idx, n, r.device())));
+        // -1: a row of zeros, one appended after the nrows
+        std::vector<int64_t> k(idx, idx + n);
+        for (int64_t &i : k)
+            i = i < 0 ? nrows : i;
+        at::Tensor z = at::cat({r, at::zeros({1, r.size(1)}, r.options())});
+        return wrap(z.index_select(0, host_index(k.data(), n, r.device())));
     });
 }
 

@@ -207,7 +207,7 @@ int shim_rows_add(shim_tensor *dst, int64_t row0, double a, const shim_tensor *s
 int shim_add_row_sum(shim_tensor *dst, const shim_tensor *rows, int64_t n, const int64_t *idx,
                      int64_t nidx, shim_status *st);
 /* shim_take_rows of t seen as nrows rows, (n, width), no gradient; with
- * idx NULL all of them (a view). */
+ * idx NULL all of them (a view). An index of -1 gives a row of zeros. */
 shim_tensor *shim_gather_rows(const shim_tensor *t, int64_t nrows, const int64_t *idx, int64_t n,
                               shim_status *st);
 /* The same rows = src (converted to dst's dtype). */

@@ -26,6 +26,10 @@ typedef struct {
     int64_t *act, nact;  /* the rows (b*T + t) that can score (active_rows); act NULL: all */
     int64_t *rest;       /* the other B*T - nact rows */
     int64_t *order;      /* B*T: row r is row order[r] of the active rows, then the rest */
+    int64_t t0;          /* the last layer runs at positions [t0, T) only (0: all), those the
+                          * metric and the outputs read (attrib_opts.tail_from) */
+    int64_t *tidx;       /* nact, when t0: each active row's row in a (B, T - t0, ...) tensor
+                          * of the last layer's, or -1 before t0 */
     double *score;       /* S x R */
     shim_tensor *delta;  /* (S, nact*C) float32 */
     shim_tensor **zc;    /* L: the corrupted run's heads' outputs z at the active rows, until
@@ -122,6 +126,49 @@ static shim_tensor *active(actx *a, const shim_tensor *t)
     return shim_gather_rows(t, (int64_t)a->B * a->T, a->act, a->nact, &a->st);
 }
 
+/* The same for t (B, T - t0, ...), a value of the last layer at positions
+ * t0 on: zeros at the active rows before t0. No gradient reaches the last
+ * layer's values there (nothing reads them), so its senders' deltas and
+ * its receivers' gradients are 0 there in the scores. */
+static shim_tensor *active_tail(actx *a, const shim_tensor *t)
+{
+    return shim_gather_rows(t, (int64_t)a->B * (a->T - a->t0), a->tidx, a->nact, &a->st);
+}
+
+/* tidx for t0 (attrib_run, after active_rows). */
+static int tail_rows(actx *a)
+{
+    if (!(a->tidx = malloc((size_t)a->nact * sizeof *a->tidx)))
+        return npp_fail(a->e, NPP_ENOMEM, "attribution", "out of memory");
+    int64_t Tn = a->T - a->t0;
+    for (int64_t k = 0; k < a->nact; k++) {
+        int64_t r = a->act ? a->act[k] : k, b = r / a->T, t = r % a->T;
+        a->tidx[k] = t < a->t0 ? -1 : b * Tn + t - a->t0;
+    }
+    return 0;
+}
+
+/* A last-layer sender of the corrupted run at the active rows (active_tail):
+ * t holds every position (B, T, C) or, computed at the tail alone (the
+ * executor's exec_opts.tail), positions t0 on. */
+static shim_tensor *sender_tail(actx *a, const shim_tensor *t)
+{
+    int64_t Tt = shim_dim(t, 1), Tn = a->T - a->t0;
+    if (Tt != a->T && Tt != Tn) {
+        if (!a->st.code) {
+            a->st.code = SHIM_EINVAL;
+            snprintf(a->st.msg, sizeof a->st.msg,
+                     "attribution: a last-layer sender holds %lld positions, not %lld or %lld",
+                     (long long)Tt, (long long)a->T, (long long)Tn);
+        }
+        return NULL;
+    }
+    shim_tensor *n = Tt == a->T ? shim_narrow(t, 1, a->t0, Tn, &a->st) : NULL;
+    shim_tensor *r = active_tail(a, n ? n : t);
+    shim_free(n);
+    return r;
+}
+
 /* The corrupted run's sender outputs (o->senders, in plan_plain_senders'
  * order, freed as they are taken): emb's and the MLPs' become their rows
  * of delta; each layer's heads' outputs z are kept (zc) for the clean
@@ -130,14 +177,14 @@ static void take_senders(actx *a)
 {
     shim_tensor **t = a->o->senders;
     for (int k = 0; k < PLAN_SENDER_VALUES(a->L); k++) {
-        int layer = (k - 1) / 2, z = k && k % 2;
+        int layer = (k - 1) / 2, z = k && k % 2, tail = a->t0 && k && layer == a->L - 1;
         if (!t[k] && !a->st.code) {
             a->st.code = SHIM_EINVAL;
             snprintf(a->st.msg, sizeof a->st.msg, "attribution: sender value %d was not computed",
                      k);
         }
-        shim_tensor *r = t[k] ? active(a, t[k]) : NULL;
-        if (k && !z && a->mrest && t[k]) /* an MLP's output at the rest rows */
+        shim_tensor *r = !t[k] ? NULL : tail ? sender_tail(a, t[k]) : active(a, t[k]);
+        if (k && !z && !tail && a->mrest && t[k]) /* an MLP's output at the rest rows */
             a->mrest[layer] = shim_gather_rows(t[k], (int64_t)a->B * a->T, a->rest,
                                                (int64_t)a->B * a->T - a->nact, &a->st);
         if (z)
@@ -150,9 +197,10 @@ static void take_senders(actx *a)
     }
 }
 
-/* dM/dh for final hidden states h (B, T, C): the metric's gradient at each
- * example's metric position, over the batch mean. clean: this is the clean
- * run (kl keeps its log-softmax as the reference). */
+/* dM/dh for final hidden states h (B, T', C), the last T' positions: the
+ * metric's gradient at each example's metric position, over the batch
+ * mean. clean: this is the clean run (kl keeps its log-softmax as the
+ * reference). */
 static shim_tensor *metric_seed(actx *a, const shim_tensor *h, int clean)
 {
     const model *m = a->m;
@@ -160,9 +208,11 @@ static shim_tensor *metric_seed(actx *a, const shim_tensor *h, int clean)
     const metric_def *md = j->metric;
     shim_status *st = &a->st;
     int B = a->B, C = a->C, K = metric_ntokens(md);
-    int64_t V = m->cfg.vocab_size, flat[2] = {(int64_t)B * a->T, C};
+    int64_t Th = shim_dim(h, 1), from = a->T - Th;
+    int64_t V = m->cfg.vocab_size, flat[2] = {(int64_t)B * Th, C};
     int64_t *idx = malloc((size_t)(B * (K ? K : 1)) * sizeof *idx);
-    float *seed = calloc((size_t)a->N, sizeof *seed), *rows = malloc((size_t)B * C * sizeof *rows);
+    float *seed = calloc((size_t)(B * Th * C), sizeof *seed),
+          *rows = malloc((size_t)B * C * sizeof *rows);
     size_t nv = md->full_vocab ? (size_t)V : 1; /* the vocabulary, when the metric reads it */
     float *d = malloc((size_t)B * nv * sizeof *d), *lp = malloc(nv * sizeof *lp);
     shim_tensor *out = NULL, *hf = NULL, *hr = NULL;
@@ -172,7 +222,7 @@ static shim_tensor *metric_seed(actx *a, const shim_tensor *h, int clean)
         goto done;
     }
     for (int b = 0; b < B; b++)
-        idx[b] = (int64_t)b * a->T + j->m_pos[b];
+        idx[b] = (int64_t)b * Th + j->m_pos[b] - from;
     hf = shim_reshape(h, flat, 2, st);
     hr = shim_take_rows(hf, idx, B, st); /* (B, C) */
     if (!md->full_vocab) {
@@ -246,8 +296,8 @@ static shim_tensor *metric_seed(actx *a, const shim_tensor *h, int clean)
     if (!st->code) {
         for (int b = 0; b < B; b++)
             for (int c = 0; c < C; c++)
-                seed[((size_t)b * a->T + j->m_pos[b]) * C + c] = rows[b * C + c] / (float)B;
-        int64_t shape[3] = {B, a->T, C};
+                seed[((size_t)b * Th + j->m_pos[b] - from) * C + c] = rows[b * C + c] / (float)B;
+        int64_t shape[3] = {B, Th, C};
         out = shim_from_host(seed, SHIM_F32, shape, 3, m->device, m->dtype, st);
     }
 done:
@@ -281,7 +331,8 @@ static void add_scores(actx *a, const int *nup, const shim_tensor *G, const int 
 }
 
 /* Layer i's scores from its taps' gradients, at weight w: its 3H q/k/v
- * receivers and its MLP's (mt, its tap at the active rows) in one product
+ * receivers and its MLP's (mt, its tap at the active rows, or in the last
+ * layer with t0 at its positions from t0 on: mlp_tail) in one product
  * (rcv, nup: 3H + 1 entries). gx (or NULL): the gradient on the layer's
  * input, which backward brought through the residual only (c_attn's
  * output is a leaf); the q/k/v rows add what reaches it through ln_1. */
@@ -291,7 +342,12 @@ static void layer_scores(actx *a, int i, shim_tensor *qkv, shim_tensor *mt, cons
     const model *m = a->m;
     shim_status *st = &a->st;
     int H = a->H;
-    shim_tensor *g0 = shim_grad(qkv, st), *gm = shim_grad(mt, st); /* mt: the active rows */
+    shim_tensor *g0 = shim_grad(qkv, st), *gm = shim_grad(mt, st);
+    if (gm && a->t0 && i == a->L - 1) { /* to the active rows */
+        shim_tensor *ga = active_tail(a, gm);
+        shim_free(gm);
+        gm = ga;
+    }
     shim_tensor *g = g0 ? active(a, g0) : NULL;
     shim_tensor *x = active(a, xin);
     shim_free(g0);
@@ -350,6 +406,25 @@ static shim_tensor *mlp_active(actx *a, int i, const shim_tensor *x2, shim_tenso
     return y;
 }
 
+/* The last layer's MLP output with t0, on x2 (B, T - t0, C), its
+ * positions from t0 on: all in the graph through *tap (the MLP's own copy
+ * of its input). The first pass also subtracts it from its row of delta. */
+static shim_tensor *mlp_tail(actx *a, const shim_tensor *x2, shim_tensor **tap, int first)
+{
+    shim_status *st = &a->st;
+    int i = a->L - 1;
+    int64_t Tn = a->T - a->t0, flat[2] = {a->B * Tn, a->C}, shape[3] = {a->B, Tn, a->C};
+    shim_tensor *xf = shim_reshape(x2, flat, 2, st);
+    *tap = shim_grad_tap(xf, st);
+    shim_free(xf);
+    shim_tensor *ya = gpt2_mlp(a->m, i, *tap, st), *y = ya ? shim_reshape(ya, shape, 3, st) : NULL;
+    shim_tensor *r = first && ya ? active_tail(a, ya) : NULL;
+    if (r)
+        shim_rows_add(a->delta, srow(a, i, a->H), -1.0, r, st);
+    shim_free(r), shim_free(ya);
+    return y;
+}
+
 /* delta's row s -= the clean run's sender output t (B, T, C). */
 static void rows_sub(actx *a, int s, const shim_tensor *t)
 {
@@ -367,7 +442,10 @@ static void rows_sub(actx *a, int s, const shim_tensor *t)
  * tensors freed) as soon as its gradients are there. c_attn's output is a
  * leaf too (ln_1 and c_attn run outside the graph): the per-head input
  * gradients the scores need sum to what c_attn's and ln_1's backward
- * would give the residual, so backward skips that product. */
+ * would give the residual, so backward skips that product. With t0 the
+ * last layer computes its queries, and so everything after its keys and
+ * values, at positions t0 on only: the final hidden states (and
+ * clean_out) hold those (B, T - t0, C). */
 static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_tensor *ex, int first)
 {
     const model *m = a->m;
@@ -391,17 +469,19 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
     if (first)
         rows_sub(a, 0, xin[0]);
     for (int i = 0; i < L && !(rc = failed(a)); i++) {
+        int64_t t0 = i == L - 1 ? a->t0 : 0; /* the positions computed from the queries on */
         shim_tensor *x = xin[i];
         shim_tensor *xd = shim_detach(x, st);
         shim_tensor *q0 = gpt2_attn_qkv(m, i, xd, st);
         shim_free(xd);
         qkv[i] = shim_grad_leaf(q0, st);
         shim_free(q0);
-        shim_tensor *q = shim_narrow(qkv[i], 2, 0, C, st), *k = shim_narrow(qkv[i], 2, C, C, st),
+        shim_tensor *qa = shim_narrow(qkv[i], 2, 0, C, st), *k = shim_narrow(qkv[i], 2, C, C, st),
                     *v = shim_narrow(qkv[i], 2, 2 * C, C, st);
-        shim_tensor *z = shim_attention(q, k, v, H, gpt2_attn_scale(m, i), NULL, st);
-        shim_free(q), shim_free(k), shim_free(v);
-        shim_tensor *za = first && z ? active(a, z) : NULL;
+        shim_tensor *q = t0 && qa ? shim_narrow(qa, 1, t0, a->T - t0, st) : NULL;
+        shim_tensor *z = shim_attention(q ? q : qa, k, v, H, gpt2_attn_scale(m, i), NULL, st);
+        shim_free(qa), shim_free(q), shim_free(k), shim_free(v);
+        shim_tensor *za = !first || !z ? NULL : t0 ? active_tail(a, z) : active(a, z);
         if (za) /* the heads' rows: their outputs' change, head by head */
             shim_rows_head_deltas(a->delta, srow(a, i, 0), a->zc[i], za, m->blocks[i].proj_w, H,
                                   st);
@@ -410,9 +490,10 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
             shim_free(a->zc[i]), a->zc[i] = NULL;
         shim_tensor *att = shim_linear(z, m->blocks[i].proj_w, m->blocks[i].proj_b, st);
         shim_free(z);
-        shim_tensor *x2 = shim_add(x, att, st);
-        shim_free(att);
-        shim_tensor *y = mlp_active(a, i, x2, &mt[i], first);
+        shim_tensor *xt = t0 ? shim_narrow(x, 1, t0, a->T - t0, st) : NULL;
+        shim_tensor *x2 = shim_add(xt ? xt : x, att, st);
+        shim_free(xt), shim_free(att);
+        shim_tensor *y = t0 ? mlp_tail(a, x2, &mt[i], first) : mlp_active(a, i, x2, &mt[i], first);
         out[i] = shim_add(x2, y, st); /* the residual reads x2, not the tap */
         shim_free(x2), shim_free(y);
         xin[i + 1] = shim_grad_leaf(out[i], st);
@@ -430,7 +511,8 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
         goto done;
     shim_backward(h, seed, st);
     g = shim_grad(ft, st);
-    shim_tensor *ga = g ? active(a, g) : NULL, *gf = ga ? shim_flat_f32(ga, st) : NULL;
+    shim_tensor *ga = !g ? NULL : a->t0 ? active_tail(a, g) : active(a, g);
+    shim_tensor *gf = ga ? shim_flat_f32(ga, st) : NULL;
     shim_free(ga);
     rcv[0] = 0, nup[0] = a->S;
     if (gf)
@@ -601,6 +683,9 @@ int attrib_run(const model *m, const job *j, const attrib_opts *o, json_t **out,
     const int64_t *clean = j->ids, *corrupt = j->ids + (size_t)j->B * j->T;
     if ((rc = active_rows(&a)))
         goto done;
+    a.t0 = o->tail_from > 0 && o->tail_from < a.T ? o->tail_from : 0;
+    if (a.t0 && (rc = tail_rows(&a)))
+        goto done;
     a.delta = shim_empty_f32(a.S, a.nact * a.C, m->device, &a.st);
     a.gbuf = shim_empty_f32(3 * a.H + 1, a.nact * a.C, m->device, &a.st);
     if (a.delta)
@@ -621,6 +706,6 @@ done:
     for (int i = 0; a.mrest && i < a.L; i++)
         shim_free(a.mrest[i]);
     free(a.zc), free(a.mrest);
-    free(a.score), free(a.ref), free(a.act), free(a.rest), free(a.order);
+    free(a.score), free(a.ref), free(a.act), free(a.rest), free(a.order), free(a.tidx);
     return rc;
 }

@@ -48,10 +48,15 @@ typedef struct {
      * then each layer's heads' outputs z and MLP output), taken over: each
      * is freed, and set NULL, once used */
     shim_tensor **senders;
-    /* where not NULL: gets the clean pass's final hidden states (B, T, C),
-     * input 0's plain run (plan_plain's value), no gradient; the caller
-     * frees it */
+    /* where not NULL: gets the clean pass's final hidden states (B, T', C),
+     * input 0's plain run (plan_plain's value) at its last T' positions
+     * (tail_from), no gradient; the caller frees it */
     shim_tensor **clean_out;
+    /* the first position the metric or any output reads (0: every one, or
+     * the hidden states are asked for): the last layer runs from there on
+     * (exec_opts.tail_from); the corrupted run's last MLP output may hold
+     * those positions only */
+    int64_t tail_from;
 } attrib_opts;
 
 /* Progress units of the job's attribution: a forward and a backward pass

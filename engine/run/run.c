@@ -65,11 +65,14 @@ static int exec_roots(const run_output *r, int32_t *xr, int *at)
 }
 
 /* Which of the executor's nx roots (exec_roots' at) are read at some
- * positions only (exec_opts.tail): the runs' final hidden states. */
+ * positions only (exec_opts.tail): the runs' final hidden states, and for
+ * an attribution the corrupted run's last MLP output, whose one receiver
+ * is ln_final (attrib_opts.tail_from). */
 static void tail_roots(const run_output *r, const int *at, int nx, unsigned char *tail)
 {
+    int last = r->job->attrib ? r->sroot0 + PLAN_SENDER_VALUES(r->plan.g.L) - 1 : -1;
     for (int k = 0; k < nx; k++)
-        tail[k] = at[k] < r->nmain;
+        tail[k] = at[k] < r->nmain || at[k] == last;
 }
 
 /* The first position any output or the metric reads of a run's final
@@ -495,9 +498,15 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
         /* before the result: its clean pass gives input 0's plain run */
         double t2 = now_ms();
         long done = r->stats.computed; /* what the executor counted */
-        attrib_opts ao = {
-            o->cancel,       o->progress,         o->ud,          done,
-            done + pp.extra, j->attrib->discover, hs + r->sroot0, r->clean_v >= 0 ? &clean : NULL};
+        attrib_opts ao = {.cancel = o->cancel,
+                          .progress = o->progress,
+                          .ud = o->ud,
+                          .done0 = done,
+                          .total = done + pp.extra,
+                          .all = j->attrib->discover,
+                          .senders = hs + r->sroot0,
+                          .clean_out = r->clean_v >= 0 ? &clean : NULL,
+                          .tail_from = tail_from(j)};
         rc = attrib_run(m, j, &ao, &at, e);
         for (int k = 0; !rc && k < r->nroots; k++)
             if (r->roots[k] == r->clean_v) {

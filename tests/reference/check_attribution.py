@@ -10,7 +10,9 @@ definition), on models of several layer and head counts:
 2. an uneven batch (examples of 5 and 3 tokens) equals the reference's
    per-example scores averaged; so do prompts corrupted late (the engine
    keeps only the positions from the first corrupted one to the metric's),
-   not at all, and at the first position;
+   not at all, and at the first position; and jobs whose outputs read
+   every position (the last layer then runs at all of them, not only from
+   the first position the metric and the outputs read);
 3. node scores are the sums of their edges'; the list is sorted by |score|
    and cut to "top"; "count" is the number of edges of the model;
 4. discover: its exact effects equal single path_patch jobs within 1e-5
@@ -138,6 +140,19 @@ def check_model(model):
     per = [ref_scores(cfg, W, [ex[b]], [ey[b]], spec, 2, [len(ex[b]) - 1]) for b in range(2)]
     compare("%s: uneven batch (5 and 3 tokens) = the examples' mean" % name, engine_scores(res),
             {e: (per[0][e] + per[1][e]) / 2 for e in edges}, edges)
+
+    # the last layer runs at the positions the outputs and the metric read
+    # (here the last); with an output at position 0, or the hidden states,
+    # at every position: the same scores either way
+    pos0 = [dict(base, outputs={"top_k": 0, "positions": [0, len(clean[0]) - 1]}),
+            dict(base, outputs={"top_k": 0, "hidden_states": True})]
+    want = ref_scores(cfg, W, clean, corrupt, spec, 2, pos)
+    for job, what in zip(pos0, ["an output at position 0", "the hidden states"]):
+        res = run(dict(job, metric=spec, attribution={"method": "eap-ig", "steps": 2}))
+        compare("%s: with %s (every position computed) = autograd" % (name, what),
+                engine_scores(res), want, edges)
+        check("%s: with %s, no position left out" % (name, what),
+              res["stats"]["tail_from"] == 0, str(res["stats"]["tail_from"]))
 
     # the positions that can score: corrupted late in example 0 (only its
     # last two positions can), not at all in example 1 (none can: its
