@@ -468,7 +468,7 @@ static const char RUN_HELP[] =
     "               [--npy-dir DIR]\n"
     "               [--cache-mb N]\n"
     "               [--max-values N] [--repeat N] [--device cpu|cuda:N] [--dtype f32|f16|bf16]\n"
-    "               [--threads N] [--chunk-mb N] [--memory-report] [--compact]\n"
+    "               [--threads N] [--chunk-mb N] [--keep-mb N] [--memory-report] [--compact]\n"
     "       npp run --model DIR --jsonl JOBS.jsonl [options but the four that write files]\n"
     "Runs a path-patching job (JSON; '-' reads stdin) in-process and prints the result\n"
     "JSON. --svg writes the path graph (a sweep's: one file per variant, FILE-0.svg,\n"
@@ -478,7 +478,9 @@ static const char RUN_HELP[] =
     "result is\n"
     "printed: its stats show what the cache saved). NPP_DEVICE and NPP_DTYPE set\n"
     "the defaults of --device and --dtype. --chunk-mb bounds the temporaries of one\n"
-    "attention or MLP call (MiB, 32; larger calls are cut). --memory-report prints, on\n"
+    "attention or MLP call (MiB, 32; larger calls are cut). --keep-mb bounds the freed\n"
+    "tensor memory one job (or repeat) leaves to the next, already faulted in (MiB,\n"
+    "256; 0: none). --memory-report prints, on\n"
     "stderr, the RSS before the job and its peak during the job (Linux), with the\n"
     "estimate nppd admits it by. --compact prints the result without indentation\n"
     "(as nppd stores it). --jsonl reads one job per line (a file, or '-': stdin, as\n"
@@ -525,7 +527,7 @@ static json_t *load_job(const char *path, npp_err *e)
 /* What every job of one `npp run` shares. */
 typedef struct {
     const char *model_dir, *svg, *npy_dir, *heat, *circ;
-    long cache_mb, max_values, repeat, chunk_mb;
+    long cache_mb, max_values, repeat, chunk_mb, keep_mb;
     int memory_report, compact;
 } job_args;
 
@@ -639,28 +641,19 @@ static int run_lines(const model *m, FILE *f, const job_args *a)
 
 static int cmd_run(int argc, char **argv)
 {
-    static const struct option opts[] = {{"model", 1, 0, 'm'},
-                                         {"svg", 1, 0, 's'},
-                                         {"npy-dir", 1, 0, 'n'},
-                                         {"cache-mb", 1, 0, 'c'},
-                                         {"max-values", 1, 0, 'x'},
-                                         {"repeat", 1, 0, 'r'},
-                                         {"device", 1, 0, 'D'},
-                                         {"dtype", 1, 0, 'd'},
-                                         {"threads", 1, 0, 't'},
-                                         {"chunk-mb", 1, 0, 'k'},
-                                         {"memory-report", 0, 0, 'M'},
-                                         {"compact", 0, 0, 'C'},
-                                         {"heatmap", 1, 0, 'h'},
-                                         {"circuit", 1, 0, 'G'},
-                                         {"jsonl", 0, 0, 'L'},
-                                         {"help", 0, 0, 'H'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"model", 1, 0, 'm'},    {"svg", 1, 0, 's'},        {"npy-dir", 1, 0, 'n'},
+        {"cache-mb", 1, 0, 'c'}, {"max-values", 1, 0, 'x'}, {"repeat", 1, 0, 'r'},
+        {"device", 1, 0, 'D'},   {"dtype", 1, 0, 'd'},      {"threads", 1, 0, 't'},
+        {"chunk-mb", 1, 0, 'k'}, {"keep-mb", 1, 0, 'K'},    {"memory-report", 0, 0, 'M'},
+        {"compact", 0, 0, 'C'},  {"heatmap", 1, 0, 'h'},    {"circuit", 1, 0, 'G'},
+        {"jsonl", 0, 0, 'L'},    {"help", 0, 0, 'H'},       {0, 0, 0, 0}};
     job_args a = {.model_dir = getenv("NPP_MODEL"),
                   .cache_mb = 1024,
                   .max_values = 50000,
                   .repeat = 1,
-                  .chunk_mb = EXEC_CHUNK_BYTES >> 20};
+                  .chunk_mb = EXEC_CHUNK_BYTES >> 20,
+                  .keep_mb = 256};
     model_opts mo = {getenv("NPP_DEVICE"), getenv("NPP_DTYPE")};
     long v;
     int c, lines = 0;
@@ -681,7 +674,8 @@ static int cmd_run(int argc, char **argv)
         case 'r':
         case 't':
         case 'k':
-            if ((v = parse_long(optarg, c == 'c' ? 0 : 1, 100000000)) < 0)
+        case 'K':
+            if ((v = parse_long(optarg, c == 'c' || c == 'K' ? 0 : 1, 100000000)) < 0)
                 return usage_error("run", "numeric options take a non-negative integer");
             if (c == 't')
                 shim_set_threads((int)v);
@@ -689,6 +683,7 @@ static int cmd_run(int argc, char **argv)
               : c == 'x' ? &a.max_values
               : c == 'r' ? &a.repeat
               : c == 'k' ? &a.chunk_mb
+              : c == 'K' ? &a.keep_mb
                          : &v) = v;
             break;
         case 'H': fputs(RUN_HELP, stdout); return 0;
@@ -719,7 +714,9 @@ static int cmd_run(int argc, char **argv)
         goto fail;
     if ((rc = model_load(a.model_dir, &mo, &m, &e)))
         goto fail;
+    shim_block_keep((size_t)a.keep_mb << 20);
     rc = lines ? run_lines(m, f, &a) : run_print(m, doc, &a, &e);
+    shim_block_keep(0);
 fail:
     if (e.code)
         rc = job_error(&e);

@@ -39,6 +39,10 @@ typedef struct {
     double lo, hi;
 } option_def;
 
+/* Each worker's kept memory by default, MiB (--keep-mb): an EAP job of 8
+ * x 16 tokens on GPT-2 small leaves about that much. */
+#define KEEP_MB 256
+
 /* Every option, once: the flag, its NPP_* variable, and its help line
  * (the default is printed from the value set in set_defaults). */
 static const option_def OPTS[] = {
@@ -59,6 +63,10 @@ static const option_def OPTS[] = {
      "memory for running jobs and the caches, MiB (jobs start while their estimates fit; "
      "the default is half the machine's memory)",
      T_LONG, &S.memory_mb, 1, 1 << 26},
+    {"keep-mb", "NPP_KEEP_MB", "N",
+     "freed tensor memory each worker keeps from one job for its next, already faulted in, "
+     "MiB (reserved out of --memory-mb; 0: none)",
+     T_LONG, &S.keep_mb, 0, 1 << 20},
     {"max-job-mb", "NPP_MAX_JOB_MB", "N",
      "a job whose estimated peak memory is larger is refused (422), MiB", T_LONG, &S.max_job_mb, 1,
      1 << 26},
@@ -125,6 +133,7 @@ static void set_defaults(void)
     S.max_values = 50000, S.plan_seconds = 10, S.chunk_mb = EXEC_CHUNK_BYTES >> 20,
     S.result_ttl = 600;
     S.drain_seconds = 30, S.conn_timeout = 30, S.header_timeout = 10, S.max_connections = 1024;
+    S.keep_mb = -1; /* KEEP_MB, within an eighth of --memory-mb (after the options) */
     S.max_conn_per_ip = 64;
 }
 
@@ -132,6 +141,11 @@ static void set_defaults(void)
 static void default_text(const option_def *o, char *buf, size_t n)
 {
     buf[0] = 0;
+    if (o->dst == &S.keep_mb && S.keep_mb < 0) {
+        snprintf(buf, n, " (%d, less where the workers would keep over an eighth of --memory-mb)",
+                 KEEP_MB);
+        return;
+    }
     switch (o->type) {
     case T_STR:
         if (*(const char **)o->dst)
@@ -192,7 +206,7 @@ static void help_markdown(FILE *f)
         if (o->dst == &S.memory_mb)
             d = " (half the machine's memory)";
         else if (o->dst == &S.max_job_mb)
-            d = " (what --memory-mb leaves after the caches)";
+            d = " (what --memory-mb leaves after the caches and the workers' kept memory)";
         else if (o->type == T_FLAG)
             d = " (off)";
         else if (o->type == T_MODEL)
@@ -226,7 +240,8 @@ static void help(FILE *f)
         wrapped(f, text, 28);
     }
     fprintf(f, "Every option is also the environment variable in brackets; flags win over the\n"
-               "environment. --max-job-mb defaults to what --memory-mb leaves after the caches.\n");
+               "environment. --max-job-mb defaults to what --memory-mb leaves after the caches\n"
+               "and the workers' kept memory (--workers x --keep-mb).\n");
 }
 
 static double num(const char *name, const char *v, double lo, double hi)
@@ -354,15 +369,18 @@ static void parse_options(int argc, char **argv)
         if (!n || n > 16)
             die("--replica '%s': 1 to 16 characters", S.replica);
     }
+    if (S.keep_mb < 0)
+        S.keep_mb = KEEP_MB * S.workers <= S.memory_mb / 8 ? KEEP_MB : S.memory_mb / 8 / S.workers;
     /* the limits must leave room for one job at the limit */
-    long caches = (long)S.nmodels * S.cache_mb;
+    long caches = (long)S.nmodels * S.cache_mb + (long)S.workers * S.keep_mb;
     if (!S.max_job_mb)
         S.max_job_mb = S.memory_mb - caches;
     if (S.max_job_mb < 1 || S.max_job_mb + caches > S.memory_mb) {
         fprintf(stderr,
-                "nppd: --memory-mb %ld cannot hold the caches (%d model(s) x --cache-mb %ld) "
-                "and one job at --max-job-mb %ld; raise --memory-mb or lower the others\n",
-                S.memory_mb, S.nmodels, S.cache_mb, S.max_job_mb);
+                "nppd: --memory-mb %ld cannot hold the caches (%d model(s) x --cache-mb %ld), "
+                "the workers' kept memory (%d x --keep-mb %ld) and one job at --max-job-mb %ld; "
+                "raise --memory-mb or lower the others\n",
+                S.memory_mb, S.nmodels, S.cache_mb, S.workers, S.keep_mb, S.max_job_mb);
         exit(2);
     }
     if (S.max_result_mb > S.results_disk_mb) {

@@ -10,9 +10,13 @@
 
 #include "srv.h"
 
-static size_t cache_budget(void)
+/* What --memory-mb holds besides the running jobs: every model's value
+ * cache and the memory each worker keeps between jobs (--keep-mb; a
+ * running job's kept blocks count in its own estimate too). */
+static size_t reserved(void)
 {
-    return (size_t)S.nmodels * ((size_t)S.cache_mb << 20);
+    return (size_t)S.nmodels * ((size_t)S.cache_mb << 20) +
+           (size_t)S.workers * ((size_t)S.keep_mb << 20);
 }
 
 int sched_cancel(sjob *j)
@@ -46,7 +50,7 @@ static sjob *next_job(int *user)
 
 void sched_dispatch(void)
 {
-    size_t budget = (size_t)S.memory_mb << 20, cache = cache_budget();
+    size_t budget = (size_t)S.memory_mb << 20, cache = reserved();
     for (int i = 0; i < S.workers; i++) {
         srv_worker *w = &S.wk[i];
         if (w->job || w->stop)

@@ -133,7 +133,7 @@ typedef struct {
     int threads, workers, planners, queue_max, max_inflight, max_conn_per_ip, conn_timeout;
     int max_connections, header_timeout, drain_cancel;
     long cache_mb, max_body_kb, max_values, memory_mb, max_job_mb, max_result_mb;
-    long results_disk_mb, chunk_mb;
+    long results_disk_mb, chunk_mb, keep_mb;
     double result_ttl, drain_seconds, plan_seconds;
     srv_token tokens[SRV_MAX_TOKENS];
     int ntokens;

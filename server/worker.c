@@ -108,6 +108,7 @@ static void *worker_main(void *arg)
 {
     srv_worker *w = arg;
     shim_set_threads(S.threads);
+    shim_block_keep((size_t)S.keep_mb << 20); /* for its next job */
     pthread_mutex_lock(&S.mu);
     for (;;) {
         while (!w->job && !w->stop)
@@ -154,6 +155,7 @@ static void *worker_main(void *arg)
         srv_kick();
     }
     pthread_mutex_unlock(&S.mu);
+    shim_block_keep(0);
     return NULL;
 }
 

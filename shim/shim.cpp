@@ -45,18 +45,23 @@ namespace
 // estimated before it ran holds no more than its estimate (the oldest
 // blocks are freed to make room for a new allocation, and a freed block
 // that does not fit goes back to the system). Turning the cache off frees
-// the list. A block freed on a thread whose cache is off goes back to the
-// system at once (on another thread with its cache on, to that thread's
-// list, if it fits). Every CPU tensor is allocated here (64-byte aligned,
-// its size and the token of the period that counted it in the 64 bytes in
-// front), so that one deleter frees them all and the data pointer is the
-// context: libtorch's "raw" interface (raw_allocate / raw_deallocate,
-// which oneDNN's bfloat16 kernels use on CPUs with AVX512-BF16) needs both.
+// the list but for its newest blocks up to the thread's keep bytes
+// (shim_block_keep; 0 by default), which the next period reuses within its
+// own budget: a worker running job after job finds its big buffers
+// already faulted in. A block freed on a thread whose cache is off goes
+// back to the system at once (on another thread with its cache on, to
+// that thread's list, if it fits). Every CPU tensor is allocated here
+// (64-byte aligned, its size and the token of the period that counted it
+// in the 64 bytes in front), so that one deleter frees them all and the
+// data pointer is the context: libtorch's "raw" interface (raw_allocate /
+// raw_deallocate, which oneDNN's bfloat16 kernels use on CPUs with
+// AVX512-BF16) needs both.
 
 // Trivially destructible, so that a block freed while a thread ends finds
 // a valid list; when every slot is taken, the oldest block makes room.
 struct block_list {
     size_t budget; // 0: off
+    size_t keep;   // held while off at most (shim_block_keep)
     size_t used;   // allocated on this thread while on (this token), not yet freed
     size_t bytes;  // held in free[]
     size_t n;
@@ -84,6 +89,16 @@ void block_make_room(block_list &l, size_t more)
         memmove(l.free, l.free + k, (l.n - k) * sizeof *l.free);
         l.n -= k, l.bytes -= drop;
     }
+}
+
+// Frees the list's oldest blocks until it holds at most `bytes`.
+void block_trim(block_list &l, size_t bytes)
+{
+    size_t k = 0;
+    while (k < l.n && l.bytes > bytes)
+        l.bytes -= l.free[k].size, std::free(l.free[k++].p);
+    memmove(l.free, l.free + k, (l.n - k) * sizeof *l.free);
+    l.n -= k;
 }
 
 // The block at base (its data kHead bytes in) stops counting as the calling thread's
@@ -921,13 +936,25 @@ size_t shim_block_cache(size_t budget)
         l.token = ++block_tokens, l.used = 0;
     l.budget = budget;
     if (!budget) {
-        for (size_t i = 0; i < l.n; i++)
-            std::free(l.free[i].p);
-        l.n = 0, l.bytes = 0, l.used = 0;
+        block_trim(l, l.keep);
+        l.used = 0;
     } else {
         block_make_room(l, 0);
     }
     return prev;
+}
+
+void shim_block_trim(size_t bytes)
+{
+    block_trim(blocks, bytes);
+}
+
+void shim_block_keep(size_t bytes)
+{
+    block_list &l = blocks;
+    l.keep = bytes;
+    if (!l.budget)
+        block_trim(l, bytes);
 }
 
 void shim_block_disown(const shim_tensor *t)

@@ -159,18 +159,30 @@ shim_tensor *shim_matmul_nt(const shim_tensor *x, const shim_tensor *w, shim_sta
  * budget bytes (the cache frees its oldest blocks to make room, and a
  * freed block that does not fit goes back to the system), so a job given
  * its estimated peak as the budget holds no more than that unless what it
- * uses alone is more. Off (0) frees what it holds. Off by default; calling
- * it again while on changes the budget (what the thread uses still
- * counts). Returns the budget before (0: it was off), so that a nested
- * user can put it back. */
+ * uses alone is more. Off (0) frees what it holds but its newest blocks
+ * up to the keep bound (shim_block_keep). Off by default; calling it
+ * again while on changes the budget (what the thread uses still counts).
+ * Returns the budget before (0: it was off), so that a nested user can put
+ * it back. */
 size_t shim_block_cache(size_t budget);
+/* What the calling thread's cache keeps when it goes off: its newest held
+ * blocks up to bytes, for the next period it is on (they count in that
+ * period's budget; freed blocks never join them while it is off). 0 (the
+ * default) keeps nothing; while off, a lower bound frees the oldest at
+ * once, so a thread calls shim_block_keep(0) before it ends. A worker that
+ * runs job after job keeps its big buffers faulted in. */
+void shim_block_keep(size_t bytes);
+/* Frees the calling thread's oldest held blocks until it holds at most
+ * bytes (its cache on or off). */
+void shim_block_trim(size_t bytes);
 /* t's storage stops counting toward the budget of the thread that made it
  * (called on that thread; elsewhere it only stops counting): a value the
  * shared cache keeps is the cache's bytes, bounded by the cache's own
  * budget, not the job's. Nothing for other tensors. */
 void shim_block_disown(const shim_tensor *t);
 /* The calling thread's cache: bytes allocated since it went on and not
- * freed (used) and bytes it holds free (held); 0 and 0 when off. */
+ * freed (used; 0 when off) and bytes it holds free (held; when off, what
+ * it keeps). */
 void shim_block_cache_usage(size_t *used, size_t *held);
 
 /* ---- gradients (attribution) ----------------------------------------- */

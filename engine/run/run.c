@@ -516,6 +516,11 @@ int run_execute(const model *m, run_output *r, const run_opts *o, npp_err *e)
             }
         json_object_set_new(stats, "attribution_ms", json_real(now_ms() - t2));
     }
+    /* what the thread keeps for its next job (shim_block_keep) stays
+     * beside the result, within the estimate: at most what the work
+     * leaves over the result's tensors and text */
+    size_t res = r->est.output_bytes + r->est.result_bytes;
+    shim_block_trim(r->est.work_bytes > res ? r->est.work_bytes - res : 0);
     shim_block_cache(prev_blocks);
     blocks_on = 0;
     if (!rc) {

@@ -5,8 +5,9 @@
 // AVX512-BF16) works with the block cache off and on; and the cache keeps
 // what the thread uses plus what it holds within its budget (freeing its
 // oldest blocks to make room), reusing a freed block of the same size or of
-// up to twice it. C++ because the contract is libtorch's; the rest of the
-// tests are C.
+// up to twice it; and what it keeps from one period to the next
+// (shim_block_keep). C++ because the contract is libtorch's; the rest of
+// the tests are C.
 
 #include "shim.h"
 
@@ -119,6 +120,48 @@ int main()
     memset(hp, 1, 8u << 20);
     a->raw_deallocate(hp);
     shim_block_cache(0);
+    usage("off, keeping nothing", 0, 0);
+    // kept from one period to the next (shim_block_keep): going off keeps
+    // the newest held blocks up to the bound, and the next period reuses
+    // them within its own budget
+    shim_block_keep(big + big / 2);
+    shim_block_cache(4 * big);
+    void *k[3];
+    for (void *&x : k)
+        x = a->raw_allocate(big);
+    for (void *x : k)
+        a->raw_deallocate(x);
+    shim_block_cache(0);
+    usage("off, keeping 1.5 MiB of three 1 MiB blocks", 0, big);
+    void *off = a->raw_allocate(big);
+    CHECK(off != k[2], "cache off: the kept block was handed out (%p)", off);
+    a->raw_deallocate(off);
+    usage("a block freed while off is not kept", 0, big);
+    shim_block_cache(4 * big);
+    void *again = a->raw_allocate(big);
+    CHECK(again == k[2], "the next period: got %p, want the kept (newest) block %p", again, k[2]);
+    usage("the kept block in use", big, 0);
+    a->raw_deallocate(again);
+    shim_block_cache(0);
+    usage("kept again", 0, big);
+    shim_block_cache(big / 2);
+    usage("a period's budget under what was kept frees it", 0, 0);
+    shim_block_cache(0);
+    shim_block_cache(4 * big);
+    again = a->raw_allocate(big);
+    a->raw_deallocate(again);
+    shim_block_cache(0);
+    usage("kept once more", 0, big);
+    shim_block_trim(big);
+    usage("trimmed to what it holds: nothing freed", 0, big);
+    shim_block_trim(big - 1);
+    usage("trimmed under it: freed", 0, 0);
+    shim_block_cache(4 * big);
+    again = a->raw_allocate(big);
+    a->raw_deallocate(again);
+    shim_block_cache(0);
+    shim_block_keep(0);
+    usage("keeping nothing frees it", 0, 0);
     contract("cache off again");
     return check_done("alloc");
 }
