@@ -260,6 +260,9 @@ def test_delete_inside_a_huge_batch_takes_effect_within_a_second(make_server):
     so a DELETE stops it within a second, and its memory goes back but for
     what the worker keeps for its next job (--keep-mb)."""
     srv = make_server("--cache-mb", "0", "--keep-mb", "32", models={"long": LONG_MODEL})
+    st, _, models = srv.request("GET", "/v1/models")
+    validate("/v1/models", "GET", st, models)
+    assert models["limits"]["keep_mb"] == 32, models["limits"]
     time.sleep(0.3)
     before = rss(srv.proc.pid)
     st, _, body = srv.request("POST", "/v1/jobs", {"inputs": [big_ids(64, 1024)],
