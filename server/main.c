@@ -133,7 +133,7 @@ static void set_defaults(void)
     S.max_values = 50000, S.plan_seconds = 10, S.chunk_mb = EXEC_CHUNK_BYTES >> 20,
     S.result_ttl = 600;
     S.drain_seconds = 30, S.conn_timeout = 30, S.header_timeout = 10, S.max_connections = 1024;
-    S.keep_mb = -1; /* KEEP_MB, within an eighth of --memory-mb (after the options) */
+    S.keep_mb = -1; /* KEEP_MB or less (after the options) */
     S.max_conn_per_ip = 64;
 }
 
@@ -142,7 +142,9 @@ static void default_text(const option_def *o, char *buf, size_t n)
 {
     buf[0] = 0;
     if (o->dst == &S.keep_mb && S.keep_mb < 0) {
-        snprintf(buf, n, " (%d, less where the workers would keep over an eighth of --memory-mb)",
+        snprintf(buf, n,
+                 " (%d, less where the workers would keep over an eighth of --memory-mb or more "
+                 "than --max-job-mb leaves)",
                  KEEP_MB);
         return;
     }
@@ -369,8 +371,14 @@ static void parse_options(int argc, char **argv)
         if (!n || n > 16)
             die("--replica '%s': 1 to 16 characters", S.replica);
     }
-    if (S.keep_mb < 0)
-        S.keep_mb = KEEP_MB * S.workers <= S.memory_mb / 8 ? KEEP_MB : S.memory_mb / 8 / S.workers;
+    if (S.keep_mb < 0) { /* KEEP_MB, within an eighth of --memory-mb and beside --max-job-mb */
+        long room = S.memory_mb / 8;
+        if (S.max_job_mb) {
+            long left = S.memory_mb - (long)S.nmodels * S.cache_mb - S.max_job_mb;
+            room = left < room ? left : room;
+        }
+        S.keep_mb = room <= 0 ? 0 : KEEP_MB * S.workers <= room ? KEEP_MB : room / S.workers;
+    }
     /* the limits must leave room for one job at the limit */
     long caches = (long)S.nmodels * S.cache_mb + (long)S.workers * S.keep_mb;
     if (!S.max_job_mb)

@@ -888,12 +888,14 @@ shim_tensor *shim_gather_rows(const shim_tensor *t, int64_t nrows, const int64_t
             return wrap(r);
         if (std::none_of(idx, idx + n, [](int64_t i) { return i < 0; }))
             return wrap(r.index_select(0, host_index(idx, n, r.device())));
-        // -1: a row of zeros, one appended after the nrows
-        std::vector<int64_t> k(idx, idx + n);
-        for (int64_t &i : k)
-            i = i < 0 ? nrows : i;
-        at::Tensor z = at::cat({r, at::zeros({1, r.size(1)}, r.options())});
-        return wrap(z.index_select(0, host_index(k.data(), n, r.device())));
+        // -1: row 0, then zeroed
+        std::vector<int64_t> k(idx, idx + n), zero;
+        for (int64_t i = 0; i < n; i++)
+            if (k[i] < 0)
+                k[i] = 0, zero.push_back(i);
+        at::Tensor s = r.index_select(0, host_index(k.data(), n, r.device()));
+        s.index_fill_(0, host_index(zero.data(), (int64_t)zero.size(), r.device()), 0);
+        return wrap(s);
     });
 }
 

@@ -499,14 +499,14 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
         xin[i + 1] = shim_grad_leaf(out[i], st);
         step(a);
     }
-    if (rc)
+    if (rc || (rc = failed(a))) /* the last layer's step too */
         goto done;
     ft = shim_grad_tap(xin[L], st); /* ln_final's */
     h = gpt2_ln_f(m, ft, st);
     if (first && a->o->clean_out && h)
         *a->o->clean_out = shim_detach(h, st);
     shim_grad_mode(0);
-    seed = metric_seed(a, h, first);
+    seed = h ? metric_seed(a, h, first) : NULL;
     if ((rc = failed(a)))
         goto done;
     shim_backward(h, seed, st);

@@ -133,6 +133,28 @@ def test_repeated_positions_refused_fast_and_memory_stays(server):
     assert SANITIZED or rss(server.proc.pid) < before + (64 << 20)
 
 
+@pytest.mark.skipif(bool(os.environ.get("NPPD_LEGACY")), reason="an older nppd has no --keep-mb")
+def test_kept_memory_fits_beside_the_limits(make_server, tmp_path):
+    """What workers keep between jobs (--keep-mb) is reserved out of
+    --memory-mb: by default it gives way to an explicit --max-job-mb (so
+    settings that started before it still start, keeping nothing), and an
+    explicit one that does not fit is refused at start-up, named."""
+    limits = ["--memory-mb", "2048", "--cache-mb", "1024", "--max-job-mb", "1024"]
+    srv = make_server(*limits)
+    st, _, body = srv.request("GET", "/v1/models")
+    assert st == 200 and body["limits"]["keep_mb"] == 0, body["limits"]
+    assert body["limits"]["max_job_mb"] == 1024, body["limits"]
+    p = subprocess.run([NPPD, "--model", "m=" + MODEL, *limits, "--keep-mb", "64", "--listen",
+                        "127.0.0.1:%d" % free_port(), "--state-dir", str(tmp_path / "s")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert "kept memory (2 x --keep-mb 64)" in p.stderr, p.stderr
+    srv = make_server("--memory-mb", "2048", "--cache-mb", "1024")
+    body = srv.request("GET", "/v1/models")[2]
+    # the default: an eighth of --memory-mb over the 2 workers, the rest for a job
+    assert body["limits"]["keep_mb"] == 128 and body["limits"]["max_job_mb"] == 768, body
+
+
 def test_big_batch_refused_with_the_field_and_both_numbers(make_server):
     """One input holding a batch of 64 x 1024 tokens, over --max-job-mb."""
     srv = make_server("--max-job-mb", "128", models={"long": LONG_MODEL})
