@@ -653,7 +653,7 @@ static int cmd_run(int argc, char **argv)
                   .max_values = 50000,
                   .repeat = 1,
                   .chunk_mb = EXEC_CHUNK_BYTES >> 20,
-                  .keep_mb = 256};
+                  .keep_mb = RUN_KEEP_MB};
     model_opts mo = {getenv("NPP_DEVICE"), getenv("NPP_DTYPE")};
     long v;
     int c, lines = 0;

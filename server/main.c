@@ -39,10 +39,6 @@ typedef struct {
     double lo, hi;
 } option_def;
 
-/* Each worker's kept memory by default, MiB (--keep-mb): an EAP job of 8
- * x 16 tokens on GPT-2 small leaves about that much. */
-#define KEEP_MB 256
-
 /* Every option, once: the flag, its NPP_* variable, and its help line
  * (the default is printed from the value set in set_defaults). */
 static const option_def OPTS[] = {
@@ -133,7 +129,7 @@ static void set_defaults(void)
     S.max_values = 50000, S.plan_seconds = 10, S.chunk_mb = EXEC_CHUNK_BYTES >> 20,
     S.result_ttl = 600;
     S.drain_seconds = 30, S.conn_timeout = 30, S.header_timeout = 10, S.max_connections = 1024;
-    S.keep_mb = -1; /* KEEP_MB or less (after the options) */
+    S.keep_mb = -1; /* RUN_KEEP_MB or less (after the options) */
     S.max_conn_per_ip = 64;
 }
 
@@ -145,7 +141,7 @@ static void default_text(const option_def *o, char *buf, size_t n)
         snprintf(buf, n,
                  " (%d, less where the workers would keep over an eighth of --memory-mb or more "
                  "than --max-job-mb leaves)",
-                 KEEP_MB);
+                 RUN_KEEP_MB);
         return;
     }
     switch (o->type) {
@@ -371,13 +367,15 @@ static void parse_options(int argc, char **argv)
         if (!n || n > 16)
             die("--replica '%s': 1 to 16 characters", S.replica);
     }
-    if (S.keep_mb < 0) { /* KEEP_MB, within an eighth of --memory-mb and beside --max-job-mb */
+    if (S.keep_mb < 0) { /* RUN_KEEP_MB, within --memory-mb / 8, beside --max-job-mb */
         long room = S.memory_mb / 8;
         if (S.max_job_mb) {
             long left = S.memory_mb - (long)S.nmodels * S.cache_mb - S.max_job_mb;
             room = left < room ? left : room;
         }
-        S.keep_mb = room <= 0 ? 0 : KEEP_MB * S.workers <= room ? KEEP_MB : room / S.workers;
+        S.keep_mb = room <= 0                         ? 0
+                    : RUN_KEEP_MB * S.workers <= room ? RUN_KEEP_MB
+                                                      : room / S.workers;
     }
     /* the limits must leave room for one job at the limit */
     long caches = (long)S.nmodels * S.cache_mb + (long)S.workers * S.keep_mb;

@@ -78,27 +78,24 @@ constexpr size_t kBlockMin = 256 << 10, kAlign = 64, kHead = 64; // size, token 
 constexpr size_t kSlots = sizeof blocks.free / sizeof *blocks.free;
 constexpr size_t kHugePage = 2u << 20, kHugeMin = 4u << 20;
 
-// Frees the list's oldest blocks until `more` bytes fit under the budget
-// beside what it holds and what the thread uses (or the list is empty).
-void block_make_room(block_list &l, size_t more)
-{
-    size_t k = 0, drop = 0;
-    while (k < l.n && (l.used + l.bytes - drop + more > l.budget || l.n - k >= kSlots))
-        drop += l.free[k].size, std::free(l.free[k++].p);
-    if (k) {
-        memmove(l.free, l.free + k, (l.n - k) * sizeof *l.free);
-        l.n -= k, l.bytes -= drop;
-    }
-}
-
-// Frees the list's oldest blocks until it holds at most `bytes`.
-void block_trim(block_list &l, size_t bytes)
+// Frees the list's oldest blocks until it holds at most `bytes` in at
+// most `slots` blocks.
+void block_trim(block_list &l, size_t bytes, size_t slots = kSlots)
 {
     size_t k = 0;
-    while (k < l.n && l.bytes > bytes)
+    while (k < l.n && (l.bytes > bytes || l.n - k > slots))
         l.bytes -= l.free[k].size, std::free(l.free[k++].p);
     memmove(l.free, l.free + k, (l.n - k) * sizeof *l.free);
     l.n -= k;
+}
+
+// Frees the list's oldest blocks until `more` bytes fit under the budget
+// beside what it holds and what the thread uses (or the list is empty),
+// leaving a slot free.
+void block_make_room(block_list &l, size_t more)
+{
+    size_t want = l.used + more;
+    block_trim(l, want <= l.budget ? l.budget - want : 0, kSlots - 1);
 }
 
 // The block at base (its data kHead bytes in) stops counting as the calling thread's

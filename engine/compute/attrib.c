@@ -22,7 +22,6 @@ typedef struct {
     const model *m;
     const job *j;
     int L, H, C, B, T, S, R, steps;
-    int64_t N;           /* B*T*C */
     int64_t *act, nact;  /* the rows (b*T + t) that can score (active_rows); act NULL: all */
     int64_t *rest;       /* the other B*T - nact rows */
     int64_t *order;      /* B*T: row r is row order[r] of the active rows, then the rest */
@@ -669,7 +668,7 @@ int attrib_run(const model *m, const job *j, const attrib_opts *o, json_t **out,
 {
     actx a = {.m = m, .j = j, .o = o, .e = e};
     a.L = m->cfg.n_layer, a.H = m->cfg.n_head, a.C = m->cfg.n_embd, a.B = j->B, a.T = j->T;
-    a.N = (int64_t)a.B * a.T * a.C, a.S = edges_nsenders(&j->g), a.R = edges_nreceivers(&j->g);
+    a.S = edges_nsenders(&j->g), a.R = edges_nreceivers(&j->g);
     a.steps = j->attrib->steps;
     int rc;
     *out = NULL;
