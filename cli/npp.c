@@ -558,6 +558,20 @@ static int run_print(const model *m, json_t *doc, const job_args *a, npp_err *e)
         if ((rc = run_job(m, doc, &ro, &r, e)))
             goto done;
     }
+    /* the result first: a picture that cannot be drawn or written fails
+     * the command, but the work is printed */
+    json_dumpf(r->result, stdout,
+               (a->compact ? JSON_COMPACT : JSON_INDENT(1)) | JSON_PRESERVE_ORDER);
+    putchar('\n');
+    fflush(stdout);
+    for (size_t k = 0; k < json_array_size(r->job->warnings); k++)
+        fprintf(stderr, "npp: warning: %s\n",
+                json_string_value(json_object_get(json_array_get(r->job->warnings, k), "message")));
+    if (a->memory_report)
+        fprintf(stderr,
+                "{\"memory\": {\"rss_before_bytes\": %zu, \"rss_peak_bytes\": %zu, "
+                "\"estimate_peak_bytes\": %zu, \"estimate_result_bytes\": %zu}}\n",
+                rss0, proc_status_bytes("VmHWM"), r->est.peak_bytes, r->est.result_bytes);
     for (int i = 0; a->svg && i < (r->job->nvar ? r->job->nvar : 1); i++) {
         char path[4096];
         size_t stem = strlen(a->svg);
@@ -591,18 +605,6 @@ static int run_print(const model *m, json_t *doc, const job_args *a, npp_err *e)
         if (rc)
             goto done;
     }
-    json_dumpf(r->result, stdout,
-               (a->compact ? JSON_COMPACT : JSON_INDENT(1)) | JSON_PRESERVE_ORDER);
-    putchar('\n');
-    fflush(stdout);
-    for (size_t k = 0; k < json_array_size(r->job->warnings); k++)
-        fprintf(stderr, "npp: warning: %s\n",
-                json_string_value(json_object_get(json_array_get(r->job->warnings, k), "message")));
-    if (a->memory_report)
-        fprintf(stderr,
-                "{\"memory\": {\"rss_before_bytes\": %zu, \"rss_peak_bytes\": %zu, "
-                "\"estimate_peak_bytes\": %zu, \"estimate_result_bytes\": %zu}}\n",
-                rss0, proc_status_bytes("VmHWM"), r->est.peak_bytes, r->est.result_bytes);
 done:
     run_output_free(r);
     cache_free(ca);

@@ -531,7 +531,8 @@ static enum MHD_Result get_heatmap_svg(req *r, const char *id)
 static enum MHD_Result get_circuit_svg(req *r, const char *id)
 {
     return get_picture(r, id, "circuit",
-                       "it is not an \"attribution\", \"discover\" or \"circuit\" job");
+                       "it is not an \"attribution\", \"discover\" or \"circuit\" job (a "
+                       "sweep's or grid's circuits are not drawn)");
 }
 
 /* ---- status, documents and the web UI ------------------------------------------- */

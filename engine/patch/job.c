@@ -912,8 +912,19 @@ static int parse_discover(json_t *a, job_attrib *at, npp_err *e)
             snprintf(f, sizeof f, "discover.top_n[%zu]", i);
             return npp_fail(e, NPP_EINVAL, f, "%s: an edge count in 0..%d", f, EDGES_MAX);
         }
-        at->top_n[at->nsizes++] = (long)json_integer_value(v);
+        /* in increasing order, each size once: the curve runs left to right */
+        long n = (long)json_integer_value(v);
+        int k = at->nsizes;
+        while (k > 0 && at->top_n[k - 1] > n)
+            k--;
+        if (k > 0 && at->top_n[k - 1] == n)
+            continue;
+        memmove(at->top_n + k + 1, at->top_n + k, (size_t)(at->nsizes - k) * sizeof *at->top_n);
+        at->top_n[k] = n, at->nsizes++;
     }
+    /* the result lists at least the edges of every circuit it evaluates */
+    if (at->top_n[at->nsizes - 1] > at->top)
+        at->top = at->top_n[at->nsizes - 1];
     if (vf && (!json_is_integer(vf) || json_integer_value(vf) < 0 ||
                json_integer_value(vf) > DISCOVER_MAX_VERIFY))
         return npp_fail(e, NPP_EINVAL, "discover.verify",
@@ -979,11 +990,19 @@ static int parse_attribution(json_t *a, const char *name, job *j, npp_err *e)
     at->top = top ? (long)json_integer_value(top) : 0;
     if (disc && parse_discover(a, at, e))
         return NPP_EINVAL;
-    if (disc && top)
-        at->top = (long)json_integer_value(top);
-    if (j->n_inputs < 2)
+    if (disc && top) /* at least the largest circuit's edges */
+        at->top = json_integer_value(top) > at->top_n[at->nsizes - 1]
+                      ? (long)json_integer_value(top)
+                      : at->top_n[at->nsizes - 1];
+    if (disc && at->verify + at->nsizes > JOB_MAX_VARIANTS)
+        return npp_fail(e, NPP_EINVAL, "discover.verify",
+                        "discover.verify: %d edges and %d circuits are more than the %d checks "
+                        "one job runs; ask for fewer",
+                        at->verify, at->nsizes, JOB_MAX_VARIANTS);
+    if (j->n_inputs != 2)
         return npp_fail(e, NPP_EINVAL, "inputs",
-                        "inputs: %s needs two (input 0 clean, input 1 corrupted)", name);
+                        "inputs: %s takes two (input 0 clean, input 1 corrupted), not %d", name,
+                        j->n_inputs);
     if (!j->metric)
         return npp_fail(e, NPP_EINVAL, "metric",
                         "metric: %s needs one (the scores are its gradient)", name);
