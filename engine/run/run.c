@@ -49,6 +49,63 @@ static size_t discover_bytes(const job *j, size_t plain_bytes)
            256 * (listed + (size_t)at->verify);
 }
 
+static json_t *discover_doc(const job *j, json_t *edges);
+
+/* discover's second job planned (not run) with stand-in edges: every edge
+ * of the model in a fixed pseudo-random order, as the attribution's
+ * ranking is not known before it runs. Its circuits' plans and values
+ * depend on how many edges they hold and how their sources mix far more
+ * than on which edges they are: its estimated peak, into *bytes. */
+static int discover_standin_bytes(const model *m, const job *j, const run_opts *o, size_t *bytes,
+                                  npp_err *e)
+{
+    const graph_dims *g = &j->g;
+    long n = edges_count(g), k = 0;
+    int S = edges_nsenders(g), R = edges_nreceivers(g);
+    json_t *edges = json_array(), **name = calloc((size_t)(S + R), sizeof *name);
+    int *order = malloc((size_t)n * 2 * sizeof *order);
+    int rc = 0;
+    char buf[48];
+    for (int i = 0; name && i < S + R; i++) {
+        graph_name(g, i < S ? edges_sender_sym(g, i) : edges_receiver_sym(g, i - S), buf,
+                   sizeof buf);
+        name[i] = json_string(buf);
+    }
+    for (int s = 0; order && s < S; s++)
+        for (int r = 0; r < R; r++)
+            if (edges_upstream(g, edges_sender_sym(g, s), edges_receiver_sym(g, r)))
+                order[2 * k] = s, order[2 * k + 1] = r, k++;
+    /* a fixed shuffle (Fisher-Yates with a 64-bit LCG) */
+    uint64_t x = 0x9e3779b97f4a7c15u;
+    for (long i = k - 1; order && i > 0; i--) {
+        x = x * 6364136223846793005u + 1442695040888963407u;
+        long q = (long)((x >> 33) % (uint64_t)(i + 1));
+        int s = order[2 * i], r = order[2 * i + 1];
+        order[2 * i] = order[2 * q], order[2 * i + 1] = order[2 * q + 1];
+        order[2 * q] = s, order[2 * q + 1] = r;
+    }
+    for (long i = 0; edges && name && order && i < k; i++)
+        json_array_append_new(edges,
+                              json_pack("[O,O]", name[order[2 * i]], name[S + order[2 * i + 1]]));
+    for (int i = 0; name && i < S + R; i++)
+        json_decref(name[i]);
+    json_t *doc = edges && name && order ? discover_doc(j, edges) : NULL;
+    free(name), free(order);
+    json_decref(edges);
+    if (!doc)
+        return npp_fail(e, NPP_ENOMEM, "discover", "out of memory");
+    run_output *r2 = NULL;
+    npp_err e2 = {0};
+    if (!(rc = run_prepare(m, doc, o, &r2, &e2)))
+        *bytes = r2->est.peak_bytes;
+    else /* what the user asked for, by its name: not the second job's sweep */
+        npp_fail(e, rc, "discover", "discover: checking %d edges and %d circuits: %s",
+                 j->attrib->verify, j->attrib->nsizes, e2.message);
+    run_output_free(r2);
+    json_decref(doc);
+    return rc;
+}
+
 /* The roots the executor computes, into xr (at most r->nroots), with
  * their indices in r->roots into at (when not NULL): all but those an
  * attribution's clean pass gives (r->clean_v). Returns their count. */
@@ -93,6 +150,23 @@ static int64_t tail_from(const job *j)
     return f < j->T ? f : 0;
 }
 
+/* The circuit picture nppd keeps beside an attribution, discover or
+ * circuit job's result (output/circuit.h), at most: the node boxes, and
+ * about 320 bytes an edge drawn (an attribution's top 30, a discover
+ * job's largest circuit, a circuit's listed edges, each once). */
+static size_t picture_bytes(const job *j)
+{
+    size_t n = 0, all = (size_t)edges_count(&j->g);
+    json_t *which = json_object_get(j->compiled, "which");
+    if (j->attrib)
+        n = j->attrib->discover ? (size_t)j->attrib->top_n[j->attrib->nsizes - 1] : 30;
+    else if (json_array_size(which) == 1)
+        n = json_array_size(json_object_get(json_array_get(which, 0), "edges"));
+    else
+        return 0;
+    return 8192 + (size_t)edges_nsenders(&j->g) * 640 + (n < all ? n : all) * 320;
+}
+
 /* Fills r->est from the plans (run_prepare, after planning). */
 static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e)
 {
@@ -133,6 +207,13 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
          * attribution and refused if it needs more) */
         size_t second =
             j->attrib->discover ? discover_bytes(j, ex.peak_bytes) + est->plan_bytes : 0;
+        if (j->attrib->discover) { /* or what it plans to with stand-in edges, and a quarter */
+            size_t standin = 0;
+            if ((rc = discover_standin_bytes(m, j, o, &standin, e)))
+                return rc;
+            standin += standin / 4 + est->plan_bytes;
+            second = standin > second ? standin : second;
+        }
         attrib = second > attrib ? second : attrib;
         work = attrib > work ? attrib : work;
     }
@@ -140,6 +221,7 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
     est->peak_bytes = est->plan_bytes + work + work / 20;
     if (!j->attrib)
         est->result_bytes = rs.text_bytes;
+    est->result_bytes += picture_bytes(j);
     /* the field behind the largest part of the peak */
     const char *f = j->nvar > 1 ? "sweep" : "inputs";
     size_t big = ex.peak_bytes;
@@ -374,8 +456,9 @@ static json_t *discover_doc(const job *j, json_t *edges)
         json_array_append_new(sweep,
                               json_pack("{s:s,s:{s:o}}", "name", name, "circuit", "edges", list));
     }
-    return json_pack("{s:O,s:o,s:{s:i,s:b},s:o}", "inputs", j->doc_inputs, "metric", metric,
-                     "outputs", "top_k", 0, "baselines", 1, "sweep", sweep);
+    return json_pack("{s:O,s:o,s:{s:i,s:b},s:o,s:{s:I}}", "inputs", j->doc_inputs, "metric", metric,
+                     "outputs", "top_k", 0, "baselines", 1, "sweep", sweep, "limits", "max_values",
+                     (json_int_t)j->max_values); /* the job's own */
 }
 
 /* Runs discover's second job and puts "discover" in r's result: "verify"
