@@ -291,9 +291,10 @@ async function showCircuit(job) {
     const top = a.edges.slice(0, 20), scale = Math.max(1e-12, ...top.map((e) => Math.abs(e[2])));
     top.forEach((e, i) => {
       const bar = document.createElement("span");
-      bar.className = "bar " + (e[2] < 0 ? "lowers" : "raises"); // the picture's colours
+      const effect = e[2] < 0 ? "lowers" : e[2] > 0 ? "raises" : "none";
+      bar.className = "bar " + effect; // the picture's colours
       bar.style.width = `${(100 * Math.abs(e[2])) / scale}px`;
-      bar.title = e[2] < 0 ? "patching it lowers the metric" : "patching it raises the metric";
+      bar.title = effect === "none" ? "a score of 0: no first-order effect" : `patching it ${effect} the metric`;
       row($("edges").querySelector("tbody"), [String(i + 1), name(e), fmt(e[2]), bar]);
     });
   }

@@ -65,6 +65,12 @@ def main():
           rank == 8 and abs(edges[rank][2]) < 0.001, "rank %d, %.4f" % (rank + 1, edges[rank][2]))
     exact = next(v["exact"] for v in d["verify"] if v["edge"] == KEY)
     check("eap: verify gives its exact effect, -11.89", abs(exact + 11.89) < 0.01, "%.3f" % exact)
+    most = min(d["verify"], key=lambda v: v["exact"])
+    second = sorted(v["exact"] for v in d["verify"])[1]
+    check("eap: only emb -> a1.head1.v moves it more (-14.95)",
+          most["edge"] == ["emb", "a1.head1.v"] and abs(most["exact"] + 14.95) < 0.01 and
+          second > most["exact"] and abs(second + 11.89) < 0.01,
+          "%s %.3f, next %.3f" % (most["edge"], most["exact"], second))
     check("eap: the top 1 to 8 edges keep none of it (0.00 to -0.02), 16 keep all",
           all(-0.02 <= faith(eap, n) <= 0.001 for n in (1, 2, 4, 8)) and
           abs(faith(eap, 16) - 1) < 0.001,

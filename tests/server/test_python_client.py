@@ -162,14 +162,27 @@ def test_circuit(server):
     assert e.value.status == 422 and e.value.field == "circuit.edges[0]"
 
 
-def test_attribution_and_discover(server):
+def test_attribution_and_discover(server, monkeypatch):
     m = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token).model()
     metric = {"type": "logit_diff", "target": " Madrid", "baseline": " Rome"}
+    sent, request = [], m.client._request
+
+    def spy(method, path, body=None, **kw):
+        sent.append((method, (kw.get("headers") or {}).get("X-Npp-Affinity")))
+        return request(method, path, body, **kw)
+    monkeypatch.setattr(m.client, "_request", spy)
     res = m.attribute(SPAIN, metric, top=5)
     att = res.attribution
     assert att.method == "eap" and att.count == 110 and len(att) == 5
     assert att.scores.shape == (5,) and (np.diff(np.abs(att.scores)) <= 0).all()
     assert all(len(e) == 3 for e in att) and att.top(2) == [e[:2] for e in att.edges[:2]]
+    with pytest.raises(ValueError, match="keeps the top 5 of 110"):
+        att.top(6)  # not silently a smaller circuit
+    # the same affinity key as run()'s for these inputs: the replica with their values
+    posts = [key for method, key in sent if method == "POST"]
+    m.run(SPAIN, metric=metric)
+    posts2 = [key for method, key in sent if method == "POST"]
+    assert posts[0] and posts2[-1] == posts[0], sent
     full = m.attribute(SPAIN, metric).attribution  # every edge: a circuit of all of them
     circ = m.run(SPAIN, circuit=full.top(110), metric=dict(metric, normalize=True))
     assert len(full) == 110 and abs(circ.raw["metric"]["normalized"] - 1) < 1e-5
@@ -190,6 +203,13 @@ def test_attribution_and_discover(server):
         res.plot_faithfulness()
     nodes = m.attribute(SPAIN, metric, method="eap-ig", steps=2, level="nodes")
     assert nodes.attribution.level == "nodes" and len(nodes.attribution.nodes) == 11
+    with pytest.raises(ValueError, match="node-level"):
+        nodes.attribution.top(3)  # not an empty circuit
+    same = m.discover([SPAIN[0], SPAIN[0]], metric, method="eap", top_n=[2, 4])
+    assert [p["faithfulness"] for p in same.discover["curve"]] == [None, None]
+    with pytest.raises(ValueError, match="same metric"):
+        same.plot_faithfulness()
+    assert all(key for method, key in sent if method == "POST"), sent  # discover's too
 
 
 def test_client_conveniences(server, tmp_path, monkeypatch):

@@ -208,7 +208,10 @@ class Model:
         """Queues a job; returns a Job handle at once. The X-Npp-Affinity
         header (the model and the inputs) lets a load balancer send related
         jobs to the replica whose cache already holds their values."""
-        doc = self.job_document(inputs, **kw)
+        return self._post(self.job_document(inputs, **kw))
+
+    def _post(self, doc):
+        """POSTs a job document with its X-Npp-Affinity key; its Job."""
         key = hashlib.sha256(json.dumps([self.name, doc["inputs"]], sort_keys=True).encode())
         _, body = self.client._request("POST", "/v1/jobs", doc,
                                        headers={"X-Npp-Affinity": key.hexdigest()[:32]})
@@ -242,10 +245,7 @@ class Model:
                 g[k] = v
         doc = self.job_document(inputs, outputs=outputs, metric=metric, limits=limits)
         doc["grid"] = g
-        key = hashlib.sha256(json.dumps([self.name, doc["inputs"]], sort_keys=True).encode())
-        _, body = self.client._request("POST", "/v1/jobs", doc,
-                                       headers={"X-Npp-Affinity": key.hexdigest()[:32]})
-        return Job(self.client, body["id"], body).wait(progress=progress)
+        return self._post(doc).wait(progress=progress)
 
     def attribute(self, inputs, metric, method="eap", steps=None, level="edges", top=None,
                   outputs=None, progress=None):
@@ -274,8 +274,7 @@ class Model:
     def _extra(self, inputs, metric, key, value, outputs, progress):
         doc = self.job_document(inputs, outputs=outputs or {"top_k": 0}, metric=metric)
         doc[key] = value
-        _, body = self.client._request("POST", "/v1/jobs", doc)
-        return Job(self.client, body["id"], body).wait(progress=progress)
+        return self._post(doc).wait(progress=progress)
 
     def sweep(self, inputs, variants, outputs=None, metric=None, limits=None, progress=None):
         """Runs many variants of one experiment as one job: the variants share
@@ -349,7 +348,15 @@ class Attribution:
 
     def top(self, n):
         """The n highest edges as (sender, receiver) pairs: a circuit
-        (m.run(..., circuit=res.attribution.top(10)))."""
+        (m.run(..., circuit=res.attribution.top(10))). ValueError for a
+        node-level attribution (it has no edges) and where the result keeps
+        fewer than n edges (the job's "top")."""
+        if self.level == "nodes":
+            raise ValueError("top(): a node-level attribution scores senders, not edges; "
+                             "attribute(..., level=\"edges\") gives a circuit")
+        if n > len(self.edges) and len(self.edges) < self.count:
+            raise ValueError("top(%d): the result keeps the top %d of %d edges (the job's "
+                             "\"top\"); ask for top >= %d" % (n, len(self.edges), self.count, n))
         return [e[:2] for e in self.edges[:n]]
 
     def __repr__(self):
@@ -546,15 +553,22 @@ class Result(_Patched):
 
     def plot_faithfulness(self, ax=None):
         """A discover job's faithfulness curve with matplotlib (n across,
-        faithfulness up, 1 the clean run); returns the Axes."""
+        faithfulness up, 1 the clean run); returns the Axes. A point whose
+        faithfulness is null (the clean and corrupted runs give the same
+        metric) is a gap; ValueError when every point is."""
         if not self.discover:
             raise ValueError("not a discover job (see \"discover\" in docs/jobs.md)")
-        ax = ax or _pyplot("res.plot_faithfulness()", "res.circuit_svg() draws the curve").gca()
         curve = self.discover["curve"]
-        ax.plot([p["n"] for p in curve], [p["faithfulness"] for p in curve], "o-")
+        ys = [float("nan") if p["faithfulness"] is None else p["faithfulness"] for p in curve]
+        if all(y != y for y in ys):
+            raise ValueError("no faithfulness to plot: the clean and corrupted runs give the "
+                             "same metric (%r), so nothing is normalised"
+                             % self.discover.get("clean"))
+        ax = ax or _pyplot("res.plot_faithfulness()", "res.circuit_svg() draws the curve").gca()
+        ax.plot([p["n"] for p in curve], ys, "o-")
         ax.axhline(1, color="grey", linestyle="--", linewidth=0.8)
         ax.axhline(0, color="grey", linestyle=":", linewidth=0.8)
-        ax.set_xscale("log")
+        ax.set_xscale("symlog" if any(p["n"] == 0 for p in curve) else "log")
         ax.set_xlabel("edges (top n by %s)" % self.attribution.method)
         ax.set_ylabel("faithfulness")
         return ax
