@@ -8,6 +8,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
 #include <torch/cuda.h>
 #include <torch/version.h>
 
@@ -20,6 +22,7 @@
 #include <cstring>
 #include <new>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include <sys/mman.h>
@@ -754,9 +757,53 @@ shim_tensor *shim_grad_tap(const shim_tensor *t, shim_status *st)
     });
 }
 
-int shim_backward(const shim_tensor *y, const shim_tensor *seed, shim_status *st)
+namespace
+{
+
+struct cancelled : std::exception {
+    const char *what() const noexcept override
+    {
+        return "cancelled";
+    }
+};
+
+// Before each node of the backward graph runs: stop when *flag is set (the
+// engine hands the exception back to backward's caller).
+struct cancel_hook : torch::autograd::FunctionPreHook {
+    const volatile int *flag;
+    explicit cancel_hook(const volatile int *f) : flag(f)
+    {
+    }
+    torch::autograd::variable_list operator()(const torch::autograd::variable_list &g) override
+    {
+        if (__atomic_load_n(flag, __ATOMIC_RELAXED))
+            throw cancelled();
+        return g;
+    }
+};
+
+} // namespace
+
+int shim_backward(const shim_tensor *y, const shim_tensor *seed, const volatile int *cancel,
+                  shim_status *st)
 {
     SHIM_GUARD(st, -1, {
+        if (cancel) { // a hook on every node of the graph below y
+            std::vector<torch::autograd::Node *> todo;
+            std::unordered_set<torch::autograd::Node *> seen;
+            if (y->t.grad_fn())
+                todo.push_back(y->t.grad_fn().get());
+            while (!todo.empty()) {
+                torch::autograd::Node *n = todo.back();
+                todo.pop_back();
+                if (!seen.insert(n).second)
+                    continue;
+                n->add_pre_hook(std::make_unique<cancel_hook>(cancel));
+                for (const torch::autograd::Edge &e : n->next_edges())
+                    if (e.function)
+                        todo.push_back(e.function.get());
+            }
+        }
         y->t.backward(seed->t);
         return 0;
     });
@@ -823,7 +870,7 @@ shim_tensor *shim_head_input_grads(const shim_tensor *gqkv, const shim_tensor *w
     });
 }
 
-int shim_rows_head_deltas(shim_tensor *dst, int64_t row0, const shim_tensor *z1,
+int shim_rows_head_deltas(shim_tensor *dst, int64_t row0, int64_t col0, const shim_tensor *z1,
                           const shim_tensor *z0, const shim_tensor *w_proj, int n_head,
                           shim_status *st)
 {
@@ -834,8 +881,13 @@ int shim_rows_head_deltas(shim_tensor *dst, int64_t row0, const shim_tensor *z1,
         at::Tensor dz = z1->t.detach().to(at::kFloat) - z0->t.detach().to(at::kFloat);
         at::Tensor z3 = dz.reshape({N, H, D}).transpose(0, 1);
         at::Tensor w3 = w.detach().to(at::kFloat).reshape({H, D, C});
-        at::Tensor rows = dst->t.narrow(0, row0, H).view({H, N, C});
-        at::bmm_out(rows, z3, w3);
+        at::Tensor rows = dst->t.narrow(0, row0, H);
+        if (col0 == 0 && N * C == rows.size(1)) { // whole rows: straight into them
+            at::Tensor out = rows.view({H, N, C});
+            at::bmm_out(out, z3, w3);
+            return 0;
+        }
+        rows.narrow(1, col0, N * C).copy_(at::bmm(z3, w3).view({H, N * C}));
         return 0;
     });
 }

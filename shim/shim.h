@@ -200,11 +200,12 @@ shim_tensor *shim_detach(const shim_tensor *t, shim_status *st);
 /* t itself (a view) whose gradient shim_grad reads after shim_backward: a
  * receiver's own copy of its input, for example. */
 shim_tensor *shim_grad_tap(const shim_tensor *t, shim_status *st);
-/* dst (R, numel(z1)) rows [row0, row0 + H) = (z1 - z0)_h W_O[h], the
- * change of head h's share of an attention output (no bias) in row
- * row0 + h, in float32: z1, z0 (..., C) two outputs of the attention core
- * (same shape), w_proj (C, C) c_proj's weight. In place, no gradient. */
-int shim_rows_head_deltas(shim_tensor *dst, int64_t row0, const shim_tensor *z1,
+/* dst (R, K) rows [row0, row0 + H), columns [col0, col0 + numel(z1)) =
+ * (z1 - z0)_h W_O[h], the change of head h's share of an attention output
+ * (no bias) in row row0 + h, in float32: z1, z0 (..., C) two outputs of
+ * the attention core (same shape), w_proj (C, C) c_proj's weight. In
+ * place, no gradient. */
+int shim_rows_head_deltas(shim_tensor *dst, int64_t row0, int64_t col0, const shim_tensor *z1,
                           const shim_tensor *z0, const shim_tensor *w_proj, int n_head,
                           shim_status *st);
 /* t as one float32 row (1, numel), no gradient. */
@@ -230,8 +231,11 @@ shim_tensor *shim_empty_f32(int64_t rows, int64_t cols, shim_device dev, shim_st
 /* a x + b y (same shapes). */
 shim_tensor *shim_axpby(double a, const shim_tensor *x, double b, const shim_tensor *y,
                         shim_status *st);
-/* Backpropagates seed (y's shape: dM/dy) from y. */
-int shim_backward(const shim_tensor *y, const shim_tensor *seed, shim_status *st);
+/* Backpropagates seed (y's shape: dM/dy) from y. cancel (or NULL): checked
+ * before each step of the backward graph; once set, it stops there with an
+ * error ("cancelled"), the gradients left incomplete. */
+int shim_backward(const shim_tensor *y, const shim_tensor *seed, const volatile int *cancel,
+                  shim_status *st);
 /* The gradient backward left on a tap or leaf (zeros when none reached it). */
 shim_tensor *shim_grad(const shim_tensor *t, shim_status *st);
 /* Per-head input gradients of one attention layer: gqkv (B, T, 3C) is dM/d

@@ -33,7 +33,8 @@ typedef struct {
     shim_tensor *delta;  /* (S, nact*C) float32 */
     shim_tensor **zc;    /* L: the corrupted run's heads' outputs z at the active rows, until
                           * the clean pass makes the heads' rows of delta from them */
-    shim_tensor *gbuf;   /* (3H + 1, nact*C) float32: each layer's per-head input gradients */
+    shim_tensor *gbuf;   /* (3H + 1, n*C) float32: per-head input gradients at n <= CHUNK_ROWS
+                          * active rows at a time (layer_scores) */
     shim_tensor **mrest; /* L, or NULL: each MLP's output at the rest rows, when all of them lie
                           * before their example's first corrupted token (taken from the
                           * corrupted run, which is the same there) */
@@ -49,13 +50,105 @@ static int srow(const actx *a, int layer, int h) /* h == H: the MLP */
     return 1 + layer * (a->H + 1) + h;
 }
 
+/* A cancel first: a backward pass it stopped fails in the shim too. */
 static int failed(actx *a)
 {
-    if (a->st.code)
-        return npp_fail_shim(a->e, &a->st);
     if (a->o->cancel && __atomic_load_n(a->o->cancel, __ATOMIC_RELAXED)) /* another thread's */
         return npp_fail(a->e, NPP_ECANCELED, "", "the job was cancelled");
+    if (a->st.code)
+        return npp_fail_shim(a->e, &a->st);
     return 0;
+}
+
+/* Within a layer: a cancel stops the shim calls left in it (each returns
+ * at once), and the layer's end reports it (failed). */
+static void poll_cancel(actx *a)
+{
+    if (!a->st.code && a->o->cancel && __atomic_load_n(a->o->cancel, __ATOMIC_RELAXED)) {
+        a->st.code = SHIM_ETORCH;
+        snprintf(a->st.msg, sizeof a->st.msg, "cancelled");
+    }
+}
+
+/* A large job's layer runs in pieces, a cancel checked between them (the
+ * backward pass then stops between their steps too: shim_backward): MLPs
+ * at most CHUNK_ROWS rows at a time; c_attn and the attention a few
+ * examples at a time, at most CHUNK_ROWS rows and CHUNK_ATT multiply-adds
+ * of scores. A piece is then a fraction of a second; the bench's jobs are
+ * one piece. */
+#define CHUNK_ROWS 2048
+#define CHUNK_ATT  ((int64_t)1 << 31)
+
+/* Examples per piece of c_attn and the attention. */
+static int64_t chunk_examples(const actx *a)
+{
+    int64_t T = a->T, n = CHUNK_ROWS / T, att = CHUNK_ATT / (T * T * a->C);
+    n = att < n ? att : n;
+    return n < 1 ? 1 : n;
+}
+
+/* The pieces of cat(f(x[r0:r0+n]) ...) along dim 0, n = per at a time:
+ * kind 0 the MLP of layer i, 1 c_attn (ln_1 and the projection). */
+static shim_tensor *in_pieces(actx *a, int kind, int i, const shim_tensor *x, int64_t per)
+{
+    if (!x || a->st.code) /* after a failure or a cancel (poll_cancel) */
+        return NULL;
+    int64_t n = shim_dim(x, 0);
+    if (n <= per)
+        return kind ? gpt2_attn_qkv(a->m, i, x, &a->st) : gpt2_mlp(a->m, i, x, &a->st);
+    int k = (int)((n + per - 1) / per);
+    shim_tensor **parts = calloc((size_t)k, sizeof *parts), *y = NULL;
+    if (!parts) {
+        a->st.code = SHIM_ENOMEM;
+        snprintf(a->st.msg, sizeof a->st.msg, "out of memory");
+        return NULL;
+    }
+    for (int c = 0; c < k && !a->st.code; c++) {
+        int64_t r0 = (int64_t)c * per;
+        shim_tensor *xc = shim_narrow(x, 0, r0, n - r0 < per ? n - r0 : per, &a->st);
+        parts[c] = kind ? gpt2_attn_qkv(a->m, i, xc, &a->st) : gpt2_mlp(a->m, i, xc, &a->st);
+        shim_free(xc);
+        poll_cancel(a);
+    }
+    if (!a->st.code)
+        y = shim_cat(parts, k, 0, &a->st);
+    for (int c = 0; c < k; c++)
+        shim_free(parts[c]);
+    free(parts);
+    return y;
+}
+
+/* The attention of q (B, Tq, C) over k, v (B, T, C), a few examples at a
+ * time (chunk_examples). */
+static shim_tensor *attention_pieces(actx *a, int i, const shim_tensor *q, const shim_tensor *k,
+                                     const shim_tensor *v)
+{
+    int64_t B = a->B, per = chunk_examples(a);
+    double scale = gpt2_attn_scale(a->m, i);
+    if (B <= per)
+        return shim_attention(q, k, v, a->H, scale, NULL, &a->st);
+    int n = (int)((B + per - 1) / per);
+    shim_tensor **parts = calloc((size_t)n, sizeof *parts), *z = NULL;
+    if (!parts) {
+        a->st.code = SHIM_ENOMEM;
+        snprintf(a->st.msg, sizeof a->st.msg, "out of memory");
+        return NULL;
+    }
+    for (int c = 0; c < n && !a->st.code; c++) {
+        int64_t b0 = (int64_t)c * per, nb = B - b0 < per ? B - b0 : per;
+        shim_tensor *qc = shim_narrow(q, 0, b0, nb, &a->st),
+                    *kc = shim_narrow(k, 0, b0, nb, &a->st),
+                    *vc = shim_narrow(v, 0, b0, nb, &a->st);
+        parts[c] = shim_attention(qc, kc, vc, a->H, scale, NULL, &a->st);
+        shim_free(qc), shim_free(kc), shim_free(vc);
+        poll_cancel(a);
+    }
+    if (!a->st.code)
+        z = shim_cat(parts, n, 0, &a->st);
+    for (int c = 0; c < n; c++)
+        shim_free(parts[c]);
+    free(parts);
+    return z;
 }
 
 /* One more progress unit done. */
@@ -305,11 +398,11 @@ done:
     return out;
 }
 
-/* score[s][rcv[k]] += w * sum_n delta[s, n] G[k, n] for the senders s <
- * nup[k] (those upstream of receiver k), G (nr, N): one product with the
- * largest prefix of delta's rows. */
+/* score[s][rcv[k]] += w * sum_n delta[s, off + n] G[k, n] for the senders
+ * s < nup[k] (those upstream of receiver k), G (nr, N): one product with
+ * the largest prefix of delta's rows. */
 static void add_scores(actx *a, const int *nup, const shim_tensor *G, const int *rcv, int nr,
-                       double w)
+                       double w, int64_t off)
 {
     int most = 0;
     for (int k = 0; k < nr; k++)
@@ -319,13 +412,25 @@ static void add_scores(actx *a, const int *nup, const shim_tensor *G, const int 
         a->st.code = SHIM_ENOMEM;
         return;
     }
+    /* in column chunks of about 2^30 multiply-adds (a fraction of a second;
+     * one chunk at the bench's sizes), a cancel checked between them */
+    int64_t N = shim_dim(G, 1), cw = ((int64_t)1 << 30) / ((int64_t)most * nr);
+    cw = cw < 4096 ? 4096 : cw;
     shim_tensor *D = shim_narrow(a->delta, 0, 0, most, &a->st);
-    shim_tensor *P = shim_matmul_nt(D, G, &a->st); /* (most, nr) */
-    if (P && !shim_to_host_f32(P, p, (size_t)most * nr, &a->st))
-        for (int k = 0; k < nr; k++)
-            for (int s = 0; s < nup[k]; s++)
-                a->score[(size_t)s * a->R + rcv[k]] += w * p[s * nr + k];
-    shim_free(P), shim_free(D);
+    int64_t DN = D ? shim_dim(D, 1) : 0;
+    for (int64_t c0 = 0; c0 < N && !a->st.code; c0 += cw) {
+        int64_t n = N - c0 < cw ? N - c0 : cw;
+        shim_tensor *Dc = n < DN ? shim_narrow(D, 1, off + c0, n, &a->st) : NULL,
+                    *Gc = n < N ? shim_narrow(G, 1, c0, n, &a->st) : NULL;
+        shim_tensor *P = shim_matmul_nt(Dc ? Dc : D, Gc ? Gc : G, &a->st); /* (most, nr) */
+        if (P && !shim_to_host_f32(P, p, (size_t)most * nr, &a->st))
+            for (int k = 0; k < nr; k++)
+                for (int s = 0; s < nup[k]; s++)
+                    a->score[(size_t)s * a->R + rcv[k]] += w * p[s * nr + k];
+        shim_free(P), shim_free(Dc), shim_free(Gc);
+        poll_cancel(a);
+    }
+    shim_free(D);
     free(p);
 }
 
@@ -350,20 +455,37 @@ static void layer_scores(actx *a, int i, shim_tensor *qkv, shim_tensor *mt, cons
     shim_tensor *g = g0 ? active(a, g0) : NULL;
     shim_tensor *x = active(a, xin);
     shim_free(g0);
-    shim_tensor *G = g && gm && x
-                         ? shim_head_input_grads(g, m->blocks[i].attn_w, x, m->blocks[i].ln_1_w,
-                                                 m->cfg.ln_eps, H, gm, a->gbuf, st)
-                         : NULL; /* (3H + 1, nact*C): row cH + h head h's q, k or v; the MLP */
-    shim_free(g), shim_free(gm), shim_free(x);
     for (int c = 0; c < 3; c++)
         for (int h = 0; h < H; h++)
             rcv[c * H + h] = 1 + 3 * (i * H + h) + c, nup[c * H + h] = srow(a, i, 0);
     rcv[3 * H] = 1 + 3 * a->L * H + i, nup[3 * H] = srow(a, i, H);
-    if (G)
-        add_scores(a, nup, G, rcv, 3 * H + 1, w);
-    if (G && gx)
-        shim_add_row_sum(gx, G, 3 * H, a->act, a->nact, st);
-    shim_free(G);
+    /* CHUNK_ROWS active rows at a time (gbuf holds one piece) */
+    int64_t per = CHUNK_ROWS, *idx = NULL;
+    if (!a->act && a->nact > per && !(idx = malloc((size_t)per * sizeof *idx))) {
+        st->code = SHIM_ENOMEM;
+        snprintf(st->msg, sizeof st->msg, "out of memory");
+    }
+    for (int64_t r0 = 0; g && gm && x && r0 < a->nact && !st->code; r0 += per) {
+        int64_t n = a->nact - r0 < per ? a->nact - r0 : per;
+        int whole = n == a->nact;
+        shim_tensor *gc = whole ? NULL : shim_narrow(g, 0, r0, n, st),
+                    *gmc = whole ? NULL : shim_narrow(gm, 0, r0, n, st),
+                    *xc = whole ? NULL : shim_narrow(x, 0, r0, n, st);
+        shim_tensor *G = shim_head_input_grads(gc ? gc : g, m->blocks[i].attn_w, xc ? xc : x,
+                                               m->blocks[i].ln_1_w, m->cfg.ln_eps, H,
+                                               gmc ? gmc : gm, a->gbuf, st);
+        /* (3H + 1, n*C): row cH + h head h's q, k or v; the MLP */
+        if (G)
+            add_scores(a, nup, G, rcv, 3 * H + 1, w, r0 * a->C);
+        for (int64_t k = 0; idx && k < n; k++)
+            idx[k] = r0 + k;
+        if (G && gx)
+            shim_add_row_sum(gx, G, 3 * H, a->act ? a->act + r0 : idx, n, st);
+        shim_free(G), shim_free(gc), shim_free(gmc), shim_free(xc);
+        poll_cancel(a);
+    }
+    free(idx);
+    shim_free(g), shim_free(gm), shim_free(x);
 }
 
 /* Layer i's MLP output (B, T, C) on x2 for the gradient pass: in the
@@ -382,7 +504,7 @@ static shim_tensor *mlp_active(actx *a, int i, const shim_tensor *x2, shim_tenso
     shim_tensor *xf = shim_reshape(x2, flat, 2, st);
     shim_tensor *xa = a->act ? shim_take_rows(xf, a->act, a->nact, st) : NULL;
     *tap = shim_grad_tap(xa ? xa : xf, st);
-    shim_tensor *ya = gpt2_mlp(m, i, *tap, st), *y = NULL; /* (nact, C) */
+    shim_tensor *ya = in_pieces(a, 0, i, *tap, CHUNK_ROWS), *y = NULL; /* (nact, C) */
     if (first && ya)
         shim_rows_add(a->delta, srow(a, i, a->H), -1.0, ya, st);
     if (a->act && ya) {
@@ -416,7 +538,8 @@ static shim_tensor *mlp_tail(actx *a, const shim_tensor *x2, shim_tensor **tap, 
     shim_tensor *xf = shim_reshape(x2, flat, 2, st);
     *tap = shim_grad_tap(xf, st);
     shim_free(xf);
-    shim_tensor *ya = gpt2_mlp(a->m, i, *tap, st), *y = ya ? shim_reshape(ya, shape, 3, st) : NULL;
+    shim_tensor *ya = in_pieces(a, 0, i, *tap, CHUNK_ROWS),
+                *y = ya ? shim_reshape(ya, shape, 3, st) : NULL;
     shim_tensor *r = first && ya ? active_tail(a, ya) : NULL;
     if (r)
         shim_rows_add(a->delta, srow(a, i, a->H), -1.0, r, st);
@@ -471,27 +594,38 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
         int64_t t0 = i == L - 1 ? a->t0 : 0; /* the positions computed from the queries on */
         shim_tensor *x = xin[i];
         shim_tensor *xd = shim_detach(x, st);
-        shim_tensor *q0 = gpt2_attn_qkv(m, i, xd, st);
+        shim_tensor *q0 = in_pieces(a, 1, i, xd, chunk_examples(a));
         shim_free(xd);
         qkv[i] = shim_grad_leaf(q0, st);
         shim_free(q0);
         shim_tensor *qa = shim_narrow(qkv[i], 2, 0, C, st), *k = shim_narrow(qkv[i], 2, C, C, st),
                     *v = shim_narrow(qkv[i], 2, 2 * C, C, st);
         shim_tensor *q = t0 && qa ? shim_narrow(qa, 1, t0, a->T - t0, st) : NULL;
-        shim_tensor *z = shim_attention(q ? q : qa, k, v, H, gpt2_attn_scale(m, i), NULL, st);
+        shim_tensor *z = attention_pieces(a, i, q ? q : qa, k, v);
         shim_free(qa), shim_free(q), shim_free(k), shim_free(v);
         shim_tensor *za = !first || !z ? NULL : t0 ? active_tail(a, z) : active(a, z);
-        if (za) /* the heads' rows: their outputs' change, head by head */
-            shim_rows_head_deltas(a->delta, srow(a, i, 0), a->zc[i], za, m->blocks[i].proj_w, H,
-                                  st);
+        /* the heads' rows: their outputs' change, head by head (CHUNK_ROWS
+         * rows at a time) */
+        for (int64_t r0 = 0; za && r0 < a->nact && !st->code; r0 += CHUNK_ROWS) {
+            int64_t n = a->nact - r0 < CHUNK_ROWS ? a->nact - r0 : CHUNK_ROWS;
+            int whole = n == a->nact;
+            shim_tensor *z1 = whole ? NULL : shim_narrow(a->zc[i], 0, r0, n, st),
+                        *z0 = whole ? NULL : shim_narrow(za, 0, r0, n, st);
+            shim_rows_head_deltas(a->delta, srow(a, i, 0), r0 * C, z1 ? z1 : a->zc[i], z0 ? z0 : za,
+                                  m->blocks[i].proj_w, H, st);
+            shim_free(z1), shim_free(z0);
+            poll_cancel(a);
+        }
         shim_free(za);
         if (first)
             shim_free(a->zc[i]), a->zc[i] = NULL;
+        poll_cancel(a);
         shim_tensor *att = shim_linear(z, m->blocks[i].proj_w, m->blocks[i].proj_b, st);
         shim_free(z);
         shim_tensor *xt = t0 ? shim_narrow(x, 1, t0, a->T - t0, st) : NULL;
         shim_tensor *x2 = shim_add(xt ? xt : x, att, st);
         shim_free(xt), shim_free(att);
+        poll_cancel(a);
         shim_tensor *y = t0 ? mlp_tail(a, x2, &mt[i], first) : mlp_active(a, i, x2, &mt[i], first);
         out[i] = shim_add(x2, y, st); /* the residual reads x2, not the tap */
         shim_free(x2), shim_free(y);
@@ -508,17 +642,17 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
     seed = h ? metric_seed(a, h, first) : NULL;
     if ((rc = failed(a)))
         goto done;
-    shim_backward(h, seed, st);
+    shim_backward(h, seed, a->o->cancel, st);
     g = shim_grad(ft, st);
     shim_tensor *ga = !g ? NULL : a->t0 ? active_tail(a, g) : active(a, g);
     shim_tensor *gf = ga ? shim_flat_f32(ga, st) : NULL;
     shim_free(ga);
     rcv[0] = 0, nup[0] = a->S;
     if (gf)
-        add_scores(a, nup, gf, rcv, 1, w);
+        add_scores(a, nup, gf, rcv, 1, w, 0);
     shim_free(gf);
     for (int i = L - 1; i >= 0 && !(rc = failed(a)); i--) {
-        shim_backward(out[i], g, st); /* layer i alone: its input is a leaf */
+        shim_backward(out[i], g, a->o->cancel, st); /* layer i alone: its input is a leaf */
         shim_free(g);
         g = shim_grad(xin[i], st);
         if (!st->code)
@@ -686,7 +820,8 @@ int attrib_run(const model *m, const job *j, const attrib_opts *o, json_t **out,
     if (a.t0 && (rc = tail_rows(&a)))
         goto done;
     a.delta = shim_empty_f32(a.S, a.nact * a.C, m->device, &a.st);
-    a.gbuf = shim_empty_f32(3 * a.H + 1, a.nact * a.C, m->device, &a.st);
+    a.gbuf = shim_empty_f32(3 * a.H + 1, (a.nact < CHUNK_ROWS ? a.nact : CHUNK_ROWS) * a.C,
+                            m->device, &a.st);
     if (a.delta)
         take_senders(&a);
     ec = gpt2_embed(m, clean, a.B, a.T, &a.st);

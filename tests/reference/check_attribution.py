@@ -238,6 +238,28 @@ def check_model(model):
           "largest score" % (rel, corr, top_in, 100 * float(np.max(np.abs(y - x))) / big))
 
 
+def check_pieces(model):
+    """A large job's layers run in pieces (CHUNK_ROWS rows of the MLP, a few
+    examples of c_attn and the attention, so that a cancel stops within a
+    piece; the scores' products CHUNK_ROWS scoring rows at a time): 9 x 256
+    tokens on a 256-wide model, corrupted from position 10, are 2,304 rows
+    (2,214 scoring) and 9 examples, two pieces each, against the same
+    examples in jobs of one piece (8 examples, 2,048 rows; 1 example),
+    whose batch-mean scores combine as (8 s8 + s1) / 9."""
+    harness.setup(harness.NPP, model)
+    T = 256
+    ids = [[(61 * b + 17 * t) % 4000 + 20 for t in range(T)] for b in range(9)]
+    bad = [row[:10] + [(x + 5) % 4000 + 20 for x in row[10:]] for row in ids]  # 2,214 rows score
+    job = {"outputs": {"top_k": 0}, "metric": {"type": "logit_diff", "target": 11, "baseline": 12},
+           "attribution": {"method": "eap-ig", "steps": 2}}
+    s9 = engine_scores(run(dict(job, inputs=[ids, bad])))
+    s8 = engine_scores(run(dict(job, inputs=[ids[:8], bad[:8]])))
+    s1 = engine_scores(run(dict(job, inputs=[ids[8:], bad[8:]])))
+    want = {e: (8 * s8[e] + s1[e]) / 9 for e in s9}
+    compare("%s: a job in pieces (9 x 256 tokens) = its examples in one-piece jobs" %
+            os.path.basename(model), s9, want, list(s9))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--npp", required=True)
@@ -248,6 +270,7 @@ def main():
     np.random.seed(0)
     for model in a.model:
         check_model(model)
+    check_pieces(a.model[-1])  # the largest
     sys.exit(harness.summary())
 
 
