@@ -37,7 +37,8 @@ size_t attrib_bytes(const model *m, const job *j);
 size_t attrib_text_bytes(const model *m, const job *j);
 
 typedef struct {
-    const volatile int *cancel; /* checked between layers, forward and backward */
+    const volatile int *cancel; /* checked between the pieces of each layer and the steps
+                                 * of its backward pass */
     void (*progress)(void *ud, long done, long total); /* after each layer (may be NULL) */
     void *ud;
     long done0, total; /* progress runs from done0 to done0 + attrib_units */
