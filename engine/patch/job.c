@@ -1006,6 +1006,15 @@ static int parse_attribution(json_t *a, const char *name, job *j, npp_err *e)
     if (!j->metric)
         return npp_fail(e, NPP_EINVAL, "metric",
                         "metric: %s needs one (the scores are its gradient)", name);
+    if (at->method == ATTRIB_EAP && j->metric->needs_ref && j->warnings) {
+        /* kl from input 0's own run: its gradient there is 0 */
+        char f2[48];
+        snprintf(f2, sizeof f2, "%s.method", name);
+        json_array_append_new(j->warnings,
+                              json_pack("{s:s,s:s+}", "field", f2, "message", f2,
+                                        ": the gradient of \"kl\" is 0 on the clean run, so "
+                                        "every EAP score is 0; \"eap-ig\" integrates it"));
+    }
     if (!j->written || j->nvar || json_array_size(json_object_get(j->compiled, "which")) ||
         json_array_size(json_object_get(j->compiled, "branch")) ||
         json_object_get(j->compiled, "intervene"))

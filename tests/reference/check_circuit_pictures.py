@@ -9,7 +9,7 @@ against the result it draws from:
 2. a null faithfulness (clean and corrupted runs alike) is no point, "n/a";
 3. node-level attribution: the top senders filled by score, no edges;
 4. a circuit job: each edge once, unscored (no data-score); a score of 0
-   is grey, not "raises";
+   is grey, not "raises" (plain EAP with kl, whose warning says why);
 5. a rules job whose which rule is not a circuit's has no picture: npp
    still prints the result, and exits 1 naming "circuit".
 
@@ -127,10 +127,11 @@ def main():
     rc, res, err, root = drawn(dict(BASE, metric={"type": "kl"},
                                     attribution={"method": "eap"}), tmp)
     got = edges_of(root)
-    check("kl, plain eap: every score 0, drawn grey",
+    check("kl, plain eap: every score 0, drawn grey, and a warning says why",
           rc == 0 and all(e[2] == 0 for e in res["attribution"]["edges"]) and
-          got and all(s == 0 and c == "#999999" for s, c in got.values()),
-          str(list(got.values())[:2]))
+          got and all(s == 0 and c == "#999999" for s, c in got.values()) and
+          [w["field"] for w in res.get("warnings", [])] == ["attribution.method"] and
+          "eap-ig" in err, str(list(got.values())[:2]) + err)
 
     # 5. edges read from input 1 (not a circuit): no picture, the result kept
     split = [{"match": "**/{a0,f0,a1,f1}", "split": True},
