@@ -87,68 +87,49 @@ static int64_t chunk_examples(const actx *a)
     return n < 1 ? 1 : n;
 }
 
-/* The pieces of cat(f(x[r0:r0+n]) ...) along dim 0, n = per at a time:
- * kind 0 the MLP of layer i, 1 c_attn (ln_1 and the projection). */
-static shim_tensor *in_pieces(actx *a, int kind, int i, const shim_tensor *x, int64_t per)
+/* One op of layer i on x (and, for the attention, k and v): kind 0 the
+ * MLP, 1 c_attn (ln_1 and the projection), 2 the attention of queries x
+ * over k, v. */
+static shim_tensor *layer_op(actx *a, int kind, int i, const shim_tensor *x, const shim_tensor *k,
+                             const shim_tensor *v)
+{
+    return kind == 2   ? shim_attention(x, k, v, a->H, gpt2_attn_scale(a->m, i), NULL, &a->st)
+           : kind == 1 ? gpt2_attn_qkv(a->m, i, x, &a->st)
+                       : gpt2_mlp(a->m, i, x, &a->st);
+}
+
+/* layer_op in pieces along dim 0 (rows, or examples), per at a time, cat
+ * together: x and (kind 2) k and v cut alike. */
+static shim_tensor *in_pieces(actx *a, int kind, int i, const shim_tensor *x, const shim_tensor *k,
+                              const shim_tensor *v, int64_t per)
 {
     if (!x || a->st.code) /* after a failure or a cancel (poll_cancel) */
         return NULL;
     int64_t n = shim_dim(x, 0);
     if (n <= per)
-        return kind ? gpt2_attn_qkv(a->m, i, x, &a->st) : gpt2_mlp(a->m, i, x, &a->st);
-    int k = (int)((n + per - 1) / per);
-    shim_tensor **parts = calloc((size_t)k, sizeof *parts), *y = NULL;
+        return layer_op(a, kind, i, x, k, v);
+    int np = (int)((n + per - 1) / per);
+    shim_tensor **parts = calloc((size_t)np, sizeof *parts), *y = NULL;
     if (!parts) {
         a->st.code = SHIM_ENOMEM;
         snprintf(a->st.msg, sizeof a->st.msg, "out of memory");
         return NULL;
     }
-    for (int c = 0; c < k && !a->st.code; c++) {
-        int64_t r0 = (int64_t)c * per;
-        shim_tensor *xc = shim_narrow(x, 0, r0, n - r0 < per ? n - r0 : per, &a->st);
-        parts[c] = kind ? gpt2_attn_qkv(a->m, i, xc, &a->st) : gpt2_mlp(a->m, i, xc, &a->st);
-        shim_free(xc);
+    for (int c = 0; c < np && !a->st.code; c++) {
+        int64_t r0 = (int64_t)c * per, nr = n - r0 < per ? n - r0 : per;
+        shim_tensor *xc = shim_narrow(x, 0, r0, nr, &a->st),
+                    *kc = k ? shim_narrow(k, 0, r0, nr, &a->st) : NULL,
+                    *vc = v ? shim_narrow(v, 0, r0, nr, &a->st) : NULL;
+        parts[c] = layer_op(a, kind, i, xc, kc, vc);
+        shim_free(xc), shim_free(kc), shim_free(vc);
         poll_cancel(a);
     }
     if (!a->st.code)
-        y = shim_cat(parts, k, 0, &a->st);
-    for (int c = 0; c < k; c++)
+        y = shim_cat(parts, np, 0, &a->st);
+    for (int c = 0; c < np; c++)
         shim_free(parts[c]);
     free(parts);
     return y;
-}
-
-/* The attention of q (B, Tq, C) over k, v (B, T, C), a few examples at a
- * time (chunk_examples). */
-static shim_tensor *attention_pieces(actx *a, int i, const shim_tensor *q, const shim_tensor *k,
-                                     const shim_tensor *v)
-{
-    int64_t B = a->B, per = chunk_examples(a);
-    double scale = gpt2_attn_scale(a->m, i);
-    if (B <= per)
-        return shim_attention(q, k, v, a->H, scale, NULL, &a->st);
-    int n = (int)((B + per - 1) / per);
-    shim_tensor **parts = calloc((size_t)n, sizeof *parts), *z = NULL;
-    if (!parts) {
-        a->st.code = SHIM_ENOMEM;
-        snprintf(a->st.msg, sizeof a->st.msg, "out of memory");
-        return NULL;
-    }
-    for (int c = 0; c < n && !a->st.code; c++) {
-        int64_t b0 = (int64_t)c * per, nb = B - b0 < per ? B - b0 : per;
-        shim_tensor *qc = shim_narrow(q, 0, b0, nb, &a->st),
-                    *kc = shim_narrow(k, 0, b0, nb, &a->st),
-                    *vc = shim_narrow(v, 0, b0, nb, &a->st);
-        parts[c] = shim_attention(qc, kc, vc, a->H, scale, NULL, &a->st);
-        shim_free(qc), shim_free(kc), shim_free(vc);
-        poll_cancel(a);
-    }
-    if (!a->st.code)
-        z = shim_cat(parts, n, 0, &a->st);
-    for (int c = 0; c < n; c++)
-        shim_free(parts[c]);
-    free(parts);
-    return z;
 }
 
 /* One more progress unit done. */
@@ -504,7 +485,7 @@ static shim_tensor *mlp_active(actx *a, int i, const shim_tensor *x2, shim_tenso
     shim_tensor *xf = shim_reshape(x2, flat, 2, st);
     shim_tensor *xa = a->act ? shim_take_rows(xf, a->act, a->nact, st) : NULL;
     *tap = shim_grad_tap(xa ? xa : xf, st);
-    shim_tensor *ya = in_pieces(a, 0, i, *tap, CHUNK_ROWS), *y = NULL; /* (nact, C) */
+    shim_tensor *ya = in_pieces(a, 0, i, *tap, NULL, NULL, CHUNK_ROWS), *y = NULL; /* (nact, C) */
     if (first && ya)
         shim_rows_add(a->delta, srow(a, i, a->H), -1.0, ya, st);
     if (a->act && ya) {
@@ -538,7 +519,7 @@ static shim_tensor *mlp_tail(actx *a, const shim_tensor *x2, shim_tensor **tap, 
     shim_tensor *xf = shim_reshape(x2, flat, 2, st);
     *tap = shim_grad_tap(xf, st);
     shim_free(xf);
-    shim_tensor *ya = in_pieces(a, 0, i, *tap, CHUNK_ROWS),
+    shim_tensor *ya = in_pieces(a, 0, i, *tap, NULL, NULL, CHUNK_ROWS),
                 *y = ya ? shim_reshape(ya, shape, 3, st) : NULL;
     shim_tensor *r = first && ya ? active_tail(a, ya) : NULL;
     if (r)
@@ -594,14 +575,14 @@ static int grad_step(actx *a, double alpha, const shim_tensor *ec, const shim_te
         int64_t t0 = i == L - 1 ? a->t0 : 0; /* the positions computed from the queries on */
         shim_tensor *x = xin[i];
         shim_tensor *xd = shim_detach(x, st);
-        shim_tensor *q0 = in_pieces(a, 1, i, xd, chunk_examples(a));
+        shim_tensor *q0 = in_pieces(a, 1, i, xd, NULL, NULL, chunk_examples(a));
         shim_free(xd);
         qkv[i] = shim_grad_leaf(q0, st);
         shim_free(q0);
         shim_tensor *qa = shim_narrow(qkv[i], 2, 0, C, st), *k = shim_narrow(qkv[i], 2, C, C, st),
                     *v = shim_narrow(qkv[i], 2, 2 * C, C, st);
         shim_tensor *q = t0 && qa ? shim_narrow(qa, 1, t0, a->T - t0, st) : NULL;
-        shim_tensor *z = attention_pieces(a, i, q ? q : qa, k, v);
+        shim_tensor *z = in_pieces(a, 2, i, q ? q : qa, k, v, chunk_examples(a));
         shim_free(qa), shim_free(q), shim_free(k), shim_free(v);
         shim_tensor *za = !first || !z ? NULL : t0 ? active_tail(a, z) : active(a, z);
         /* the heads' rows: their outputs' change, head by head (CHUNK_ROWS
