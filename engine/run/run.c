@@ -84,7 +84,11 @@ static int discover_standin_bytes(const model *m, const job *j, const run_opts *
         order[2 * i] = order[2 * q], order[2 * i + 1] = order[2 * q + 1];
         order[2 * q] = s, order[2 * q + 1] = r;
     }
-    for (long i = 0; edges && name && order && i < k; i++)
+    /* the list as far as the second job reads it: the verified edges and
+     * the largest circuit */
+    long want = j->attrib->top_n[j->attrib->nsizes - 1];
+    want = want > j->attrib->verify ? want : j->attrib->verify;
+    for (long i = 0; edges && name && order && i < k && i < want; i++)
         json_array_append_new(edges,
                               json_pack("[O,O]", name[order[2 * i]], name[S + order[2 * i + 1]]));
     for (int i = 0; name && i < S + R; i++)
@@ -160,7 +164,7 @@ static size_t picture_bytes(const job *j)
     json_t *which = json_object_get(j->compiled, "which");
     if (j->attrib)
         n = j->attrib->discover ? (size_t)j->attrib->top_n[j->attrib->nsizes - 1] : 30;
-    else if (json_array_size(which) == 1)
+    else if (json_array_size(which) == 1 && json_object_get(json_array_get(which, 0), "edges"))
         n = json_array_size(json_object_get(json_array_get(which, 0), "edges"));
     else
         return 0;
