@@ -52,6 +52,11 @@ typedef struct {
     const job *j;
     const result_opts *o;
     npp_err *e;
+    /* the runs whose logits at outputs.positions are made together
+     * (logits_for): runs[at, at + count) are in buf, (count, B, np, V) */
+    shim_tensor *const *runs;
+    int nruns, at, count;
+    float *buf;
 } ctx;
 
 /* Building outputs checks the cancel flag between patched runs and
@@ -240,6 +245,54 @@ static float *logits_at(ctx *c, const shim_tensor *hidden, const int *pos, int n
     return h;
 }
 
+/* Like logits_at at outputs.positions; for c->runs[k], made with the next
+ * runs' in one product of up to RESULT_LOGITS_ROWS rows, and then its rows
+ * in c->buf (*owned 0: the caller may change them, not free them). */
+static float *logits_for(ctx *c, const shim_tensor *hidden, int *owned)
+{
+    *owned = 1;
+    const job *j = c->j;
+    int64_t rows = (int64_t)j->B * j->npos, V = c->m->cfg.vocab_size;
+    int k = 0;
+    while (k < c->nruns && c->runs[k] != hidden)
+        k++;
+    if (k == c->nruns || rows >= RESULT_LOGITS_ROWS / 2) /* one at a time */
+        return logits_at(c, hidden, j->positions, j->npos);
+    if (k < c->at || k >= c->at + c->count) {
+        int n = (int)(RESULT_LOGITS_ROWS / rows);
+        n = n < c->nruns - k ? n : c->nruns - k;
+        shim_status st = {0};
+        shim_tensor **part = calloc((size_t)n, sizeof *part), *all = NULL, *lg = NULL;
+        c->count = 0;
+        if (!c->buf) /* one for every group: its pages faulted in once */
+            c->buf = malloc((size_t)(RESULT_LOGITS_ROWS * V) * sizeof *c->buf);
+        if (!part || !c->buf) {
+            st.code = SHIM_ENOMEM;
+            snprintf(st.msg, sizeof st.msg, "out of memory");
+        }
+        for (int i = 0; !st.code && i < n; i++)
+            part[i] = rows_at(c, c->runs[k + i], j->positions, j->npos, &st);
+        if (!st.code)
+            all = shim_cat(part, n, 0, &st);
+        if (!st.code)
+            lg = gpt2_unembed(c->m, all, &st); /* (n * rows, V) */
+        if (!st.code)
+            shim_to_host_f32(lg, c->buf, (size_t)(n * rows * V), &st);
+        for (int i = 0; part && i < n; i++)
+            shim_free(part[i]);
+        free(part);
+        shim_free(all);
+        shim_free(lg);
+        if (st.code) {
+            shim_err(c, &st);
+            return NULL;
+        }
+        c->at = k, c->count = n;
+    }
+    *owned = 0;
+    return c->buf + (size_t)(k - c->at) * (size_t)(rows * V);
+}
+
 static json_t *top_k_json(const model *m, const float *lp, size_t V, int k)
 {
     json_t *arr = json_array();
@@ -350,10 +403,11 @@ static json_t *outputs_json(ctx *c, const shim_tensor *hidden, const char *tag, 
     json_t *o = json_object();
     float *lp = NULL;
     char name[64];
+    int owned = 1;
     json_object_set_new(o, "positions", positions_json(j, j->positions, j->npos));
     int need = j->top_k > 0 || (full && (j->want_logits || j->ntoklp));
     if (need) {
-        float *raw = logits_at(c, hidden, j->positions, j->npos);
+        float *raw = logits_for(c, hidden, &owned);
         if (!raw)
             goto fail;
         if (full && j->want_logits) {
@@ -365,7 +419,8 @@ static json_t *outputs_json(ctx *c, const shim_tensor *hidden, const char *tag, 
             snprintf(name, sizeof name, "%s_logits", tag);
             json_t *t = tensor_json(c, name, raw, shape, 3);
             if (!t) {
-                free(raw);
+                if (owned)
+                    free(raw);
                 goto fail;
             }
             json_object_set_new(o, "logits", t);
@@ -415,10 +470,12 @@ static json_t *outputs_json(ctx *c, const shim_tensor *hidden, const char *tag, 
         }
         json_object_set_new(o, "hidden_states", t);
     }
-    free(lp);
+    if (owned)
+        free(lp);
     return o;
 fail:
-    free(lp);
+    if (owned)
+        free(lp);
     json_decref(o);
     return NULL;
 }
@@ -705,10 +762,18 @@ static json_t *grid_json(const job *j, json_t *sweep)
     return r;
 }
 
+/* The runs whose logits logits_for makes together from now on. */
+static void runs_batch(ctx *c, shim_tensor *const *runs, int n)
+{
+    free(c->buf);
+    c->buf = NULL;
+    c->runs = runs, c->nruns = n, c->at = c->count = 0;
+}
+
 int result_build(const result_opts *o, shim_tensor *const *hs, int nroots, json_t *stats,
                  json_t *trace, json_t **out, npp_err *e)
 {
-    ctx cc = {o->m, o->j, o, e}, *c = &cc;
+    ctx cc = {o->m, o->j, o, e, NULL, 0, 0, 0, NULL}, *c = &cc;
     const job *j = c->j;
     int npatched = j->nvar ? j->nvar : 1;
     const shim_tensor *kl_ref = j->metric && j->metric->needs_ref ? hs[npatched] : NULL;
@@ -741,6 +806,7 @@ int result_build(const result_opts *o, shim_tensor *const *hs, int nroots, json_
     } else {
         json_t *sw = json_array();
         json_object_set_new(res, "sweep", sw);
+        runs_batch(c, hs, j->nvar);
         for (int i = 0; i < j->nvar; i++) {
             char tag[32];
             if (cancelled(c))
@@ -774,6 +840,7 @@ int result_build(const result_opts *o, shim_tensor *const *hs, int nroots, json_
     if (j->want_baselines) {
         json_t *bl = json_array();
         json_object_set_new(res, "baselines", bl);
+        runs_batch(c, hs + nroots - j->n_inputs, j->n_inputs);
         for (int k = 0; k < j->n_inputs; k++) {
             char tag[32];
             if (cancelled(c))
@@ -800,9 +867,11 @@ int result_build(const result_opts *o, shim_tensor *const *hs, int nroots, json_
     json_object_set_new(res, "stats", json_incref(stats));
     if (trace)
         json_object_set_new(res, "trace", json_incref(trace));
+    free(c->buf);
     *out = res;
     return 0;
 fail:
+    free(c->buf);
     json_decref(res);
     return c->e && c->e->code ? c->e->code : NPP_ENOMEM;
 }
@@ -854,8 +923,11 @@ static void estimate_run(const model *m, const job *j, int full, sim *s, part *m
     s->kept += B * np * JSON_NUM_MEM, s->text += B * np * 8; /* positions, per example at most */
     if (j->top_k > 0 || (full && (j->want_logits || j->ntoklp))) {
         raw = B * np * V * 4;
-        step_holds(s, B * np * (C + V) * e + raw); /* rows, logits, their host copy */
-        if (full && j->want_logits) {              /* base64, and jansson's copy of it */
+        /* rows, logits, their host copy: one run's, or RESULT_LOGITS_ROWS
+         * of several runs' (their copy counted in kept: logits_rows) */
+        size_t rows = B * np < RESULT_LOGITS_ROWS / 2 ? RESULT_LOGITS_ROWS : B * np;
+        step_holds(s, rows * (C + V) * e + raw);
+        if (full && j->want_logits) { /* base64, and jansson's copy of it */
             size_t b = b64_len(raw);
             step_holds(s, raw + 2 * b);
             s->kept += b, s->text += b + 64;
@@ -900,6 +972,16 @@ static void estimate_run(const model *m, const job *j, int full, sim *s, part *m
     }
 }
 
+/* The host copy of several runs' logits that logits_for keeps while the
+ * runs' outputs are built. */
+static size_t logits_rows(const model *m, const job *j)
+{
+    int any = j->top_k > 0 || j->want_logits || j->ntoklp;
+    return any && (size_t)j->B * (size_t)j->npos < RESULT_LOGITS_ROWS / 2
+               ? RESULT_LOGITS_ROWS * (size_t)m->cfg.vocab_size * 4
+               : 0;
+}
+
 static size_t json_text_len(const json_t *j)
 {
     return j ? json_dumpb(j, NULL, 0, JSON_COMPACT) : 0;
@@ -917,10 +999,13 @@ void result_estimate(const model *m, const job *j, size_t value_bytes, size_t nv
         s.kept = (size_t)j->nattn * (size_t)j->B * (size_t)m->cfg.n_head * (size_t)j->T *
                  (size_t)j->T * 4;       /* float32 */
     part pm = {0, NULL}, pr = {0, NULL}; /* one variant's largest parts */
+    size_t batch = logits_rows(m, j);
+    s.kept += batch;
     for (int i = 0; i < npatched; i++) {
         estimate_run(m, j, 1, &s, i ? &(part){0, NULL} : &pm, i ? &(part){0, NULL} : &pr);
         s.text += json_text_len(j->nvar ? j->var[i].compiled : j->compiled) + 64;
     }
+    s.kept -= batch;
     take(&mem, pm.bytes * (size_t)npatched, pm.field);
     take(&res, pr.bytes * (size_t)npatched, pr.field);
     size_t B = (size_t)j->B, T = (size_t)j->T, H = (size_t)m->cfg.n_head, vb = value_bytes;
@@ -957,10 +1042,12 @@ void result_estimate(const model *m, const job *j, size_t value_bytes, size_t nv
         take(&mem, all, "outputs.activations");
         take(&res, all, "outputs.activations");
     }
+    s.kept += j->want_baselines ? batch : 0;
     for (int i = 0; j->want_baselines && i < j->n_inputs; i++) {
         estimate_run(m, j, 0, &s, &mem, &res);
         s.text += 32;
     }
+    s.kept -= j->want_baselines ? batch : 0;
     if (j->want_trace) {
         s.kept += nvalues * (JSON_OBJ_MEM + 4 * JSON_NUM_MEM), s.text += nvalues * 72;
         take(&mem, nvalues * (JSON_OBJ_MEM + 4 * JSON_NUM_MEM), "outputs.trace");
