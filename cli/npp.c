@@ -732,7 +732,7 @@ fail:
 /* ---- plan ---------------------------------------------------------------- */
 
 static const char PLAN_HELP[] =
-    "usage: npp plan --model DIR [--max-values N] JOB.json...\n"
+    "usage: npp plan --model DIR [--max-values N] [--seconds [--threads N]] JOB.json...\n"
     "Plans each job without computing anything and prints, per job, the number of\n"
     "values (baselines and a KL reference included, when the job asks for them; a\n"
     "sweep's union) and path-tree nodes, the planning time and the estimate of its\n"
@@ -740,7 +740,12 @@ static const char PLAN_HELP[] =
     "it), then the size of the union of all the jobs' values (what one sweep of these\n"
     "jobs would compute). A job that is refused prints its error as its line\n"
     "({\"job\": FILE, \"error\": {\"field\": ..., \"message\": ...}}, and on stderr) and\n"
-    "the others are still planned; the exit status is then 1.\n";
+    "the others are still planned; the exit status is then 1.\n"
+    "The estimate's gflop is the compute the job needs as if no value were cached\n"
+    "(multiply-adds twice; an elementwise step weighs as 4), gflop_field the job's\n"
+    "field behind most of it. --seconds first times a small plain run of the model\n"
+    "(on --threads tensor threads), as nppd does at start-up, and adds the time each\n"
+    "job would take at that rate: what nppd compares with --max-job-seconds.\n";
 
 static int cmp_key(const void *a, const void *b)
 {
@@ -749,17 +754,24 @@ static int cmp_key(const void *a, const void *b)
 
 static int cmd_plan(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"model", 1, 0, 'm'}, {"max-values", 1, 0, 'x'}, {"help", 0, 0, 'H'}, {0, 0, 0, 0}};
+    static const struct option opts[] = {{"model", 1, 0, 'm'},   {"max-values", 1, 0, 'x'},
+                                         {"seconds", 0, 0, 's'}, {"threads", 1, 0, 't'},
+                                         {"help", 0, 0, 'H'},    {0, 0, 0, 0}};
     const char *model_dir = getenv("NPP_MODEL");
-    long max_values = 1000000;
-    int c;
+    long max_values = 1000000, threads = 0;
+    int c, seconds = 0;
+    double rate = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_dir = optarg; break;
         case 'x':
             if ((max_values = parse_long(optarg, 1, 100000000)) < 0)
                 return usage_error("plan", "--max-values takes a positive integer");
+            break;
+        case 's': seconds = 1; break;
+        case 't':
+            if ((threads = parse_long(optarg, 1, 1024)) < 0)
+                return usage_error("plan", "--threads takes a positive integer");
             break;
         case 'H': fputs(PLAN_HELP, stdout); return 0;
         default: return usage_error("plan", "unknown option");
@@ -773,7 +785,10 @@ static int cmd_plan(int argc, char **argv)
     size_t nkeys = 0;
     double total = 0;
     int rc = 0, refused = 0;
-    if ((rc = model_load(model_dir, NULL, &m, &e)))
+    if (threads)
+        shim_set_threads((int)threads);
+    if ((rc = model_load(model_dir, NULL, &m, &e)) ||
+        (seconds && (rc = run_measure_rate(m, &rate, &e))))
         goto fail;
     for (int i = optind; i < argc; i++) {
         run_opts ro = {.max_values = (size_t)max_values};
@@ -805,9 +820,13 @@ static int cmd_plan(int argc, char **argv)
         printf(", \"values\": %d, \"path_nodes\": %ld, \"plan_ms\": %.3f, "
                "\"estimate\": {\"peak_bytes\": %zu, \"result_bytes\": %zu, \"plan_bytes\": %zu, "
                "\"exec_bytes\": %zu, \"output_bytes\": %zu, \"chunks\": %ld, \"peak_field\": "
-               "\"%s\", \"result_field\": \"%s\"}}\n",
+               "\"%s\", \"result_field\": \"%s\", \"gflop\": %.3f, \"gflop_field\": \"%s\"",
                p->nv, run_path_nodes(r), ms, est->peak_bytes, est->result_bytes, est->plan_bytes,
-               est->exec_bytes, est->output_bytes, est->chunks, est->peak_field, est->result_field);
+               est->exec_bytes, est->output_bytes, est->chunks, est->peak_field, est->result_field,
+               2e-9 * est->work, est->work_field);
+        if (seconds)
+            printf(", \"seconds\": %.6g, \"gflop_per_s\": %.6g", est->work / rate, 2e-9 * rate);
+        puts("}}");
         run_output_free(r);
         json_decref(doc);
         if (!nk) {

@@ -143,6 +143,7 @@ static enum MHD_Result get_models(req *r, const char *id)
                                           c->n_inner));
             json_object_set_new(o, "device", json_string(dev));
             json_object_set_new(o, "dtype", json_string(shim_dtype_name(sm->m->dtype)));
+            json_object_set_new(o, "gflop_per_s", json_real(2e-9 * sm->rate));
             json_object_set_new(o, "memory",
                                 json_pack("{s:I,s:I,s:I}", "weights_bytes",
                                           (json_int_t)sm->m->param_bytes, "cache_bytes",
@@ -156,11 +157,11 @@ static enum MHD_Result get_models(req *r, const char *id)
         }
         json_array_append_new(arr, o);
     }
-    json_t *limits =
-        json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "memory_mb", (json_int_t)S.memory_mb, "max_job_mb",
-                  (json_int_t)S.max_job_mb, "max_result_mb", (json_int_t)S.max_result_mb,
-                  "max_body_kb", (json_int_t)S.max_body_kb, "max_values", (json_int_t)S.max_values,
-                  "keep_mb", (json_int_t)S.keep_mb);
+    json_t *limits = json_pack(
+        "{s:I,s:I,s:I,s:I,s:I,s:I,s:f}", "memory_mb", (json_int_t)S.memory_mb, "max_job_mb",
+        (json_int_t)S.max_job_mb, "max_result_mb", (json_int_t)S.max_result_mb, "max_body_kb",
+        (json_int_t)S.max_body_kb, "max_values", (json_int_t)S.max_values, "keep_mb",
+        (json_int_t)S.keep_mb, "max_job_seconds", S.max_job_seconds);
     pthread_mutex_unlock(&S.mu);
     return send_json(r, 200, json_pack("{s:o,s:o}", "models", arr, "limits", limits));
 }

@@ -176,6 +176,17 @@ static json_t *iso_time(double t)
     return json_string(buf);
 }
 
+/* What the admission plan estimated (the seconds: not for a job recovered
+ * from the store). */
+static json_t *estimate_json(const sjob *j)
+{
+    json_t *est = json_pack("{s:I,s:I}", "peak_bytes", (json_int_t)j->est_peak, "result_bytes",
+                            (json_int_t)j->est_result);
+    if (j->est_seconds > 0)
+        json_object_set_new(est, "seconds", json_real(j->est_seconds));
+    return est;
+}
+
 json_t *job_json(const sjob *j)
 {
     char link[128];
@@ -188,9 +199,7 @@ json_t *job_json(const sjob *j)
     json_object_set_new(
         o, "progress",
         json_pack("{s:I,s:I}", "done", (json_int_t)j->done, "total", (json_int_t)j->total));
-    json_object_set_new(o, "estimate",
-                        json_pack("{s:I,s:I}", "peak_bytes", (json_int_t)j->est_peak,
-                                  "result_bytes", (json_int_t)j->est_result));
+    json_object_set_new(o, "estimate", estimate_json(j));
     if (j->started > 0)
         json_object_set_new(o, "queue_seconds", json_real(j->started - j->created));
     if (j->ended > 0 && j->started > 0)
@@ -247,9 +256,7 @@ json_t *jobs_list(const char *user, int admin)
         json_object_set_new(o, "state", json_string(jstate_name(j->state)));
         json_object_set_new(o, "model", json_string(j->model ? j->model->name : ""));
         json_object_set_new(o, "created", iso_time(j->created));
-        json_object_set_new(o, "estimate",
-                            json_pack("{s:I,s:I}", "peak_bytes", (json_int_t)j->est_peak,
-                                      "result_bytes", (json_int_t)j->est_result));
+        json_object_set_new(o, "estimate", estimate_json(j));
         if (j->state == J_DONE)
             json_object_set_new(o, "result_bytes", json_integer((json_int_t)j->result_bytes));
         json_array_append_new(arr, o);

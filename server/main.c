@@ -94,6 +94,14 @@ static const option_def OPTS[] = {
      &S.max_values, 1, 100000000},
     {"plan-seconds", "NPP_PLAN_SECONDS", "S", "a job that takes longer to plan is refused", T_DBL,
      &S.plan_seconds, 0.1, 3600},
+    {"max-job-seconds", "NPP_MAX_JOB_SECONDS", "S",
+     "a job whose estimated compute takes longer is refused (422); one still running after "
+     "this long is stopped (0: no limit)",
+     T_DBL, &S.max_job_seconds, 0, 86400 * 30},
+    {"gflops", "NPP_GFLOPS", "N",
+     "the rate a job's compute time is estimated at, GFLOP/s (0: measured at start-up for "
+     "each model, one worker's)",
+     T_DBL, &S.gflops, 0, 1e12},
     {"chunk-mb", "NPP_CHUNK_MB", "N",
      "temporaries of one attention or MLP call at most, MiB (bigger calls are cut; a cancel "
      "takes effect between two)",
@@ -126,8 +134,8 @@ static void set_defaults(void)
     S.workers = 2, S.threads = 1, S.planners = 1, S.cache_mb = 1024;
     S.memory_mb = half > 2048 ? half : 2048, S.max_job_mb = 0, S.max_result_mb = 512;
     S.results_disk_mb = 4096, S.max_body_kb = 1024, S.queue_max = 256, S.max_inflight = 32;
-    S.max_values = 50000, S.plan_seconds = 10, S.chunk_mb = EXEC_CHUNK_BYTES >> 20,
-    S.result_ttl = 600;
+    S.max_values = 50000, S.plan_seconds = 10, S.max_job_seconds = 600,
+    S.chunk_mb = EXEC_CHUNK_BYTES >> 20, S.result_ttl = 600;
     S.drain_seconds = 30, S.conn_timeout = 30, S.header_timeout = 10, S.max_connections = 1024;
     S.keep_mb = -1; /* RUN_KEEP_MB or less (after the options) */
     S.max_conn_per_ip = 64;
@@ -421,15 +429,28 @@ static void *loader(void *arg)
             failed = 1;
             continue;
         }
+        /* the rate jobs' times are estimated at: a worker's, on its threads */
+        double rate = S.gflops * 1e9 / 2;
+        shim_set_threads(S.threads);
+        if (rate <= 0 && run_measure_rate(m, &rate, &e)) {
+            fprintf(stderr,
+                    "{\"event\": \"model_failed\", \"model\": \"%s\", \"error\": \"timing a "
+                    "run: %s\"}\n",
+                    sm->name, e.message);
+            model_free(m);
+            failed = 1;
+            continue;
+        }
         cache *c = cache_new((size_t)S.cache_mb << 20);
         pthread_mutex_lock(&S.mu);
         sm->m = m;
         sm->cache = c;
+        sm->rate = rate;
         pthread_mutex_unlock(&S.mu);
         fprintf(stderr,
                 "{\"event\": \"model_loaded\", \"model\": \"%s\", \"dir\": \"%s\", \"layers\": %d, "
-                "\"weights_bytes\": %zu}\n",
-                sm->name, sm->dir, m->cfg.n_layer, m->param_bytes);
+                "\"weights_bytes\": %zu, \"gflop_per_s\": %.2f}\n",
+                sm->name, sm->dir, m->cfg.n_layer, m->param_bytes, 2e-9 * rate);
     }
     if (failed) { /* a server missing a model it was asked to serve is no use */
         fprintf(stderr, "nppd: a model failed to load; shutting down\n");

@@ -91,6 +91,20 @@ static void submit(plan_task *t)
                     NULL, NULL);
         goto done;
     }
+    double secs = est->work / t->model->rate;
+    if (S.max_job_seconds > 0 && secs > S.max_job_seconds) {
+        S.plans_refused++;
+        http_answer(t->r, 422,
+                    http_error_body("job_too_long", est->work_field,
+                                    "%s: the job needs about %.3g s of compute (%.4g GFLOP "
+                                    "estimated from its plan, at this server's %.4g GFLOP/s for "
+                                    "model %s), over the server's --max-job-seconds of %g s; use "
+                                    "fewer examples, tokens, variants or steps, or split the job",
+                                    est->work_field, secs, 2e-9 * est->work, 2e-9 * t->model->rate,
+                                    t->model->name, S.max_job_seconds),
+                    NULL, NULL);
+        goto done;
+    }
     if (!doc || !(j = calloc(1, sizeof *j))) {
         http_answer(t->r, 503, http_error_body("nomem", NULL, "out of memory"), NULL, NULL);
         goto done;
@@ -102,6 +116,7 @@ static void submit(plan_task *t)
     j->user = t->user;
     j->seq = next_seq++;
     j->est_peak = est->peak_bytes, j->est_result = est->result_bytes;
+    j->est_seconds = secs, j->work_field = est->work_field;
     j->total = run->plan.nv, j->nvar = run->job->nvar;
     j->created = srv_wall(), j->t_submit = srv_now();
     pthread_mutex_unlock(&S.mu);

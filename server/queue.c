@@ -65,6 +65,7 @@ void sched_dispatch(void)
         S.rr = (u + 1) % S.nusers;
         j->state = J_RUNNING;
         j->started = srv_wall();
+        j->t_run = srv_now();
         job_ref(j); /* the worker's */
         S.nrunning++;
         S.mem_running += j->est_peak;

@@ -60,6 +60,8 @@ typedef struct {
     char *name, *dir;
     model *m;     /* NULL until loaded */
     cache *cache; /* one per model, shared by every job on it */
+    double rate;  /* a job's estimated work (run_estimate.work) per second: --gflops, or
+                   * run_measure_rate at load */
 } srv_model;
 
 typedef struct req req;
@@ -74,14 +76,18 @@ typedef struct sjob {
     int64_t seq;              /* submission order (the store's) */
     /* from the admission plan */
     size_t est_peak, est_result;
-    long total, done; /* progress: values computed / to compute */
-    int nvar;         /* sweep variants (0: not a sweep) */
+    double est_seconds;     /* 0 for a job recovered from the store (not kept there) */
+    const char *work_field; /* the field behind most of its compute (static) */
+    long total, done;       /* progress: values computed / to compute */
+    int nvar;               /* sweep variants (0: not a sweep) */
     /* outcome */
     npp_err err;         /* why it failed or was cancelled */
     size_t result_bytes; /* the stored result's size */
     int result_gone;     /* the result file was removed to bound the disk */
     volatile int cancel; /* set by DELETE or drain; read by the worker (atomics) */
     int interrupted;     /* cancelled by shutdown: queue it again at the next start */
+    int timed_out;       /* cancelled as it ran past --max-job-seconds */
+    double t_run;        /* monotonic, when a worker took it */
     double created, started, ended, expires; /* wall clock (seconds since the epoch) */
     double t_submit;                         /* monotonic, for the latency histogram */
     uint64_t version;                        /* bumped on every change watchers care about */
@@ -134,7 +140,7 @@ typedef struct {
     int max_connections, header_timeout, drain_cancel;
     long cache_mb, max_body_kb, max_values, memory_mb, max_job_mb, max_result_mb;
     long results_disk_mb, chunk_mb, keep_mb;
-    double result_ttl, drain_seconds, plan_seconds;
+    double result_ttl, drain_seconds, plan_seconds, max_job_seconds, gflops;
     srv_token tokens[SRV_MAX_TOKENS];
     int ntokens;
     /* state under mu */

@@ -139,6 +139,16 @@ static void *worker_main(void *arg)
             S.results_disk += bytes;
             job_finish(j, J_DONE);
             bound_results(&gone);
+        } else if (rc == NPP_ECANCELED && j->timed_out) {
+            char est[64] = "";
+            if (j->est_seconds > 0)
+                snprintf(est, sizeof est, " (estimated at %.3g s)", j->est_seconds);
+            npp_fail(&j->err, NPP_ELIMIT, j->work_field ? j->work_field : "",
+                     "the job ran for longer than this server's --max-job-seconds of %g s%s and "
+                     "was stopped; the values it computed stay in the shared cache while they "
+                     "fit; use fewer examples, tokens, variants or steps, or split the job",
+                     S.max_job_seconds, est);
+            job_finish(j, J_FAILED);
         } else {
             j->err = e;
             job_finish(j, rc == NPP_ECANCELED ? J_CANCELLED : J_FAILED);

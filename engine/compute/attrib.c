@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "compute/exec.h"
 #include "compute/plan.h"
 #include "model/gpt2.h"
 #include "patch/edges.h"
@@ -772,6 +773,21 @@ size_t attrib_text_bytes(const model *m, const job *j)
     if (j->attrib->top && (size_t)j->attrib->top < n)
         n = (size_t)j->attrib->top;
     return 256 + n * (2 * 24 + 32); /* two names of up to 22 characters, a %.17g score */
+}
+
+double attrib_work(const model *m, const job *j)
+{
+    const model_config *c = &m->cfg;
+    double B = j->B, T = j->T, C = c->n_embd, H = c->n_head, I = c->n_inner, E = EXEC_ELT_WORK;
+    double N = B * T;
+    /* a layer: c_attn, c_proj, the MLP and their elementwise steps, the
+     * heads' scores and sums; the logits at the metric's position */
+    double layer = N * (4 * C * C + 2 * C * I + E * (8 * C + I)) + B * H * T * T * (2 * C / H + E);
+    double fwd = c->n_layer * layer + B * (double)c->vocab_size * C;
+    /* a head's q, k, v input gradients: c_attn's backward again, and a
+     * layer norm's for each of 3H + 1 receivers */
+    double grads = c->n_layer * N * (3 * C * C + E * (3 * H + 1) * C);
+    return j->attrib->steps * (3 * fwd + grads) + (double)edges_count(&j->g) * N * C;
 }
 
 long attrib_units(const model *m, const job *j)

@@ -60,6 +60,11 @@ typedef struct {
     int64_t tail_from;
 } attrib_opts;
 
+/* The attribution's compute in multiply-adds (exec.h's work): per step a
+ * forward pass with gradients, its backward (twice the forward), the
+ * receivers' input gradients; then every edge's score. */
+double attrib_work(const model *m, const job *j);
+
 /* Progress units of the job's attribution: a forward and a backward pass
  * per layer and step. */
 long attrib_units(const model *m, const job *j);

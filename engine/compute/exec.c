@@ -644,6 +644,38 @@ done:
 
 /* ---- the estimate -------------------------------------------------------------- */
 
+/* The multiply-adds of value v at its rows [from[v], T): an attention's or
+ * head's scores, softmax and weighted sum, its share of c_proj, and ln_1
+ * and c_attn once for each source not yet projected in its layer (proj[u]
+ * == epoch: the memo has it; a bound, as the memo may have to project a
+ * source again); an MLP's ln_2, c_fc, GELU and c_proj; the light ops'
+ * elementwise steps. The shared prefix (op_env.t0) is counted per value. */
+static double value_work(const plan *p, int32_t v, const int64_t *from, int32_t *proj,
+                         int32_t epoch)
+{
+    const model_config *c = &p->m->cfg;
+    const plan_value *pv = &p->v[v];
+    double B = p->B, T = p->T, r = (double)(p->T - from[v]), C = c->n_embd, H = c->n_head;
+    double D = C / H, I = c->n_inner, head = B * r * T * (2 * D + EXEC_ELT_WORK), w;
+    int nsrc;
+    switch (pv->op) {
+    case OP_MLP: return B * r * (2 * C * I + EXEC_ELT_WORK * (2 * C + I));
+    case OP_ATTN: nsrc = 3 * (int)H, w = H * head + B * r * C * C; break;
+    case OP_HEAD: nsrc = 3, w = head + B * r * D * C; break;
+    case OP_ADELTA: /* aux heads, each from its sources and from s */
+        nsrc = 3 * (int)H, w = 2 * pv->aux * (head + B * r * D * C) + EXEC_ELT_WORK * B * r * C;
+        break;
+    case OP_Z: nsrc = 1, w = H * head; break;
+    default: return EXEC_ELT_WORK * B * r * C;
+    }
+    for (int k = 0; k < nsrc; k++) {
+        int32_t u = pv->in[k];
+        if (proj[u] != epoch)
+            proj[u] = epoch, w += B * T * (3 * C * C + EXEC_ELT_WORK * C);
+    }
+    return w;
+}
+
 /* Value v's bytes: a whole one's vb, or its rows [from[v], T)'s. */
 static size_t rows_bytes(const plan *p, size_t vb, const int64_t *from, int32_t v)
 {
@@ -661,9 +693,11 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
     int32_t *mine = malloc(((size_t)p->nv + 1) * sizeof *mine);
     int32_t *users = calloc((size_t)p->nv + 1, sizeof *users);
     int64_t *from = calloc((size_t)p->nv + 1, sizeof *from);
+    int32_t *proj = calloc((size_t)p->nv + 1, sizeof *proj), epoch = 1;
     long nm = 0;
     int rc = 0;
-    if (!seen || !mine || !users || !from || rows_needed(p, roots, n, tail_from, tail, from) < 0) {
+    if (!seen || !mine || !users || !from || !proj ||
+        rows_needed(p, roots, n, tail_from, tail, from) < 0) {
         rc = npp_fail(e, NPP_ENOMEM, "", "out of memory");
         goto done;
     }
@@ -687,7 +721,9 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
                p->v[mine[j]].op == p->v[mine[i]].op)
             j++;
         if (memo_ends(p->v[mine[i]].op))
-            memo = 0; /* cleared, as exec_run clears it */
+            memo = 0, epoch++; /* cleared, as exec_run clears it */
+        for (long k = i; k < j; k++)
+            out->work += value_work(p, mine[k], from, proj, epoch);
         if (p->v[mine[i]].op == OP_ATTN) {
             /* at most every distinct source's projection (3 values each),
              * and never more than its budget */
@@ -754,5 +790,6 @@ done:
     free(mine);
     free(users);
     free(from);
+    free(proj);
     return rc;
 }

@@ -68,7 +68,13 @@ typedef struct {
     size_t peak_bytes;  /* the executor's high-water mark */
     size_t end_bytes;   /* held when exec_run returns: the roots */
     long chunks;        /* tensor calls for attention and MLP */
+    double work;        /* the compute, in multiply-adds (EXEC_ELT_WORK an elementwise step) */
 } exec_estimate_t;
+
+/* Elementwise steps (sums, layer norms, softmax, GELU) are bound by memory
+ * rather than by arithmetic: in a work count each weighs this many
+ * multiply-adds. */
+#define EXEC_ELT_WORK    4.0
 
 #define EXEC_CHUNK_BYTES (32u << 20) /* the default chunk budget */
 

@@ -35,6 +35,12 @@ long run_path_nodes(const run_output *r)
 }
 
 #define JOB_OVERHEAD (4u << 20) /* the job's structures, code and allocator slack */
+/* A matrix product of fewer rows costs as much as one of this many, in its
+ * weights' reads: measured, the logits of 2 rows took the time of 16. */
+#define WORK_MIN_ROWS 16
+/* The log-softmax and top-k scan of one logit, in multiply-adds (an exp
+ * and a few passes over memory). */
+#define WORK_LOGIT 64
 
 /* discover's second job: (verify + sizes + 2) runs of at most plain_bytes
  * each, and its document, whose circuits list up to every edge per size
@@ -55,9 +61,10 @@ static json_t *discover_doc(const job *j, json_t *edges);
  * of the model in a fixed pseudo-random order, as the attribution's
  * ranking is not known before it runs. Its circuits' plans and values
  * depend on how many edges they hold and how their sources mix far more
- * than on which edges they are: its estimated peak, into *bytes. */
+ * than on which edges they are: its estimated peak into *bytes, its work
+ * into *work. */
 static int discover_standin_bytes(const model *m, const job *j, const run_opts *o, size_t *bytes,
-                                  npp_err *e)
+                                  double *work, npp_err *e)
 {
     const graph_dims *g = &j->g;
     long n = edges_count(g), k = 0;
@@ -101,7 +108,7 @@ static int discover_standin_bytes(const model *m, const job *j, const run_opts *
     run_output *r2 = NULL;
     npp_err e2 = {0};
     if (!(rc = run_prepare(m, doc, o, &r2, &e2)))
-        *bytes = r2->est.peak_bytes;
+        *bytes = r2->est.peak_bytes, *work = r2->est.work;
     else /* what the user asked for, by its name: not the second job's sweep */
         npp_fail(e, rc, "discover", "discover: checking %d edges and %d circuits: %s",
                  j->attrib->verify, j->attrib->nsizes, e2.message);
@@ -171,6 +178,30 @@ static size_t picture_bytes(const job *j)
     return 8192 + (size_t)edges_nsenders(&j->g) * 640 + (n < all ? n : all) * 320;
 }
 
+/* The work of the logits the result takes, over the vocabulary: the
+ * products with the unembedding, each costing at least WORK_MIN_ROWS
+ * rows', and each row's log-softmax and top-k scan (WORK_LOGIT a logit):
+ * the patched runs' and the baselines' at outputs.positions (several
+ * runs' in one product, output/result.h), and the metric's where it reads
+ * the whole vocabulary (one product per run). */
+static double logits_work(const model *m, const run_output *r)
+{
+    const job *j = r->job;
+    double per = (double)j->B * j->npos, products = 0, rows = 0;
+    if (j->top_k > 0 || j->want_logits || j->ntoklp) {
+        int n = per < RESULT_LOGITS_ROWS / 2 ? (int)(RESULT_LOGITS_ROWS / per) : 1;
+        double each = per * n > WORK_MIN_ROWS ? per * n : WORK_MIN_ROWS;
+        int runs = j->nvar ? j->nvar : 1, bases = j->want_baselines && j->top_k ? j->n_inputs : 0;
+        products += each * ((runs + n - 1) / n + (bases + n - 1) / n);
+        rows += per * (runs + bases);
+    }
+    if (j->metric && j->metric->full_vocab) {
+        products += r->nmain * (j->B > WORK_MIN_ROWS ? (double)j->B : WORK_MIN_ROWS);
+        rows += r->nmain * (double)j->B;
+    }
+    return (double)m->cfg.vocab_size * (products * m->cfg.n_embd + rows * WORK_LOGIT);
+}
+
 /* Fills r->est from the plans (run_prepare, after planning). */
 static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e)
 {
@@ -192,6 +223,7 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
     free(xr), free(xat), free(tail);
     if (rc)
         return rc;
+    double logits = logits_work(m, r), attrib_w = j->attrib ? attrib_work(m, j) : 0, second_w = 0;
     est->plan_bytes = plan_bytes(&r->plan) + JOB_OVERHEAD +
                       (size_t)j->n_inputs * (size_t)j->B * (size_t)j->T * sizeof *j->ids;
     for (int i = 0; i < r->nvplans; i++)
@@ -213,9 +245,13 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
             j->attrib->discover ? discover_bytes(j, ex.peak_bytes) + est->plan_bytes : 0;
         if (j->attrib->discover) { /* or what it plans to with stand-in edges, and a quarter */
             size_t standin = 0;
-            if ((rc = discover_standin_bytes(m, j, o, &standin, e)))
+            if ((rc = discover_standin_bytes(m, j, o, &standin, &second_w, e)))
                 return rc;
             standin += standin / 4 + est->plan_bytes;
+            /* twice: the real ranking's circuits can cost more than
+             * random edges' (bench/time's discover job: 484 GFLOP planned
+             * from its ranking, 278 from the stand-in) */
+            second_w *= 2;
             second = standin > second ? standin : second;
         }
         attrib = second > attrib ? second : attrib;
@@ -237,6 +273,15 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
         f = "attribution";
     est->peak_field = f;
     est->result_field = rs.text_field;
+    est->work = ex.work + logits + attrib_w + second_w;
+    f = j->nvar > 1 ? "sweep" : "inputs";
+    if (logits > ex.work) /* the outputs' logits, or else a metric's over the vocabulary */
+        f = j->top_k > 0 || j->want_logits || j->ntoklp ? "outputs.positions" : "metric";
+    if (attrib_w > ex.work && attrib_w > logits)
+        f = "attribution";
+    if (second_w > est->work / 2)
+        f = "discover";
+    est->work_field = f;
     return 0;
 }
 
@@ -398,14 +443,15 @@ fail:
 
 static json_t *stats_json(const run_output *r, double exec_ms)
 {
-    return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f}", "values_planned",
+    return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:f}", "values_planned",
                      (json_int_t)r->stats.planned, "values_needed", (json_int_t)r->stats.needed,
                      "values_computed", (json_int_t)r->stats.computed, "values_cached",
                      (json_int_t)r->stats.cached, "values_waited", (json_int_t)r->stats.waited,
                      "batches", (json_int_t)r->stats.batches, "shared_positions",
                      (json_int_t)r->stats.shared, "tail_from",
                      (json_int_t)(r->stats.tail ? tail_from(r->job) : 0), "path_nodes",
-                     (json_int_t)run_path_nodes(r), "plan_ms", r->plan_ms, "exec_ms", exec_ms);
+                     (json_int_t)run_path_nodes(r), "plan_ms", r->plan_ms, "exec_ms", exec_ms,
+                     "estimate_gflop", 2e-9 * r->est.work);
 }
 
 /* An attribution job's progress: the plan's values, then the attribution's
@@ -668,4 +714,39 @@ void run_output_free(run_output *r)
     free(r->pattn);
     job_free(r->job);
     free(r);
+}
+
+/* One plain run of T tokens on m, into *work and *seconds. */
+static int timed_forward(const model *m, cache *c, int T, double *work, double *seconds, npp_err *e)
+{
+    json_t *ids = json_array();
+    for (int t = 0; t < T; t++)
+        json_array_append_new(ids, json_integer((t * 7919 + 13) % m->cfg.vocab_size));
+    json_t *doc = json_pack("{s:[o],s:{s:i}}", "inputs", ids, "outputs", "top_k", 1);
+    run_opts o = {.cache = c};
+    run_output *r = NULL;
+    int rc = doc ? run_prepare(m, doc, &o, &r, e) : npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    double t0 = now_ms();
+    if (!rc && !(rc = run_execute(m, r, &o, e)))
+        *work = r->est.work, *seconds = (now_ms() - t0) / 1e3;
+    run_output_free(r);
+    json_decref(doc);
+    return rc;
+}
+
+int run_measure_rate(const model *m, double *work_per_s, npp_err *e)
+{
+    cache *c = cache_new(0);
+    if (!c)
+        return npp_fail(e, NPP_ENOMEM, "", "out of memory");
+    int T = m->cfg.n_positions < 64 ? m->cfg.n_positions : 64;
+    double w = 0, s = 0;
+    /* the first call pays for the tensor library's start-up */
+    int rc = timed_forward(m, c, T < 8 ? T : 8, &w, &s, e);
+    if (!rc)
+        rc = timed_forward(m, c, T, &w, &s, e);
+    cache_free(c);
+    if (!rc)
+        *work_per_s = w / (s > 1e-6 ? s : 1e-6);
+    return rc;
 }

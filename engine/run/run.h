@@ -47,7 +47,14 @@ typedef struct {
     /* the job's field that contributes most to each ("inputs", "sweep",
      * "outputs.logits", ...; static strings) */
     const char *peak_field, *result_field;
-    long chunks;       /* tensor calls for attention and MLP, at the chunk budget */
+    long chunks; /* tensor calls for attention and MLP, at the chunk budget */
+    /* the compute, in multiply-adds (an elementwise step weighs
+     * EXEC_ELT_WORK), as if the cache held nothing: the executor's values,
+     * the logits, an attribution's passes and discover's second job; and
+     * the field behind most of it. A service turns it into seconds with
+     * the rate it measured (run_measure_rate). */
+    double work;
+    const char *work_field;
     size_t work_bytes; /* the largest of exec_bytes, output_bytes and an attribution's: the
                         * job's block cache budget, less a sixteenth (run_execute) */
 } run_estimate;
@@ -86,6 +93,12 @@ void run_output_free(run_output *r);
 const plan *run_tree(const run_output *r, int variant);
 /* The path tree's size in nodes (a sweep's: its variants' together). */
 long run_path_nodes(const run_output *r);
+
+/* Runs a small plain job on m (cache of none, this thread's tensor
+ * threads) and gives its rate: estimated work (run_estimate.work) per
+ * second of execution. Calls with few rows reach a lower rate than big
+ * batches, so times estimated with it lean high. */
+int run_measure_rate(const model *m, double *work_per_s, npp_err *e);
 
 /* Makes freed tensor memory go back to the system at once (glibc: a fixed
  * mmap threshold of 256 KiB instead of the adaptive one), so that a

@@ -17,7 +17,10 @@ bound on what the job holds.
 2. For a few job shapes (attribution's gradients among them), `npp run
    --memory-report` measures the peak RSS
    during the job over the RSS before it; the estimate must be at least
-   that, and not absurdly more (at most 3x)."""
+   that, and not absurdly more (at most 3x).
+3. `npp plan --seconds` gives each job's compute time at the rate of a
+   small timed run: its GFLOP over that rate, a small job's below a big
+   one's, and the field behind most of it."""
 import argparse
 import json
 import os
@@ -101,6 +104,10 @@ def main():
         ("EAP attribution, batch 4 x 128, log-prob (the autograd tape)",
          {"inputs": [ids(4, 128), ids(4, 128, 3)], "outputs": {"top_k": 0},
           "metric": {"type": "logprob", "token": 5}, "attribution": {"method": "eap"}}),
+        ("sweep of 32 head patches, batch 2, top-5 (16 variants' logits in one product)",
+         {"inputs": [ids(2, 128), ids(2, 128, 3)], "outputs": {"top_k": 5, "baselines": True},
+          "sweep": [{"preset": {"type": "path_patch", "senders": ["a%d.head%d" % (l, h)],
+                                "receivers": ["ln_final"]}} for l in range(4) for h in range(8)]}),
         ("EAP-IG attribution, 3 steps, batch 2 x 128",
          {"inputs": [ids(2, 128), ids(2, 128, 3)], "outputs": {"top_k": 0},
           "metric": {"type": "logit_diff", "target": 5, "baseline": 6},
@@ -111,7 +118,31 @@ def main():
         check("estimate >= measured peak, <= 3x: " + name, used <= est <= 3 * max(used, 1 << 20),
               "estimate %.1f MiB, measured %.1f MiB" % (est / 2**20, used / 2**20))
     discover_second_job()
+    plan_seconds(shapes)
     sys.exit(harness.summary())
+
+
+def plan_seconds(shapes):
+    """npp plan --seconds: the time nppd would estimate (the plan's work at
+    the rate of a small timed run), consistent with the GFLOP it prints, and
+    growing with the job."""
+    files = []
+    for i, (_, j) in enumerate(shapes[:2] + [("small", {"inputs": [ids(1, 16)]})]):
+        with tempfile.NamedTemporaryFile("w", suffix="-%d.json" % i, delete=False) as f:
+            json.dump(j, f)
+        files.append(f.name)
+    try:
+        out = harness.npp("plan", "--seconds", "--threads", "1", "--model", harness.MODEL, *files)
+        est = [json.loads(line)["estimate"] for line in out.splitlines()[:3]]
+        check("npp plan --seconds: seconds = gflop / gflop_per_s, the big jobs longer than a small one",
+              all(e["gflop_per_s"] > 0 and abs(e["seconds"] * e["gflop_per_s"] - e["gflop"]) <=
+                  1e-3 * e["gflop"] + 1e-3 for e in est) and
+              est[2]["seconds"] < min(est[0]["seconds"], est[1]["seconds"]) and
+              [e["gflop_field"] for e in est] == ["inputs", "outputs.positions", "outputs.positions"],
+              json.dumps(est))
+    finally:
+        for f in files:
+            os.unlink(f)
 
 
 def discover_second_job():

@@ -172,6 +172,58 @@ def test_big_batch_refused_with_the_field_and_both_numbers(make_server):
     assert body["error"]["field"] == "outputs.logits"
 
 
+def test_job_over_its_time_refused_by_its_field_before_it_runs(make_server):
+    """--max-job-seconds: a job's compute is estimated from its plan (GFLOP)
+    at the server's rate (--gflops here, so that the refusal does not depend
+    on this machine) and refused before it runs, naming the field behind it."""
+    srv = make_server("--max-job-seconds", "2", "--gflops", "0.5", models={"long": LONG_MODEL})
+    st, _, models = srv.request("GET", "/v1/models")
+    validate("/v1/models", "GET", st, models)
+    assert models["limits"]["max_job_seconds"] == 2 and models["models"][0]["gflop_per_s"] == 0.5
+    st, _, body = srv.request("POST", "/v1/jobs", {"inputs": [big_ids(8, 512)],
+                                                    "outputs": {"top_k": 1}})
+    assert st == 422 and body["error"]["code"] == "job_too_long", body
+    validate("/v1/jobs", "POST", st, body)
+    msg = body["error"]["message"]
+    assert body["error"]["field"] == "inputs" and "--max-job-seconds of 2 s" in msg, msg
+    secs, gflop = re.search(r"about ([0-9.e+]+) s of compute \(([0-9.e+]+) GFLOP", msg).groups()
+    # 8 x 512 tokens, 2 layers 256 wide: the first layer's 12 x 256^2 multiply-adds a
+    # token and its attention (8 x 512^2 x 256 x 2), the second's c_attn (the rest of
+    # it only at the last position, the one read); a flop is half a multiply-add
+    least = 2 * (4096 * 15 * 256 ** 2 + 8 * 512 ** 2 * 256 * 2) / 1e9
+    assert least <= float(gflop) < 1.3 * least, (least, msg)
+    assert abs(float(secs) - float(gflop) / 0.5) < 0.01 * float(secs), msg
+    # an attribution: its passes and every edge's score, named by its field
+    ids = big_ids(4, 256)
+    job = {"inputs": [ids, [row[::-1] for row in ids]], "outputs": {"top_k": 0},
+           "metric": {"type": "logit", "token": 5}, "attribution": {"method": "eap-ig", "steps": 8}}
+    st, _, body = srv.request("POST", "/v1/jobs", job)
+    assert st == 422 and body["error"]["code"] == "job_too_long", body
+    assert body["error"]["field"] == "attribution", body
+    # a small job runs, and shows what it was estimated at
+    st, _, body = srv.request("POST", "/v1/jobs?wait=60", {"inputs": [big_ids(1, 16)]})
+    assert st == 200 and body["state"] == "done", body
+    assert 0 < body["estimate"]["seconds"] < 2, body["estimate"]
+    validate("/v1/jobs", "POST", st, body)
+
+
+def test_job_past_its_time_is_stopped_and_says_why(make_server):
+    """A job whose estimate fit (an absurd --gflops here) but still runs at
+    --max-job-seconds is stopped as a DELETE stops it: failed, code limit,
+    and the next job runs."""
+    srv = make_server("--max-job-seconds", "1", "--gflops", "1e6", "--workers", "1",
+                      models={"long": LONG_MODEL})
+    st, _, body = srv.request("POST", "/v1/jobs", {"inputs": [big_ids(64, 1024)],
+                                                    "outputs": {"top_k": 1}})
+    assert st == 202, body
+    body = wait_state(srv, body["id"], {"done", "failed", "cancelled"})
+    assert body["state"] == "failed" and body["error"]["code"] == "limit", body
+    assert "--max-job-seconds of 1 s" in body["error"]["message"], body
+    assert body["error"]["field"] == "inputs" and body["run_seconds"] < 10, body
+    st, _, body = srv.request("POST", "/v1/jobs?wait=60", {"inputs": [big_ids(1, 16)]})
+    assert st == 200 and body["state"] == "done", body
+
+
 def test_attribution_over_the_budget_refused_by_its_field(make_server):
     """A gradient job is estimated before it runs like any other: on the
     long model (2 layers, 8 heads, 256 wide) 16 x 1000-token pairs need the
