@@ -722,8 +722,14 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
             j++;
         if (memo_ends(p->v[mine[i]].op))
             memo = 0, epoch++; /* cleared, as exec_run clears it */
-        for (long k = i; k < j; k++)
-            out->work += value_work(p, mine[k], from, proj, epoch);
+        double work = 0, rows = 0;
+        for (long k = i; k < j; k++) {
+            work += value_work(p, mine[k], from, proj, epoch);
+            rows += (double)p->B * (double)(p->T - from[mine[k]]);
+        }
+        if (op_info(p->v[mine[i]].op)->batched && rows < EXEC_MIN_ROWS)
+            work *= EXEC_MIN_ROWS / rows;
+        out->work += work;
         if (p->v[mine[i]].op == OP_ATTN) {
             /* at most every distinct source's projection (3 values each),
              * and never more than its budget */

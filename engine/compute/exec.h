@@ -74,7 +74,11 @@ typedef struct {
 /* Elementwise steps (sums, layer norms, softmax, GELU) are bound by memory
  * rather than by arithmetic: in a work count each weighs this many
  * multiply-adds. */
-#define EXEC_ELT_WORK    4.0
+#define EXEC_ELT_WORK 4.0
+/* A matrix product of fewer rows costs about as much as one of this many:
+ * it reads all of its weights either way (measured: the logits of 2 rows
+ * took the time of 16). A batched call of fewer rows counts as this many. */
+#define EXEC_MIN_ROWS    16
 
 #define EXEC_CHUNK_BYTES (32u << 20) /* the default chunk budget */
 

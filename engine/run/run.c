@@ -8,6 +8,7 @@
 #include "patch/edges.h"
 
 #include <malloc.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,9 +36,6 @@ long run_path_nodes(const run_output *r)
 }
 
 #define JOB_OVERHEAD (4u << 20) /* the job's structures, code and allocator slack */
-/* A matrix product of fewer rows costs as much as one of this many, in its
- * weights' reads: measured, the logits of 2 rows took the time of 16. */
-#define WORK_MIN_ROWS 16
 /* The log-softmax and top-k scan of one logit, in multiply-adds (an exp
  * and a few passes over memory). */
 #define WORK_LOGIT 64
@@ -179,7 +177,7 @@ static size_t picture_bytes(const job *j)
 }
 
 /* The work of the logits the result takes, over the vocabulary: the
- * products with the unembedding, each costing at least WORK_MIN_ROWS
+ * products with the unembedding, each costing at least EXEC_MIN_ROWS
  * rows', and each row's log-softmax and top-k scan (WORK_LOGIT a logit):
  * the patched runs' and the baselines' at outputs.positions (several
  * runs' in one product, output/result.h), and the metric's where it reads
@@ -190,13 +188,13 @@ static double logits_work(const model *m, const run_output *r)
     double per = (double)j->B * j->npos, products = 0, rows = 0;
     if (j->top_k > 0 || j->want_logits || j->ntoklp) {
         int n = per < RESULT_LOGITS_ROWS / 2 ? (int)(RESULT_LOGITS_ROWS / per) : 1;
-        double each = per * n > WORK_MIN_ROWS ? per * n : WORK_MIN_ROWS;
+        double each = per * n > EXEC_MIN_ROWS ? per * n : EXEC_MIN_ROWS;
         int runs = j->nvar ? j->nvar : 1, bases = j->want_baselines && j->top_k ? j->n_inputs : 0;
         products += each * ((runs + n - 1) / n + (bases + n - 1) / n);
         rows += per * (runs + bases);
     }
     if (j->metric && j->metric->full_vocab) {
-        products += r->nmain * (j->B > WORK_MIN_ROWS ? (double)j->B : WORK_MIN_ROWS);
+        products += r->nmain * (j->B > EXEC_MIN_ROWS ? (double)j->B : EXEC_MIN_ROWS);
         rows += r->nmain * (double)j->B;
     }
     return (double)m->cfg.vocab_size * (products * m->cfg.n_embd + rows * WORK_LOGIT);
@@ -716,36 +714,56 @@ void run_output_free(run_output *r)
     free(r);
 }
 
-/* One plain run of T tokens on m, into *work and *seconds. */
-static int timed_forward(const model *m, cache *c, int T, double *work, double *seconds, npp_err *e)
+/* A plain job of B examples of T tokens on m, planned. */
+static int calibration_job(const model *m, int B, int T, json_t **doc, run_output **r, npp_err *e)
 {
-    json_t *ids = json_array();
-    for (int t = 0; t < T; t++)
-        json_array_append_new(ids, json_integer((t * 7919 + 13) % m->cfg.vocab_size));
-    json_t *doc = json_pack("{s:[o],s:{s:i}}", "inputs", ids, "outputs", "top_k", 1);
-    run_opts o = {.cache = c};
-    run_output *r = NULL;
-    int rc = doc ? run_prepare(m, doc, &o, &r, e) : npp_fail(e, NPP_ENOMEM, "", "out of memory");
-    double t0 = now_ms();
-    if (!rc && !(rc = run_execute(m, r, &o, e)))
-        *work = r->est.work, *seconds = (now_ms() - t0) / 1e3;
-    run_output_free(r);
-    json_decref(doc);
-    return rc;
+    json_t *batch = json_array();
+    for (int b = 0; b < B; b++) {
+        json_t *ids = json_array();
+        for (int t = 0; t < T; t++)
+            json_array_append_new(ids, json_integer((t * 7919 + b * 131 + 13) % m->cfg.vocab_size));
+        json_array_append_new(batch, ids);
+    }
+    *doc = json_pack("{s:[o],s:{s:i}}", "inputs", batch, "outputs", "top_k", 1);
+    run_opts o = {0};
+    return *doc ? run_prepare(m, *doc, &o, r, e) : npp_fail(e, NPP_ENOMEM, "", "out of memory");
 }
+
+/* The largest calibration run, in multiply-adds: about 0.1 s on one core. */
+#define RATE_WORK 4e9
 
 int run_measure_rate(const model *m, double *work_per_s, npp_err *e)
 {
     cache *c = cache_new(0);
     if (!c)
         return npp_fail(e, NPP_ENOMEM, "", "out of memory");
-    int T = m->cfg.n_positions < 64 ? m->cfg.n_positions : 64;
-    double w = 0, s = 0;
-    /* the first call pays for the tensor library's start-up */
-    int rc = timed_forward(m, c, T < 8 ? T : 8, &w, &s, e);
-    if (!rc)
-        rc = timed_forward(m, c, T, &w, &s, e);
+    run_opts o = {.cache = c};
+    /* 4 x 256 tokens (or the model's context), fewer examples, then fewer
+     * tokens, until its work is at most RATE_WORK; run once to warm up
+     * (the tensor library's start-up, the first faults), then three times,
+     * timed: the median */
+    int B = 4, T = m->cfg.n_positions < 256 ? m->cfg.n_positions : 256, rc = 0;
+    double w = 0, s = 0, times[4] = {0};
+    for (int pass = 0; pass < 4 && !rc; pass++) {
+        json_t *doc = NULL;
+        run_output *r = NULL;
+        while (!(rc = calibration_job(m, B, T, &doc, &r, e)) && r->est.work > RATE_WORK && T > 8) {
+            run_output_free(r), json_decref(doc);
+            r = NULL, doc = NULL;
+            if (B > 1)
+                B /= 2;
+            else
+                T /= 2;
+        }
+        double t0 = now_ms();
+        if (!rc && !(rc = run_execute(m, r, &o, e)))
+            w = r->est.work, times[pass] = (now_ms() - t0) / 1e3;
+        run_output_free(r);
+        json_decref(doc);
+    }
     cache_free(c);
+    s = times[1] + times[2] + times[3] - fmax(times[1], fmax(times[2], times[3])) -
+        fmin(times[1], fmin(times[2], times[3]));
     if (!rc)
         *work_per_s = w / (s > 1e-6 ? s : 1e-6);
     return rc;

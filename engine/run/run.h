@@ -94,10 +94,12 @@ const plan *run_tree(const run_output *r, int variant);
 /* The path tree's size in nodes (a sweep's: its variants' together). */
 long run_path_nodes(const run_output *r);
 
-/* Runs a small plain job on m (cache of none, this thread's tensor
- * threads) and gives its rate: estimated work (run_estimate.work) per
- * second of execution. Calls with few rows reach a lower rate than big
- * batches, so times estimated with it lean high. */
+/* Times a plain job on m (no cache, this thread's tensor threads) and
+ * gives the rate: its estimated work (run_estimate.work) per second of
+ * execution. The job is 4 x 256 tokens (or the model's context), with
+ * fewer examples, then fewer tokens, until its work is at most 4e9
+ * multiply-adds (about 0.1 s on one core: 1 x 32 tokens on GPT-2 small),
+ * the median of three runs after a first that pays for the start-up. */
 int run_measure_rate(const model *m, double *work_per_s, npp_err *e);
 
 /* Makes freed tensor memory go back to the system at once (glibc: a fixed
