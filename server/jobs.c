@@ -176,8 +176,8 @@ static json_t *iso_time(double t)
     return json_string(buf);
 }
 
-/* What the admission plan estimated (the seconds: not for a job recovered
- * from the store). */
+/* What the admission plan estimated (the seconds: not for a job stored by
+ * an nppd without them). */
 static json_t *estimate_json(const sjob *j)
 {
     json_t *est = json_pack("{s:I,s:I}", "peak_bytes", (json_int_t)j->est_peak, "result_bytes",

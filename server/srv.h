@@ -76,7 +76,7 @@ typedef struct sjob {
     int64_t seq;              /* submission order (the store's) */
     /* from the admission plan */
     size_t est_peak, est_result;
-    double est_seconds;     /* 0 for a job recovered from the store (not kept there) */
+    double est_seconds;     /* 0 for a job stored by a version without it */
     const char *work_field; /* the field behind most of its compute (static) */
     long total, done;       /* progress: values computed / to compute */
     int nvar;               /* sweep variants (0: not a sweep) */

@@ -18,7 +18,7 @@
 
 #include "srv.h"
 
-#define STORE_VERSION 1
+#define STORE_VERSION 2 /* 2: est_seconds; a store of version 1 gets the column */
 
 static sqlite3 *db;
 static char results_dir[4096];
@@ -30,7 +30,7 @@ static const char SCHEMA[] =
     " ended REAL, expires REAL, est_peak INTEGER NOT NULL, est_result INTEGER NOT NULL,"
     " total INTEGER NOT NULL, nvar INTEGER NOT NULL, result_bytes INTEGER NOT NULL DEFAULT 0,"
     " result_gone INTEGER NOT NULL DEFAULT 0, err_code INTEGER NOT NULL DEFAULT 0,"
-    " err_field TEXT, err_message TEXT);"
+    " err_field TEXT, err_message TEXT, est_seconds REAL NOT NULL DEFAULT 0);"
     "CREATE INDEX IF NOT EXISTS jobs_seq ON jobs(seq);";
 
 static void log_err(const char *what)
@@ -82,7 +82,16 @@ int store_open(const char *dir, char *err, size_t errn)
             version = sqlite3_column_int(st, 0);
         sqlite3_finalize(st);
     }
-    if (version != 0 && version != STORE_VERSION) {
+    if (version == 1 && sqlite3_exec(db,
+                                     "ALTER TABLE jobs ADD COLUMN est_seconds REAL NOT NULL "
+                                     "DEFAULT 0;",
+                                     NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(err, errn, "%s: cannot add est_seconds to a store of version 1: %s", path,
+                 sqlite3_errmsg(db));
+        store_close();
+        return -1;
+    }
+    if (version > 1 && version != STORE_VERSION) {
         snprintf(err, errn, "%s: a store of version %d; this nppd reads version %d", path, version,
                  STORE_VERSION);
         store_close();
@@ -163,9 +172,10 @@ int store_insert(const sjob *j, const char *doc, char *err, size_t errn)
 {
     if (exec_bind("insert",
                   "INSERT INTO jobs (id, seq, owner, model, doc, state, created, est_peak, "
-                  "est_result, total, nvar) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-                  "titttdzzii", j->id, (int64_t)j->seq, j->owner, j->model->name, doc, j->created,
-                  j->est_peak, j->est_result, (int64_t)j->total, (int64_t)j->nvar))
+                  "est_result, total, nvar, est_seconds) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, "
+                  "?, ?, ?)",
+                  "titttdzziid", j->id, (int64_t)j->seq, j->owner, j->model->name, doc, j->created,
+                  j->est_peak, j->est_result, (int64_t)j->total, (int64_t)j->nvar, j->est_seconds))
         return snprintf(err, errn, "the job store could not record the job: %s",
                         db ? sqlite3_errmsg(db) : "not open"),
                -1;
@@ -236,7 +246,7 @@ int store_load(void (*fn)(void *ud, sjob *j), void *ud)
     sqlite3_stmt *st;
     const char *sql = "SELECT id, seq, owner, model, state, created, started, ended, expires, "
                       "est_peak, est_result, total, nvar, result_bytes, result_gone, err_code, "
-                      "err_field, err_message FROM jobs ORDER BY seq";
+                      "err_field, err_message, est_seconds FROM jobs ORDER BY seq";
     if (!db || sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
         log_err("load");
         return -1;
@@ -267,6 +277,7 @@ int store_load(void (*fn)(void *ud, sjob *j), void *ud)
         j->err.code = sqlite3_column_int(st, 15);
         copy_text(j->err.field, sizeof j->err.field, sqlite3_column_text(st, 16));
         copy_text(j->err.message, sizeof j->err.message, sqlite3_column_text(st, 17));
+        j->est_seconds = sqlite3_column_double(st, 18);
         fn(ud, j); /* j->model NULL: a model this server no longer serves */
     }
     sqlite3_finalize(st);

@@ -373,7 +373,40 @@ def test_kill9_then_restart_answers_every_accepted_job(make_server, tmp_path):
     for jid in ids:
         body = wait_state(again, jid, {"done", "failed", "cancelled"}, timeout=300)
         assert body["state"] == "done" and body["result"]["outputs"]["top_k"], body
+        assert body["estimate"]["seconds"] > 0, body["estimate"]  # kept in the store
     assert '"event": "recovered", "queued": 3, "were_running": 1' in "\n".join(again.log_lines())
+
+
+def test_a_version_1_store_is_upgraded_and_its_jobs_run(make_server, tmp_path):
+    """A store written before the time estimate (version 1: no
+    est_seconds column) gets the column; its queued job runs."""
+    import sqlite3
+    state = tmp_path / "state"
+    state.mkdir()
+    db = sqlite3.connect(str(state / "jobs.sqlite"))
+    db.executescript(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, owner TEXT NOT NULL,"
+        " model TEXT NOT NULL, doc TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL,"
+        " started REAL, ended REAL, expires REAL, est_peak INTEGER NOT NULL,"
+        " est_result INTEGER NOT NULL, total INTEGER NOT NULL, nvar INTEGER NOT NULL,"
+        " result_bytes INTEGER NOT NULL DEFAULT 0, result_gone INTEGER NOT NULL DEFAULT 0,"
+        " err_code INTEGER NOT NULL DEFAULT 0, err_field TEXT, err_message TEXT);"
+        "CREATE INDEX jobs_seq ON jobs(seq); PRAGMA user_version=1;")
+    jid = "0123456789abcdef0123456789abcdef"
+    db.execute("INSERT INTO jobs (id, seq, owner, model, doc, state, created, est_peak, est_result,"
+               " total, nvar) VALUES (?, 1, '127.0.0.1', 'slow', ?, 'queued', ?, 1048576, 4096,"
+               " 10, 0)", (jid, json.dumps(job_doc(inputs=["a b", "c d"])), time.time()))
+    db.commit()
+    db.close()
+    srv = make_server("--workers", "1", auth=False, models={"slow": SLOW_MODEL},
+                      state_dir=str(state))
+    body = wait_state(srv, jid, {"done", "failed", "cancelled"})
+    assert body["state"] == "done" and "seconds" not in body["estimate"], body
+    db = sqlite3.connect(str(state / "jobs.sqlite"))
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+    st, _, body = srv.request("POST", "/v1/jobs?wait=60", job_doc(inputs=["e f", "g h"]))
+    assert st == 200 and body["estimate"]["seconds"] > 0, body
 
 
 def test_sigterm_keeps_queued_jobs_for_the_next_start(make_server, tmp_path):
