@@ -7,6 +7,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -533,6 +534,68 @@ typedef struct {
 
 /* Runs one job (its own cache) and prints its result, then its warnings on
  * stderr; writes the files the options ask for. */
+/* A job's limits.max_seconds in npp run: a thread that sets the job's
+ * cancel flag when they have passed (nppd's workers are stopped by its
+ * timer instead). */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done, fired;
+    volatile int cancel;
+    double seconds;
+} watchdog;
+
+static void *watch(void *arg)
+{
+    watchdog *w = arg;
+    struct timespec at;
+    clock_gettime(CLOCK_REALTIME, &at);
+    double s = floor(w->seconds);
+    at.tv_sec += (time_t)s;
+    at.tv_nsec += (long)((w->seconds - s) * 1e9);
+    if (at.tv_nsec >= 1000000000L)
+        at.tv_sec++, at.tv_nsec -= 1000000000L;
+    pthread_mutex_lock(&w->mu);
+    int rc = 0;
+    while (!w->done && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&w->cv, &w->mu, &at);
+    if (!w->done) {
+        w->fired = 1;
+        __atomic_store_n(&w->cancel, 1, __ATOMIC_RELAXED);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+/* run_job, stopped after the job's limits.max_seconds if it has them. */
+static int run_job_limited(const model *m, json_t *doc, run_opts *ro, run_output **r, npp_err *e)
+{
+    json_t *ms = json_object_get(json_object_get(doc, "limits"), "max_seconds");
+    watchdog w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0,
+                  json_number_value(ms)};
+    pthread_t th;
+    int watched =
+        w.seconds > 0 && w.seconds <= JOB_MAX_SECONDS && !pthread_create(&th, NULL, watch, &w);
+    if (watched)
+        ro->cancel = &w.cancel;
+    int rc = run_job(m, doc, ro, r, e);
+    if (watched) {
+        pthread_mutex_lock(&w.mu);
+        w.done = 1;
+        pthread_cond_signal(&w.cv);
+        pthread_mutex_unlock(&w.mu);
+        pthread_join(th, NULL);
+        ro->cancel = NULL;
+    }
+    if (rc == NPP_ECANCELED && w.fired) {
+        *e = (npp_err){0};
+        rc = npp_fail(e, NPP_ELIMIT, "limits.max_seconds",
+                      "limits.max_seconds: the job ran for longer than its %g s and was stopped",
+                      w.seconds);
+    }
+    return rc;
+}
+
 static int run_print(const model *m, json_t *doc, const job_args *a, npp_err *e)
 {
     cache *ca = NULL;
@@ -555,7 +618,7 @@ static int run_print(const model *m, json_t *doc, const job_args *a, npp_err *e)
     for (long i = 0; i < a->repeat; i++) {
         run_output_free(r);
         r = NULL;
-        if ((rc = run_job(m, doc, &ro, &r, e)))
+        if ((rc = run_job_limited(m, doc, &ro, &r, e)))
             goto done;
     }
     /* the result first: a picture that cannot be drawn or written fails

@@ -91,17 +91,18 @@ static void submit(plan_task *t)
                     NULL, NULL);
         goto done;
     }
-    double secs = est->work / t->model->rate;
-    if (S.max_job_seconds > 0 && secs > S.max_job_seconds) {
+    double secs = est->work / t->model->rate, own = run->job->max_seconds,
+           limit = job_time_limit(own);
+    if (limit > 0 && secs > limit) {
         S.plans_refused++;
         http_answer(t->r, 422,
                     http_error_body("job_too_long", est->work_field,
                                     "%s: the job needs about %.3g s of compute (%.4g GFLOP "
                                     "estimated from its plan, at this server's %.4g GFLOP/s for "
-                                    "model %s), over the server's --max-job-seconds of %g s; use "
-                                    "fewer examples, tokens, variants or steps, or split the job",
+                                    "model %s), over %s of %g s; use fewer examples, tokens, "
+                                    "variants or steps, or split the job",
                                     est->work_field, secs, 2e-9 * est->work, 2e-9 * t->model->rate,
-                                    t->model->name, S.max_job_seconds),
+                                    t->model->name, job_time_limit_name(own, limit), limit),
                     NULL, NULL);
         goto done;
     }
@@ -117,6 +118,7 @@ static void submit(plan_task *t)
     j->seq = next_seq++;
     j->est_peak = est->peak_bytes, j->est_result = est->result_bytes;
     j->est_seconds = secs, j->work_field = est->work_field;
+    j->max_seconds = limit, j->own_seconds = own;
     j->total = run->plan.nv, j->nvar = run->job->nvar;
     j->created = srv_wall(), j->t_submit = srv_now();
     pthread_mutex_unlock(&S.mu);

@@ -96,8 +96,13 @@ static int run_job_now(sjob *j, size_t *bytes, npp_err *e)
     run_output *run = NULL;
     int rc = run_prepare(j->model->m, doc, &o, &run, e);
     json_decref(doc);
-    if (!rc)
+    if (!rc) { /* set at admission, but not for a job recovered from the store */
+        pthread_mutex_lock(&S.mu);
+        j->own_seconds = run->job->max_seconds;
+        j->max_seconds = job_time_limit(j->own_seconds);
+        pthread_mutex_unlock(&S.mu);
         rc = run_execute(j->model->m, run, &o, e);
+    }
     if (!rc)
         rc = write_result(j, run, bytes, e);
     run_output_free(run);
@@ -144,10 +149,10 @@ static void *worker_main(void *arg)
             if (j->est_seconds > 0)
                 snprintf(est, sizeof est, " (estimated at %.3g s)", j->est_seconds);
             npp_fail(&j->err, NPP_ELIMIT, j->work_field ? j->work_field : "",
-                     "the job ran for longer than this server's --max-job-seconds of %g s%s and "
-                     "was stopped; the values it computed stay in the shared cache while they "
-                     "fit; use fewer examples, tokens, variants or steps, or split the job",
-                     S.max_job_seconds, est);
+                     "the job ran for longer than %s of %g s%s and was stopped; the values it "
+                     "computed stay in the shared cache while they fit; use fewer examples, "
+                     "tokens, variants or steps, or split the job",
+                     job_time_limit_name(j->own_seconds, j->max_seconds), j->max_seconds, est);
             job_finish(j, J_FAILED);
         } else {
             j->err = e;

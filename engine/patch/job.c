@@ -1077,12 +1077,22 @@ int job_parse(const model *m, json_t *doc, const job_limits *lim, job **out, npp
         goto fail;
     json_t *lm = json_object_get(doc, "limits");
     if (lm) {
-        json_t *mv = json_object_get(lm, "max_values");
-        static const char *const lk[] = {"max_values", NULL};
+        json_t *mv = json_object_get(lm, "max_values"), *ms = json_object_get(lm, "max_seconds");
+        static const char *const lk[] = {"max_values", "max_seconds", NULL};
         if (!json_is_object(lm) || job_check_keys(lm, "limits", lk, e)) {
-            rc = npp_fail(e, NPP_EINVAL, "limits", "limits: an object with \"max_values\"");
+            rc = npp_fail(e, NPP_EINVAL, "limits",
+                          "limits: an object with \"max_values\" and \"max_seconds\"");
             goto fail;
         }
+        if (ms && (!json_is_number(ms) || !(json_number_value(ms) > 0) ||
+                   json_number_value(ms) > JOB_MAX_SECONDS)) {
+            rc = npp_fail(e, NPP_EINVAL, "limits.max_seconds",
+                          "limits.max_seconds: a number of seconds, more than 0 and at most %d",
+                          JOB_MAX_SECONDS);
+            goto fail;
+        }
+        if (ms)
+            j->max_seconds = json_number_value(ms);
         if (mv && (!json_is_integer(mv) || json_integer_value(mv) < 1 ||
                    (size_t)json_integer_value(mv) > j->max_values)) {
             rc = npp_fail(e, NPP_EINVAL, "limits.max_values",

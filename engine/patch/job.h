@@ -8,7 +8,7 @@
 //                 "hidden_states": false, "token_logprobs": [" Madrid"],
 //                 "attention": [0, 1], "baselines": true, "trace": false},
 //     "metric":  {"type": "logit_diff", "target": " Madrid", "baseline": " Rome"},
-//     "limits":  {"max_values": 50000}
+//     "limits":  {"max_values": 50000, "max_seconds": 60}
 //   }
 //
 // inputs: 1..32 items; each a text, a list of token ids, or a batch (a list
@@ -38,6 +38,7 @@
 
 #define JOB_MAX_INPUTS   32
 #define JOB_MAX_VARIANTS 1024
+#define JOB_MAX_SECONDS  2592000 /* limits.max_seconds at most (30 days) */
 
 /* One variant of a sweep: its own rules over the job's inputs. */
 typedef struct {
@@ -117,7 +118,8 @@ typedef struct {
     int64_t *m_tokens[METRIC_MAX_TOKENS]; /* per token field, one per example (B) */
     int *m_pos;                           /* B: resolved position per example */
     size_t max_values;
-    json_t *warnings;                /* [{"field", "message"}]: what ran, but may not be meant */
+    double max_seconds; /* limits.max_seconds: the job's own bound on its compute (0: none) */
+    json_t *warnings;   /* [{"field", "message"}]: what ran, but may not be meant */
     json_t *doc_inputs, *doc_metric; /* the document's, as written (discover's second job) */
 } job;
 

@@ -20,7 +20,8 @@ bound on what the job holds.
    that, and not absurdly more (at most 3x).
 3. `npp plan --seconds` gives each job's compute time at the rate of a
    small timed run: its GFLOP over that rate, a small job's below a big
-   one's, and the field behind most of it."""
+   one's, and the field behind most of it; `npp run` stops a job at its
+   limits.max_seconds."""
 import argparse
 import json
 import os
@@ -119,6 +120,13 @@ def main():
               "estimate %.1f MiB, measured %.1f MiB" % (est / 2**20, used / 2**20))
     discover_second_job()
     plan_seconds(shapes)
+    try:
+        run({"inputs": [ids(64, 256)], "outputs": {"top_k": 1}, "limits": {"max_seconds": 0.05}})
+        stopped = "it ran to the end"
+    except RuntimeError as e:
+        stopped = str(e)
+    check("npp run stops a job at its limits.max_seconds (64 x 256 tokens, 0.05 s)",
+          "limits.max_seconds: the job ran for longer than its 0.05 s" in stopped, stopped[-200:])
     sys.exit(harness.summary())
 
 

@@ -205,21 +205,30 @@ def test_job_over_its_time_refused_by_its_field_before_it_runs(make_server):
     assert st == 200 and body["state"] == "done", body
     assert 0 < body["estimate"]["seconds"] < 2, body["estimate"]
     validate("/v1/jobs", "POST", st, body)
+    # unless it sets a lower limit of its own
+    st, _, body = srv.request("POST", "/v1/jobs", {"inputs": [big_ids(1, 16)],
+                                                    "limits": {"max_seconds": 1e-6}})
+    assert st == 422 and body["error"]["code"] == "job_too_long", body
+    assert "over its limits.max_seconds of 1e-06 s" in body["error"]["message"], body
 
 
 def test_job_past_its_time_is_stopped_and_says_why(make_server):
     """A job whose estimate fit (an absurd --gflops here) but still runs at
-    --max-job-seconds is stopped as a DELETE stops it: failed, code limit,
-    and the next job runs."""
+    --max-job-seconds, or at its own lower limits.max_seconds, is stopped as
+    a DELETE stops it: failed, code limit, and the next job runs."""
     srv = make_server("--max-job-seconds", "1", "--gflops", "1e6", "--workers", "1",
                       models={"long": LONG_MODEL})
-    st, _, body = srv.request("POST", "/v1/jobs", {"inputs": [big_ids(64, 1024)],
-                                                    "outputs": {"top_k": 1}})
-    assert st == 202, body
-    body = wait_state(srv, body["id"], {"done", "failed", "cancelled"})
-    assert body["state"] == "failed" and body["error"]["code"] == "limit", body
-    assert "--max-job-seconds of 1 s" in body["error"]["message"], body
-    assert body["error"]["field"] == "inputs" and body["run_seconds"] < 10, body
+    for own, says in ((None, "this server's --max-job-seconds of 1 s"),
+                      (0.5, "its limits.max_seconds of 0.5 s")):
+        job = {"inputs": [big_ids(64, 1024)], "outputs": {"top_k": 1}}
+        if own:
+            job["limits"] = {"max_seconds": own}
+        st, _, body = srv.request("POST", "/v1/jobs", job)
+        assert st == 202, body
+        body = wait_state(srv, body["id"], {"done", "failed", "cancelled"})
+        assert body["state"] == "failed" and body["error"]["code"] == "limit", body
+        assert says in body["error"]["message"], body
+        assert body["error"]["field"] == "inputs" and body["run_seconds"] < 10, body
     st, _, body = srv.request("POST", "/v1/jobs?wait=60", {"inputs": [big_ids(1, 16)]})
     assert st == 200 and body["state"] == "done", body
 
