@@ -532,8 +532,6 @@ typedef struct {
     int memory_report, compact;
 } job_args;
 
-/* Runs one job (its own cache) and prints its result, then its warnings on
- * stderr; writes the files the options ask for. */
 /* A job's limits.max_seconds in npp run: a thread that sets the job's
  * cancel flag when they have passed (nppd's workers are stopped by its
  * timer instead). */
@@ -590,12 +588,15 @@ static int run_job_limited(const model *m, json_t *doc, run_opts *ro, run_output
     if (rc == NPP_ECANCELED && w.fired) {
         *e = (npp_err){0};
         rc = npp_fail(e, NPP_ELIMIT, "limits.max_seconds",
-                      "limits.max_seconds: the job ran for longer than its %g s and was stopped",
+                      "limits.max_seconds: the job ran for longer than its limit of %g s and was "
+                      "stopped",
                       w.seconds);
     }
     return rc;
 }
 
+/* Runs one job (its own cache) and prints its result, then its warnings on
+ * stderr; writes the files the options ask for. */
 static int run_print(const model *m, json_t *doc, const job_args *a, npp_err *e)
 {
     cache *ca = NULL;

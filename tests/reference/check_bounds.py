@@ -126,7 +126,7 @@ def main():
     except RuntimeError as e:
         stopped = str(e)
     check("npp run stops a job at its limits.max_seconds (64 x 256 tokens, 0.05 s)",
-          "limits.max_seconds: the job ran for longer than its 0.05 s" in stopped, stopped[-200:])
+          "limits.max_seconds: the job ran for longer than its limit of 0.05 s" in stopped, stopped[-200:])
     sys.exit(harness.summary())
 
 
