@@ -539,9 +539,12 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int done, fired;
-    volatile int cancel;
     double seconds;
 } watchdog;
+
+/* The cancel flag of the job npp run is running (a run_output's plans keep
+ * pointing at it after the run). */
+static volatile int job_cancel;
 
 static void *watch(void *arg)
 {
@@ -559,7 +562,7 @@ static void *watch(void *arg)
         rc = pthread_cond_timedwait(&w->cv, &w->mu, &at);
     if (!w->done) {
         w->fired = 1;
-        __atomic_store_n(&w->cancel, 1, __ATOMIC_RELAXED);
+        __atomic_store_n(&job_cancel, 1, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
@@ -569,13 +572,13 @@ static void *watch(void *arg)
 static int run_job_limited(const model *m, json_t *doc, run_opts *ro, run_output **r, npp_err *e)
 {
     json_t *ms = json_object_get(json_object_get(doc, "limits"), "max_seconds");
-    watchdog w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0,
-                  json_number_value(ms)};
+    watchdog w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, json_number_value(ms)};
     pthread_t th;
+    job_cancel = 0;
     int watched =
         w.seconds > 0 && w.seconds <= JOB_MAX_SECONDS && !pthread_create(&th, NULL, watch, &w);
     if (watched)
-        ro->cancel = &w.cancel;
+        ro->cancel = &job_cancel;
     int rc = run_job(m, doc, ro, r, e);
     if (watched) {
         pthread_mutex_lock(&w.mu);

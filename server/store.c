@@ -82,12 +82,14 @@ int store_open(const char *dir, char *err, size_t errn)
             version = sqlite3_column_int(st, 0);
         sqlite3_finalize(st);
     }
+    /* the column and the version together, or neither */
     if (version == 1 && sqlite3_exec(db,
-                                     "ALTER TABLE jobs ADD COLUMN est_seconds REAL NOT NULL "
-                                     "DEFAULT 0;",
+                                     "BEGIN; ALTER TABLE jobs ADD COLUMN est_seconds REAL NOT NULL "
+                                     "DEFAULT 0; PRAGMA user_version=2; COMMIT;",
                                      NULL, NULL, NULL) != SQLITE_OK) {
         snprintf(err, errn, "%s: cannot add est_seconds to a store of version 1: %s", path,
                  sqlite3_errmsg(db));
+        sqlite3_exec(db, "ROLLBACK;", NULL, NULL, NULL);
         store_close();
         return -1;
     }

@@ -820,6 +820,7 @@ int result_build(const result_opts *o, shim_tensor *const *hs, int nroots, json_
                 json_object_set(p, "name", j->var[i].name);
             json_array_append_new(sw, p);
         }
+        runs_batch(c, NULL, 0); /* the buffer goes before attention and activations */
         if (j->grid)
             json_object_set_new(res, "grid", grid_json(j, sw));
     }
@@ -863,6 +864,7 @@ int result_build(const result_opts *o, shim_tensor *const *hs, int nroots, json_
                 json_object_set_new(b, "metric", mt);
             }
         }
+        runs_batch(c, NULL, 0);
     }
     json_object_set_new(res, "stats", json_incref(stats));
     if (trace)
