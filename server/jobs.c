@@ -11,18 +11,12 @@
 static const char *const state_names[J_NSTATES] = {"queued", "running", "done", "failed",
                                                    "cancelled"};
 
-double job_time_limit(double own)
+double job_time_limit(double own, const char **who)
 {
-    if (own > 0 && (S.max_job_seconds <= 0 || own < S.max_job_seconds))
-        return own;
-    return S.max_job_seconds > 0 ? S.max_job_seconds : 0;
-}
-
-/* "its limits.max_seconds" or "this server's --max-job-seconds": who set
- * limit (job_time_limit of own). */
-const char *job_time_limit_name(double own, double limit)
-{
-    return own > 0 && own == limit ? "its limits.max_seconds" : "this server's --max-job-seconds";
+    int mine = own > 0 && (S.max_job_seconds <= 0 || own < S.max_job_seconds);
+    if (who)
+        *who = mine ? "its limits.max_seconds" : "this server's --max-job-seconds";
+    return mine ? own : S.max_job_seconds > 0 ? S.max_job_seconds : 0;
 }
 
 const char *jstate_name(jstate s)

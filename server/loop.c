@@ -66,8 +66,8 @@ static void on_tick(uv_timer_t *h)
     }
     for (int i = 0; i < S.workers; i++) {
         sjob *j = S.wk[i].job; /* stopped as a DELETE stops it, within a chunk */
-        if (j && j->state == J_RUNNING && !j->cancel && j->max_seconds > 0 &&
-            now - j->t_run > j->max_seconds) {
+        double limit = j ? job_time_limit(j->own_seconds, NULL) : 0;
+        if (j && j->state == J_RUNNING && !j->cancel && limit > 0 && now - j->t_run > limit) {
             j->timed_out = 1;
             __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
         }

@@ -91,8 +91,9 @@ static void submit(plan_task *t)
                     NULL, NULL);
         goto done;
     }
+    const char *who;
     double secs = est->work / t->model->rate, own = run->job->max_seconds,
-           limit = job_time_limit(own);
+           limit = job_time_limit(own, &who);
     if (limit > 0 && secs > limit) {
         S.plans_refused++;
         http_answer(t->r, 422,
@@ -102,7 +103,7 @@ static void submit(plan_task *t)
                                     "model %s), over %s of %g s; use fewer examples, tokens, "
                                     "variants or steps, or split the job",
                                     est->work_field, secs, 2e-9 * est->work, 2e-9 * t->model->rate,
-                                    t->model->name, job_time_limit_name(own, limit), limit),
+                                    t->model->name, who, limit),
                     NULL, NULL);
         goto done;
     }
@@ -118,7 +119,7 @@ static void submit(plan_task *t)
     j->seq = next_seq++;
     j->est_peak = est->peak_bytes, j->est_result = est->result_bytes;
     j->est_seconds = secs, j->work_field = est->work_field;
-    j->max_seconds = limit, j->own_seconds = own;
+    j->own_seconds = own;
     j->total = run->plan.nv, j->nvar = run->job->nvar;
     j->created = srv_wall(), j->t_submit = srv_now();
     pthread_mutex_unlock(&S.mu);

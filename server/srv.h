@@ -54,9 +54,10 @@ typedef enum { J_QUEUED, J_RUNNING, J_DONE, J_FAILED, J_CANCELLED, J_NSTATES } j
 /* "queued", "running", ... (static). */
 const char *jstate_name(jstate s);
 /* A job's time limit in seconds (0: none): the server's --max-job-seconds,
- * or the job's own limits.max_seconds (0: none) where it is lower. */
-double job_time_limit(double own);
-const char *job_time_limit_name(double own, double limit);
+ * or the job's own limits.max_seconds (own; 0: none) where it is lower;
+ * *who (if not NULL) gets "its limits.max_seconds" or "this server's
+ * --max-job-seconds". */
+double job_time_limit(double own, const char **who);
 
 /* The state of a name, or -1. */
 int jstate_parse(const char *name);
@@ -92,10 +93,8 @@ typedef struct sjob {
     volatile int cancel; /* set by DELETE or drain; read by the worker (atomics) */
     int interrupted;     /* cancelled by shutdown: queue it again at the next start */
     int timed_out;       /* cancelled as it ran past its time limit */
-    double max_seconds;  /* that limit (job_time_limit): --max-job-seconds, or the job's
-                          * limits.max_seconds (own_seconds) if lower; 0: none */
-    double own_seconds;
-    double t_run;                            /* monotonic, when a worker took it */
+    double own_seconds;  /* its limits.max_seconds (0: none; job_time_limit gives the limit) */
+    double t_run;        /* monotonic, when a worker took it */
     double created, started, ended, expires; /* wall clock (seconds since the epoch) */
     double t_submit;                         /* monotonic, for the latency histogram */
     uint64_t version;                        /* bumped on every change watchers care about */

@@ -99,7 +99,6 @@ static int run_job_now(sjob *j, size_t *bytes, npp_err *e)
     if (!rc) { /* set at admission, but not for a job recovered from the store */
         pthread_mutex_lock(&S.mu);
         j->own_seconds = run->job->max_seconds;
-        j->max_seconds = job_time_limit(j->own_seconds);
         pthread_mutex_unlock(&S.mu);
         rc = run_execute(j->model->m, run, &o, e);
     }
@@ -146,13 +145,15 @@ static void *worker_main(void *arg)
             bound_results(&gone);
         } else if (rc == NPP_ECANCELED && j->timed_out) {
             char est[64] = "";
+            const char *who;
+            double limit = job_time_limit(j->own_seconds, &who);
             if (j->est_seconds > 0)
                 snprintf(est, sizeof est, " (estimated at %.3g s)", j->est_seconds);
             npp_fail(&j->err, NPP_ELIMIT, j->work_field ? j->work_field : "",
                      "the job ran for longer than %s of %g s%s and was stopped; the values it "
                      "computed stay in the shared cache while they fit; use fewer examples, "
                      "tokens, variants or steps, or split the job",
-                     job_time_limit_name(j->own_seconds, j->max_seconds), j->max_seconds, est);
+                     who, limit, est);
             job_finish(j, J_FAILED);
         } else {
             j->err = e;
