@@ -50,6 +50,10 @@ static const option_def OPTS[] = {
     {"dtype", "NPP_DTYPE", "f32|f16|bf16", "their dtype", T_STR, &S.dtype, 0, 0},
     {"workers", "NPP_WORKERS", "N", "compute worker threads", T_INT, &S.workers, 1,
      SRV_MAX_WORKERS},
+    {"user-workers", "NPP_USER_WORKERS", "N",
+     "workers one user's jobs hold at once (the user's next job waits, showing "
+     "waiting_for user_workers, while others' jobs take the rest)",
+     T_INT, &S.user_workers, 1, SRV_MAX_WORKERS},
     {"threads", "NPP_THREADS", "N", "tensor threads per worker", T_INT, &S.threads, 1, 256},
     {"planners", "NPP_PLANNERS", "N", "planner threads (plan and check jobs, draw graphs)", T_INT,
      &S.planners, 1, SRV_MAX_PLANNERS},
@@ -137,7 +141,8 @@ static void set_defaults(void)
     S.max_values = 50000, S.plan_seconds = 10, S.max_job_seconds = 600,
     S.chunk_mb = EXEC_CHUNK_BYTES >> 20, S.result_ttl = 600;
     S.drain_seconds = 30, S.conn_timeout = 30, S.header_timeout = 10, S.max_connections = 1024;
-    S.keep_mb = -1; /* RUN_KEEP_MB or less (after the options) */
+    S.keep_mb = -1;      /* RUN_KEEP_MB or less (after the options) */
+    S.user_workers = -1; /* one less than --workers with a token file (after the options) */
     S.max_conn_per_ip = 64;
 }
 
@@ -145,6 +150,10 @@ static void set_defaults(void)
 static void default_text(const option_def *o, char *buf, size_t n)
 {
     buf[0] = 0;
+    if (o->dst == &S.user_workers && S.user_workers < 0) {
+        snprintf(buf, n, " (with a token file one less than --workers, at least 1; without, all)");
+        return;
+    }
     if (o->dst == &S.keep_mb && S.keep_mb < 0) {
         snprintf(buf, n,
                  " (%d, less where the workers would keep over an eighth of --memory-mb or more "
@@ -367,6 +376,10 @@ static void parse_options(int argc, char **argv)
         add_model("default=" NPP_DEFAULT_MODEL);
     if (S.token_file)
         load_tokens(S.token_file);
+    if (S.user_workers < 0) /* with users, one worker is always out of any one's reach */
+        S.user_workers = S.ntokens && S.workers > 1 ? S.workers - 1 : S.workers;
+    if (S.user_workers > S.workers) /* no cap: what limits shows */
+        S.user_workers = S.workers;
     if (S.replica) {
         size_t n = strlen(S.replica);
         for (size_t i = 0; i < n; i++)

@@ -34,18 +34,41 @@ int sched_cancel(sjob *j)
     return 0;
 }
 
-/* The job whose turn it is, round-robin over users, left in its queue
- * (caller holds S.mu); *user gets its user's index. */
+/* The job whose turn it is, round-robin over the users whose running jobs
+ * hold fewer than --user-workers workers, left in its queue (caller holds
+ * S.mu); *user gets its user's index. */
 static sjob *next_job(int *user)
 {
     for (int k = 0; k < S.nusers; k++) {
         int i = (S.rr + k) % S.nusers;
-        if (S.users[i].qhead) {
+        if (S.users[i].qhead && S.users[i].running < S.user_workers) {
             *user = i;
             return S.users[i].qhead;
         }
     }
     return NULL;
+}
+
+/* Whether j fits beside the running jobs' memory estimates. */
+static int fits(const sjob *j, size_t budget, size_t cache)
+{
+    return S.nrunning == 0 || S.mem_running + j->est_peak + cache <= budget;
+}
+
+const char *sched_waiting(const sjob *j)
+{
+    if (j->state != J_QUEUED)
+        return NULL;
+    const srv_user *u = &S.users[j->user];
+    if (!S.ready || S.draining)
+        return "server";
+    if (u->running >= S.user_workers && S.user_workers < S.workers)
+        return "user_workers";
+    if (u->qhead != j)
+        return "earlier_jobs";
+    if (S.nrunning >= S.workers)
+        return "worker";
+    return "memory"; /* a worker is free: this job, or the one whose turn it is, does not fit */
 }
 
 void sched_dispatch(void)
@@ -59,7 +82,7 @@ void sched_dispatch(void)
         sjob *j = next_job(&u);
         if (!j)
             return;
-        if (S.nrunning > 0 && S.mem_running + j->est_peak + cache > budget)
+        if (!fits(j, budget, cache))
             return; /* its turn: it waits for memory, nobody overtakes it */
         job_unqueue(j);
         S.rr = (u + 1) % S.nusers;

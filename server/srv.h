@@ -143,7 +143,8 @@ typedef struct {
     srv_model models[SRV_MAX_MODELS];
     int nmodels;
     const char *device, *dtype, *listen, *token_file, *state_dir, *replica;
-    int threads, workers, planners, queue_max, max_inflight, max_conn_per_ip, conn_timeout;
+    int threads, workers, user_workers, planners, queue_max, max_inflight, max_conn_per_ip,
+        conn_timeout;
     int max_connections, header_timeout, drain_cancel;
     long cache_mb, max_body_kb, max_values, memory_mb, max_job_mb, max_result_mb;
     long results_disk_mb, chunk_mb, keep_mb;
@@ -276,6 +277,13 @@ void planner_set_seq(int64_t after);
 int sched_cancel(sjob *j);
 /* Starts queued jobs on idle workers while their estimates fit. */
 void sched_dispatch(void);
+/* Why queued job j has not started (NULL when it is not queued), caller
+ * holds S.mu: "server" (loading models or draining), "user_workers" (its
+ * user's jobs hold --user-workers workers, fewer than all), "earlier_jobs" (its user's
+ * earlier jobs wait ahead of it), "worker" (every worker is busy) or
+ * "memory" (a worker is free, but this job or the one whose turn it is
+ * does not fit --memory-mb beside the running jobs). */
+const char *sched_waiting(const sjob *j);
 /* Re-queues the jobs the store holds as queued or running (start-up, no lock). */
 int sched_recover(void);
 

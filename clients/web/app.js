@@ -347,6 +347,15 @@ async function showResult(job) {
   await showGraph(job, 0);
 }
 
+// What a queued job's waiting_for means, in the progress line.
+const WAITING = {
+  server: "the server (loading models or draining)",
+  user_workers: "one of your running jobs to end (your share of the workers)",
+  earlier_jobs: "your earlier jobs, queued ahead of this one",
+  worker: "a free worker",
+  memory: "memory (a worker is free, but the running jobs leave too little)",
+};
+
 async function run(ev) {
   ev.preventDefault();
   clearErrors();
@@ -362,8 +371,10 @@ async function run(ev) {
     while (!["done", "failed", "cancelled"].includes(job.state)) {
       bar.max = Math.max(1, job.progress.total);
       bar.value = job.progress.done;
-      $("progress-text").textContent = `${job.state}: ${job.progress.done}/${job.progress.total} ` +
-        (submitted === "discover" ? "steps (layer passes, then values)" : "values");
+      $("progress-text").textContent = job.state === "queued" && job.waiting_for
+        ? `queued: waiting for ${WAITING[job.waiting_for] || job.waiting_for}`
+        : `${job.state}: ${job.progress.done}/${job.progress.total} ` +
+          (submitted === "discover" ? "steps (layer passes, then values)" : "values");
       await new Promise((r) => setTimeout(r, 150));
       job = await api("GET", `/v1/jobs/${job.id}`);
     }

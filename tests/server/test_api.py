@@ -487,6 +487,66 @@ def test_client_disconnects_mid_job(make_server):
     assert srv.request("GET", "/healthz")[0] == 200
 
 
+def running_snapshots(srv, token, ids, until):
+    """The caller's running jobs among ids in each job list (one snapshot
+    under the server's lock) until until() holds."""
+    seen = []
+    deadline = time.time() + 300
+    while not until() and time.time() < deadline:
+        jobs = srv.request("GET", "/v1/jobs", token=token)[2]["jobs"]
+        seen.append(sorted(j["id"] for j in jobs if j["id"] in ids and j["state"] == "running"))
+        time.sleep(0.01)
+    return seen
+
+
+def test_one_user_never_holds_every_worker(make_server):
+    """With a token file, one user's jobs hold at most --user-workers
+    workers (by default one less than --workers): a second user's job
+    starts at once on the worker kept free, while the first user's next
+    jobs wait and say why."""
+    srv = make_server("--workers", "2", models={"slow": SLOW_MODEL})
+    limits = srv.request("GET", "/v1/models")[2]["limits"]
+    assert (limits["workers"], limits["user_workers"]) == (2, 1), limits
+    alice = [srv.request("POST", "/v1/jobs", slow_job(80 + i), token=TOKENS["alice"])[2]["id"]
+             for i in range(4)]
+    wait_state(srv, alice[0], {"running"})
+    listed = {j["id"]: j for j in srv.request("GET", "/v1/jobs", token=TOKENS["alice"])[2]["jobs"]}
+    assert [listed[j].get("waiting_for") for j in alice] == [None] + ["user_workers"] * 3, listed
+    single = srv.request("GET", "/v1/jobs/" + alice[3], token=TOKENS["alice"])[2]
+    assert single["state"] == "queued" and single["waiting_for"] == "user_workers", single
+    # the idle worker is bob's at once, while alice's later jobs still wait
+    bob = srv.request("POST", "/v1/jobs", slow_job(90), token=TOKENS["bob"])[2]["id"]
+    while srv.request("GET", "/v1/jobs/" + bob, token=TOKENS["bob"])[2]["state"] == "queued":
+        time.sleep(0.01)
+    states = [srv.request("GET", "/v1/jobs/" + j)[2]["state"] for j in alice]
+    assert states[2:] == ["queued", "queued"], states  # two more of alice's job times away
+    # and alice never had two jobs running at once, from first to last
+    seen = running_snapshots(srv, TOKENS["alice"], alice,
+                             lambda: srv.request("GET", "/v1/jobs/" + alice[3])[2]["state"] == "done")
+    assert len(seen) > 10 and max(len(s) for s in seen) == 1, seen
+    assert "waiting_for" not in srv.request("GET", "/v1/jobs/" + alice[3])[2]
+    assert srv.request("GET", "/v1/jobs/" + bob, token=TOKENS["bob"])[2]["state"] == "done"
+
+
+def test_without_tokens_one_address_may_use_every_worker(make_server):
+    """Without a token file the cap is every worker (--user-workers
+    defaults to --workers), so one client's jobs run two at a time; behind
+    the busy workers a job waits for a 'worker', the next one for its
+    'earlier_jobs'."""
+    srv = make_server("--workers", "2", models={"slow": SLOW_MODEL}, auth=False)
+    limits = srv.request("GET", "/v1/models")[2]["limits"]
+    assert (limits["workers"], limits["user_workers"]) == (2, 2), limits
+    jobs = [srv.request("POST", "/v1/jobs", slow_job(100 + i))[2]["id"] for i in range(4)]
+    wait_state(srv, jobs[1], {"running", "done"})
+    listed = {j["id"]: j for j in srv.request("GET", "/v1/jobs")[2]["jobs"]}
+    if [listed[j]["state"] for j in jobs] == ["running", "running", "queued", "queued"]:
+        assert [listed[j].get("waiting_for") for j in jobs] == \
+            [None, None, "worker", "earlier_jobs"], listed
+    seen = running_snapshots(srv, None, jobs,
+                             lambda: srv.request("GET", "/v1/jobs/" + jobs[3])[2]["state"] == "done")
+    assert max(len(s) for s in seen) == 2, seen
+
+
 def test_fairness(make_server):
     """One user floods the queue; another's single job waits at most about
     one job's time (round-robin across users, one worker)."""

@@ -284,8 +284,8 @@ def test_jobs_wait_for_memory_in_fair_order(make_server):
     job = {"inputs": [big_ids(BIG_B, 256)], "outputs": {"top_k": 1}}
     est = probe.request("POST", "/v1/jobs?wait=600", job)[2]["estimate"]["peak_bytes"]
     mb = (est >> 20) * 3 // 2 + 1  # room for one, not two
-    srv = make_server("--cache-mb", "0", "--workers", "2", "--memory-mb", str(mb),
-                      models={"slow": SLOW_MODEL})
+    srv = make_server("--cache-mb", "0", "--workers", "2", "--user-workers", "2",
+                      "--memory-mb", str(mb), models={"slow": SLOW_MODEL})
     a = srv.request("POST", "/v1/jobs", dict(job, inputs=[big_ids(BIG_B, 256, 1)]))[2]["id"]
     b = srv.request("POST", "/v1/jobs", dict(job, inputs=[big_ids(BIG_B, 256, 2)]))[2]["id"]
     wait_state(srv, a, {"running"})
@@ -293,7 +293,8 @@ def test_jobs_wait_for_memory_in_fair_order(make_server):
     sb = srv.request("GET", "/v1/jobs/" + b)[2]
     sa = srv.request("GET", "/v1/jobs/" + a)[2]
     if sa["state"] == "running":
-        assert sb["state"] == "queued", sb  # a worker is idle, but memory is not
+        # a worker is idle, but memory is not
+        assert sb["state"] == "queued" and sb["waiting_for"] == "memory", sb
     assert wait_state(srv, b, {"done"}, timeout=600)["state"] == "done"
     st, _, text = srv.request("GET", "/metrics")
     assert "npp_memory_budget_bytes %d" % (mb << 20) in text.decode()
