@@ -13,8 +13,12 @@ difference), each edge patched alone from the corrupted run:
            pass with (u(corrupt) - u(clean)) added to receiver v's own
            input (one head's query, key or value input, an MLP's input, or
            the final residual).
+  TL hooks the same forward passes as TransformerLens runs them with
+           EAP-IG's evaluation settings (see hooks_tl): a copy of the
+           residual per head for each query, key and value input, per-head
+           results, the logits at every position.
 
-Prints both times and their ratio (the goal: npp at least 5x faster), the
+Prints the times and their ratio (the goal: npp at least 5x faster), the
 ratio's ceiling for these edges (an exact engine recomputes, per edge, only
 what is downstream of its receiver: see downstream(); and only at the
 positions after those where clean and corrupted prompts agree, which are
