@@ -114,9 +114,19 @@ static void recover_one(void *ud, sjob *j)
     j->user = sched_user(j->owner);
     job_insert(j); /* the table's reference is its only one */
     if (j->state == J_QUEUED || j->state == J_RUNNING) {
+        const char *who;
+        double limit = job_time_limit(j->own_seconds, &who);
         if (!j->model) {
             npp_fail(&j->err, NPP_EINVAL, "model",
                      "the job's model is not served by this server any more");
+            job_finish(j, J_FAILED);
+            joblist_add(&rc->fail, j);
+        } else if (limit > 0 && j->est_seconds > limit) { /* --max-job-seconds was lowered */
+            npp_fail(&j->err, NPP_ELIMIT, "",
+                     "the job is estimated at %.3g s of compute, over %s of %g s (lowered "
+                     "since the job was accepted), so it was not run again after the restart; "
+                     "use fewer examples, tokens, variants or steps, or split the job",
+                     j->est_seconds, who, limit);
             job_finish(j, J_FAILED);
             joblist_add(&rc->fail, j);
         } else {
