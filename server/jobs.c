@@ -208,9 +208,9 @@ json_t *job_json(const sjob *j)
         o, "progress",
         json_pack("{s:I,s:I}", "done", (json_int_t)j->done, "total", (json_int_t)j->total));
     json_object_set_new(o, "estimate", estimate_json(j));
-    const char *waiting = sched_waiting(j);
-    if (waiting)
-        json_object_set_new(o, "waiting_for", json_string(waiting));
+    int waiting = sched_waiting(j);
+    if (waiting >= 0)
+        json_object_set_new(o, "waiting_for", json_string(sched_wait_names[waiting]));
     if (j->started > 0)
         json_object_set_new(o, "queue_seconds", json_real(j->started - j->created));
     if (j->ended > 0 && j->started > 0)
@@ -268,9 +268,9 @@ json_t *jobs_list(const char *user, int admin)
         json_object_set_new(o, "model", json_string(j->model ? j->model->name : ""));
         json_object_set_new(o, "created", iso_time(j->created));
         json_object_set_new(o, "estimate", estimate_json(j));
-        const char *waiting = sched_waiting(j);
-        if (waiting)
-            json_object_set_new(o, "waiting_for", json_string(waiting));
+        int waiting = sched_waiting(j);
+        if (waiting >= 0)
+            json_object_set_new(o, "waiting_for", json_string(sched_wait_names[waiting]));
         if (j->state == J_DONE)
             json_object_set_new(o, "result_bytes", json_integer((json_int_t)j->result_bytes));
         json_array_append_new(arr, o);

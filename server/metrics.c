@@ -49,6 +49,15 @@ char *metrics_render(void)
             now[j->state]++;
     put(&b, "# HELP npp_queue_depth Jobs waiting for a worker.\n# TYPE npp_queue_depth gauge\n");
     put(&b, "npp_queue_depth %d\n", S.nqueued);
+    int waiting[W_NREASONS] = {0};
+    for (int u = 0; u < S.nusers; u++)
+        for (const sjob *j = S.users[u].qhead; j; j = j->qnext)
+            if (sched_waiting(j) >= 0)
+                waiting[sched_waiting(j)]++;
+    put(&b, "# HELP npp_jobs_waiting Queued jobs by what they wait for (waiting_for).\n"
+            "# TYPE npp_jobs_waiting gauge\n");
+    for (int r = 0; r < W_NREASONS; r++)
+        put(&b, "npp_jobs_waiting{reason=\"%s\"} %d\n", sched_wait_names[r], waiting[r]);
     put(&b,
         "# HELP npp_plans_waiting Jobs waiting for a planner.\n"
         "# TYPE npp_plans_waiting gauge\nnpp_plans_waiting %d\n",
@@ -80,6 +89,10 @@ char *metrics_render(void)
             (unsigned long long)S.http_total[c]);
     put(&b, "# HELP npp_workers_busy Workers running a job.\n# TYPE npp_workers_busy gauge\n");
     put(&b, "npp_workers_busy %d\nnpp_workers %d\n", S.nrunning, S.workers);
+    put(&b,
+        "# HELP npp_user_workers Workers one user's running jobs hold at most.\n"
+        "# TYPE npp_user_workers gauge\nnpp_user_workers %d\n",
+        S.user_workers);
     put(&b,
         "# HELP npp_memory_admitted_bytes Estimated peak memory of the running jobs.\n"
         "# TYPE npp_memory_admitted_bytes gauge\nnpp_memory_admitted_bytes %zu\n"

@@ -55,20 +55,23 @@ static int fits(const sjob *j, size_t budget, size_t cache)
     return S.nrunning == 0 || S.mem_running + j->est_peak + cache <= budget;
 }
 
-const char *sched_waiting(const sjob *j)
+const char *const sched_wait_names[W_NREASONS] = {"server", "user_workers", "earlier_jobs",
+                                                  "worker", "memory"};
+
+int sched_waiting(const sjob *j)
 {
     if (j->state != J_QUEUED)
-        return NULL;
+        return -1;
     const srv_user *u = &S.users[j->user];
     if (!S.ready || S.draining)
-        return "server";
+        return W_SERVER;
     if (u->running >= S.user_workers && S.user_workers < S.workers)
-        return "user_workers";
+        return W_USER_WORKERS;
     if (u->qhead != j)
-        return "earlier_jobs";
+        return W_EARLIER_JOBS;
     if (S.nrunning >= S.workers)
-        return "worker";
-    return "memory"; /* a worker is free: this job, or the one whose turn it is, does not fit */
+        return W_WORKER;
+    return W_MEMORY; /* a worker is free: this job, or the one whose turn it is, does not fit */
 }
 
 void sched_dispatch(void)

@@ -277,13 +277,15 @@ void planner_set_seq(int64_t after);
 int sched_cancel(sjob *j);
 /* Starts queued jobs on idle workers while their estimates fit. */
 void sched_dispatch(void);
-/* Why queued job j has not started (NULL when it is not queued), caller
- * holds S.mu: "server" (loading models or draining), "user_workers" (its
- * user's jobs hold --user-workers workers, fewer than all), "earlier_jobs" (its user's
- * earlier jobs wait ahead of it), "worker" (every worker is busy) or
- * "memory" (a worker is free, but this job or the one whose turn it is
- * does not fit --memory-mb beside the running jobs). */
-const char *sched_waiting(const sjob *j);
+/* Why a queued job has not started (waiting_for): the models are loading
+ * or the server is draining; its user's jobs hold --user-workers workers,
+ * fewer than all; its user's earlier jobs wait ahead of it; every worker
+ * is busy; or a worker is free, but this job or the one whose turn it is
+ * does not fit --memory-mb beside the running jobs. */
+enum { W_SERVER, W_USER_WORKERS, W_EARLIER_JOBS, W_WORKER, W_MEMORY, W_NREASONS };
+extern const char *const sched_wait_names[W_NREASONS]; /* "server", "user_workers", ... */
+/* j's reason (caller holds S.mu); -1 when j is not queued. */
+int sched_waiting(const sjob *j);
 /* Re-queues the jobs the store holds as queued or running (start-up, no lock). */
 int sched_recover(void);
 

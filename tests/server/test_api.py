@@ -514,6 +514,9 @@ def test_one_user_never_holds_every_worker(make_server):
     assert [listed[j].get("waiting_for") for j in alice] == [None] + ["user_workers"] * 3, listed
     single = srv.request("GET", "/v1/jobs/" + alice[3], token=TOKENS["alice"])[2]
     assert single["state"] == "queued" and single["waiting_for"] == "user_workers", single
+    text = srv.request("GET", "/metrics")[2].decode()
+    assert 'npp_jobs_waiting{reason="user_workers"} 3' in text and "npp_user_workers 1" in text
+    assert 'npp_jobs_waiting{reason="worker"} 0' in text
     # the idle worker is bob's at once, while alice's later jobs still wait
     bob = srv.request("POST", "/v1/jobs", slow_job(90), token=TOKENS["bob"])[2]["id"]
     while srv.request("GET", "/v1/jobs/" + bob, token=TOKENS["bob"])[2]["state"] == "queued":
