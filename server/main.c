@@ -142,7 +142,7 @@ static void set_defaults(void)
     S.chunk_mb = EXEC_CHUNK_BYTES >> 20, S.result_ttl = 600;
     S.drain_seconds = 30, S.conn_timeout = 30, S.header_timeout = 10, S.max_connections = 1024;
     S.keep_mb = -1;      /* RUN_KEEP_MB or less (after the options) */
-    S.user_workers = -1; /* one less than --workers with a token file (after the options) */
+    S.user_workers = -1; /* one less than --workers with several tokens (after the options) */
     S.max_conn_per_ip = 64;
 }
 
@@ -151,7 +151,9 @@ static void default_text(const option_def *o, char *buf, size_t n)
 {
     buf[0] = 0;
     if (o->dst == &S.user_workers && S.user_workers < 0) {
-        snprintf(buf, n, " (with a token file one less than --workers, at least 1; without, all)");
+        snprintf(buf, n,
+                 " (with a token file of two or more names one less than --workers, "
+                 "at least 1; else all)");
         return;
     }
     if (o->dst == &S.keep_mb && S.keep_mb < 0) {
@@ -376,10 +378,13 @@ static void parse_options(int argc, char **argv)
         add_model("default=" NPP_DEFAULT_MODEL);
     if (S.token_file)
         load_tokens(S.token_file);
-    if (S.user_workers < 0) /* with users, one worker is always out of any one's reach */
-        S.user_workers = S.ntokens && S.workers > 1 ? S.workers - 1 : S.workers;
-    if (S.user_workers > S.workers) /* no cap: what limits shows */
+    if (S.user_workers < 0) /* with users, one worker is out of any one's reach */
+        S.user_workers = S.ntokens > 1 && S.workers > 1 ? S.workers - 1 : S.workers;
+    if (S.user_workers > S.workers) { /* no cap: what limits shows */
+        fprintf(stderr, "nppd: --user-workers %d is over --workers %d: every worker, then\n",
+                S.user_workers, S.workers);
         S.user_workers = S.workers;
+    }
     if (S.replica) {
         size_t n = strlen(S.replica);
         for (size_t i = 0; i < n; i++)

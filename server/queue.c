@@ -69,9 +69,13 @@ int sched_waiting(const sjob *j)
         return W_USER_WORKERS;
     if (u->qhead != j)
         return W_EARLIER_JOBS;
-    if (S.nrunning >= S.workers)
-        return W_WORKER;
-    return W_MEMORY; /* a worker is free: this job, or the one whose turn it is, does not fit */
+    int idle = 0, v;
+    for (int i = 0; i < S.workers; i++)
+        idle += !S.wk[i].job && !S.wk[i].stop;
+    const sjob *turn = idle ? next_job(&v) : NULL;
+    if (turn && !fits(turn, (size_t)S.memory_mb << 20, reserved()))
+        return W_MEMORY; /* as sched_dispatch decides: the job whose turn it is does not fit */
+    return W_WORKER;     /* every worker busy, or one about to be handed this job */
 }
 
 void sched_dispatch(void)
@@ -119,6 +123,10 @@ static void recover_one(void *ud, sjob *j)
     if (j->state == J_QUEUED || j->state == J_RUNNING) {
         const char *who;
         double limit = job_time_limit(j->own_seconds, &who);
+        if (j->state == J_RUNNING) /* its start is forgotten: it runs again, or fails unrun */
+            joblist_add(&rc->requeue, j);
+        j->state = J_QUEUED;
+        j->started = 0;
         if (!j->model) {
             npp_fail(&j->err, NPP_EINVAL, "model",
                      "the job's model is not served by this server any more");
@@ -126,17 +134,14 @@ static void recover_one(void *ud, sjob *j)
             joblist_add(&rc->fail, j);
         } else if (limit > 0 && j->est_seconds > limit) { /* --max-job-seconds was lowered */
             npp_fail(&j->err, NPP_ELIMIT, "",
-                     "the job is estimated at %.3g s of compute, over %s of %g s (lowered "
-                     "since the job was accepted), so it was not run again after the restart; "
-                     "use fewer examples, tokens, variants or steps, or split the job",
+                     "the job is estimated at %.3g s of compute (at the rate of the server that "
+                     "accepted it), over %s of %g s (lowered since then), so it was not run "
+                     "again after the restart; use fewer examples, tokens, variants or steps, "
+                     "or split the job",
                      j->est_seconds, who, limit);
             job_finish(j, J_FAILED);
             joblist_add(&rc->fail, j);
         } else {
-            if (j->state == J_RUNNING)
-                joblist_add(&rc->requeue, j);
-            j->state = J_QUEUED;
-            j->started = 0;
             job_enqueue(j);
         }
     } else if (wall >= j->expires) {

@@ -280,8 +280,9 @@ void sched_dispatch(void);
 /* Why a queued job has not started (waiting_for): the models are loading
  * or the server is draining; its user's jobs hold --user-workers workers,
  * fewer than all; its user's earlier jobs wait ahead of it; every worker
- * is busy; or a worker is free, but this job or the one whose turn it is
- * does not fit --memory-mb beside the running jobs. */
+ * is busy (or one is about to take it); or a worker is free, but the job
+ * whose turn it is (this one or another user's) does not fit --memory-mb
+ * beside the running jobs. */
 enum { W_SERVER, W_USER_WORKERS, W_EARLIER_JOBS, W_WORKER, W_MEMORY, W_NREASONS };
 extern const char *const sched_wait_names[W_NREASONS]; /* "server", "user_workers", ... */
 /* j's reason (caller holds S.mu); -1 when j is not queued. */

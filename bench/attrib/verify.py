@@ -7,12 +7,13 @@ difference), each edge patched alone from the corrupted run:
            what `discover`'s `verify` runs: the plans merged, each value
            computed once; --cache-mb 0 and the last of 2 runs (warm), so the
            plain runs are computed too. The time is its exec_ms.
-  hooks    PyTorch, as edge patching with hooks runs it (TransformerLens
-           with split q/k/v inputs): the clean and corrupted forward passes
-           once for the senders' outputs, then per edge one full forward
-           pass with (u(corrupt) - u(clean)) added to receiver v's own
-           input (one head's query, key or value input, an MLP's input, or
-           the final residual).
+  hooks    PyTorch, lean edge patching with hooks: the clean and corrupted
+           forward passes once for the senders' outputs, then per edge one
+           full forward pass with (u(corrupt) - u(clean)) added to receiver
+           v's own input (one head's query, key or value input: only that
+           head's columns recomputed; an MLP's input; or the final
+           residual), and only the metric's two logits at the last
+           position.
   TL hooks the same forward passes as TransformerLens runs them with
            EAP-IG's evaluation settings (see hooks_tl): a copy of the
            residual per head for each query, key and value input, per-head

@@ -519,7 +519,9 @@ def test_one_user_never_holds_every_worker(make_server):
     assert 'npp_jobs_waiting{reason="worker"} 0' in text
     # the idle worker is bob's at once, while alice's later jobs still wait
     bob = srv.request("POST", "/v1/jobs", slow_job(90), token=TOKENS["bob"])[2]["id"]
+    deadline = time.time() + 60
     while srv.request("GET", "/v1/jobs/" + bob, token=TOKENS["bob"])[2]["state"] == "queued":
+        assert time.time() < deadline, "bob's job never started"
         time.sleep(0.01)
     states = [srv.request("GET", "/v1/jobs/" + j)[2]["state"] for j in alice]
     assert states[2:] == ["queued", "queued"], states  # two more of alice's job times away
@@ -531,20 +533,28 @@ def test_one_user_never_holds_every_worker(make_server):
     assert srv.request("GET", "/v1/jobs/" + bob, token=TOKENS["bob"])[2]["state"] == "done"
 
 
-def test_without_tokens_one_address_may_use_every_worker(make_server):
-    """Without a token file the cap is every worker (--user-workers
-    defaults to --workers), so one client's jobs run two at a time; behind
-    the busy workers a job waits for a 'worker', the next one for its
-    'earlier_jobs'."""
+def test_without_several_tokens_one_user_may_use_every_worker(make_server):
+    """Without a token file, or with a single token, the cap is every
+    worker (--user-workers defaults to --workers), so one user's jobs run
+    two at a time; behind the busy workers a job waits for a 'worker', the
+    next one for its 'earlier_jobs'."""
+    solo = make_server("--workers", "2", tokens={"solo": "solo-token-0000000001"})
+    limits = solo.request("GET", "/v1/models", token="solo-token-0000000001")[2]["limits"]
+    assert (limits["workers"], limits["user_workers"]) == (2, 2), limits
     srv = make_server("--workers", "2", models={"slow": SLOW_MODEL}, auth=False)
     limits = srv.request("GET", "/v1/models")[2]["limits"]
     assert (limits["workers"], limits["user_workers"]) == (2, 2), limits
-    jobs = [srv.request("POST", "/v1/jobs", slow_job(100 + i))[2]["id"] for i in range(4)]
-    wait_state(srv, jobs[1], {"running", "done"})
-    listed = {j["id"]: j for j in srv.request("GET", "/v1/jobs")[2]["jobs"]}
-    if [listed[j]["state"] for j in jobs] == ["running", "running", "queued", "queued"]:
-        assert [listed[j].get("waiting_for") for j in jobs] == \
-            [None, None, "worker", "earlier_jobs"], listed
+    longer = [dict(slow_job(100 + i), inputs=slow_job(100 + i)["inputs"] * 2) for i in range(4)]
+    jobs = [srv.request("POST", "/v1/jobs", d)[2]["id"] for d in longer]
+    deadline = time.time() + 60
+    while True:  # the first two running, the others queued behind them
+        listed = {j["id"]: j for j in srv.request("GET", "/v1/jobs")[2]["jobs"]}
+        if [listed[j]["state"] for j in jobs] == ["running", "running", "queued", "queued"]:
+            break
+        assert time.time() < deadline, listed
+        time.sleep(0.005)
+    assert [listed[j].get("waiting_for") for j in jobs] == \
+        [None, None, "worker", "earlier_jobs"], listed
     seen = running_snapshots(srv, None, jobs,
                              lambda: srv.request("GET", "/v1/jobs/" + jobs[3])[2]["state"] == "done")
     assert max(len(s) for s in seen) == 2, seen

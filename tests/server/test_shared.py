@@ -432,29 +432,36 @@ def test_sigterm_keeps_queued_jobs_for_the_next_start(make_server, tmp_path):
 
 
 def test_recovered_jobs_over_a_lowered_time_limit_fail_without_running(make_server, tmp_path):
-    """Jobs kept for the next start whose stored estimate is over the
+    """Jobs kept across a crash whose stored estimate is over the
     --max-job-seconds the server restarts with fail at once (code limit,
-    saying why) instead of taking a worker until the limit stops them;
-    those under it run."""
+    saying why, no run time even for the one that was running at the
+    crash) instead of taking a worker until the limit stops them; those
+    under it run; the failures stay failed at the next start."""
     state = str(tmp_path / "state")
     rate = ("--gflops", "1")  # slow_job's ~10 GFLOP: about 10 s estimated
-    srv = make_server("--workers", "1", "--drain-seconds", "0", *rate, models={"slow": SLOW_MODEL},
-                      state_dir=state)
+    srv = make_server("--workers", "1", *rate, models={"slow": SLOW_MODEL}, state_dir=state)
     ids = [srv.request("POST", "/v1/jobs", slow_job(110 + k))[2]["id"] for k in range(2)]
     small = srv.request("POST", "/v1/jobs", job_doc(inputs=["a b", "c d"]))[2]
     est = srv.request("GET", "/v1/jobs/" + ids[1])[2]["estimate"]["seconds"]
     assert est > 4 and small["estimate"]["seconds"] < 1, (est, small["estimate"])
-    assert srv.stop() == 0
-    again = make_server("--workers", "1", "--max-job-seconds", "2", *rate,
-                        models={"slow": SLOW_MODEL}, state_dir=state)
-    for jid in ids:
-        body = wait_state(again, jid, {"done", "cancelled", "failed"})
-        assert body["state"] == "failed" and body["error"]["code"] == "limit", body
-        assert "run_seconds" not in body, body  # no worker took it
-        msg = body["error"]["message"]
-        assert "--max-job-seconds of 2 s" in msg and "lowered" in msg, msg
-        assert "%.3g s" % body["estimate"]["seconds"] in msg, msg
-    assert wait_state(again, small["id"], {"done", "cancelled", "failed"})["state"] == "done"
+    wait_state(srv, ids[0], {"running"})
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait()
+    srv.killed = True
+    failed = {}
+    for start in range(2):
+        again = make_server("--workers", "1", "--max-job-seconds", "2", *rate,
+                            models={"slow": SLOW_MODEL}, state_dir=state)
+        for jid in ids:
+            body = wait_state(again, jid, {"done", "cancelled", "failed"})
+            assert body["state"] == "failed" and body["error"]["code"] == "limit", body
+            assert "run_seconds" not in body and "queue_seconds" not in body, body  # never ran
+            msg = body["error"]["message"]
+            assert "--max-job-seconds of 2 s" in msg and "lowered" in msg, msg
+            assert "%.3g s" % body["estimate"]["seconds"] in msg, msg
+            assert failed.setdefault(jid, body["error"]) == body["error"]  # the same after restart
+        assert wait_state(again, small["id"], {"done", "cancelled", "failed"})["state"] == "done"
+        assert again.stop() == 0
 
 
 def test_results_on_disk_are_bounded_oldest_first(make_server):
