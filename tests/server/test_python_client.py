@@ -328,6 +328,17 @@ def test_submit_progress_cancel(make_server, capsys):
     err = capsys.readouterr().err
     assert ("npp [" in err and "values" in err) or "it/s" in err or "value/s" in err, err
     assert res.stats["values_computed"] > 0 and len(res.baselines) == 6
+    # alice's next job waits for her running ones (two users, two workers:
+    # one each) and says so, once, after it has waited a second
+    ahead = [m.submit([x for k in range(5) for x in slow_job(92 + 5 * n + k)["inputs"]],
+                      preset=slow_job(92)["preset"], outputs={"top_k": 1, "baselines": True})
+             for n in range(3)]
+    second = m.submit(slow_job(89)["inputs"], preset=slow_job(89)["preset"])
+    assert second.wait(progress=True).stats["values_computed"] > 0
+    err = capsys.readouterr().err
+    said = "npp: job %s queued, waiting for one of your running jobs to end" % second.id
+    assert err.count(said) == 1, err
+    assert [j.status()["state"] for j in ahead] == ["done"] * 3
     job2 = m.submit(slow_job(91)["inputs"], preset=slow_job(91)["preset"],
                     outputs={"top_k": 1, "baselines": True})
     job2.cancel()

@@ -386,6 +386,8 @@ class Job:
         body = self.status()
         if body["state"] not in ("done", "failed", "cancelled"):
             if progress is not False:
+                body = self._wait_in_queue(body, deadline)
+            if progress is not False and body["state"] not in ("done", "failed", "cancelled"):
                 self._follow_events(show=progress)
             while body["state"] not in ("done", "failed", "cancelled"):
                 if time.time() > deadline:
@@ -401,6 +403,23 @@ class Job:
     @property
     def result(self):
         return self.wait(progress=False)
+
+    def _wait_in_queue(self, body, deadline):
+        """Polls while the job is queued; once it has waited a second, says
+        on stderr what it waits for (its waiting_for), again when that
+        changes."""
+        t0, said = time.time(), None
+        while body["state"] == "queued":
+            why = body.get("waiting_for")
+            if why and why != said and time.time() - t0 >= 1.0:
+                sys.stderr.write("npp: job %s queued, waiting for %s\n"
+                                 % (self.id, _WAITING.get(why, why)))
+                said = why
+            if time.time() > deadline:
+                raise TimeoutError("job %s still queued" % self.id)
+            time.sleep(0.1)
+            body = self.status()
+        return body
 
     def _follow_events(self, show=None):
         """Reads the SSE stream until the final event, drawing a bar."""
@@ -428,6 +447,16 @@ class Job:
         finally:
             bar.close()
             conn.close()
+
+
+# What a queued job's waiting_for means (docs/server.md).
+_WAITING = {
+    "server": "the server (loading models or draining)",
+    "user_workers": "one of your running jobs to end (your share of the workers)",
+    "earlier_jobs": "your earlier jobs, queued ahead of this one",
+    "worker": "a free worker",
+    "memory": "memory (a worker is free, but the running jobs leave too little)",
+}
 
 
 class _Bar:
