@@ -158,11 +158,12 @@ static enum MHD_Result get_models(req *r, const char *id)
         json_array_append_new(arr, o);
     }
     json_t *limits = json_pack(
-        "{s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:i,s:i,s:i}", "memory_mb", (json_int_t)S.memory_mb,
+        "{s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:i,s:i,s:i,s:I}", "memory_mb", (json_int_t)S.memory_mb,
         "max_job_mb", (json_int_t)S.max_job_mb, "max_result_mb", (json_int_t)S.max_result_mb,
         "max_body_kb", (json_int_t)S.max_body_kb, "max_values", (json_int_t)S.max_values, "keep_mb",
         (json_int_t)S.keep_mb, "max_job_seconds", S.max_job_seconds, "workers", S.workers,
-        "user_workers", S.user_workers, "max_inflight", S.max_inflight);
+        "user_workers", S.user_workers, "max_inflight", S.max_inflight, "user_memory_mb",
+        (json_int_t)S.user_memory_mb);
     pthread_mutex_unlock(&S.mu);
     return send_json(r, 200, json_pack("{s:o,s:o}", "models", arr, "limits", limits));
 }

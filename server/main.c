@@ -67,6 +67,11 @@ static const option_def OPTS[] = {
      "freed tensor memory each worker keeps from one job for its next, already faulted in, "
      "MiB (reserved out of --memory-mb; 0: none)",
      T_LONG, &S.keep_mb, 0, 1 << 20},
+    {"user-memory-mb", "NPP_USER_MEMORY_MB", "N",
+     "memory one user's running jobs hold at once, by their estimates, MiB: the user's next "
+     "job waits (waiting_for user_memory) while others' jobs take the rest, and a job over it "
+     "is refused (422); 0: no bound but --memory-mb",
+     T_LONG, &S.user_memory_mb, 0, 1 << 26},
     {"max-job-mb", "NPP_MAX_JOB_MB", "N",
      "a job whose estimated peak memory is larger is refused (422), MiB", T_LONG, &S.max_job_mb, 1,
      1 << 26},
@@ -381,8 +386,8 @@ static void parse_options(int argc, char **argv)
     if (S.user_workers < 0) /* with users, one worker is out of any one's reach */
         S.user_workers = S.ntokens > 1 && S.workers > 1 ? S.workers - 1 : S.workers;
     if (S.user_workers > S.workers) { /* no cap: what limits shows */
-        fprintf(stderr, "nppd: --user-workers %d is over --workers %d: every worker, then\n",
-                S.user_workers, S.workers);
+        fprintf(stderr, "nppd: --user-workers %d is over --workers %d; using %d\n", S.user_workers,
+                S.workers, S.workers);
         S.user_workers = S.workers;
     }
     if (S.replica) {

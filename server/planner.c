@@ -68,15 +68,18 @@ static void submit(plan_task *t)
         goto done;
     }
     const run_estimate *est = &run->est;
-    if (est->peak_bytes > (size_t)S.max_job_mb << 20) {
+    int per_user = S.user_memory_mb && S.user_memory_mb < S.max_job_mb;
+    long max_mb = per_user ? S.user_memory_mb : S.max_job_mb;
+    if (est->peak_bytes > (size_t)max_mb << 20) {
         S.plans_refused++;
         http_answer(t->r, 422,
                     http_error_body("job_too_large", est->peak_field,
                                     "%s: the job needs about %.1f MiB at its peak (estimated "
-                                    "from its plan), over this server's --max-job-mb of %ld "
+                                    "from its plan), over this server's %s of %ld "
                                     "MiB; use fewer examples, tokens or variants, or ask for "
                                     "smaller outputs",
-                                    est->peak_field, mib(est->peak_bytes), S.max_job_mb),
+                                    est->peak_field, mib(est->peak_bytes),
+                                    per_user ? "--user-memory-mb" : "--max-job-mb", max_mb),
                     NULL, NULL);
         goto done;
     }

@@ -34,14 +34,25 @@ int sched_cancel(sjob *j)
     return 0;
 }
 
+/* Whether j fits beside its user's running jobs within --user-memory-mb
+ * (alone it always does: admission refuses bigger jobs, and a job kept
+ * from before a restart with a lower bound runs alone). */
+static int fits_user(const srv_user *u, const sjob *j)
+{
+    return !S.user_memory_mb || !u->running ||
+           u->mem_running + j->est_peak <= (size_t)S.user_memory_mb << 20;
+}
+
 /* The job whose turn it is, round-robin over the users whose running jobs
- * hold fewer than --user-workers workers, left in its queue (caller holds
- * S.mu); *user gets its user's index. */
+ * hold fewer than --user-workers workers and leave room in --user-memory-mb
+ * for their next job, left in its queue (caller holds S.mu); *user gets
+ * its user's index. */
 static sjob *next_job(int *user)
 {
     for (int k = 0; k < S.nusers; k++) {
         int i = (S.rr + k) % S.nusers;
-        if (S.users[i].qhead && S.users[i].running < S.user_workers) {
+        if (S.users[i].qhead && S.users[i].running < S.user_workers &&
+            fits_user(&S.users[i], S.users[i].qhead)) {
             *user = i;
             return S.users[i].qhead;
         }
@@ -55,8 +66,8 @@ static int fits(const sjob *j, size_t budget, size_t cache)
     return S.nrunning == 0 || S.mem_running + j->est_peak + cache <= budget;
 }
 
-const char *const sched_wait_names[W_NREASONS] = {"server", "user_workers", "earlier_jobs",
-                                                  "worker", "memory"};
+const char *const sched_wait_names[W_NREASONS] = {"server",      "user_workers", "earlier_jobs",
+                                                  "user_memory", "worker",       "memory"};
 
 int sched_waiting(const sjob *j)
 {
@@ -69,6 +80,8 @@ int sched_waiting(const sjob *j)
         return W_USER_WORKERS;
     if (u->qhead != j)
         return W_EARLIER_JOBS;
+    if (!fits_user(u, j))
+        return W_USER_MEMORY;
     int idle = 0, v;
     for (int i = 0; i < S.workers; i++)
         idle += !S.wk[i].job && !S.wk[i].stop;
@@ -100,6 +113,7 @@ void sched_dispatch(void)
         S.nrunning++;
         S.mem_running += j->est_peak;
         S.users[j->user].running++;
+        S.users[j->user].mem_running += j->est_peak;
         w->job = j;
         job_notify(j);
         pthread_cond_signal(&w->cv);

@@ -123,6 +123,7 @@ typedef struct {
     sjob *qhead, *qtail;
     plan_task *phead, *ptail;
     int queued, running, planning;
+    size_t mem_running; /* the estimates of its running jobs, bytes */
 } srv_user;
 
 typedef struct {
@@ -147,7 +148,7 @@ typedef struct {
         conn_timeout;
     int max_connections, header_timeout, drain_cancel;
     long cache_mb, max_body_kb, max_values, memory_mb, max_job_mb, max_result_mb;
-    long results_disk_mb, chunk_mb, keep_mb;
+    long results_disk_mb, chunk_mb, keep_mb, user_memory_mb;
     double result_ttl, drain_seconds, plan_seconds, max_job_seconds, gflops;
     srv_token tokens[SRV_MAX_TOKENS];
     int ntokens;
@@ -279,11 +280,12 @@ int sched_cancel(sjob *j);
 void sched_dispatch(void);
 /* Why a queued job has not started (waiting_for): the models are loading
  * or the server is draining; its user's jobs hold --user-workers workers,
- * fewer than all; its user's earlier jobs wait ahead of it; every worker
+ * fewer than all; its user's earlier jobs wait ahead of it; its user's
+ * running jobs leave too little of --user-memory-mb for it; every worker
  * is busy (or one is about to take it); or a worker is free, but the job
  * whose turn it is (this one or another user's) does not fit --memory-mb
  * beside the running jobs. */
-enum { W_SERVER, W_USER_WORKERS, W_EARLIER_JOBS, W_WORKER, W_MEMORY, W_NREASONS };
+enum { W_SERVER, W_USER_WORKERS, W_EARLIER_JOBS, W_USER_MEMORY, W_WORKER, W_MEMORY, W_NREASONS };
 extern const char *const sched_wait_names[W_NREASONS]; /* "server", "user_workers", ... */
 /* j's reason (caller holds S.mu); -1 when j is not queued. */
 int sched_waiting(const sjob *j);

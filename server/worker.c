@@ -131,6 +131,7 @@ static void *worker_main(void *arg)
         S.nrunning--;
         S.mem_running -= j->est_peak;
         S.users[j->user].running--;
+        S.users[j->user].mem_running -= j->est_peak;
         if (rc == NPP_ECANCELED && j->interrupted) { /* shutdown: run it at the next start */
             j->state = J_QUEUED;
             j->started = 0;

@@ -300,6 +300,37 @@ def test_jobs_wait_for_memory_in_fair_order(make_server):
     assert "npp_memory_budget_bytes %d" % (mb << 20) in text.decode()
 
 
+def test_one_users_memory_is_bounded_by_user_memory_mb(make_server):
+    """--user-memory-mb: a job estimated over it is refused naming it; one
+    user's running jobs hold at most that much (by their estimates), so
+    the user's next job waits ('user_memory') while another user's starts
+    on a free worker."""
+    probe = make_server("--cache-mb", "0", models={"slow": SLOW_MODEL})
+    job = {"inputs": [big_ids(BIG_B, 256)], "outputs": {"top_k": 1}}
+    est = probe.request("POST", "/v1/jobs?wait=600", job)[2]["estimate"]["peak_bytes"]
+    mb = (est >> 20) * 3 // 2 + 1  # one such job per user, not two
+    srv = make_server("--cache-mb", "0", "--workers", "3", "--user-workers", "3",
+                      "--user-memory-mb", str(mb), models={"slow": SLOW_MODEL})
+    assert srv.request("GET", "/v1/models")[2]["limits"]["user_memory_mb"] == mb
+    st, _, body = srv.request("POST", "/v1/jobs", dict(job, inputs=[big_ids(4 * BIG_B, 256, 9)]))
+    assert st == 422 and body["error"]["code"] == "job_too_large", body
+    assert "--user-memory-mb of %d MiB" % mb in body["error"]["message"], body
+    a = srv.request("POST", "/v1/jobs", dict(job, inputs=[big_ids(BIG_B, 256, 1)]))[2]["id"]
+    b = srv.request("POST", "/v1/jobs", dict(job, inputs=[big_ids(BIG_B, 256, 2)]))[2]["id"]
+    wait_state(srv, a, {"running"})
+    bob = TOKENS["bob"]
+    c = srv.request("POST", "/v1/jobs", dict(job, inputs=[big_ids(BIG_B, 256, 3)]), token=bob)[2]
+    deadline = time.time() + 60
+    while srv.request("GET", "/v1/jobs/" + c["id"], token=bob)[2]["state"] == "queued":
+        assert time.time() < deadline, "bob's job never started"
+        time.sleep(0.01)
+    sb = srv.request("GET", "/v1/jobs/" + b)[2]
+    if srv.request("GET", "/v1/jobs/" + a)[2]["state"] == "running":
+        # a worker is free and the server's memory holds it: alice's share does not
+        assert sb["state"] == "queued" and sb["waiting_for"] == "user_memory", sb
+    assert wait_state(srv, b, {"done"}, timeout=600)["state"] == "done"
+
+
 # ---- planning off the HTTP thread ------------------------------------------------------------
 
 def test_health_answers_while_the_biggest_plan_runs(make_server):
@@ -449,7 +480,7 @@ def test_recovered_jobs_over_a_lowered_time_limit_fail_without_running(make_serv
     srv.proc.wait()
     srv.killed = True
     failed = {}
-    for start in range(2):
+    for _ in range(2):
         again = make_server("--workers", "1", "--max-job-seconds", "2", *rate,
                             models={"slow": SLOW_MODEL}, state_dir=state)
         for jid in ids:

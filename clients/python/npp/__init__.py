@@ -454,6 +454,7 @@ _WAITING = {
     "server": "the server (loading models or draining)",
     "user_workers": "one of your running jobs to end (your share of the workers)",
     "earlier_jobs": "your earlier jobs, queued ahead of this one",
+    "user_memory": "one of your running jobs to end (your share of the memory)",
     "worker": "a free worker",
     "memory": "memory (a worker is free, but the running jobs leave too little)",
 }
