@@ -60,6 +60,25 @@ def npp_run(job, *extra):
     return json.loads(p.stdout)
 
 
+def mlp(W, p, x, eps):
+    """Block p's MLP on its residual input x (ln_2 first)."""
+    u = F.layer_norm(x, (x.shape[-1],), W[p + "ln_2.weight"], W[p + "ln_2.bias"], eps)
+    u = F.gelu(u @ W[p + "mlp.c_fc.weight"] + W[p + "mlp.c_fc.bias"], approximate="tanh")
+    return u @ W[p + "mlp.c_proj.weight"] + W[p + "mlp.c_proj.bias"]
+
+
+def timed_effects(forward, edges):
+    """Seconds and each edge's effect: the clean and corrupted forward
+    passes once for the senders' outputs, then one patched pass per edge."""
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        s_clean, s_cor = {}, {}
+        m_clean = forward(torch.tensor(clean), send=s_clean)
+        forward(torch.tensor(corrupt), send=s_cor)
+        effects = [forward(torch.tensor(clean), (v, s_cor[u] - s_clean[u])) - m_clean for u, v in edges]
+    return time.perf_counter() - t0, effects
+
+
 def hooks(cfg, W, edges):
     """The metric with each edge patched, by hooked forward passes."""
     L, H, C = cfg["n_layer"], cfg["n_head"], cfg["n_embd"]
@@ -95,9 +114,7 @@ def hooks(cfg, W, edges):
                     send["a%d.head%d" % (l, h)] = heads[:, :, h]
             x = x + z.transpose(1, 2).reshape(B, T, C) @ Wo + W[p + "attn.c_proj.bias"]
             mi = x + delta if recv == "f%d.head" % l else x
-            u = F.layer_norm(mi, (C,), W[p + "ln_2.weight"], W[p + "ln_2.bias"], eps)
-            u = F.gelu(u @ W[p + "mlp.c_fc.weight"] + W[p + "mlp.c_fc.bias"], approximate="tanh")
-            m = u @ W[p + "mlp.c_proj.weight"] + W[p + "mlp.c_proj.bias"]
+            m = mlp(W, p, mi, eps)
             if send is not None:
                 send["f%d.head" % l] = m
             x = x + m
@@ -107,13 +124,7 @@ def hooks(cfg, W, edges):
         lg = hf @ cols.t()
         return float((lg[:, 0] - lg[:, 1]).mean())
 
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        s_clean, s_cor = {}, {}
-        m_clean = forward(torch.tensor(clean), send=s_clean)
-        forward(torch.tensor(corrupt), send=s_cor)
-        effects = [forward(torch.tensor(clean), (v, s_cor[u] - s_clean[u])) - m_clean for u, v in edges]
-    return time.perf_counter() - t0, effects
+    return timed_effects(forward, edges)
 
 
 def hooks_tl(cfg, W, edges):
@@ -164,9 +175,7 @@ def hooks_tl(cfg, W, edges):
             mi = x.clone()  # hook_mlp_in
             if recv == "f%d.head" % l:
                 mi += delta
-            u = F.layer_norm(mi, (C,), W[p + "ln_2.weight"], W[p + "ln_2.bias"], eps)
-            u = F.gelu(u @ W[p + "mlp.c_fc.weight"] + W[p + "mlp.c_fc.bias"], approximate="tanh")
-            m = u @ W[p + "mlp.c_proj.weight"] + W[p + "mlp.c_proj.bias"]
+            m = mlp(W, p, mi, eps)
             if send is not None:
                 send["f%d.head" % l] = m
             x = x + m
@@ -175,13 +184,7 @@ def hooks_tl(cfg, W, edges):
         logits = F.layer_norm(x, (C,), W["ln_f.weight"], W["ln_f.bias"], eps) @ W_U
         return float((logits[:, -1, TARGET] - logits[:, -1, BASELINE]).mean())
 
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        s_clean, s_cor = {}, {}
-        m_clean = forward(torch.tensor(clean), send=s_clean)
-        forward(torch.tensor(corrupt), send=s_cor)
-        effects = [forward(torch.tensor(clean), (v, s_cor[u] - s_clean[u])) - m_clean for u, v in edges]
-    return time.perf_counter() - t0, effects
+    return timed_effects(forward, edges)
 
 
 def downstream(cfg, v, t0=0, t1=None):
