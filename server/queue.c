@@ -102,8 +102,10 @@ void sched_dispatch(void)
         sjob *j = next_job(&u);
         if (!j)
             return;
-        if (!fits(j, budget, cache))
-            return; /* its turn: it waits for memory, nobody overtakes it */
+        if (!fits(j, budget, cache)) {
+            S.rr = u; /* its turn: it waits for memory, and stays first (nobody overtakes it) */
+            return;
+        }
         job_unqueue(j);
         S.rr = (u + 1) % S.nusers;
         j->state = J_RUNNING;

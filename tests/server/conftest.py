@@ -40,7 +40,8 @@ def free_port():
 # tests run on it and show what it does instead.
 _NEW_FLAGS = {"--memory-mb", "--max-job-mb", "--max-result-mb", "--results-disk-mb",
               "--plan-seconds", "--chunk-mb", "--planners", "--header-timeout",
-              "--max-connections", "--state-dir", "--keep-mb"}
+              "--max-connections", "--state-dir", "--keep-mb", "--max-job-seconds", "--gflops",
+              "--user-workers", "--user-memory-mb"}
 
 
 def legacy_args(args):

@@ -304,10 +304,10 @@ def test_one_users_memory_is_bounded_by_user_memory_mb(make_server):
     """--user-memory-mb: a job estimated over it is refused naming it; one
     user's running jobs hold at most that much (by their estimates), so
     the user's next job waits ('user_memory') while another user's starts
-    on a free worker."""
+    at once on a free worker."""
     probe = make_server("--cache-mb", "0", models={"slow": SLOW_MODEL})
     job = {"inputs": [big_ids(BIG_B, 256)], "outputs": {"top_k": 1}}
-    est = probe.request("POST", "/v1/jobs?wait=600", job)[2]["estimate"]["peak_bytes"]
+    est = probe.request("POST", "/v1/jobs", job)[2]["estimate"]["peak_bytes"]
     mb = (est >> 20) * 3 // 2 + 1  # one such job per user, not two
     srv = make_server("--cache-mb", "0", "--workers", "3", "--user-workers", "3",
                       "--user-memory-mb", str(mb), models={"slow": SLOW_MODEL})
@@ -315,19 +315,23 @@ def test_one_users_memory_is_bounded_by_user_memory_mb(make_server):
     st, _, body = srv.request("POST", "/v1/jobs", dict(job, inputs=[big_ids(4 * BIG_B, 256, 9)]))
     assert st == 422 and body["error"]["code"] == "job_too_large", body
     assert "--user-memory-mb of %d MiB" % mb in body["error"]["message"], body
+    # alice's first job runs (most of a second), her second waits
     a = srv.request("POST", "/v1/jobs", dict(job, inputs=[big_ids(BIG_B, 256, 1)]))[2]["id"]
     b = srv.request("POST", "/v1/jobs", dict(job, inputs=[big_ids(BIG_B, 256, 2)]))[2]["id"]
     wait_state(srv, a, {"running"})
+    st, _, sb = srv.request("GET", "/v1/jobs/" + b)
+    validate("/v1/jobs/{id}", "GET", st, sb)
+    assert sb["state"] == "queued" and sb["waiting_for"] == "user_memory", sb
+    assert 'npp_jobs_waiting{reason="user_memory"} 1' in srv.request("GET", "/metrics")[2].decode()
+    # bob's job starts at once on a free worker, while alice's first still runs
     bob = TOKENS["bob"]
     c = srv.request("POST", "/v1/jobs", dict(job, inputs=[big_ids(BIG_B, 256, 3)]), token=bob)[2]
     deadline = time.time() + 60
     while srv.request("GET", "/v1/jobs/" + c["id"], token=bob)[2]["state"] == "queued":
         assert time.time() < deadline, "bob's job never started"
         time.sleep(0.01)
-    sb = srv.request("GET", "/v1/jobs/" + b)[2]
-    if srv.request("GET", "/v1/jobs/" + a)[2]["state"] == "running":
-        # a worker is free and the server's memory holds it: alice's share does not
-        assert sb["state"] == "queued" and sb["waiting_for"] == "user_memory", sb
+    assert srv.request("GET", "/v1/jobs/" + a)[2]["state"] == "running"
+    assert srv.request("GET", "/v1/jobs/" + b)[2]["state"] == "queued"
     assert wait_state(srv, b, {"done"}, timeout=600)["state"] == "done"
 
 
