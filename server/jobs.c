@@ -184,6 +184,14 @@ static json_t *iso_time(double t)
     return json_string(buf);
 }
 
+/* A queued job's waiting_for (nothing for the others). */
+static void put_waiting(json_t *o, const sjob *j)
+{
+    int why = sched_waiting(j);
+    if (why >= 0)
+        json_object_set_new(o, "waiting_for", json_string(sched_wait_names[why]));
+}
+
 /* What the admission plan estimated (the seconds: not for a job stored by
  * an nppd without them). */
 static json_t *estimate_json(const sjob *j)
@@ -208,9 +216,7 @@ json_t *job_json(const sjob *j)
         o, "progress",
         json_pack("{s:I,s:I}", "done", (json_int_t)j->done, "total", (json_int_t)j->total));
     json_object_set_new(o, "estimate", estimate_json(j));
-    int waiting = sched_waiting(j);
-    if (waiting >= 0)
-        json_object_set_new(o, "waiting_for", json_string(sched_wait_names[waiting]));
+    put_waiting(o, j);
     if (j->started > 0)
         json_object_set_new(o, "queue_seconds", json_real(j->started - j->created));
     if (j->ended > 0 && j->started > 0)
@@ -268,9 +274,7 @@ json_t *jobs_list(const char *user, int admin)
         json_object_set_new(o, "model", json_string(j->model ? j->model->name : ""));
         json_object_set_new(o, "created", iso_time(j->created));
         json_object_set_new(o, "estimate", estimate_json(j));
-        int waiting = sched_waiting(j);
-        if (waiting >= 0)
-            json_object_set_new(o, "waiting_for", json_string(sched_wait_names[waiting]));
+        put_waiting(o, j);
         if (j->state == J_DONE)
             json_object_set_new(o, "result_bytes", json_integer((json_int_t)j->result_bytes));
         json_array_append_new(arr, o);

@@ -51,9 +51,11 @@ char *metrics_render(void)
     put(&b, "npp_queue_depth %d\n", S.nqueued);
     int waiting[W_NREASONS] = {0};
     for (int u = 0; u < S.nusers; u++)
-        for (const sjob *j = S.users[u].qhead; j; j = j->qnext)
-            if (sched_waiting(j) >= 0)
-                waiting[sched_waiting(j)]++;
+        for (const sjob *j = S.users[u].qhead; j; j = j->qnext) {
+            int why = sched_waiting(j);
+            if (why >= 0)
+                waiting[why]++;
+        }
     put(&b, "# HELP npp_jobs_waiting Queued jobs by what they wait for (waiting_for).\n"
             "# TYPE npp_jobs_waiting gauge\n");
     for (int r = 0; r < W_NREASONS; r++)

@@ -60,6 +60,14 @@ def npp_run(job, *extra):
     return json.loads(p.stdout)
 
 
+def embed(W, ids, send):
+    """The token and position embeddings (the sender `emb`, into send)."""
+    x = W["wte.weight"][ids] + W["wpe.weight"][:T]
+    if send is not None:
+        send["emb"] = x
+    return x
+
+
 def mlp(W, p, x, eps):
     """Block p's MLP on its residual input x (ln_2 first)."""
     u = F.layer_norm(x, (x.shape[-1],), W[p + "ln_2.weight"], W[p + "ln_2.bias"], eps)
@@ -90,9 +98,7 @@ def hooks(cfg, W, edges):
         """patch: (receiver, delta) added to that receiver's input; send: a
         dict that gets every sender's output."""
         recv, delta = patch if patch else (None, None)
-        x = W["wte.weight"][ids] + W["wpe.weight"][:T]
-        if send is not None:
-            send["emb"] = x
+        x = embed(W, ids, send)
         for l in range(L):
             p = "h.%d." % l
             Wa, ba = W[p + "attn.c_attn.weight"], W[p + "attn.c_attn.bias"]
@@ -150,9 +156,7 @@ def hooks_tl(cfg, W, edges):
 
     def forward(ids, patch=None, send=None):
         recv, delta = patch if patch else (None, None)
-        x = W["wte.weight"][ids] + W["wpe.weight"][:T]
-        if send is not None:
-            send["emb"] = x
+        x = embed(W, ids, send)
         for l in range(L):
             p = "h.%d." % l
             ln1 = (W[p + "ln_1.weight"], W[p + "ln_1.bias"])

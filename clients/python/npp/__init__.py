@@ -417,7 +417,7 @@ class Job:
                 said = why
             if time.time() > deadline:
                 raise TimeoutError("job %s still queued" % self.id)
-            time.sleep(0.1)
+            time.sleep(0.25)  # a queue's waits are long: four status requests a second
             body = self.status()
         return body
 
