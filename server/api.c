@@ -441,6 +441,8 @@ static enum MHD_Result delete_job(req *r, const char *id)
     }
     int was_queued = j->state == J_QUEUED;
     sched_cancel(j);
+    if (was_queued) /* a job behind it, or another user's held for memory, may start */
+        srv_kick();
     json_t *body = job_json(j);
     job_ref(j);
     pthread_mutex_unlock(&S.mu);

@@ -78,6 +78,15 @@ void http_wake_job(sjob *j)
     }
 }
 
+void http_wake_queued(void)
+{
+    for (req *r = suspended, *n; r; r = n) {
+        n = r->next;
+        if (r->kind == K_SSE && r->job->state == J_QUEUED)
+            wake(r);
+    }
+}
+
 void http_tick(double now)
 {
     for (req *r = suspended, *n; r; r = n) {

@@ -27,6 +27,7 @@ struct req {
     char *ans_body, *ans_ctype, ans_hname[32], ans_hval[96];
     size_t ans_len;
     uint64_t seen; /* the job version last reported, + 1 (SSE); 0: none yet */
+    int said;      /* the waiting_for last reported, + 1 (SSE); 0: none */
     char *sse;     /* pending SSE bytes */
     size_t sse_len, sse_off;
     req *prev, *next; /* the suspended list (under S.mu) */

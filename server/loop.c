@@ -34,6 +34,7 @@ static void on_kick(uv_async_t *h)
     pthread_mutex_lock(&S.mu);
     if (!S.draining && S.ready)
         sched_dispatch();
+    http_wake_queued(); /* what queued jobs wait for may have changed */
     pthread_mutex_unlock(&S.mu);
 }
 
@@ -116,6 +117,7 @@ static void begin_drain(int signum)
                 joblist_add(&cancelled, j);
             }
         }
+        http_wake_queued(); /* the kept ones wait for the server now */
     }
     pthread_mutex_unlock(&S.mu);
     joblist_store(&cancelled, store_finished);

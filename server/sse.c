@@ -1,5 +1,6 @@
 /* sse.c - a job's progress as Server-Sent Events: a "progress" event at
- * every change, then one named after the end state, then the end of the
+ * every change (and, while it is queued, whenever what it waits for
+ * changes), then one named after the end state, then the end of the
  * stream. The reader sleeps (suspends) until the job changes. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,15 +35,18 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max)
             pthread_mutex_unlock(&S.mu);
             return MHD_CONTENT_READER_END_OF_STREAM;
         }
-        if (r->seen != j->version + 1) { /* seen: the version sent + 1; 0: none yet */
-            r->seen = j->version + 1;
+        int why = sched_waiting(j);
+        if (r->seen != j->version + 1 || r->said != why + 1) {
+            r->seen = j->version + 1, r->said = why + 1;
             if (j->state >= J_DONE) {
                 sse_add(r, jstate_name(j->state), job_json(j));
                 r->finished_sse = 1;
             } else {
-                sse_add(r, "progress",
-                        json_pack("{s:s,s:I,s:I}", "state", jstate_name(j->state), "done",
-                                  (json_int_t)j->done, "total", (json_int_t)j->total));
+                json_t *d = json_pack("{s:s,s:I,s:I}", "state", jstate_name(j->state), "done",
+                                      (json_int_t)j->done, "total", (json_int_t)j->total);
+                if (why >= 0)
+                    json_object_set_new(d, "waiting_for", json_string(sched_wait_names[why]));
+                sse_add(r, "progress", d);
             }
         }
     }

@@ -268,29 +268,49 @@ def test_events_stream_progress(make_server):
 
 def test_events_of_a_queued_job(make_server):
     """A stream opened while the job waits sends its state once (not in a
-    loop), and the final event when the job is cancelled in the queue."""
-    srv = make_server("--workers", "1", models={"slow": SLOW_MODEL}, auth=False)
-    ahead = [srv.request("POST", "/v1/jobs", slow_job(60 + i))[2]["id"] for i in range(4)]
+    loop) with what it waits for, again when that changes (the jobs ahead
+    of it cancelled), and the final event when the job is cancelled in the
+    queue."""
+    srv = make_server("--workers", "1", models={"slow": LONG_MODEL}, auth=False)
+    # first a job that runs until it is cancelled (32 x 1000 tokens, ~8 s here)
+    running = dict(slow_job(), inputs=[[(7 * i + 13 * t + 80000) % 50000 + 1 for t in range(1000)]
+                                       for i in range(32)])
+    ahead = [srv.request("POST", "/v1/jobs", running)[2]["id"]]
+    ahead += [srv.request("POST", "/v1/jobs", slow_job(60 + i))[2]["id"] for i in range(3)]
     queued = srv.request("POST", "/v1/jobs", slow_job(69))[2]["id"]
+    wait_state(srv, ahead[0], {"running"})
     s = socket.create_connection(("127.0.0.1", srv.port))
     s.sendall(b"GET /v1/jobs/%s/events HTTP/1.1\r\nHost: x\r\n\r\n" % queued.encode())
-    s.settimeout(0.1)
-    raw, t0 = b"", time.time()
-    while time.time() - t0 < 0.5:
-        try:
-            raw += s.recv(65536)
-        except socket.timeout:
-            pass
-    assert raw.count(b'"state":"queued"') == 1, raw[:600]
+
+    def read(until, seconds):
+        s.settimeout(0.1)
+        raw, t0 = b"", time.time()
+        while time.time() - t0 < seconds and not until(raw):
+            try:
+                chunk = s.recv(65536)
+                assert chunk, "the stream ended: %r" % raw[-300:]
+                raw += chunk
+            except socket.timeout:
+                pass
+        return raw
+
+    def progress(raw):
+        return [json.loads(d) for e, d in re.findall(rb"event: (\w+)\r?\ndata: (.*)\n", raw)
+                if e == b"progress"]
+
+    raw = read(lambda raw: False, 0.5)
+    assert [p.get("waiting_for") for p in progress(raw)] == ["earlier_jobs"], raw[:600]
+    assert progress(raw)[0]["state"] == "queued"
+    for j in ahead[1:]:  # the queued ones ahead: it is next, and waits for the busy worker
+        assert srv.request("DELETE", "/v1/jobs/" + j)[2]["state"] == "cancelled"
+    raw = read(lambda raw: False, 1.0)
+    assert [p.get("waiting_for") for p in progress(raw)] == ["worker"], raw[:600]
     assert srv.request("DELETE", "/v1/jobs/" + queued)[2]["state"] == "cancelled"
-    s.settimeout(10)
-    while b"event: cancelled" not in raw:
-        chunk = s.recv(65536)
-        assert chunk, "the stream ended without its final event: %r" % raw[-300:]
-        raw += chunk
+    raw = read(lambda raw: b"event: cancelled" in raw, 10)
+    assert b"event: cancelled" in raw and not progress(raw), raw[-300:]
     s.close()
-    for j in ahead:
-        srv.request("DELETE", "/v1/jobs/" + j)
+    assert srv.request("GET", "/v1/jobs/" + ahead[0])[2]["state"] == "running"
+    srv.request("DELETE", "/v1/jobs/" + ahead[0])
 
 
 def test_overlapping_jobs_share_values_safely(make_server):
