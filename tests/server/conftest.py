@@ -199,6 +199,15 @@ def slow_job(n=0):
             "outputs": {"top_k": 1, "baselines": True}}
 
 
+def long_job(seed=0):
+    """A job on LONG_MODEL that runs for seconds (160 x 1000 tokens, about
+    500 GFLOP: ~6 s on a 2-core VM; ids under 10,000 keep the body under the
+    default 1 MiB), for tests that need one running while they act; they
+    cancel it."""
+    return {"inputs": [[[(97 * b + 31 * t + seed) % 9000 + 10 for t in range(1000)]
+                        for b in range(160)]], "outputs": {"top_k": 1}}
+
+
 def wait_state(srv, job_id, states, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:

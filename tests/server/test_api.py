@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from conftest import (LONG_MODEL, MODEL, NPP, SLOW_MODEL, TOKENS, free_port, in_thread, job_doc,
-                      slow_job, validate, wait_state)
+                      long_job, slow_job, validate, wait_state)
 
 SANITIZED = "ASAN_OPTIONS" in os.environ or "TSAN_OPTIONS" in os.environ
 
@@ -272,10 +272,7 @@ def test_events_of_a_queued_job(make_server):
     of it cancelled), and the final event when the job is cancelled in the
     queue."""
     srv = make_server("--workers", "1", models={"slow": LONG_MODEL}, auth=False)
-    # first a job that runs until it is cancelled (32 x 1000 tokens, ~8 s here)
-    running = dict(slow_job(), inputs=[[(7 * i + 13 * t + 80000) % 50000 + 1 for t in range(1000)]
-                                       for i in range(32)])
-    ahead = [srv.request("POST", "/v1/jobs", running)[2]["id"]]
+    ahead = [srv.request("POST", "/v1/jobs", long_job())[2]["id"]]  # runs until cancelled
     ahead += [srv.request("POST", "/v1/jobs", slow_job(60 + i))[2]["id"] for i in range(3)]
     queued = srv.request("POST", "/v1/jobs", slow_job(69))[2]["id"]
     wait_state(srv, ahead[0], {"running"})

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import (LONG_MODEL, MODEL, NPPD, SLOW_MODEL, TOKENS, free_port, in_thread, job_doc,
-                      legacy_args, slow_job, validate, wait_state)
+                      legacy_args, long_job, slow_job, validate, wait_state)
 
 ADMIN = {"carol": "carol-admin-token-0003"}
 # Under AddressSanitizer freed memory sits in quarantine: RSS says nothing
@@ -298,6 +298,39 @@ def test_jobs_wait_for_memory_in_fair_order(make_server):
     assert wait_state(srv, b, {"done"}, timeout=600)["state"] == "done"
     st, _, text = srv.request("GET", "/metrics")
     assert "npp_memory_budget_bytes %d" % (mb << 20) in text.decode()
+
+
+def test_a_job_held_for_memory_is_not_overtaken_and_its_cancel_frees_the_turn(make_server):
+    """Bob's big job, whose turn it is, waits for memory beside alice's
+    running one; alice's small job, which would fit, waits behind it (it
+    does not overtake: 'memory'); when bob cancels his, alice's starts at
+    once, while her first still runs."""
+    big = long_job()
+    small = {"inputs": [big_ids(1, 16, 5)], "outputs": {"top_k": 1}}
+    probe = make_server("--cache-mb", "0", models={"long": LONG_MODEL})
+    est = {}
+    for name, j in (("big", big), ("small", small)):
+        body = probe.request("POST", "/v1/jobs", j)[2]
+        est[name] = body["estimate"]["peak_bytes"]
+        probe.request("DELETE", "/v1/jobs/" + body["id"])
+    mb = (est["big"] + 4 * est["small"] + (64 << 20)) >> 20  # a big and a small, not two big
+    assert est["big"] + est["big"] > mb << 20, (est, mb)
+    srv = make_server("--cache-mb", "0", "--keep-mb", "0", "--workers", "3", "--user-workers", "2",
+                      "--memory-mb", str(mb), models={"long": LONG_MODEL})
+    alice, bob = TOKENS["alice"], TOKENS["bob"]
+    a1 = srv.request("POST", "/v1/jobs", big, token=alice)[2]["id"]
+    wait_state(srv, a1, {"running"})
+    b1 = srv.request("POST", "/v1/jobs", long_job(1), token=bob)[2]["id"]
+    a2 = srv.request("POST", "/v1/jobs", small, token=alice)[2]["id"]
+    time.sleep(0.3)
+    got = [srv.request("GET", "/v1/jobs/" + j, token=t)[2] for j, t in ((b1, bob), (a2, alice))]
+    assert [(g["state"], g.get("waiting_for")) for g in got] == [("queued", "memory")] * 2, got
+    assert srv.request("DELETE", "/v1/jobs/" + b1, token=bob)[2]["state"] == "cancelled"
+    t0 = time.time()
+    body = wait_state(srv, a2, {"running", "done"}, timeout=60)
+    assert time.time() - t0 < 1.0, "alice's small job started %.2f s after the cancel" % (time.time() - t0)
+    assert srv.request("GET", "/v1/jobs/" + a1, token=alice)[2]["state"] == "running"
+    srv.request("DELETE", "/v1/jobs/" + a1, token=alice)
 
 
 def test_one_users_memory_is_bounded_by_user_memory_mb(make_server):
