@@ -333,6 +333,36 @@ def test_a_job_held_for_memory_is_not_overtaken_and_its_cancel_frees_the_turn(ma
     srv.request("DELETE", "/v1/jobs/" + a1, token=alice)
 
 
+def test_a_user_back_under_its_share_does_not_overtake_a_job_held_for_memory(make_server):
+    """Alice's second job waits for her share of the workers; bob's, whose
+    turn it then is, waits for memory beside her first. When her first
+    ends, bob's starts, not her second (which would fit as well)."""
+    probe = make_server("--cache-mb", "0", models={"long": LONG_MODEL})
+    body = probe.request("POST", "/v1/jobs", long_job())[2]
+    probe.request("DELETE", "/v1/jobs/" + body["id"])
+    mb = (body["estimate"]["peak_bytes"] * 3 // 2) >> 20  # room for one, not two
+    srv = make_server("--cache-mb", "0", "--keep-mb", "0", "--workers", "2",
+                      "--memory-mb", str(mb), models={"long": LONG_MODEL})
+    alice, bob = TOKENS["alice"], TOKENS["bob"]
+    a1 = srv.request("POST", "/v1/jobs", long_job(1), token=alice)[2]["id"]
+    wait_state(srv, a1, {"running"})
+    a2 = srv.request("POST", "/v1/jobs", long_job(2), token=alice)[2]["id"]
+    b1 = srv.request("POST", "/v1/jobs", long_job(3), token=bob)[2]["id"]
+    time.sleep(0.3)
+    got = [srv.request("GET", "/v1/jobs/" + j, token=t)[2] for j, t in ((a2, alice), (b1, bob))]
+    assert [(g["state"], g.get("waiting_for")) for g in got] == \
+        [("queued", "user_workers"), ("queued", "memory")], got
+    srv.request("DELETE", "/v1/jobs/" + a1, token=alice)
+    deadline = time.time() + 60
+    while srv.request("GET", "/v1/jobs/" + b1, token=bob)[2]["state"] == "queued":
+        assert time.time() < deadline, "bob's job never started"
+        time.sleep(0.01)
+    got = srv.request("GET", "/v1/jobs/" + a2, token=alice)[2]
+    assert (got["state"], got.get("waiting_for")) == ("queued", "memory"), got
+    for j, t in ((b1, bob), (a2, alice)):
+        srv.request("DELETE", "/v1/jobs/" + j, token=t)
+
+
 def test_one_users_memory_is_bounded_by_user_memory_mb(make_server):
     """--user-memory-mb: a job estimated over it is refused naming it; one
     user's running jobs hold at most that much (by their estimates), so
