@@ -82,7 +82,7 @@ void http_wake_queued(void)
 {
     for (req *r = suspended, *n; r; r = n) {
         n = r->next;
-        if (r->kind == K_SSE && r->job->state == J_QUEUED)
+        if (r->kind == K_SSE && r->job->state == J_QUEUED && sched_waiting(r->job) + 1 != r->said)
             wake(r);
     }
 }

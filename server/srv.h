@@ -319,8 +319,8 @@ void http_resume_all(void);
 void http_stop(void);
 /* Resumes every request suspended on j (caller holds S.mu). */
 void http_wake_job(sjob *j);
-/* Resumes every event stream of a queued job, to send what it waits for
- * if that changed (caller holds S.mu). */
+/* Resumes the event streams of queued jobs whose waiting_for changed since
+ * they sent it (caller holds S.mu). */
 void http_wake_queued(void);
 /* Resumes requests whose ?wait deadline passed (caller holds S.mu). */
 void http_tick(double now);
