@@ -39,6 +39,12 @@ long run_path_nodes(const run_output *r)
 /* The log-softmax and top-k scan of one logit, in multiply-adds (an exp
  * and a few passes over memory). */
 #define WORK_LOGIT 64
+/* A product with the unembedding costs about this many rows' more than its
+ * rows: it reads and packs the whole (V, C) matrix whatever its rows
+ * (GPT-2 small's shape, one thread: 31 ms for 16 rows, 42 for 32, 67 for
+ * 64, 114 for 128, 1.5x what 16, 32 and 64 rows' multiply-adds take at the
+ * rate of a forward pass). */
+#define LOGITS_PACK_ROWS 16
 
 /* discover's second job: (verify + sizes + 2) runs of at most plain_bytes
  * each, and its document, whose circuits list up to every edge per size
@@ -177,8 +183,9 @@ static size_t picture_bytes(const job *j)
 }
 
 /* The work of the logits the result takes, over the vocabulary: the
- * products with the unembedding, each costing at least EXEC_MIN_ROWS
- * rows', and each row's log-softmax and top-k scan (WORK_LOGIT a logit):
+ * products with the unembedding, each costing LOGITS_PACK_ROWS rows' more
+ * than its rows, and each row's log-softmax and top-k scan (WORK_LOGIT a
+ * logit):
  * the patched runs' and the baselines' at outputs.positions (several
  * runs' in one product, output/result.h), and the metric's where it reads
  * the whole vocabulary (one product per run). */
@@ -188,13 +195,13 @@ static double logits_work(const model *m, const run_output *r)
     double per = (double)j->B * j->npos, products = 0, rows = 0;
     if (j->top_k > 0 || j->want_logits || j->ntoklp) {
         int n = per < RESULT_LOGITS_ROWS / 2 ? (int)(RESULT_LOGITS_ROWS / per) : 1;
-        double each = per * n > EXEC_MIN_ROWS ? per * n : EXEC_MIN_ROWS;
         int runs = j->nvar ? j->nvar : 1, bases = j->want_baselines && j->top_k ? j->n_inputs : 0;
-        products += each * ((runs + n - 1) / n + (bases + n - 1) / n);
+        int np = (runs + n - 1) / n + (bases + n - 1) / n; /* the products */
+        products += per * (runs + bases) + (double)np * LOGITS_PACK_ROWS;
         rows += per * (runs + bases);
     }
     if (j->metric && j->metric->full_vocab) {
-        products += r->nmain * (j->B > EXEC_MIN_ROWS ? (double)j->B : EXEC_MIN_ROWS);
+        products += r->nmain * ((double)j->B + LOGITS_PACK_ROWS);
         rows += r->nmain * (double)j->B;
     }
     return (double)m->cfg.vocab_size * (products * m->cfg.n_embd + rows * WORK_LOGIT);
