@@ -52,10 +52,11 @@ void result_estimate(const model *m, const job *j, size_t value_bytes, size_t nv
 
 /* The logits of several runs (a sweep's variants, the baselines) at
  * outputs.positions come from one product of up to this many rows: one of
- * fewer rows costs about as much, as it reads the whole unembedding (a
- * 144-head sweep's top-k logits, 2 rows a run: 2.9 s one run at a time,
- * 0.3 s in products of 32 rows, on GPT-2 small's shape). */
-#define RESULT_LOGITS_ROWS 32
+ * fewer rows costs about as much, as it reads and packs the whole
+ * unembedding (a 144-head sweep's top-k, 2 rows a run, on GPT-2 small's
+ * shape, one thread: 2.9 s one run at a time; with the log-softmax and the
+ * top-k scans, 0.49 s in products of 32 rows, 0.40 s of 64, 0.39 s of 128). */
+#define RESULT_LOGITS_ROWS 64
 
 /* Encodes n floats as base64 of little-endian float32 (new string). */
 char *result_base64_f32(const float *x, size_t n);
