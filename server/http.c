@@ -154,6 +154,8 @@ enum MHD_Result http_queue(req *r, unsigned status, struct MHD_Response *resp, s
         return MHD_NO;
     r->status = (int)status;
     r->bytes_out = len;
+    if (r->at_head) /* the body is not read: the connection cannot carry another request */
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -276,29 +278,46 @@ static int matches(const char *pattern, const char *path, char id[SRV_ID_MAX])
     return !*pattern && !*path;
 }
 
-static enum MHD_Result route(req *r)
+/* The route of r's method and path (NULL: none; allow gets the methods
+ * its path has, "" for an unknown path), its id, and whether the path
+ * needs a token. */
+static const route_def *route_find(const req *r, char id[SRV_ID_MAX], char allow[64], int *auth)
 {
-    char id[SRV_ID_MAX] = "", allow[64] = "";
     const route_def *hit = NULL;
-    int auth = 0;
-    enum MHD_Result ret;
+    *auth = 0, allow[0] = 0;
     for (int i = 0; i < api_nroutes; i++) {
         const route_def *e = &api_routes[i];
         char this_id[SRV_ID_MAX] = "";
         if (!matches(e->pattern, r->path, this_id))
             continue;
-        auth |= e->auth;
+        *auth |= e->auth;
         size_t n = strlen(allow);
-        snprintf(allow + n, sizeof allow - n, "%s%s", n ? ", " : "", e->method);
+        snprintf(allow + n, 64 - n, "%s%s", n ? ", " : "", e->method);
         if (!strcmp(e->method, r->method) && !hit) {
             hit = e;
-            memcpy(id, this_id, sizeof id);
+            memcpy(id, this_id, SRV_ID_MAX);
         }
     }
-    /* a token first, except for the open documents (and an unknown path's
-     * 404 is a token holder's answer too) */
-    if ((auth || !allow[0]) && auth_request(r, &ret))
-        return ret;
+    return hit;
+}
+
+/* At the head: the token, before any body is read (so that a client
+ * without one cannot hold a connection with a slow body), except for the
+ * open documents (an unknown path's 404 is a token holder's answer too).
+ * 0, or 1 with the error sent. */
+static int auth_at_head(req *r, enum MHD_Result *ret)
+{
+    char id[SRV_ID_MAX], allow[64];
+    int auth;
+    route_find(r, id, allow, &auth);
+    return (auth || !allow[0]) && auth_request(r, ret);
+}
+
+static enum MHD_Result route(req *r)
+{
+    char id[SRV_ID_MAX] = "", allow[64];
+    int auth;
+    const route_def *hit = route_find(r, id, allow, &auth);
     if (!allow[0])
         return send_error(r, 404, "not_found", NULL, "no such resource: %s", r->path);
     if (!hit)
@@ -326,6 +345,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (!(r = calloc(1, sizeof *r)))
             return MHD_NO;
         r->conn = conn;
+        r->at_head = 1;
         r->t0 = srv_now();
         /* what the log and messages show is valid UTF-8 whatever came */
         char *m = http_utf8_clean(method, strlen(method)), *u = http_utf8_clean(url, strlen(url));
@@ -342,12 +362,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                        : send_error(r, 400, "invalid_url", "url",
                                     "the URL is not valid UTF-8 (after percent-decoding)");
         }
+        enum MHD_Result ret;
+        if (auth_at_head(r, &ret)) {
+            r->too_big = 1; /* the body is not read */
+            return ret;
+        }
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > (unsigned long long)S.max_body_kb * 1024) {
             r->too_big = 1;
             return send_error(r, 413, "payload_too_large", "body",
                               "the body is over the limit of %ld KiB", S.max_body_kb);
         }
+        r->at_head = 0;
         return MHD_YES;
     }
     if (*upload_size) { /* body data */
@@ -370,6 +396,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->len += n;
         return MHD_YES;
     }
+    conn_body_done(conn); /* the whole body is in (or there was none) */
     if (r->kind == K_WAIT) /* resumed */
         return api_answer_wait(r);
     if (r->kind == K_DEFER) /* resumed: a planner answered */

@@ -17,6 +17,7 @@ struct req {
     char *body;
     size_t len, cap;
     int too_big, status, kind, suspended, finished_sse;
+    int at_head; /* in on_request's first call: an answer now leaves the body unread */
     int uid;
     size_t bytes_out;
     double t0, deadline;

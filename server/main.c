@@ -127,6 +127,9 @@ static const option_def OPTS[] = {
      86400},
     {"header-timeout", "NPP_HEADER_TIMEOUT", "S",
      "a request head must arrive within this many seconds", T_INT, &S.header_timeout, 1, 3600},
+    {"body-timeout", "NPP_BODY_TIMEOUT", "S",
+     "a request body must arrive within this many seconds of its head", T_INT, &S.body_timeout,
+     1, 3600},
     {"max-connections", "NPP_MAX_CONNECTIONS", "N", "open connections at most", T_INT,
      &S.max_connections, 16, 1000000},
     {"max-conn-per-ip", "NPP_MAX_CONN_PER_IP", "N", "connections per client address", T_INT,
@@ -145,7 +148,8 @@ static void set_defaults(void)
     S.results_disk_mb = 4096, S.max_body_kb = 1024, S.queue_max = 256, S.max_inflight = 32;
     S.max_values = 50000, S.plan_seconds = 10, S.max_job_seconds = 600,
     S.chunk_mb = EXEC_CHUNK_BYTES >> 20, S.result_ttl = 600;
-    S.drain_seconds = 30, S.conn_timeout = 30, S.header_timeout = 10, S.max_connections = 1024;
+    S.drain_seconds = 30, S.conn_timeout = 30, S.header_timeout = 10, S.body_timeout = 30,
+    S.max_connections = 1024;
     S.keep_mb = -1;      /* RUN_KEEP_MB or less (after the options) */
     S.user_workers = -1; /* one less than --workers with several tokens (after the options) */
     S.max_conn_per_ip = 64;

@@ -106,7 +106,7 @@ char *metrics_render(void)
         "npp_results_evicted_total %llu\n",
         S.results_disk, (unsigned long long)S.results_evicted);
     put(&b,
-        "# HELP npp_connections Open connections, and those waiting for a request head.\n"
+        "# HELP npp_connections Open connections, and those waiting for a request head or body.\n"
         "# TYPE npp_connections gauge\nnpp_connections %ld\nnpp_connections_waiting %ld\n"
         "npp_connections_shut_total %llu\n",
         open, pending, (unsigned long long)shut);

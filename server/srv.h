@@ -146,7 +146,7 @@ typedef struct {
     const char *device, *dtype, *listen, *token_file, *state_dir, *replica;
     int threads, workers, user_workers, planners, queue_max, max_inflight, max_conn_per_ip,
         conn_timeout;
-    int max_connections, header_timeout, drain_cancel;
+    int max_connections, header_timeout, body_timeout, drain_cancel;
     long cache_mb, max_body_kb, max_values, memory_mb, max_job_mb, max_result_mb;
     long results_disk_mb, chunk_mb, keep_mb, user_memory_mb;
     double result_ttl, drain_seconds, plan_seconds, max_job_seconds, gflops;
@@ -308,7 +308,8 @@ void srv_kick(void);
  * so slow senders can never hold every slot. */
 void conn_notify(void *cls, struct MHD_Connection *c, void **socket_context,
                  enum MHD_ConnectionNotificationCode code);
-void conn_head_done(struct MHD_Connection *c);    /* on_request's first call */
+void conn_head_done(struct MHD_Connection *c);    /* on_request's first call: a body next */
+void conn_body_done(struct MHD_Connection *c);    /* on_request's call after the body */
 void conn_request_done(struct MHD_Connection *c); /* on_completed: waits for a head again */
 void conn_tick(double now);                       /* loop thread: shuts the late ones */
 void conn_stats(long *pending, long *open, uint64_t *shut);

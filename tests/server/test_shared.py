@@ -670,6 +670,52 @@ def test_slow_senders_cannot_take_every_connection(make_server):
             s.close()
 
 
+def test_a_body_is_read_only_with_a_token_and_within_its_deadline(make_server):
+    """A POST without a valid token is answered 401 or 403 at its head and
+    the connection closed, its body never read (so tokenless clients cannot
+    hold connections with slow bodies); a token holder's body that trickles
+    in is cut at --body-timeout, and the server serves on."""
+    srv = make_server("--body-timeout", "2")
+    head = b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n%s\r\n{\"inputs\": [\""
+
+    def first_answer(s):
+        try:
+            return s.recv(200)
+        except (ConnectionResetError, socket.timeout):
+            return b""
+    for auth, status in ((b"", b"401"), (b"Authorization: Bearer not-a-token\r\n", b"403")):
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.settimeout(5)
+        t0 = time.time()
+        s.sendall(head % auth)
+        got = first_answer(s)
+        assert got.startswith(b"HTTP/1.1 " + status) and b"Connection: close" in got, got
+        while got.count(b"\n") < 2 or not got.endswith(b"}\n"):  # the rest of the answer
+            got += first_answer(s)
+        assert first_answer(s) == b"", "the connection stayed open after the answer"
+        assert time.time() - t0 < 2, time.time() - t0
+        s.close()
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    s.sendall(head % (b"Authorization: Bearer %s\r\n" % TOKENS["bob"].encode()))
+    s.settimeout(0.5)
+    t0, got, closed = time.time(), b"", False
+    while time.time() - t0 < 10 and not closed:
+        try:
+            s.send(b"a")
+            chunk = s.recv(200)
+            got += chunk
+            closed = not chunk
+        except socket.timeout:
+            pass
+        except OSError:
+            closed = True
+    took = time.time() - t0
+    s.close()
+    assert closed and not got.startswith(b"HTTP/1.1 2"), (closed, got)
+    assert 1.5 < took < 5, took
+    assert srv.request("GET", "/v1/jobs")[0] == 200
+
+
 def test_503_while_draining(make_server):
     # a job that outlasts the requests below (about a second) by a margin:
     # 8 x 1000 tokens on the 1,024-position model, ~2 s (slow_job takes
