@@ -396,7 +396,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->len += n;
         return MHD_YES;
     }
-    conn_body_done(conn); /* the whole body is in (or there was none) */
+    conn_body_done(conn);  /* the whole body is in (or there was none) */
     if (r->kind == K_WAIT) /* resumed */
         return api_answer_wait(r);
     if (r->kind == K_DEFER) /* resumed: a planner answered */
