@@ -46,6 +46,24 @@ static int write_pictures(const sjob *j, const run_output *run, size_t *bytes, n
     return 0;
 }
 
+/* json_dump_callback's sink: the file, until the job is cancelled (a
+ * result of hundreds of MB takes seconds to write). */
+typedef struct {
+    FILE *f;
+    const sjob *j;
+    int cancelled;
+} sink;
+
+static int to_file(const char *buf, size_t n, void *ud)
+{
+    sink *s = ud;
+    if (__atomic_load_n(&s->j->cancel, __ATOMIC_RELAXED)) {
+        s->cancelled = 1;
+        return -1;
+    }
+    return fwrite(buf, 1, n, s->f) == n ? 0 : -1;
+}
+
 /* Writes r's result to its file (a temporary name, then renamed, so a
  * crash never leaves half a result under the real one). */
 static int write_result(const sjob *j, const run_output *run, size_t *bytes, npp_err *e)
@@ -54,9 +72,14 @@ static int write_result(const sjob *j, const run_output *run, size_t *bytes, npp
     struct stat sb;
     store_result_path(j->id, path, sizeof path);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    if (json_dump_file(run->result, tmp, JSON_COMPACT | JSON_PRESERVE_ORDER) || rename(tmp, path) ||
-        stat(path, &sb)) {
+    sink s = {fopen(tmp, "w"), j, 0};
+    int bad =
+        !s.f || json_dump_callback(run->result, to_file, &s, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    bad |= s.f && fclose(s.f);
+    if (bad || rename(tmp, path) || stat(path, &sb)) {
         unlink(tmp);
+        if (s.cancelled)
+            return npp_fail(e, NPP_ECANCELED, "", "the job was cancelled");
         return npp_fail(e, NPP_EIO, "", "could not store the result in %s", path);
     }
     *bytes = (size_t)sb.st_size;

@@ -59,8 +59,8 @@ typedef struct {
     float *buf;
 } ctx;
 
-/* Building outputs checks the cancel flag between patched runs and
- * between the layers of an attention output. */
+/* Building outputs checks the cancel flag between patched runs, between
+ * the layers of an attention output, and before each tensor's text. */
 static int cancelled(const ctx *c)
 {
     if (!c->o->cancel || !__atomic_load_n(c->o->cancel, __ATOMIC_RELAXED))
@@ -72,6 +72,8 @@ static int cancelled(const ctx *c)
 /* A tensor for the result: base64 or an .npy file. */
 static json_t *tensor_json(ctx *c, const char *name, const float *x, const int64_t *shape, int nd)
 {
+    if (cancelled(c)) /* a tensor's text can take a few tenths of a second */
+        return NULL;
     size_t n = 1;
     json_t *sh = json_array();
     for (int i = 0; i < nd; i++) {

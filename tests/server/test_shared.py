@@ -463,6 +463,48 @@ def test_delete_inside_a_huge_batch_takes_effect_within_a_second(make_server):
         (rss(srv.proc.pid) - before) >> 20
 
 
+def test_delete_while_a_big_result_is_built_or_written_takes_effect_within_a_second(make_server):
+    """A job whose execution is over (progress done) spends seconds turning
+    ~270 MB of attention and hidden states into text and writing it to its
+    file; a DELETE at any moment of that (20 to 90% of the time it takes)
+    still ends it within a second."""
+    srv = make_server("--cache-mb", "0", "--workers", "1", models={"slow": SLOW_MODEL})
+
+    def submit(k):
+        job = {"inputs": [big_ids(8, 256, 2 * k), big_ids(8, 256, 2 * k + 1)],
+               "outputs": {"hidden_states": True, "attention": [0, 1, 2, 3]}}
+        st, _, body = srv.request("POST", "/v1/jobs", job)
+        assert st == 202 and body["estimate"]["result_bytes"] > 200 << 20, body
+        deadline = time.time() + 120
+        while True:  # executed: what is left is its result (GET while it runs: no result)
+            got = srv.request("GET", "/v1/jobs/" + body["id"])[2]
+            if got["state"] == "running" and got["progress"]["done"] == got["progress"]["total"]:
+                return body["id"], time.time()
+            assert got["state"] in ("queued", "running") and time.time() < deadline, got["state"]
+            time.sleep(0.01)
+
+    def state(jid):  # from the list: a done job's GET would send its whole result
+        return next(j for j in srv.request("GET", "/v1/jobs")[2]["jobs"] if j["id"] == jid)["state"]
+    jid, t0 = submit(0)
+    while state(jid) == "running":
+        time.sleep(0.01)
+    result_s = time.time() - t0
+    assert state(jid) == "done" and result_s > 1, result_s
+    late = []
+    for k, frac in enumerate((0.2, 0.5, 0.75, 0.9), 1):
+        jid, t0 = submit(k)
+        time.sleep(max(0.0, t0 + frac * result_s - time.time()))
+        t1 = time.time()
+        if srv.request("DELETE", "/v1/jobs/" + jid)[2]["state"] != "running":
+            continue  # it ended first
+        while (final := state(jid)) == "running":
+            time.sleep(0.01)
+        took = time.time() - t1
+        if final != "cancelled" or took > (3.0 if SANITIZED else 1.0):
+            late.append((frac, final, took))
+    assert not late, (result_s, late)
+
+
 # ---- durability ---------------------------------------------------------------------------------
 
 def test_kill9_then_restart_answers_every_accepted_job(make_server, tmp_path):
