@@ -486,8 +486,11 @@ int http_start(void)
                      MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    /* the port again, for libmicrohttpd's own messages (it binds ss) */
+    uint16_t port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                   : ((struct sockaddr_in *)&ss)->sin_port);
     S.httpd = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        flags, port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_NOTIFY_CONNECTION, conn_notify,
         NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)S.conn_timeout,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)S.max_conn_per_ip,

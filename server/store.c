@@ -8,11 +8,13 @@
  * One connection, opened serialised (SQLITE_OPEN_FULLMUTEX): any thread
  * may call; statements are prepared per call (the store is not hot). */
 #include <errno.h>
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -21,6 +23,7 @@
 #define STORE_VERSION 2 /* 2: est_seconds; a store of version 1 gets the column */
 
 static sqlite3 *db;
+static int lock_fd = -1; /* DIR/lock, held (flock) while this nppd has the store */
 static char results_dir[4096];
 
 static const char SCHEMA[] =
@@ -54,12 +57,45 @@ static int mkdirs(const char *path)
     return mkdir(buf, 0700) && errno != EEXIST ? -1 : 0;
 }
 
+/* One nppd per state folder: a second one would recover (requeue, fail)
+ * the jobs the first is running. The lock goes with the process. */
+static int lock_dir(const char *dir, char *err, size_t errn)
+{
+    char path[4096], pid[32] = "";
+    snprintf(path, sizeof path, "%s/lock", dir);
+    lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_fd < 0)
+        return snprintf(err, errn, "--state-dir %s: cannot open %s (%s)", dir, path,
+                        strerror(errno)),
+               -1;
+    if (flock(lock_fd, LOCK_EX | LOCK_NB)) {
+        ssize_t n = read(lock_fd, pid, sizeof pid - 1);
+        pid[n > 0 ? n : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        snprintf(err, errn,
+                 "--state-dir %s is in use by another nppd%s%s%s; give each server its own "
+                 "state folder",
+                 dir, pid[0] ? " (pid " : "", pid, pid[0] ? ")" : "");
+        close(lock_fd);
+        lock_fd = -1;
+        return -1;
+    }
+    snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(lock_fd, 0) || pwrite(lock_fd, pid, strlen(pid), 0) < 0)
+        return snprintf(err, errn, "--state-dir %s: cannot write %s (%s)", dir, path,
+                        strerror(errno)),
+               -1;
+    return 0;
+}
+
 int store_open(const char *dir, char *err, size_t errn)
 {
     char path[4096];
     if (mkdirs(dir))
         return snprintf(err, errn, "--state-dir %s: cannot create it (%s)", dir, strerror(errno)),
                -1;
+    if (lock_dir(dir, err, errn))
+        return -1;
     snprintf(results_dir, sizeof results_dir, "%s/results", dir);
     if (mkdirs(results_dir))
         return snprintf(err, errn, "--state-dir %s: cannot create results/ (%s)", dir,

@@ -527,6 +527,24 @@ def test_kill9_then_restart_answers_every_accepted_job(make_server, tmp_path):
     assert '"event": "recovered", "queued": 3, "were_running": 1' in "\n".join(again.log_lines())
 
 
+def test_a_second_nppd_on_the_same_state_dir_exits_without_touching_it(make_server, tmp_path):
+    """The state folder is locked: a second nppd started on it exits 1 at
+    once, naming the first one's pid, and does not recover (requeue) the
+    job the first one is running, which ends done."""
+    state = str(tmp_path / "state")
+    srv = make_server("--workers", "1", models={"long": LONG_MODEL}, state_dir=state)
+    jid = srv.request("POST", "/v1/jobs", dict(long_job(), outputs={"top_k": 0}))[2]["id"]
+    wait_state(srv, jid, {"running"})
+    p = subprocess.run([NPPD, "--model", "long=" + LONG_MODEL, "--state-dir", state,
+                        "--listen", "127.0.0.1:%d" % free_port()],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1, p.stderr
+    assert "is in use by another nppd (pid %d)" % srv.proc.pid in p.stderr, p.stderr
+    assert "recovered" not in p.stderr, p.stderr
+    body = wait_state(srv, jid, {"done", "failed", "cancelled"}, timeout=300)
+    assert body["state"] == "done", body
+
+
 def test_a_version_1_store_is_upgraded_and_its_jobs_run(make_server, tmp_path):
     """A store written before the time estimate (version 1: no
     est_seconds column) gets the column; its queued job runs."""
