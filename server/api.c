@@ -60,7 +60,8 @@ static stream *result_stream(const sjob *j, json_t **err)
     if (j->result_gone) {
         *err = http_error_body("result_removed", "id",
                                "the result of job %s was removed to keep stored results under "
-                               "--results-disk-mb (%ld MiB; the oldest go first)",
+                               "--results-disk-mb (%ld MiB; the oldest of the user whose "
+                               "results take the most room go first)",
                                j->id, S.results_disk_mb);
         return NULL;
     }

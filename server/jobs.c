@@ -319,12 +319,24 @@ void joblist_store(joblist *l, int (*write)(const sjob *))
  * (caller holds S.mu); the jobs whose files go are added to gone. */
 void bound_results(joblist *gone)
 {
-    size_t limit = (size_t)S.results_disk_mb << 20;
+    size_t limit = (size_t)S.results_disk_mb << 20, held[sizeof S.users / sizeof S.users[0]];
     while (S.results_disk > limit) {
-        sjob *old = NULL;
+        /* the user whose stored results take the most room loses its oldest:
+         * one user's many results never push out another's few */
+        memset(held, 0, sizeof held);
+        int most = -1;
         for (size_t b = 0; b < sizeof S.table / sizeof S.table[0]; b++)
             for (sjob *j = S.table[b]; j; j = j->next)
-                if (j->state == J_DONE && !j->result_gone && (!old || j->ended < old->ended))
+                if (j->state == J_DONE && !j->result_gone)
+                    held[j->user] += j->result_bytes;
+        for (int u = 0; u < S.nusers; u++)
+            if (held[u] && (most < 0 || held[u] > held[most]))
+                most = u;
+        sjob *old = NULL;
+        for (size_t b = 0; most >= 0 && b < sizeof S.table / sizeof S.table[0]; b++)
+            for (sjob *j = S.table[b]; j; j = j->next)
+                if (j->state == J_DONE && !j->result_gone && j->user == most &&
+                    (!old || j->ended < old->ended))
                     old = j;
         if (!old)
             break;

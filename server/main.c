@@ -81,8 +81,9 @@ static const option_def OPTS[] = {
     {"state-dir", "NPP_STATE_DIR", "DIR", "the durable job store (SQLite) and the results' files",
      T_STR, &S.state_dir, 0, 0},
     {"results-disk-mb", "NPP_RESULTS_DISK_MB", "N",
-     "stored results at most, MiB (the oldest are removed first)", T_LONG, &S.results_disk_mb, 1,
-     1 << 30},
+     "stored results at most, MiB (past it, the oldest of the user whose results take the most "
+     "room are removed first)",
+     T_LONG, &S.results_disk_mb, 1, 1 << 30},
     {"listen", "NPP_LISTEN", "HOST:PORT", "address (loopback unless you say otherwise)", T_STR,
      &S.listen, 0, 0},
     {"replica", "NPP_REPLICA", "NAME",

@@ -260,8 +260,9 @@ void joblist_add(joblist *l, sjob *j); /* S.mu held */
 void joblist_store(joblist *l, int (*write)(const sjob *));
 int job_store_gone(const sjob *j);   /* store_result_gone of j */
 int job_store_forget(const sjob *j); /* store_forget of j */
-/* Removes the oldest results until the stored ones fit --results-disk-mb;
- * the jobs whose files go are added to gone (for job_store_gone). */
+/* Removes results until the stored ones fit --results-disk-mb, each time
+ * the oldest of the user whose results take the most room; the jobs whose
+ * files go are added to gone (for job_store_gone). */
 void bound_results(joblist *gone);
 
 /* ---- planner.c --------------------------------------------------------------- */

@@ -623,7 +623,12 @@ def test_recovered_jobs_over_a_lowered_time_limit_fail_without_running(make_serv
 
 
 def test_results_on_disk_are_bounded_oldest_first(make_server):
+    """Past --results-disk-mb the oldest results of the user whose results
+    take the most room go first: alice's many large results push out her
+    own oldest, never bob's small one, which is older than all of them."""
     srv = make_server("--results-disk-mb", "1", "--max-result-mb", "1")
+    bob = TOKENS["bob"]
+    small = srv.request("POST", "/v1/jobs?wait=60", {"inputs": [[11, 12, 13]]}, token=bob)[2]["id"]
     job = lambda k: {"inputs": [[11 + k, 12, 13]], "outputs": {"logits": True, "top_k": 0}}
     ids = [srv.request("POST", "/v1/jobs?wait=60", job(k))[2]["id"] for k in range(8)]
     st, _, body = srv.request("GET", "/v1/jobs/" + ids[0])
@@ -632,6 +637,8 @@ def test_results_on_disk_are_bounded_oldest_first(make_server):
     validate("/v1/jobs/{id}", "GET", st, body)
     st, _, body = srv.request("GET", "/v1/jobs/" + ids[-1])
     assert st == 200 and "logits" in body["result"]["outputs"]
+    st, _, body = srv.request("GET", "/v1/jobs/" + small, token=bob)
+    assert st == 200 and body["result"]["outputs"]["top_k"], body
     disk = sum(os.path.getsize(os.path.join(srv.state_dir, "results", f))
                for f in os.listdir(os.path.join(srv.state_dir, "results")))
     assert disk <= 1 << 20
