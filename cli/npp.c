@@ -812,7 +812,8 @@ static const char PLAN_HELP[] =
     "(multiply-adds twice; an elementwise step weighs as 4), gflop_field the job's\n"
     "field behind most of it. --seconds first times a small plain run of the model\n"
     "(on --threads tensor threads), as nppd does at start-up, and adds the time each\n"
-    "job would take at that rate: what nppd compares with --max-job-seconds.\n";
+    "job would take: its compute at that rate, and text_seconds to build and write its\n"
+    "result (20 ns a byte); what nppd compares with --max-job-seconds.\n";
 
 static int cmp_key(const void *a, const void *b)
 {
@@ -892,7 +893,9 @@ static int cmd_plan(int argc, char **argv)
                est->exec_bytes, est->output_bytes, est->chunks, est->peak_field, est->result_field,
                2e-9 * est->work, est->work_field);
         if (seconds)
-            printf(", \"seconds\": %.6g, \"gflop_per_s\": %.6g", est->work / rate, 2e-9 * rate);
+            printf(", \"seconds\": %.6g, \"text_seconds\": %.6g, \"gflop_per_s\": %.6g",
+                   run_seconds(est, rate, NULL),
+                   (double)est->result_bytes * RUN_TEXT_SECONDS_PER_BYTE, 2e-9 * rate);
         puts("}}");
         run_output_free(r);
         json_decref(doc);

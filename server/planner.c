@@ -94,19 +94,22 @@ static void submit(plan_task *t)
                     NULL, NULL);
         goto done;
     }
-    const char *who;
-    double secs = est->work / t->model->rate, own = run->job->max_seconds,
+    const char *who, *field;
+    double secs = run_seconds(est, t->model->rate, &field), own = run->job->max_seconds,
            limit = job_time_limit(own, &who);
     if (limit > 0 && secs > limit) {
         S.plans_refused++;
         http_answer(t->r, 422,
-                    http_error_body("job_too_long", est->work_field,
-                                    "%s: the job needs about %.3g s of compute (%.4g GFLOP "
+                    http_error_body("job_too_long", field,
+                                    "%s: the job needs about %.3g s (%.4g GFLOP of compute "
                                     "estimated from its plan, at this server's %.4g GFLOP/s for "
-                                    "model %s), over %s of %g s; use fewer examples, tokens, "
-                                    "variants or steps, or split the job",
-                                    est->work_field, secs, 2e-9 * est->work, 2e-9 * t->model->rate,
-                                    t->model->name, who, limit),
+                                    "model %s, and %.3g s to write its %.1f MiB result), over %s "
+                                    "of %g s; use fewer examples, tokens, variants, steps or "
+                                    "outputs, or split the job",
+                                    field, secs, 2e-9 * est->work, 2e-9 * t->model->rate,
+                                    t->model->name,
+                                    (double)est->result_bytes * RUN_TEXT_SECONDS_PER_BYTE,
+                                    mib(est->result_bytes), who, limit),
                     NULL, NULL);
         goto done;
     }
@@ -121,7 +124,7 @@ static void submit(plan_task *t)
     j->user = t->user;
     j->seq = next_seq++;
     j->est_peak = est->peak_bytes, j->est_result = est->result_bytes;
-    j->est_seconds = secs, j->work_field = est->work_field;
+    j->est_seconds = secs, j->work_field = field;
     j->own_seconds = own;
     j->total = run->plan.nv, j->nvar = run->job->nvar;
     j->created = srv_wall(), j->t_submit = srv_now();

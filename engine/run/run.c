@@ -290,6 +290,14 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
     return 0;
 }
 
+double run_seconds(const run_estimate *est, double rate, const char **field)
+{
+    double work = est->work / rate, text = (double)est->result_bytes * RUN_TEXT_SECONDS_PER_BYTE;
+    if (field)
+        *field = text > work ? est->result_field : est->work_field;
+    return work + text;
+}
+
 /* For outputs.attention of a plain job: the patched run's attention at each
  * layer asked for, and its sources kept as roots (so that its probabilities
  * can be computed again once the job ran). */

@@ -59,6 +59,17 @@ typedef struct {
                         * job's block cache budget, less a sixteenth (run_execute) */
 } run_estimate;
 
+/* Building a result's text (base64 tensors, JSON numbers) and writing its
+ * file, in seconds a byte of result_bytes: work on the CPU whatever the
+ * device (measured 16-32 ns a byte on a 2-core AMD EPYC VM: 260 MB of
+ * logits, attention or activations took 4.3-5.2 s, 195 MB of
+ * token_logprobs 6.2 s). */
+#define RUN_TEXT_SECONDS_PER_BYTE 2e-8
+/* The seconds a job is estimated to take: its work at rate (multiply-adds
+ * a second) and its result's text; *field (if not NULL) gets the job field
+ * behind the larger part. */
+double run_seconds(const run_estimate *est, double rate, const char **field);
+
 typedef struct {
     json_t *result; /* new reference (after run_execute) */
     job *job;

@@ -132,8 +132,9 @@ def main():
 
 def plan_seconds(shapes):
     """npp plan --seconds: the time nppd would estimate (the plan's work at
-    the rate of a small timed run), consistent with the GFLOP it prints, and
-    growing with the job."""
+    the rate of a small timed run, and 20 ns a byte of its result's text),
+    consistent with the GFLOP and result bytes it prints, and growing with
+    the job."""
     files = []
     for i, (_, j) in enumerate(shapes[:2] + [("small", {"inputs": [ids(1, 16)]})]):
         with tempfile.NamedTemporaryFile("w", suffix="-%d.json" % i, delete=False) as f:
@@ -142,8 +143,11 @@ def plan_seconds(shapes):
     try:
         out = harness.npp("plan", "--seconds", "--threads", "1", "--model", harness.MODEL, *files)
         est = [json.loads(line)["estimate"] for line in out.splitlines()[:3]]
-        check("npp plan --seconds: seconds = gflop / gflop_per_s, the big jobs longer than a small one",
-              all(e["gflop_per_s"] > 0 and abs(e["seconds"] * e["gflop_per_s"] - e["gflop"]) <=
+        check("npp plan --seconds: seconds = gflop / gflop_per_s + 2e-8 x result_bytes, the big "
+              "jobs longer than a small one",
+              all(e["gflop_per_s"] > 0 and abs(e["text_seconds"] - 2e-8 * e["result_bytes"]) <=
+                  1e-5 * e["text_seconds"] and
+                  abs((e["seconds"] - e["text_seconds"]) * e["gflop_per_s"] - e["gflop"]) <=
                   1e-3 * e["gflop"] + 1e-3 for e in est) and
               est[2]["seconds"] < min(est[0]["seconds"], est[1]["seconds"]) and
               [e["gflop_field"] for e in est] == ["inputs", "outputs.positions", "outputs.positions"],
