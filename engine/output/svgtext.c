@@ -41,7 +41,11 @@ void svg_text(svgbuf *b, const char *s)
         case '>': svg_put(b, "&gt;"); break;
         case '&': svg_put(b, "&amp;"); break;
         case '"': svg_put(b, "&quot;"); break;
-        default: svg_put(b, "%c", *s);
+        case '\t':
+        case '\n':
+        case '\r': svg_put(b, "%c", *s); break;
+        default: /* other control characters are not XML: U+FFFD instead */
+            svg_put(b, (unsigned char)*s < 0x20 ? "\xEF\xBF\xBD" : "%c", *s);
         }
     }
 }
