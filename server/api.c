@@ -227,6 +227,20 @@ static enum MHD_Result post_tokenize(req *r, const char *id)
         json_decref(doc);
         return send_error(r, 422, "invalid_request", "text", "text: a string to tokenize");
     }
+    const char *key;
+    json_t *val;
+    json_object_foreach(doc, key, val)
+    { /* as a job's unknown fields are refused */
+        if (strcmp(key, "text") && strcmp(key, "model")) {
+            char *k = http_utf8_clean(key, strlen(key));
+            ret = send_error(r, 422, "invalid_request", k ? k : "?",
+                             "%s: unknown field (a tokenize request has text and model)",
+                             k ? k : "?");
+            free(k);
+            json_decref(doc);
+            return ret;
+        }
+    }
     plan_task *t = calloc(1, sizeof *t);
     if (!t) {
         json_decref(doc);
@@ -283,7 +297,7 @@ static enum MHD_Result post_job(req *r, const char *id)
     if (w) {
         char *end;
         wait = strtod(w, &end);
-        if (!*w || *end || !(wait >= 0 && wait <= 3600))
+        if (!*w || *end || w[strspn(w, "0123456789.")] || !(wait >= 0 && wait <= 3600))
             return send_error(r, 400, "invalid_request", "wait",
                               "wait: seconds to wait for the result, 0..3600");
     }

@@ -46,6 +46,7 @@
 #define SRV_MAX_WORKERS  64
 #define SRV_MAX_PLANNERS 16
 #define SRV_NAME_MAX     64 /* a user name (token name or client address), NUL included */
+#define SRV_TOKEN_MIN    16 /* a token's characters at least: not guessable */
 #define SRV_LAT_BUCKETS  14 /* the job latency histogram (bounds in jobs.c) */
 #define SRV_ID_MAX       52 /* a job id: an optional replica name (16), '-', 32 hex, NUL */
 

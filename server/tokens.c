@@ -68,6 +68,12 @@ int tokens_parse(const char *text, size_t len, srv_token *out, int max, int *n, 
                 return snprintf(err, errn,
                                 "line %d: a name is letters, digits, '.', '_', '-' or '@'", lineno),
                        -1;
+        if (strlen(f[1]) < SRV_TOKEN_MIN)
+            return snprintf(err, errn,
+                            "line %d: the token is shorter than %d characters; use a random one "
+                            "(e.g. openssl rand -hex 16)",
+                            lineno, SRV_TOKEN_MIN),
+                   -1;
         if (*n == max)
             return snprintf(err, errn, "line %d: more than %d tokens", lineno, max), -1;
         srv_token *t = &out[*n];

@@ -68,6 +68,8 @@ def test_models_and_tokenize(server):
     st, _, body = server.request("POST", "/v1/tokenize", {"text": "x", "model": "gpt9"})
     assert st == 404 and body["error"]["code"] == "unknown_model"
     validate("/v1/tokenize", "POST", st, body)
+    st, _, body = server.request("POST", "/v1/tokenize", {"text": "x", "txet": "y"})
+    assert st == 422 and body["error"]["field"] == "txet" and "unknown field" in body["error"]["message"]
 
 
 # ---- jobs ----------------------------------------------------------------------------------
@@ -357,8 +359,9 @@ def test_job_errors(server):
     validate("/v1/jobs", "POST", st, body)
     st, _, body = server.request("POST", "/v1/jobs", '{"inputs": ["a"], "inputs": ["b"]}')
     assert st == 400 and "duplicate" in body["error"]["message"]
-    st, _, body = server.request("POST", "/v1/jobs?wait=abc", job_doc())
-    assert st == 400 and body["error"]["field"] == "wait"
+    for bad in ("abc", "0x10", "1e3", "-1", "3601"):  # plain decimal seconds, 0..3600
+        st, _, body = server.request("POST", "/v1/jobs?wait=" + bad, job_doc())
+        assert st == 400 and body["error"]["field"] == "wait", (bad, body)
     # 422: the engine's refusal with its field
     st, _, body = server.request("POST", "/v1/jobs", job_doc(which=[{"match": "**/a99/**", "input": 1}]))
     assert st == 422 and body["error"]["field"] == "which[0].match"

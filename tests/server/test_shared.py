@@ -98,11 +98,12 @@ def test_admin_lists_and_cancels_every_job(make_server):
 
 
 @pytest.mark.parametrize("text, line, words", [
-    ("alice tok1\nbob tok1\n", 2, "the same token as alice's"),
-    ("alice tok1\nalice tok2\n", 2, "the name 'alice' is given twice"),
-    ("# c\n\nalice tok1 admin extra\n", 3, "4 fields"),
+    ("alice token-0001-abcdefgh\nbob token-0001-abcdefgh\n", 2, "the same token as alice's"),
+    ("alice token-0001-abcdefgh\nalice token-0002-abcdefgh\n", 2, "the name 'alice' is given twice"),
+    ("# c\n\nalice token-0001-abcdefgh admin extra\n", 3, "4 fields"),
     ("alice\n", 1, "1 field;"),
-    ("alice tok1 root\n", 1, "the third field must be 'admin'"),
+    ("alice token-0001-abcdefgh root\n", 1, "the third field must be 'admin'"),
+    ("alice token-0001-abcdefgh\nbob x1\n", 2, "the token is shorter than 16 characters"),
     ("# only comments\n", 0, "no tokens in it"),
 ])
 def test_token_file_errors_name_the_line(tmp_path, text, line, words):
