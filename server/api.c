@@ -129,8 +129,9 @@ static enum MHD_Result get_models(req *r, const char *id)
     pthread_mutex_lock(&S.mu);
     for (int i = 0; i < S.nmodels; i++) {
         srv_model *sm = &S.models[i];
-        json_t *o =
-            json_pack("{s:s,s:s,s:b}", "name", sm->name, "path", sm->dir, "loaded", sm->m != NULL);
+        json_t *o = json_pack("{s:s,s:b}", "name", sm->name, "loaded", sm->m != NULL);
+        if (r->admin || !S.ntokens) /* the server's folders are the operator's business */
+            json_object_set_new(o, "path", json_string(sm->dir));
         if (sm->m) {
             const model_config *c = &sm->m->cfg;
             char dev[16];

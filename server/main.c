@@ -121,6 +121,11 @@ static const option_def OPTS[] = {
     {"drain-seconds", "NPP_DRAIN_SECONDS", "S",
      "on SIGTERM/SIGINT, grace for running jobs before they stop", T_DBL, &S.drain_seconds, 0,
      86400},
+    {"private-cache", "NPP_PRIVATE_CACHE", NULL,
+     "each user's jobs share cached values only with that user's own jobs (by default every "
+     "job's values serve everyone's: faster, but a job's values_cached and time show whether "
+     "anyone computed the same before)",
+     T_FLAG, &S.private_cache, 0, 1},
     {"drain-cancel", "NPP_DRAIN_CANCEL", NULL,
      "on SIGTERM, cancel queued and interrupted jobs (by default they run at the next start)",
      T_FLAG, &S.drain_cancel, 0, 1},

@@ -147,7 +147,7 @@ typedef struct {
     const char *device, *dtype, *listen, *token_file, *state_dir, *replica;
     int threads, workers, user_workers, planners, queue_max, max_inflight, max_conn_per_ip,
         conn_timeout;
-    int max_connections, header_timeout, body_timeout, drain_cancel;
+    int max_connections, header_timeout, body_timeout, drain_cancel, private_cache;
     long cache_mb, max_body_kb, max_values, memory_mb, max_job_mb, max_result_mb;
     long results_disk_mb, chunk_mb, keep_mb, user_memory_mb;
     double result_ttl, drain_seconds, plan_seconds, max_job_seconds, gflops;

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/sha256.h"
 #include "output/circuit.h"
 #include "output/heatmap.h"
 #include "srv.h"
@@ -106,7 +107,10 @@ static int run_job_now(sjob *j, size_t *bytes, npp_err *e)
     if (!doc)
         return npp_fail(e, NPP_EIO, "", "the job's document is missing from the store");
     size_t job = (size_t)S.max_job_mb << 20;
+    uint8_t salt[32]; /* --private-cache: values shared only among the owner's jobs */
+    sha256(j->owner, strlen(j->owner), salt);
     run_opts o = {.cache = j->model->cache,
+                  .cache_salt = S.private_cache ? salt : NULL,
                   .cancel = &j->cancel,
                   .progress = on_progress,
                   .ud = j,

@@ -333,6 +333,8 @@ static int32_t val_emb(plan *p, int k)
     put_u32(&c, 0x6e707001u);
     put_u32(&c, OP_EMB);
     sha256_update(&c, p->m->fingerprint, 32);
+    if (p->salt)
+        sha256_update(&c, p->salt, 32);
     put_u32(&c, (uint32_t)p->B);
     put_u32(&c, (uint32_t)p->T);
     for (size_t i = 0; i < n; i++)

@@ -127,6 +127,10 @@ typedef struct plan {
     double plan_seconds;        /* > 0: fail with NPP_ELIMIT past this long (0: no limit) */
     double deadline_ms;         /* set from plan_seconds at the first plan_patched */
     const volatile int *cancel; /* non-zero: stop with NPP_ECANCELED */
+    /* NULL, or 32 bytes hashed into the key of every input's embedding,
+     * hence of every value: a cache whose values only plans with the same
+     * salt find (nppd --private-cache: one per user) */
+    const uint8_t *salt;
 } plan;
 
 #define PLAN_MAX_NODES 4000000      /* memo entries, a guard on planning time */

@@ -390,6 +390,7 @@ int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out
     size_t used_nodes = 0;
     double deadline = o->plan_seconds > 0 ? t0 + o->plan_seconds * 1e3 : 0;
     plan_init(&r->plan, m, j->n_inputs, j->B, j->T, j->ids, j->max_values);
+    r->plan.salt = o->cache_salt;
     r->plan.len = j->len, r->plan.edits = &j->edits;
     r->plan.max_bytes = max_bytes, r->plan.cancel = o->cancel;
     r->plan.plan_seconds = o->plan_seconds, r->plan.deadline_ms = deadline;
@@ -408,6 +409,7 @@ int run_prepare(const model *m, json_t *doc, const run_opts *o, run_output **out
         int32_t root;
         plan *vp = &r->vplans[i];
         plan_init(vp, m, j->n_inputs, j->B, j->T, j->ids, j->max_values);
+        vp->salt = o->cache_salt;
         vp->len = j->len, vp->edits = &j->edits;
         r->nvplans++;
         used_bytes += i ? plan_bytes(&r->vplans[i - 1]) : 0;

@@ -26,12 +26,13 @@ typedef struct {
     const volatile int *cancel; /* optional: planning, execution and outputs stop */
     void (*progress)(void *ud, long done, long total);
     void *ud;
-    size_t max_values;      /* ceiling for limits.max_values; 0: 50000 */
-    const char *npy_dir;    /* write tensors as .npy files there */
-    const char *model_name; /* shown in the result */
-    size_t chunk_bytes;     /* the executor's chunk budget (exec.h); 0: EXEC_CHUNK_BYTES */
-    size_t max_plan_bytes;  /* planning memory; 0: PLAN_MAX_BYTES */
-    double plan_seconds;    /* planning time; 0: no limit */
+    size_t max_values;         /* ceiling for limits.max_values; 0: 50000 */
+    const char *npy_dir;       /* write tensors as .npy files there */
+    const char *model_name;    /* shown in the result */
+    size_t chunk_bytes;        /* the executor's chunk budget (exec.h); 0: EXEC_CHUNK_BYTES */
+    size_t max_plan_bytes;     /* planning memory; 0: PLAN_MAX_BYTES */
+    double plan_seconds;       /* planning time; 0: no limit */
+    const uint8_t *cache_salt; /* NULL, or 32 bytes: the plans' salt (plan.h) */
 } run_opts;
 
 /* What a job will hold and return, estimated from its plan before any

@@ -77,11 +77,38 @@ def test_jobs_are_private_to_their_token(make_server):
     assert srv.request("DELETE", "/v1/jobs/" + jid, token=alice)[0] == 200
 
 
+@pytest.mark.parametrize("private", [False, True])
+def test_private_cache_keeps_each_users_values_to_itself(make_server, private):
+    """By default a job finds the values anyone computed (its stats show
+    it); with --private-cache only its own user's: bob's copy of alice's
+    job computes everything, alice's repeat finds hers."""
+    srv = make_server("--cache-mb", "64", *(["--private-cache"] if private else []))
+    job = job_doc(inputs=["the private prompt", "the public prompt"])
+
+    def stats(token):
+        st, _, body = srv.request("POST", "/v1/jobs?wait=60", job, token=token)
+        assert st == 200 and body["state"] == "done", body
+        return body["result"]["stats"]
+    first = stats(TOKENS["alice"])
+    assert first["values_cached"] == 0 and first["values_computed"] > 0, first
+    bob, again = stats(TOKENS["bob"]), stats(TOKENS["alice"])
+    assert again["values_computed"] == 0 and again["values_cached"] > 0, again
+    if private:
+        assert bob["values_cached"] == 0 and bob["values_computed"] == first["values_computed"], bob
+    else:
+        assert bob["values_computed"] == 0 and bob["values_cached"] > 0, bob
+
+
 def test_admin_lists_and_cancels_every_job(make_server):
     srv = make_server(models={"slow": SLOW_MODEL}, tokens=dict(TOKENS, **ADMIN),
                       admins={"carol"})
     a = srv.request("POST", "/v1/jobs", slow_job(41), TOKENS["alice"])[2]["id"]
     b = srv.request("POST", "/v1/jobs", slow_job(42), TOKENS["bob"])[2]["id"]
+    # the model's folder on the server: for the admin only
+    models = {t: srv.request("GET", "/v1/models", token=t)[2]["models"][0]
+              for t in (TOKENS["alice"], ADMIN["carol"])}
+    assert "path" not in models[TOKENS["alice"]] and models[ADMIN["carol"]]["path"] == SLOW_MODEL
+    validate("/v1/models", "GET", 200, {**srv.request("GET", "/v1/models")[2]})
     st, _, body = srv.request("GET", "/v1/jobs", token=ADMIN["carol"])
     assert st == 200 and body["all"] is True
     assert {(j["id"], j["user"]) for j in body["jobs"]} == {(a, "alice"), (b, "bob")}
