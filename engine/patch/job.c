@@ -576,8 +576,9 @@ static int err_rename(npp_err *e, const char *field, const char *msg, int rc)
     return rc;
 }
 
-/* An error in the intervene rule a preset compiled, named as the preset's
- * field: "intervene[0].steer" -> "preset.vector". */
+/* An error in the rules a preset compiled, named as the preset's field:
+ * "intervene[0].steer" -> "preset.vector"; a which or branch rule the user
+ * never wrote (too many of them: many senders x receivers) -> "preset". */
 static int preset_field(npp_err *e, int rc)
 {
     static const char *const map[][2] = {{"intervene[0].steer", "preset.vector"},
@@ -596,6 +597,16 @@ static int preset_field(npp_err *e, int rc)
         else
             snprintf(m, sizeof m, "%s", e->message);
         return err_rename(e, f, m, rc);
+    }
+    if (e && (!strncmp(e->field, "which[", 6) || !strncmp(e->field, "branch[", 7))) {
+        const char *colon = strstr(e->message, ": ");
+        char m[sizeof e->message + 192]; /* cut to size below */
+        snprintf(m, sizeof m,
+                 "preset: it expands to a rule per sender and receiver, and those were "
+                 "refused (use fewer senders or receivers; a{i}.head is all of a layer's "
+                 "heads): %s",
+                 colon ? colon + 2 : e->message);
+        return err_rename(e, "preset", m, rc);
     }
     return rc;
 }

@@ -292,6 +292,13 @@ static int preset_path(const job *j, json_t *p, json_t *br, json_t *wh, json_t *
                           f, S[s].name);
             goto done;
         }
+        for (size_t k = 0; k < s; k++)
+            if (S[k].kind == S[s].kind && S[k].layer == S[s].layer && S[k].idx == S[s].idx &&
+                S[k].comp == S[s].comp) {
+                rc = npp_fail(e, NPP_EINVAL, f, "%s: \"%s\" is preset.senders[%zu] again", f,
+                              S[s].name, k);
+                goto done;
+            }
         if (S[s].kind == G_HEAD && !heads_done[S[s].layer]++) {
             snprintf(pat, sizeof pat, "**/a%d/a%d.head", S[s].layer, S[s].layer);
             json_array_append_new(heads, json_string(pat));
@@ -303,6 +310,15 @@ static int preset_path(const job *j, json_t *p, json_t *br, json_t *wh, json_t *
         snprintf(f, sizeof f, "preset.receivers[%zu]", r);
         if ((rc = preset_node(g, json_array_get(rcv, r), f, &R, e)))
             goto done;
+        for (size_t k = 0; k < r; k++) {
+            pnode K;
+            preset_node(g, json_array_get(rcv, k), f, &K, e); /* valid: checked before */
+            if (K.kind == R.kind && K.layer == R.layer && K.idx == R.idx && K.comp == R.comp) {
+                rc = npp_fail(e, NPP_EINVAL, f, "%s: \"%s\" is preset.receivers[%zu] again", f,
+                              R.name, k);
+                goto done;
+            }
+        }
         int order = graph_stream_index(g, R.kind, R.layer);
         switch (R.kind) {
         case G_LN_FINAL: snprintf(rp, sizeof rp, "ln_final"); break;

@@ -240,6 +240,7 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
     /* 5% for what the allocator rounds up and cannot hand back at once */
     size_t work = est->exec_bytes > est->output_bytes ? est->exec_bytes : est->output_bytes;
     size_t attrib = 0;
+    const char *attrib_f = "attribution"; /* or discover's second job, if that is larger */
     if (j->attrib) { /* after the result is built: the result, the scores and their text */
         est->result_bytes = rs.text_bytes + attrib_text_bytes(m, j);
         /* the roots (the corrupted senders among them) are held when it starts */
@@ -259,7 +260,8 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
             second_w *= 2;
             second = standin > second ? standin : second;
         }
-        attrib = second > attrib ? second : attrib;
+        if (second > attrib)
+            attrib = second, attrib_f = "discover";
         work = attrib > work ? attrib : work;
     }
     est->work_bytes = work;
@@ -275,7 +277,7 @@ static int estimate(const model *m, run_output *r, const run_opts *o, npp_err *e
     if (rs.largest_bytes > big)
         big = rs.largest_bytes, f = rs.largest_field;
     if (attrib > big)
-        f = "attribution";
+        f = attrib_f;
     est->peak_field = f;
     est->result_field = rs.text_field;
     est->work = ex.work + logits + attrib_w + second_w;

@@ -276,6 +276,12 @@ def test_attribution_over_the_budget_refused_by_its_field(make_server):
     assert st == 422 and body["error"]["code"] == "job_too_large", body
     assert body["error"]["field"] == "attribution", body
     validate("/v1/jobs", "POST", st, body)
+    # a discover job whose checks (not its attribution) are over: named discover
+    small = {"inputs": [[ids[0][:200]], [ids[0][:200][::-1]]], "outputs": {"top_k": 0},
+             "metric": {"type": "logit", "token": 5}}
+    st, _, body = srv.request("POST", "/v1/jobs", dict(small, discover={"verify": 1000, "top_n": [10]}))
+    assert st == 422 and body["error"]["code"] == "job_too_large", body
+    assert body["error"]["field"] == "discover", body
     job["attribution"] = {"method": "eap-ig", "steps": 2}
     job["inputs"] = [[ids[0][:200]], [ids[0][:200][::-1]]]  # one short pair fits: it runs
     st, _, body = srv.request("POST", "/v1/jobs?wait=60", job)
