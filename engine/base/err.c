@@ -11,6 +11,12 @@ int npp_vfail(npp_err *e, int code, const char *field, const char *fmt, va_list 
     e->code = code;
     snprintf(e->field, sizeof e->field, "%s", field ? field : "");
     vsnprintf(e->message, sizeof e->message, fmt, ap);
+    /* a message that starts with a path inside the field ("outputs.logits:
+     * ..." for "outputs") names the field more exactly: use it */
+    size_t fl = strlen(e->field), pl = strcspn(e->message, ": ");
+    if (fl && pl > fl && pl < sizeof e->field && !strncmp(e->message, e->field, fl) &&
+        (e->message[fl] == '.' || e->message[fl] == '[') && e->message[pl] == ':')
+        snprintf(e->field, sizeof e->field, "%.*s", (int)pl, e->message);
     return code;
 }
 
