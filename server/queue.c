@@ -166,6 +166,8 @@ static void recover_one(void *ud, sjob *j)
     } else if (j->state == J_DONE && !j->result_gone) {
         S.results_disk += j->result_bytes;
     }
+    if (j->state == J_DONE) /* its progress is not stored: a finished job's is complete */
+        j->done = j->total;
     pthread_mutex_unlock(&S.mu);
 }
 

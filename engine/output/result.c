@@ -21,7 +21,7 @@ json_t *result_json_num(double x)
         return json_string("NaN");
     if (isinf(x))
         return json_string(x > 0 ? "Infinity" : "-Infinity");
-    return json_real(x);
+    return json_real(x == 0 ? 0.0 : x); /* no -0.0 (an empty circuit's faithfulness) */
 }
 
 char *result_base64_f32(const float *x, size_t n)

@@ -557,6 +557,8 @@ def test_kill9_then_restart_answers_every_accepted_job(make_server, tmp_path):
     again = make_server("--workers", "1", models={"slow": SLOW_MODEL}, state_dir=state)
     st, _, body = again.request("GET", "/v1/jobs/" + finished["id"])
     assert st == 200 and body["state"] == "done" and body["result"] == finished["result"]
+    p = body["progress"]
+    assert p["done"] == p["total"] > 0, p  # finished: complete after the restart too
     for jid in ids:
         body = wait_state(again, jid, {"done", "failed", "cancelled"}, timeout=300)
         assert body["state"] == "done" and body["result"]["outputs"]["top_k"], body
