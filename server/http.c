@@ -301,18 +301,6 @@ static const route_def *route_find(const req *r, char id[SRV_ID_MAX], char allow
     return hit;
 }
 
-/* At the head: the token, before any body is read (so that a client
- * without one cannot hold a connection with a slow body), except for the
- * open documents (an unknown path's 404 is a token holder's answer too).
- * 0, or 1 with the error sent. */
-static int auth_at_head(req *r, enum MHD_Result *ret)
-{
-    char id[SRV_ID_MAX], allow[64];
-    int auth;
-    route_find(r, id, allow, &auth);
-    return (auth || !allow[0]) && auth_request(r, ret);
-}
-
 static enum MHD_Result route(req *r)
 {
     char id[SRV_ID_MAX] = "", allow[64];
@@ -345,7 +333,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (!(r = calloc(1, sizeof *r)))
             return MHD_NO;
         r->conn = conn;
-        r->at_head = 1;
+        r->at_head = 1; /* answers before the body is read close the connection */
         r->t0 = srv_now();
         /* what the log and messages show is valid UTF-8 whatever came */
         char *m = http_utf8_clean(method, strlen(method)), *u = http_utf8_clean(url, strlen(url));
@@ -362,12 +350,28 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                        : send_error(r, 400, "invalid_url", "url",
                                     "the URL is not valid UTF-8 (after percent-decoding)");
         }
-        enum MHD_Result ret;
-        if (auth_at_head(r, &ret)) {
-            r->too_big = 1; /* the body is not read */
-            return ret;
-        }
+        /* Everything but a token holder's POST is answered here, at the head,
+         * its body (if any) never read, so that nobody without a token, and
+         * no request that takes no body, can hold a connection by sending a
+         * body slowly. The token first, except for the open documents (an
+         * unknown path's 404 is a token holder's answer too). */
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        int body = (cl && strtoull(cl, NULL, 10) > 0) ||
+                   MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding");
+        char id[SRV_ID_MAX], allow[64];
+        int auth;
+        enum MHD_Result ret;
+        const route_def *hit = route_find(r, id, allow, &auth);
+        r->at_head = body; /* an answer now leaves the body unread */
+        r->too_big = body; /* and ignores it if it comes */
+        if ((auth || !allow[0]) && auth_request(r, &ret))
+            return ret;
+        if (!hit || strcmp(hit->method, "POST")) { /* it takes no body */
+            if (!body)
+                conn_body_done(conn);
+            return route(r);
+        }
+        r->too_big = 0;
         if (cl && strtoull(cl, NULL, 10) > (unsigned long long)S.max_body_kb * 1024) {
             r->too_big = 1;
             return send_error(r, 413, "payload_too_large", "body",

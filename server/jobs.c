@@ -315,9 +315,8 @@ void joblist_store(joblist *l, int (*write)(const sjob *))
 
 /* ---- results on disk ------------------------------------------------------------ */
 
-/* Removes the oldest results until the stored ones fit --results-disk-mb
- * (caller holds S.mu); the jobs whose files go are added to gone. */
-void bound_results(joblist *gone)
+/* As srv.h says (caller holds S.mu). */
+void bound_results(joblist *gone, const sjob *keep)
 {
     size_t limit = (size_t)S.results_disk_mb << 20, held[sizeof S.users / sizeof S.users[0]];
     while (S.results_disk > limit) {
@@ -327,7 +326,7 @@ void bound_results(joblist *gone)
         int most = -1;
         for (size_t b = 0; b < sizeof S.table / sizeof S.table[0]; b++)
             for (sjob *j = S.table[b]; j; j = j->next)
-                if (j->state == J_DONE && !j->result_gone)
+                if (j->state == J_DONE && !j->result_gone && j != keep)
                     held[j->user] += j->result_bytes;
         for (int u = 0; u < S.nusers; u++)
             if (held[u] && (most < 0 || held[u] > held[most]))
@@ -335,7 +334,7 @@ void bound_results(joblist *gone)
         sjob *old = NULL;
         for (size_t b = 0; most >= 0 && b < sizeof S.table / sizeof S.table[0]; b++)
             for (sjob *j = S.table[b]; j; j = j->next)
-                if (j->state == J_DONE && !j->result_gone && j->user == most &&
+                if (j->state == J_DONE && !j->result_gone && j->user == most && j != keep &&
                     (!old || j->ended < old->ended))
                     old = j;
         if (!old)

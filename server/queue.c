@@ -187,7 +187,7 @@ int sched_recover(void)
     joblist_store(&rc.forget, job_store_forget);
     joblist gone = {0};
     pthread_mutex_lock(&S.mu);
-    bound_results(&gone);
+    bound_results(&gone, NULL);
     fprintf(stderr,
             "{\"event\": \"recovered\", \"queued\": %d, \"were_running\": %d, "
             "\"results_bytes\": %zu}\n",

@@ -262,9 +262,10 @@ void joblist_store(joblist *l, int (*write)(const sjob *));
 int job_store_gone(const sjob *j);   /* store_result_gone of j */
 int job_store_forget(const sjob *j); /* store_forget of j */
 /* Removes results until the stored ones fit --results-disk-mb, each time
- * the oldest of the user whose results take the most room; the jobs whose
- * files go are added to gone (for job_store_gone). */
-void bound_results(joblist *gone);
+ * the oldest of the user whose results take the most room, keep (the job
+ * just finished) counted for nobody and never removed; the jobs whose files
+ * go are added to gone (for job_store_gone). */
+void bound_results(joblist *gone, const sjob *keep);
 
 /* ---- planner.c --------------------------------------------------------------- */
 int planner_start(void);

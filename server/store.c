@@ -68,7 +68,14 @@ static int lock_dir(const char *dir, char *err, size_t errn)
         return snprintf(err, errn, "--state-dir %s: cannot open %s (%s)", dir, path,
                         strerror(errno)),
                -1;
-    if (flock(lock_fd, LOCK_EX | LOCK_NB)) {
+    int held = flock(lock_fd, LOCK_EX | LOCK_NB) ? errno : 0;
+    if (held && held != EWOULDBLOCK) {
+        snprintf(err, errn, "--state-dir %s: cannot lock %s (%s)", dir, path, strerror(held));
+        close(lock_fd);
+        lock_fd = -1;
+        return -1;
+    }
+    if (held) {
         ssize_t n = read(lock_fd, pid, sizeof pid - 1);
         pid[n > 0 ? n : 0] = 0;
         pid[strcspn(pid, "\n")] = 0;

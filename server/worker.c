@@ -170,7 +170,7 @@ static void *worker_main(void *arg)
             j->done = j->total;
             S.results_disk += bytes;
             job_finish(j, J_DONE);
-            bound_results(&gone);
+            bound_results(&gone, j);
         } else if (rc == NPP_ECANCELED && j->timed_out) {
             char est[64] = "";
             const char *who;

@@ -36,6 +36,12 @@ void svg_put(svgbuf *b, const char *fmt, ...)
 void svg_text(svgbuf *b, const char *s)
 {
     for (; s && *s; s++) {
+        if ((unsigned char)s[0] == 0xEF && (unsigned char)s[1] == 0xBF &&
+            ((unsigned char)s[2] == 0xBE || (unsigned char)s[2] == 0xBF)) {
+            svg_put(b, "\xEF\xBF\xBD"); /* U+FFFE, U+FFFF: not XML characters either */
+            s += 2;
+            continue;
+        }
         switch (*s) {
         case '<': svg_put(b, "&lt;"); break;
         case '>': svg_put(b, "&gt;"); break;

@@ -600,12 +600,15 @@ static int preset_field(npp_err *e, int rc)
     }
     if (e && (!strncmp(e->field, "which[", 6) || !strncmp(e->field, "branch[", 7))) {
         const char *colon = strstr(e->message, ": ");
-        char m[sizeof e->message + 192]; /* cut to size below */
-        snprintf(m, sizeof m,
-                 "preset: it expands to a rule per sender and receiver, and those were "
-                 "refused (use fewer senders or receivers; a{i}.head is all of a layer's "
-                 "heads): %s",
-                 colon ? colon + 2 : e->message);
+        char m[sizeof e->message + 192];                /* cut to size below */
+        if (strstr(e->message, "pattern alternatives")) /* path_patch: senders x receivers */
+            snprintf(m, sizeof m,
+                     "preset: it expands to a rule per sender and receiver, too many here "
+                     "(use fewer senders or receivers; a{i}.head is all of a layer's heads): %s",
+                     colon ? colon + 2 : e->message);
+        else
+            snprintf(m, sizeof m, "preset: a rule it expands to was refused: %s",
+                     colon ? colon + 2 : e->message);
         return err_rename(e, "preset", m, rc);
     }
     return rc;

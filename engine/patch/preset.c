@@ -276,8 +276,9 @@ static int preset_path(const job *j, json_t *p, json_t *br, json_t *wh, json_t *
     json_t *heads = json_array(); /* "split": "heads" at these layers */
     int *heads_done = calloc((size_t)g->L, sizeof *heads_done);
     pnode *S = calloc(json_array_size(snd), sizeof *S);
+    pnode *Rs = calloc(json_array_size(rcv), sizeof *Rs);
     int rc = 0;
-    if (!heads_done || !S) {
+    if (!heads_done || !S || !Rs) {
         rc = npp_fail(e, NPP_ENOMEM, "preset", "out of memory");
         goto done;
     }
@@ -310,9 +311,9 @@ static int preset_path(const job *j, json_t *p, json_t *br, json_t *wh, json_t *
         snprintf(f, sizeof f, "preset.receivers[%zu]", r);
         if ((rc = preset_node(g, json_array_get(rcv, r), f, &R, e)))
             goto done;
+        Rs[r] = R;
         for (size_t k = 0; k < r; k++) {
-            pnode K;
-            preset_node(g, json_array_get(rcv, k), f, &K, e); /* valid: checked before */
+            const pnode K = Rs[k];
             if (K.kind == R.kind && K.layer == R.layer && K.idx == R.idx && K.comp == R.comp) {
                 rc = npp_fail(e, NPP_EINVAL, f, "%s: \"%s\" is preset.receivers[%zu] again", f,
                               R.name, k);
@@ -370,6 +371,7 @@ done:
     json_decref(heads);
     free(heads_done);
     free(S);
+    free(Rs);
     return rc;
 }
 

@@ -236,13 +236,13 @@ def test_grid_and_its_heatmap(make_server):
     got = {(int(c.get("data-row")), int(c.get("data-col"))): float(c.get("data-value")) for c in cells}
     assert all(abs(got[(r, c)] - g["values"][r][c]) < 1e-6 for r in range(2) for c in range(3))
     # not a grid; not done yet; a grid too big for one job
-    # names with markup and control characters: still well-formed XML (U+FFFD for \x01)
-    odd = dict(base, grid={"node": "x\u0001<&{layer}", "layer": "all",
+    # names with markup, control characters and U+FFFF: still well-formed XML (U+FFFD)
+    odd = dict(base, grid={"node": "x\u0001\uffff<&{layer}", "layer": "all",
                            "preset": {"type": "activation_patch", "node": "a{layer}"}})
     st, _, body = srv.request("POST", "/v1/jobs?wait=60", odd)
     assert st == 200 and body["state"] == "done", body
     st, _, svg = srv.request("GET", "/v1/jobs/%s/heatmap.svg" % body["id"])
-    assert st == 200 and "x\ufffd<&1" in "".join(ET.fromstring(svg).itertext()), svg[:400]
+    assert st == 200 and "x\ufffd\ufffd<&1" in "".join(ET.fromstring(svg).itertext()), svg[:400]
     st, _, err = srv.request("GET", "/v1/jobs/%s/heatmap.svg" % one["id"])
     assert st == 404 and err["error"]["code"] == "no_heatmap", err
     validate("/v1/jobs/{id}/heatmap.svg", "GET", st, err)

@@ -365,7 +365,8 @@ def test_a_job_held_for_memory_is_not_overtaken_and_its_cancel_frees_the_turn(ma
     assert srv.request("DELETE", "/v1/jobs/" + b1, token=bob)[2]["state"] == "cancelled"
     t0 = time.time()
     body = wait_state(srv, a2, {"running", "done"}, timeout=60)
-    assert time.time() - t0 < 1.0, "alice's small job started %.2f s after the cancel" % (time.time() - t0)
+    took = time.time() - t0
+    assert took < (3.0 if SANITIZED else 1.0), "alice's small job started %.2f s after the cancel" % took
     assert srv.request("GET", "/v1/jobs/" + a1, token=alice)[2]["state"] == "running"
     srv.request("DELETE", "/v1/jobs/" + a1, token=alice)
 
@@ -526,7 +527,7 @@ def test_delete_while_a_big_result_is_built_or_written_takes_effect_within_a_sec
     while state(jid) == "running":
         time.sleep(0.01)
     result_s = time.time() - t0
-    assert state(jid) == "done" and result_s > 1, result_s
+    assert state(jid) == "done" and result_s > 0.5, result_s
     late = []
     for k, frac in enumerate((0.2, 0.5, 0.75, 0.9), 1):
         jid, t0 = submit(k)
@@ -683,6 +684,22 @@ def test_results_on_disk_are_bounded_oldest_first(make_server):
     assert disk <= 1 << 20
 
 
+def test_a_result_just_stored_is_never_the_one_removed(make_server):
+    """Bob's first result is larger than alice's two together: it is not
+    removed the moment it is stored (it would be the largest holder's
+    oldest); alice's go instead."""
+    srv = make_server("--results-disk-mb", "1", "--max-result-mb", "1")
+    small = lambda k: {"inputs": [[11 + k, 12, 13]], "outputs": {"logits": True, "top_k": 0}}
+    alice = [srv.request("POST", "/v1/jobs?wait=60", small(k))[2] for k in range(2)]
+    big = {"inputs": [[21, 22, 23]], "outputs": {"positions": "all", "logits": True, "top_k": 0}}
+    st, _, bob = srv.request("POST", "/v1/jobs?wait=60", big, token=TOKENS["bob"])
+    assert st == 200 and bob["result_bytes"] > sum(a["result_bytes"] for a in alice), bob
+    st, _, body = srv.request("GET", "/v1/jobs/" + bob["id"], token=TOKENS["bob"])
+    assert st == 200 and body["result"]["outputs"]["logits"], body
+    assert [srv.request("GET", "/v1/jobs/" + a["id"])[2]["error"]["code"] for a in alice] == \
+        ["result_removed"] * 2
+
+
 def test_finished_results_leave_memory(make_server):
     srv = make_server("--cache-mb", "0")
     job = lambda k: {"inputs": [[11 + k % 500, 12, 13, 14]], "outputs": {"logits": True,
@@ -777,10 +794,11 @@ def test_slow_senders_cannot_take_every_connection(make_server):
 
 
 def test_a_body_is_read_only_with_a_token_and_within_its_deadline(make_server):
-    """A POST without a valid token is answered 401 or 403 at its head and
-    the connection closed, its body never read (so tokenless clients cannot
-    hold connections with slow bodies); a token holder's body that trickles
-    in is cut at --body-timeout, and the server serves on."""
+    """A request without a valid token, or to a route that takes no body, is
+    answered at its head and the connection closed, its body never read (so
+    nobody can hold connections with slow bodies but a token holder's POST);
+    a token holder's POST body that trickles in is cut at --body-timeout, and
+    the server serves on."""
     srv = make_server("--body-timeout", "2")
     head = b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n%s\r\n{\"inputs\": [\""
 
@@ -789,15 +807,22 @@ def test_a_body_is_read_only_with_a_token_and_within_its_deadline(make_server):
             return s.recv(200)
         except (ConnectionResetError, socket.timeout):
             return b""
-    for auth, status in ((b"", b"401"), (b"Authorization: Bearer not-a-token\r\n", b"403")):
+    # no token, a wrong one; an open route (no token needed) and a GET, neither of
+    # which takes a body: all answered at once, whatever body they announce
+    for req, status in ((head % b"", b"401"),
+                        (head % b"Authorization: Bearer not-a-token\r\n", b"403"),
+                        (head.replace(b"/v1/jobs", b"/healthz") % b"", b"405"),
+                        (head.replace(b"POST /v1/jobs", b"GET /healthz") % b"", b"200"),
+                        (head.replace(b"POST", b"GET") % (b"Authorization: Bearer %s\r\n"
+                                                          % TOKENS["bob"].encode()), b"200")):
         s = socket.create_connection(("127.0.0.1", srv.port))
         s.settimeout(5)
         t0 = time.time()
-        s.sendall(head % auth)
+        s.sendall(req)
         got = first_answer(s)
-        assert got.startswith(b"HTTP/1.1 " + status) and b"Connection: close" in got, got
-        while got.count(b"\n") < 2 or not got.endswith(b"}\n"):  # the rest of the answer
-            got += first_answer(s)
+        assert got.startswith(b"HTTP/1.1 " + status) and b"Connection: close" in got, (req, got)
+        while (got.count(b"\n") < 2 or not got.endswith(b"\n")) and time.time() - t0 < 5:
+            got += first_answer(s)  # the rest of the answer
         assert first_answer(s) == b"", "the connection stayed open after the answer"
         assert time.time() - t0 < 2, time.time() - t0
         s.close()
