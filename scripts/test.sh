@@ -48,9 +48,9 @@ scripts/fuzz.sh "$secs"
 full=${NPP_FULL_SANITIZE:-0}
 echo "== ThreadSanitizer: the server tests =="
 export TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1"
-# nppd's own thread hand-offs are in server_api and server_shared; the
-# clients' and nginx's tests send it ordinary jobs
-CTEST_ARGS=(-R "^server_(api|shared)$") # and the model fixtures they require
+# nppd's own thread hand-offs are in server_api, server_shared and
+# server_durable; the clients' and nginx's tests send it ordinary jobs
+CTEST_ARGS=(-R "^server_(api|shared|durable)$") # and the model fixtures they require
 [ "$full" = 1 ] && CTEST_ARGS=(-R "^server_")
 run_suite build-tsan RelWithDebInfo -DNPP_TSAN=ON
 unset TSAN_OPTIONS
