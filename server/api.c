@@ -232,12 +232,9 @@ static enum MHD_Result post_tokenize(req *r, const char *id)
     json_t *val;
     json_object_foreach(doc, key, val)
     { /* as a job's unknown fields are refused */
-        if (strcmp(key, "text") && strcmp(key, "model")) {
-            char *k = http_utf8_clean(key, strlen(key));
-            ret = send_error(r, 422, "invalid_request", k ? k : "?",
-                             "%s: unknown field (a tokenize request has text and model)",
-                             k ? k : "?");
-            free(k);
+        if (strcmp(key, "text") && strcmp(key, "model")) { /* jansson: valid UTF-8, no NUL */
+            ret = send_error(r, 422, "invalid_request", key,
+                             "%s: unknown field (a tokenize request has text and model)", key);
             json_decref(doc);
             return ret;
         }

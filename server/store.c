@@ -69,20 +69,17 @@ static int lock_dir(const char *dir, char *err, size_t errn)
                         strerror(errno)),
                -1;
     int held = flock(lock_fd, LOCK_EX | LOCK_NB) ? errno : 0;
-    if (held && held != EWOULDBLOCK) {
-        snprintf(err, errn, "--state-dir %s: cannot lock %s (%s)", dir, path, strerror(held));
-        close(lock_fd);
-        lock_fd = -1;
-        return -1;
-    }
     if (held) {
-        ssize_t n = read(lock_fd, pid, sizeof pid - 1);
+        ssize_t n = held == EWOULDBLOCK ? read(lock_fd, pid, sizeof pid - 1) : 0;
         pid[n > 0 ? n : 0] = 0;
         pid[strcspn(pid, "\n")] = 0;
-        snprintf(err, errn,
-                 "--state-dir %s is in use by another nppd%s%s%s; give each server its own "
-                 "state folder",
-                 dir, pid[0] ? " (pid " : "", pid, pid[0] ? ")" : "");
+        if (held == EWOULDBLOCK)
+            snprintf(err, errn,
+                     "--state-dir %s is in use by another nppd%s%s%s; give each server its own "
+                     "state folder",
+                     dir, pid[0] ? " (pid " : "", pid, pid[0] ? ")" : "");
+        else
+            snprintf(err, errn, "--state-dir %s: cannot lock %s (%s)", dir, path, strerror(held));
         close(lock_fd);
         lock_fd = -1;
         return -1;
