@@ -167,6 +167,14 @@ void conn_tick(double now)
     pthread_mutex_unlock(&cmu);
 }
 
+long conn_busy(void)
+{
+    pthread_mutex_lock(&cmu);
+    long n = nopen - lists[1].n;
+    pthread_mutex_unlock(&cmu);
+    return n;
+}
+
 void conn_stats(long *pending, long *open, uint64_t *shut_total)
 {
     pthread_mutex_lock(&cmu);

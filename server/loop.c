@@ -119,8 +119,11 @@ static void begin_drain(int signum)
         }
         http_wake_queued(); /* the kept ones wait for the server now */
     }
+    int idle = S.nrunning == 0;
     pthread_mutex_unlock(&S.mu);
     joblist_store(&cancelled, store_finished);
+    if (idle) /* nothing to wait for: not even the next tick */
+        uv_stop(&S.loop);
 }
 
 static void on_signal(uv_signal_t *h, int signum)

@@ -532,7 +532,8 @@ int main(int argc, char **argv)
     pthread_mutex_unlock(&S.mu);
     planner_stop();
     http_resume_all();
-    usleep(300 * 1000);
+    for (int i = 0; i < 60 && conn_busy() > 0; i++)
+        usleep(5 * 1000); /* at most 300 ms for the answers to leave */
     http_resume_all();
     http_stop();
     sched_stop_workers();

@@ -316,6 +316,8 @@ void conn_body_done(struct MHD_Connection *c);    /* on_request's call after the
 void conn_request_done(struct MHD_Connection *c); /* on_completed: waits for a head again */
 void conn_tick(double now);                       /* loop thread: shuts the late ones */
 void conn_stats(long *pending, long *open, uint64_t *shut);
+/* Connections in the middle of a request (open, not waiting for a head). */
+long conn_busy(void);
 
 /* ---- http.c ---------------------------------------------------------------------- */
 int http_start(void);

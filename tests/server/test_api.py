@@ -702,13 +702,15 @@ def test_slowloris_and_connection_limits(make_server):
 
 
 def test_sigterm_drains(make_server):
-    srv = make_server("--drain-seconds", "2", models={"slow": SLOW_MODEL})
+    # a job that runs for seconds, so that nppd is still draining when the
+    # requests below arrive (it exits as soon as nothing runs)
+    srv = make_server("--drain-seconds", "2", models={"long": LONG_MODEL})
     keep = srv.conn()
     assert srv.request("GET", "/healthz", conn=keep)[0] == 200  # a kept-alive connection
-    jid = srv.request("POST", "/v1/jobs", slow_job(80))[2]["id"]
+    jid = srv.request("POST", "/v1/jobs", long_job(80))[2]["id"]
     wait_state(srv, jid, {"running"})
     waiter, out = in_thread(srv.request, "POST", "/v1/jobs?wait=120", job_doc(), "default")
-    queued = srv.request("POST", "/v1/jobs", slow_job(81))[2]["id"]
+    queued = srv.request("POST", "/v1/jobs", long_job(81))[2]["id"]
     t0 = time.time()
     srv.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
