@@ -35,7 +35,7 @@ run_suite build Release
 [ "${1:-}" = "--quick" ] && exit 0
 
 secs=${NPP_FUZZ_SECONDS:-30}
-echo "== fuzzing (libFuzzer, ASan + UBSan), $secs s per target =="
+echo "== fuzzing (libFuzzer, ASan + UBSan), $secs s per target; ${SECONDS} s so far =="
 scripts/fuzz.sh "$secs"
 
 # Every process that links Debian's libtorch spends ~1 s in its static
@@ -46,7 +46,7 @@ scripts/fuzz.sh "$secs"
 # NPP_FULL_SANITIZE=1 runs every server test under TSan and every test but
 # 'heavy' and 'memory' under ASan (about 10 minutes more on 2 cores).
 full=${NPP_FULL_SANITIZE:-0}
-echo "== ThreadSanitizer: the server tests =="
+echo "== ThreadSanitizer: the server tests; ${SECONDS} s so far =="
 export TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1"
 # nppd's own thread hand-offs are in server_api, server_shared and
 # server_durable; the clients' and nginx's tests send it ordinary jobs
@@ -55,7 +55,7 @@ CTEST_ARGS=(-R "^server_(api|shared|durable)$") # and the model fixtures they re
 run_suite build-tsan RelWithDebInfo -DNPP_TSAN=ON
 unset TSAN_OPTIONS
 
-echo "== sanitizer build (ASan + UBSan) =="
+echo "== sanitizer build (ASan + UBSan); ${SECONDS} s so far =="
 # The 'heavy' tests repeat numerics on a 12-layer model through code paths
 # the tiny models already cover; under ASan they would only cost time.
 # The 'memory' ones measure RSS, which ASan's shadow memory inflates.

@@ -137,13 +137,29 @@ class Server:
         return open(self.log_path).read().splitlines()
 
 
-@pytest.fixture
-def server():
-    s = Server()
-    yield s
+def _stopped(s):
     code = s.stop()
     # Under ASan a leak makes the exit status non-zero: every test checks it.
     assert code == 0, "nppd exited %s:\n%s" % (code, "\n".join(s.log_lines()[-30:]))
+
+
+@pytest.fixture(scope="module")
+def server():
+    """An nppd with the default flags, shared by the tests of a module (a
+    start costs ~1 s of libtorch's initialisers, 4 s under TSan). A test
+    that reads the log, counts what the cache holds or measures memory
+    takes fresh_server instead."""
+    s = Server()
+    yield s
+    _stopped(s)
+
+
+@pytest.fixture
+def fresh_server():
+    """An nppd of the test's own, started for it and stopped after it."""
+    s = Server()
+    yield s
+    _stopped(s)
 
 
 @pytest.fixture

@@ -18,6 +18,9 @@ from conftest import (LONG_MODEL, MODEL, NPP, SLOW_MODEL, TOKENS, free_port, in_
                       long_job, slow_job, validate, wait_state)
 
 SANITIZED = "ASAN_OPTIONS" in os.environ or "TSAN_OPTIONS" in os.environ
+# Under ThreadSanitizer (the nppd start alone takes ~4 s) the tests of what
+# one thread does by itself are skipped: the other tests cover the hand-offs.
+TSAN = "TSAN_OPTIONS" in os.environ
 
 
 # ---- health, docs, auth ------------------------------------------------------------------
@@ -143,18 +146,18 @@ def test_sweep(server):
     validate("/v1/jobs", "POST", st, err)
 
 
-def test_rows_read_are_their_own_cache_entries(server):
+def test_rows_read_are_their_own_cache_entries(fresh_server):
     """A job that reads its runs' last position only computes the top of
     the model there (stats.tail_from); those values are cached apart from
     the whole ones, so a later job asking for hidden states on the same
     inputs computes the top again, whole, and both agree."""
     base = job_doc(metric={"type": "logprob", "token": " Madrid"}, outputs={"top_k": 0})
-    st, _, a = server.request("POST", "/v1/jobs?wait=60", base)
+    st, _, a = fresh_server.request("POST", "/v1/jobs?wait=60", base)
     assert st == 200 and a["state"] == "done", a
     T = a["result"]["tokens"]
     assert a["result"]["stats"]["tail_from"] == T - 1
     whole = dict(base, outputs={"top_k": 0, "hidden_states": True})
-    st, _, b = server.request("POST", "/v1/jobs?wait=60", whole)
+    st, _, b = fresh_server.request("POST", "/v1/jobs?wait=60", whole)
     assert st == 200 and b["state"] == "done", b
     sb = b["result"]["stats"]
     assert sb["tail_from"] == 0
@@ -165,7 +168,7 @@ def test_rows_read_are_their_own_cache_entries(server):
     assert hs["shape"] == [1, T, 64], hs["shape"]
     assert b["result"]["metric"]["mean"] == pytest.approx(a["result"]["metric"]["mean"],
                                                           rel=1e-5, abs=1e-5)
-    st, _, c = server.request("POST", "/v1/jobs?wait=60", base)  # the first job again
+    st, _, c = fresh_server.request("POST", "/v1/jobs?wait=60", base)  # the first job again
     assert st == 200 and c["result"]["stats"]["values_computed"] == 0
     assert c["result"]["stats"]["tail_from"] == T - 1  # its rows, from the cache
     assert c["result"]["metric"] == a["result"]["metric"]
@@ -384,6 +387,7 @@ def test_job_errors(server):
     validate("/v1/jobs", "POST", st, body)
 
 
+@pytest.mark.skipif(TSAN, reason="the HTTP thread alone: no thread hand-off")
 def test_body_limit(make_server):
     srv = make_server("--max-body-kb", "2")
     big = job_doc(comment="x" * 5000)
@@ -402,11 +406,11 @@ def test_body_limit(make_server):
     assert r.status == 413 and json.loads(r.read())["error"]["code"] == "payload_too_large"
 
 
-def test_identical_jobs_computed_once(server):
+def test_identical_jobs_computed_once(fresh_server):
     doc = job_doc(inputs=[[11, 22, 33, 44, 55, 66], [11, 22, 77, 44, 55, 66]],
                   outputs={"top_k": 2})
-    t1, o1 = in_thread(server.request, "POST", "/v1/jobs?wait=60", doc, TOKENS["alice"])
-    t2, o2 = in_thread(server.request, "POST", "/v1/jobs?wait=60", doc, TOKENS["bob"])
+    t1, o1 = in_thread(fresh_server.request, "POST", "/v1/jobs?wait=60", doc, TOKENS["alice"])
+    t2, o2 = in_thread(fresh_server.request, "POST", "/v1/jobs?wait=60", doc, TOKENS["bob"])
     t1.join()
     t2.join()
     assert o1["value"][0] == 200 and o2["value"][0] == 200, (o1, o2)
@@ -417,7 +421,7 @@ def test_identical_jobs_computed_once(server):
     assert s[0]["values_cached"] + s[0]["values_waited"] > 0
     assert o1["value"][2]["result"]["outputs"] == o2["value"][2]["result"]["outputs"]
     # /metrics agrees: misses = values computed; hits >= what the second took
-    st, _, text = server.request("GET", "/metrics")
+    st, _, text = fresh_server.request("GET", "/metrics")
     text = text.decode()
     misses = int(re.search(r'npp_cache_misses_total\{model="tiny"\} (\d+)', text).group(1))
     hits = int(re.search(r'npp_cache_hits_total\{model="tiny"\} (\d+)', text).group(1))
@@ -425,7 +429,7 @@ def test_identical_jobs_computed_once(server):
     assert 'npp_jobs_finished_total{state="done"} 2' in text
     assert re.search(r"npp_job_duration_seconds_count 2", text)
     assert re.search(r'npp_cache_bytes\{model="tiny"\} [1-9]', text)
-    st, _, models = server.request("GET", "/v1/models")
+    st, _, models = fresh_server.request("GET", "/v1/models")
     assert models["models"][0]["cache"]["misses"] == misses
 
 
@@ -640,15 +644,16 @@ def test_result_ttl(make_server):
     assert st == 404 and "results are kept 1 s" in body2["error"]["message"]
 
 
-def test_request_log_one_json_line_each(server):
+def test_request_log_one_json_line_each(fresh_server):
     for _ in range(3):
-        server.request("GET", "/healthz")
-    server.request("GET", "/v1/jobs/nope")
+        fresh_server.request("GET", "/healthz")
+    fresh_server.request("GET", "/v1/jobs/nope")
     # The line is written when libmicrohttpd reports the request complete,
     # which can come just after the client has read the response.
     deadline = time.time() + 5
     while True:
-        lines = [json.loads(line) for line in server.log_lines() if line.startswith('{"method"')]
+        lines = [json.loads(line) for line in fresh_server.log_lines()
+                 if line.startswith('{"method"')]
         if (lines and lines[-1]["path"] == "/v1/jobs/nope") or time.time() > deadline:
             break
         time.sleep(0.02)
@@ -729,6 +734,7 @@ def test_sigterm_drains(make_server):
     del queued
 
 
+@pytest.mark.skipif(TSAN, reason="flags read at start-up: no thread hand-off")
 def test_environment_and_two_models(make_server):
     """Every flag also works as an NPP_* variable; several models stay resident."""
     port = free_port()
@@ -746,6 +752,7 @@ def test_environment_and_two_models(make_server):
     assert 'npp_workers 1' in srv.request("GET", "/metrics")[2].decode()
 
 
+@pytest.mark.skipif(TSAN, reason="a result's JSON text: no thread hand-off")
 def test_nan_results_stay_valid_json(make_server, tmp_path):
     """A model whose logits are NaN: the answer is still strict JSON, with
     non-finite numbers as the documented strings."""

@@ -62,6 +62,7 @@ def test_a_second_nppd_on_the_same_state_dir_exits_without_touching_it(make_serv
     srv.request("DELETE", "/v1/jobs/" + jid)
 
 
+@pytest.mark.skipif(TSAN, reason="the store's upgrade at start-up: no thread hand-off")
 def test_a_version_1_store_is_upgraded_and_its_jobs_run(make_server, tmp_path):
     """A store written before the time estimate (version 1: no
     est_seconds column) gets the column; its queued job runs."""

@@ -29,8 +29,8 @@ def test_patterns_compile_to_rules():
         "any": ["**/a1/**", "**/f0/**"], "not": True}
 
 
-def test_original_example(server):
-    client = npp.connect("http://127.0.0.1:%d" % server.port, token=server.token)
+def test_original_example(fresh_server):
+    client = npp.connect("http://127.0.0.1:%d" % fresh_server.port, token=fresh_server.token)
     assert [m["name"] for m in client.models()] == ["tiny"]
     m = client.model("tiny")
     assert m.tokenize("Hello world") == [15496, 995]
@@ -48,12 +48,12 @@ def test_original_example(server):
                          outputs={"top_k": 3},
                          metric={"type": "logit_diff", "target": " Madrid", "baseline": " Rome"})
     del doc["model"]
-    path_ = os.path.join(server.tmp.name, "j.json")
+    path_ = os.path.join(fresh_server.tmp.name, "j.json")
     json.dump(doc, open(path_, "w"))
     cli = json.loads(subprocess.run([NPP, "run", "--model", MODEL, path_], capture_output=True,
                                     text=True, check=True).stdout)
     assert abs(cli["metric"]["mean"] - res.metric) < 1e-6
-    svg_path = os.path.join(server.tmp.name, "paths.svg")
+    svg_path = os.path.join(fresh_server.tmp.name, "paths.svg")
     svg = res.visualise_path(svg_path)
     assert os.path.getsize(svg_path) > 1000 and ET.fromstring(svg).tag.endswith("svg")
 

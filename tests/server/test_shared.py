@@ -149,10 +149,10 @@ def test_token_file_errors_name_the_line(tmp_path, text, line, words):
 
 # ---- memory ----------------------------------------------------------------------------------
 
-def test_repeated_positions_refused_fast_and_memory_stays(server):
-    before = rss(server.proc.pid)
+def test_repeated_positions_refused_fast_and_memory_stays(fresh_server):
+    before = rss(fresh_server.proc.pid)
     t0 = time.time()
-    st, _, body = server.request("POST", "/v1/jobs",
+    st, _, body = fresh_server.request("POST", "/v1/jobs",
                                  {"inputs": ["a b"], "outputs": {"positions": [0] * 20000}})
     took = time.time() - t0
     assert st == 422 and body["error"]["field"] == "outputs.positions[1]", body
@@ -160,7 +160,7 @@ def test_repeated_positions_refused_fast_and_memory_stays(server):
     validate("/v1/jobs", "POST", st, body)
     assert took < 2, took
     time.sleep(0.5)
-    assert SANITIZED or rss(server.proc.pid) < before + (64 << 20)
+    assert SANITIZED or rss(fresh_server.proc.pid) < before + (64 << 20)
 
 
 @pytest.mark.skipif(bool(os.environ.get("NPPD_LEGACY")), reason="an older nppd has no --keep-mb")
