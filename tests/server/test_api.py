@@ -1,6 +1,7 @@
 """Black-box tests of nppd: every endpoint, every error status with its body,
 responses valid against api/openapi.yaml, shared cache, cancellation,
-disconnects, fairness, limits and graceful shutdown."""
+disconnects, limits and graceful shutdown (a user's share of the workers
+and its turn: test_shared.py)."""
 import copy
 import json
 import os
@@ -516,105 +517,6 @@ def test_client_disconnects_mid_job(make_server):
     s.close()
     wait_state(srv, jid, {"done"})
     assert srv.request("GET", "/healthz")[0] == 200
-
-
-def running_snapshots(srv, token, ids, until):
-    """The caller's running jobs among ids in each job list (one snapshot
-    under the server's lock) until until() holds."""
-    seen = []
-    deadline = time.time() + 300
-    while not until() and time.time() < deadline:
-        jobs = srv.request("GET", "/v1/jobs", token=token)[2]["jobs"]
-        seen.append(sorted(j["id"] for j in jobs if j["id"] in ids and j["state"] == "running"))
-        time.sleep(0.01)
-    return seen
-
-
-def test_one_user_never_holds_every_worker(make_server):
-    """With a token file, one user's jobs hold at most --user-workers
-    workers (by default one less than --workers): a second user's job
-    starts at once on the worker kept free, while the first user's next
-    jobs wait and say why."""
-    srv = make_server("--workers", "2", models={"slow": SLOW_MODEL})
-    limits = srv.request("GET", "/v1/models")[2]["limits"]
-    assert (limits["workers"], limits["user_workers"]) == (2, 1), limits
-    alice = [srv.request("POST", "/v1/jobs", slow_job(80 + i), token=TOKENS["alice"])[2]["id"]
-             for i in range(4)]
-    wait_state(srv, alice[0], {"running"})
-    listed = {j["id"]: j for j in srv.request("GET", "/v1/jobs", token=TOKENS["alice"])[2]["jobs"]}
-    assert [listed[j].get("waiting_for") for j in alice] == [None] + ["user_workers"] * 3, listed
-    single = srv.request("GET", "/v1/jobs/" + alice[3], token=TOKENS["alice"])[2]
-    assert single["state"] == "queued" and single["waiting_for"] == "user_workers", single
-    text = srv.request("GET", "/metrics")[2].decode()
-    assert 'npp_jobs_waiting{reason="user_workers"} 3' in text and "npp_user_workers 1" in text
-    assert 'npp_jobs_waiting{reason="worker"} 0' in text
-    # the idle worker is bob's at once, while alice's later jobs still wait
-    bob = srv.request("POST", "/v1/jobs", slow_job(90), token=TOKENS["bob"])[2]["id"]
-    deadline = time.time() + 60
-    while srv.request("GET", "/v1/jobs/" + bob, token=TOKENS["bob"])[2]["state"] == "queued":
-        assert time.time() < deadline, "bob's job never started"
-        time.sleep(0.01)
-    states = [srv.request("GET", "/v1/jobs/" + j)[2]["state"] for j in alice]
-    assert states[2:] == ["queued", "queued"], states  # two more of alice's job times away
-    # and alice never had two jobs running at once, from first to last
-    seen = running_snapshots(srv, TOKENS["alice"], alice,
-                             lambda: srv.request("GET", "/v1/jobs/" + alice[3])[2]["state"] == "done")
-    assert len(seen) > 10 and max(len(s) for s in seen) == 1, seen
-    assert "waiting_for" not in srv.request("GET", "/v1/jobs/" + alice[3])[2]
-    assert srv.request("GET", "/v1/jobs/" + bob, token=TOKENS["bob"])[2]["state"] == "done"
-
-
-def test_without_several_tokens_one_user_may_use_every_worker(make_server):
-    """Without a token file, or with a single token, the cap is every
-    worker (--user-workers defaults to --workers), so one user's jobs run
-    two at a time; behind the busy workers a job waits for a 'worker', the
-    next one for its 'earlier_jobs'."""
-    solo = make_server("--workers", "2", tokens={"solo": "solo-token-0000000001"})
-    limits = solo.request("GET", "/v1/models", token="solo-token-0000000001")[2]["limits"]
-    assert (limits["workers"], limits["user_workers"]) == (2, 2), limits
-    srv = make_server("--workers", "2", models={"slow": SLOW_MODEL}, auth=False)
-    limits = srv.request("GET", "/v1/models")[2]["limits"]
-    assert (limits["workers"], limits["user_workers"]) == (2, 2), limits
-    longer = [dict(slow_job(100 + i), inputs=slow_job(100 + i)["inputs"] * 2) for i in range(4)]
-    jobs = [srv.request("POST", "/v1/jobs", d)[2]["id"] for d in longer]
-    deadline = time.time() + 60
-    while True:  # the first two running, the others queued behind them
-        listed = {j["id"]: j for j in srv.request("GET", "/v1/jobs")[2]["jobs"]}
-        if [listed[j]["state"] for j in jobs] == ["running", "running", "queued", "queued"]:
-            break
-        assert time.time() < deadline, listed
-        time.sleep(0.005)
-    assert [listed[j].get("waiting_for") for j in jobs] == \
-        [None, None, "worker", "earlier_jobs"], listed
-    seen = running_snapshots(srv, None, jobs,
-                             lambda: srv.request("GET", "/v1/jobs/" + jobs[3])[2]["state"] == "done")
-    assert max(len(s) for s in seen) == 2, seen
-
-
-def test_fairness(make_server):
-    """One user floods the queue; another's single job waits at most about
-    one job's time (round-robin across users, one worker)."""
-    srv = make_server("--workers", "1", models={"slow": SLOW_MODEL})
-    t0 = time.time()
-    single = srv.request("POST", "/v1/jobs?wait=300", slow_job(20), token=TOKENS["bob"])
-    one_job = time.time() - t0
-    assert single[0] == 200
-    flood = [srv.request("POST", "/v1/jobs", slow_job(30 + i), token=TOKENS["alice"])[2]["id"]
-             for i in range(8)]
-    time.sleep(0.05)
-    t0 = time.time()
-    st, _, body = srv.request("POST", "/v1/jobs?wait=300", slow_job(40), token=TOKENS["bob"])
-    waited = time.time() - t0
-    assert st == 200 and body["state"] == "done"
-    # bob's job ran right after alice's running one: at most ~2 job times, not 9
-    assert waited < 2.5 * one_job + 1.0, (waited, one_job)
-    states = [srv.request("GET", "/v1/jobs/" + j)[2]["state"] for j in flood]
-    # the same, by order rather than by clock: only the job that was running
-    # when bob asked finished before his
-    assert states.count("done") <= 1, states
-    assert states.count("queued") >= 6, states  # alice's flood was still waiting
-    for j in flood:
-        srv.request("DELETE", "/v1/jobs/" + j)
 
 
 def test_queue_full_and_inflight_cap(make_server):
