@@ -181,7 +181,7 @@ int sched_recover(void)
     recovery rc = {{0}, {0}, {0}};
     if (store_load(recover_one, &rc))
         return -1;
-    int n = rc.requeue.n;
+    int n = rc.requeue.n, failed = rc.fail.n;
     joblist_store(&rc.requeue, requeue);
     joblist_store(&rc.fail, store_finished);
     joblist_store(&rc.forget, job_store_forget);
@@ -190,8 +190,8 @@ int sched_recover(void)
     bound_results(&gone, NULL);
     fprintf(stderr,
             "{\"event\": \"recovered\", \"queued\": %d, \"were_running\": %d, "
-            "\"results_bytes\": %zu}\n",
-            S.nqueued, n, S.results_disk);
+            "\"failed\": %d, \"results_bytes\": %zu}\n",
+            S.nqueued, n, failed, S.results_disk);
     pthread_mutex_unlock(&S.mu);
     joblist_store(&gone, job_store_gone);
     return 0;

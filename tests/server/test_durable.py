@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from conftest import (LONG_MODEL, NPPD, SLOW_MODEL, TOKENS, free_port, job_doc, long_job, slow_job,
-                      validate, wait_state)
+from conftest import (LONG_MODEL, MODEL, NPPD, SLOW_MODEL, TOKENS, free_port, job_doc, long_job,
+                      slow_job, validate, wait_state)
 from test_shared import SANITIZED, TSAN, rss
 
 
@@ -125,9 +125,12 @@ def test_recovered_jobs_over_a_lowered_time_limit_fail_without_running(make_serv
     srv.proc.wait()
     srv.killed = True
     failed = {}
-    for _ in range(2):
+    for start in range(2):
         again = make_server("--workers", "1", "--max-job-seconds", "2", *rate,
                             models={"slow": SLOW_MODEL}, state_dir=state)
+        # the start-up log counts the jobs failed now (none at the second)
+        assert '"failed": %d,' % (2 - 2 * start) in next(
+            line for line in again.log_lines() if '"event": "recovered"' in line)
         for jid in ids:
             body = wait_state(again, jid, {"done", "cancelled", "failed"})
             assert body["state"] == "failed" and body["error"]["code"] == "limit", body
@@ -138,6 +141,25 @@ def test_recovered_jobs_over_a_lowered_time_limit_fail_without_running(make_serv
             assert failed.setdefault(jid, body["error"]) == body["error"]  # the same after restart
         assert wait_state(again, small["id"], {"done", "cancelled", "failed"})["state"] == "done"
         assert again.stop() == 0
+
+
+def test_recovered_jobs_of_a_model_no_longer_served_fail_saying_so(make_server, tmp_path):
+    """Restarted without the model its kept jobs were for, nppd fails them
+    at once (field model, saying why) and its start-up log counts them."""
+    state = str(tmp_path / "state")
+    srv = make_server("--workers", "1", models={"long": LONG_MODEL}, state_dir=state)
+    ids = [srv.request("POST", "/v1/jobs", long_job(120 + k))[2]["id"] for k in range(2)]
+    wait_state(srv, ids[0], {"running"})  # for seconds
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait()
+    srv.killed = True
+    again = make_server(models={"tiny": MODEL}, state_dir=state)
+    for jid in ids:
+        body = wait_state(again, jid, {"done", "cancelled", "failed"})
+        assert body["state"] == "failed" and body["error"]["field"] == "model", body
+        assert "not served" in body["error"]["message"], body
+    line = next(x for x in again.log_lines() if '"event": "recovered"' in x)
+    assert '"failed": 2,' in line, line
 
 
 def test_results_on_disk_are_bounded_oldest_first(make_server):
