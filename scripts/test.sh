@@ -39,10 +39,11 @@ echo "== fuzzing (libFuzzer, ASan + UBSan), $secs s per target; ${SECONDS} s so 
 scripts/fuzz.sh "$secs"
 
 # Every process that links Debian's libtorch spends ~1 s in its static
-# initialisers (2.5 s under ASan, 6 s under TSan; ld.so and the operator
-# registry), and the tests start many (nppd per server test; the reference
-# checks keep one `npp run --jsonl` per model): so by default the sanitizer stages leave out the tests that only
-# repeat, under a sanitizer, what others already run there (listed below).
+# initialisers (2.5 s under ASan, 3 s under TSan; ld.so and the operator
+# registry), and the tests start many (an nppd per server test or module;
+# the reference checks keep one `npp run --jsonl` per model): so by default
+# the sanitizer stages leave out the tests that only repeat, under a
+# sanitizer, what others already run there (listed below).
 # NPP_FULL_SANITIZE=1 runs every server test under TSan and every test but
 # 'heavy' and 'memory' under ASan (about 10 minutes more on 2 cores).
 full=${NPP_FULL_SANITIZE:-0}

@@ -18,6 +18,14 @@ difference), each edge patched alone from the corrupted run:
            EAP-IG's evaluation settings (see hooks_tl): a copy of the
            residual per head for each query, key and value input, per-head
            results, the logits at every position.
+  EAP-IG   each edge as EAP-IG's get_scores_exact scores it (hooks_eapig):
+           one evaluate_graph call per edge, on the graph of every edge
+           but that one: the corrupted forward pass recording every
+           sender's output into the (batch, pos, sender, width) difference
+           matrix, then the clean one subtracting its own and rebuilding the
+           receiver's layer's inputs from the matrix with the edge mask;
+           and again with the corrupted pass once, its matrix copied per
+           edge (K patched passes with EAP-IG's hooks).
 
 Prints the times and their ratio (the goal: npp at least 5x faster), the
 ratio's ceiling for these edges (an exact engine recomputes, per edge, only
@@ -133,14 +141,14 @@ def hooks(cfg, W, edges):
     return timed_effects(forward, edges)
 
 
-def hooks_tl(cfg, W, edges):
-    """The same effects by hooked forward passes as TransformerLens runs
-    them with the settings EAP-IG's evaluation sets (use_split_qkv_input,
+def hooks_tl_forward(cfg, W):
+    """A forward pass as TransformerLens runs it with the settings EAP-IG's
+    evaluation sets (use_split_qkv_input,
     use_attn_result, use_hook_mlp_in): every head's query, key and value
     input is its own copy of the residual stream (batch, pos, head, width),
     layer-normed per copy; each head's result is made in the residual
     basis and summed; the forward pass ends with the logits at every
-    position, which the metric then reads at the last. The patch adds
+    position, which the metric then reads at the last. A patch adds
     (u(corrupt) - u(clean)) at the hook of receiver v's input."""
     L, H, C = cfg["n_layer"], cfg["n_head"], cfg["n_embd"]
     D, eps = C // H, cfg.get("layer_norm_epsilon", 1e-5)
@@ -154,9 +162,17 @@ def hooks_tl(cfg, W, edges):
                         [W["h.%d.attn.c_proj.weight" % l].reshape(H, D, C)])
     W_U = W["lm_head.weight"].t().contiguous()  # (C, V)
 
-    def forward(ids, patch=None, send=None):
+    def forward(ids, patch=None, send=None, eap=None):
+        """eap: EAP-IG's hooks, (diff, sign, mask): every sender's output
+        is added to the difference matrix diff (batch, pos, sender, width)
+        times sign; with a mask (senders x receivers, 1 for an edge that
+        carries the corrupted value), the inputs of the receivers' layer
+        get the masked sum of the differences."""
         recv, delta = patch if patch else (None, None)
+        diff, sign, emask = eap if eap else (None, 0, None)
         x = embed(W, ids, send)
+        if diff is not None:
+            diff[:, :, 0] += sign * x
         for l in range(L):
             p = "h.%d." % l
             ln1 = (W[p + "ln_1.weight"], W[p + "ln_1.bias"])
@@ -166,6 +182,11 @@ def hooks_tl(cfg, W, edges):
             if recv and recv.startswith("a%d.head" % l):
                 h, c = recv[len("a%d.head" % l):].split(".")
                 ins["qkv".index(c)][:, :, int(h)] += delta
+            first = 1 + l * (H + 1)  # the senders before layer l
+            if emask is not None and emask[:first, l * (3 * H + 1):l * (3 * H + 1) + 3 * H].any():
+                for i in range(3):  # the whole layer's q, k and v inputs
+                    cols = emask[:first, l * (3 * H + 1) + i * H:l * (3 * H + 1) + (i + 1) * H]
+                    ins[i] += torch.einsum("bpsc,sh->bphc", diff[:, :, :first], cols)
             q, k, v = (torch.einsum("bphm,hmd->bphd", F.layer_norm(i, (C,), *ln1, eps), Wm) + bm
                        for i, Wm, bm in zip(ins, (WQ, WK, WV), (bQ, bK, bV)))
             s = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(D)
@@ -175,20 +196,89 @@ def hooks_tl(cfg, W, edges):
             if send is not None:
                 for h in range(H):
                     send["a%d.head%d" % (l, h)] = result[:, :, h]
+            if diff is not None:
+                diff[:, :, first:first + H] += sign * result
             x = x + result.sum(2) + W[p + "attn.c_proj.bias"]
             mi = x.clone()  # hook_mlp_in
             if recv == "f%d.head" % l:
                 mi += delta
+            col = l * (3 * H + 1) + 3 * H
+            if emask is not None and emask[:first + H, col].any():
+                mi += torch.einsum("bpsc,s->bpc", diff[:, :, :first + H], emask[:first + H, col])
             m = mlp(W, p, mi, eps)
             if send is not None:
                 send["f%d.head" % l] = m
+            if diff is not None:
+                diff[:, :, first + H] += sign * m
             x = x + m
         if recv == "ln_final":
             x = x + delta
+        if emask is not None and emask[:, -1].any():
+            x = x + torch.einsum("bpsc,s->bpc", diff, emask[:, -1])
         logits = F.layer_norm(x, (C,), W["ln_f.weight"], W["ln_f.bias"], eps) @ W_U
         return float((logits[:, -1, TARGET] - logits[:, -1, BASELINE]).mean())
 
-    return timed_effects(forward, edges)
+    return forward
+
+
+def hooks_tl(cfg, W, edges):
+    """hooks_tl_forward's passes, one per edge, (u(corrupt) - u(clean))
+    added at the hook of receiver v's input."""
+    return timed_effects(hooks_tl_forward(cfg, W), edges)
+
+
+def sender_index(cfg, u):
+    """u's row in EAP-IG's difference matrix: the input, then per layer its
+    heads and its MLP."""
+    H = cfg["n_head"]
+    if u == "emb":
+        return 0
+    layer = int(u[1:u.index(".")])
+    return 1 + layer * (H + 1) + (int(u[u.index(".head") + 5:]) if u.startswith("a") else H)
+
+
+def receiver_index(cfg, v):
+    """v's column: per layer its heads' q inputs, k inputs, v inputs, then
+    its MLP; the logits last."""
+    L, H = cfg["n_layer"], cfg["n_head"]
+    if v == "ln_final":
+        return L * (3 * H + 1)
+    layer = int(v[1:v.index(".")])
+    if v.startswith("f"):
+        return layer * (3 * H + 1) + 3 * H
+    h, c = v[len("a%d.head" % layer):].split(".")
+    return layer * (3 * H + 1) + "qkv".index(c) * H + int(h)
+
+
+def hooks_eapig(cfg, W, edges, corrupt_once=False):
+    """Each edge's effect as EAP-IG's get_scores_exact gets it: the plain
+    clean run once (evaluate_baseline), then per edge one evaluate_graph on
+    the graph without that edge (skip_clean): a fresh difference matrix,
+    the corrupted forward pass adding every sender's output into it, the
+    clean one subtracting its own and adding, at the inputs of the
+    removed edge's receiver's layer, the differences the mask selects.
+    corrupt_once: the corrupted pass once, its matrix copied for each edge
+    (what a user of EAP-IG's hooks could do: one patched pass per edge)."""
+    L, H, C = cfg["n_layer"], cfg["n_head"], cfg["n_embd"]
+    forward = hooks_tl_forward(cfg, W)
+    nf, nb = 1 + L * (H + 1), L * (3 * H + 1) + 1
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        m_clean = forward(torch.tensor(clean))
+        if corrupt_once:
+            recorded = torch.zeros(B, T, nf, C)
+            forward(torch.tensor(corrupt), eap=(recorded, 1, None))
+        effects = []
+        for u, v in edges:
+            emask = torch.zeros(nf, nb)
+            emask[sender_index(cfg, u), receiver_index(cfg, v)] = 1
+            if corrupt_once:
+                diff = recorded.clone()
+            else:
+                diff = torch.zeros(B, T, nf, C)
+                forward(torch.tensor(corrupt), eap=(diff, 1, None))
+            effects.append(forward(torch.tensor(clean), eap=(diff, -1, emask)) - m_clean)
+    return time.perf_counter() - t0, effects
 
 
 def downstream(cfg, v, t0=0, t1=None):
@@ -236,15 +326,22 @@ def main():
     got = [v["metric"]["mean"] - m_clean for v in res["sweep"]]
     t_ref, want = hooks(cfg, W, edges)
     t_tl, want_tl = hooks_tl(cfg, W, edges)
+    t_eg, want_eg = hooks_eapig(cfg, W, edges)
+    t_eg1, want_eg1 = hooks_eapig(cfg, W, edges, corrupt_once=True)
     big = max(abs(x) for x in want)
     diff = max(abs(a - b) for a, b in zip(got, want)) / max(big, 1e-12)
     diff_tl = max(abs(a - b) for a, b in zip(want_tl, want)) / max(big, 1e-12)
+    diff_eg = max(abs(a - b) for a, b in zip(want_eg + want_eg1, want + want)) / max(big, 1e-12)
     print("exact effects of EAP's top %d edges, %d x %d tokens, %d thread(s)" % (len(edges), B, T, threads))
     print("npp sweep job (%6d values)        %8.3f s" % (res["stats"]["values_computed"], t_npp))
     print("hooked forwards (%d + 2)           %8.3f s   hooks / npp %.2f (goal: at least 5)"
           % (len(edges), t_ref, t_ref / t_npp))
     print("  as TransformerLens runs them       %8.3f s   TL hooks / npp %.2f"
           % (t_tl, t_tl / t_npp))
+    print("EAP-IG's get_scores_exact (%d x 2 + 1) %7.3f s   EAP-IG / npp %.2f"
+          % (len(edges), t_eg, t_eg / t_npp))
+    print("  its hooks, the corrupted pass once (%d + 2) %7.3f s   EAP-IG hooks / npp %.2f"
+          % (len(edges), t_eg1, t_eg1 / t_npp))
     fw = forward_work(cfg)  # in forwards, after the two plain runs:
     t0 = min(next((t for t in range(T) if a[t] != b[t]), T) for a, b in zip(clean, corrupt))
     work = sum(downstream(cfg, v) for _, v in edges) / fw
@@ -256,9 +353,9 @@ def main():
           % (t0, (len(edges) + 2) / (2 + work_t0), res["stats"]["shared_positions"]))
     print("  and the last layer's c_proj and MLP at the metric's position only %.2f (npp: from %d)"
           % ((len(edges) + 2) / (2 + work_t1), res["stats"]["tail_from"]))
-    print("max effect difference %.1e of the largest (must be <= 1e-4; TL hooks against hooks %.1e)"
-          % (diff, diff_tl))
-    if max(diff, diff_tl) > 1e-4:
+    print("max effect difference %.1e of the largest (must be <= 1e-4; TL hooks against hooks %.1e,"
+          " EAP-IG's %.1e)" % (diff, diff_tl, diff_eg))
+    if max(diff, diff_tl, diff_eg) > 1e-4:
         sys.exit(1)
 
 

@@ -19,7 +19,7 @@ ADMIN = {"carol": "carol-admin-token-0003"}
 SANITIZED = "ASAN_OPTIONS" in os.environ or "TSAN_OPTIONS" in os.environ
 # ThreadSanitizer checks nppd's thread hand-offs; the tests of what a single
 # thread parses or computes (the token file, cache keys, a lock file) leave
-# it out: each nppd start costs ~6 s there.
+# it out: each nppd start costs ~4 s there.
 TSAN = "TSAN_OPTIONS" in os.environ
 # Under a sanitizer compute is 5-20x slower and RSS says nothing, so the
 # jobs that only need to be big run the same paths (queueing, admission,
