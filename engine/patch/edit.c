@@ -49,7 +49,8 @@ static int parse_vector(json_t *v, const edit_table *t, const char *f, float *ou
             if (!json_is_number(x) || !isfinite(d) || fabs(d) > 3.4e38) {
                 char xf[192];
                 snprintf(xf, sizeof xf, "%s[%d]", f, i);
-                return npp_fail(e, NPP_EINVAL, xf, "%s: a finite number", xf);
+                return npp_fail(e, NPP_EINVAL, xf,
+                                "%s: a finite number within float32's range (|x| <= 3.4e38)", xf);
             }
             out[i] = (float)d;
         }
@@ -185,7 +186,7 @@ int edit_parse(edit_table *t, json_t *rule, const char *field, int uneven, npp_e
     else if (!rc && sc &&
              (!json_is_number(sc) || !isfinite(json_number_value(sc)) ||
               fabs(json_number_value(sc)) > 1e30))
-        rc = npp_fail(e, NPP_EINVAL, f, "%s: a finite number", f);
+        rc = npp_fail(e, NPP_EINVAL, f, "%s: a finite number, |scale| <= 1e30", f);
     else if (!rc && sc)
         d->scale = (float)json_number_value(sc);
     snprintf(f, sizeof f, "%s.positions", field);
