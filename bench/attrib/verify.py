@@ -143,8 +143,8 @@ def hooks(cfg, W, edges):
 
 def hooks_tl_forward(cfg, W):
     """A forward pass as TransformerLens runs it with the settings EAP-IG's
-    evaluation sets (use_split_qkv_input,
-    use_attn_result, use_hook_mlp_in): every head's query, key and value
+    evaluation sets (use_split_qkv_input, use_attn_result,
+    use_hook_mlp_in): every head's query, key and value
     input is its own copy of the residual stream (batch, pos, head, width),
     layer-normed per copy; each head's result is made in the residual
     basis and summed; the forward pass ends with the logits at every
