@@ -356,8 +356,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
          * body slowly. The token first, except for the open documents (an
          * unknown path's 404 is a token holder's answer too). */
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-        int body = (cl && strtoull(cl, NULL, 10) > 0) ||
-                   MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding");
+        unsigned long long len = cl ? strtoull(cl, NULL, 10) : 0;
+        int body =
+            len > 0 || MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding");
         char id[SRV_ID_MAX], allow[64];
         int auth;
         enum MHD_Result ret;
@@ -372,7 +373,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return route(r);
         }
         r->too_big = 0;
-        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)S.max_body_kb * 1024) {
+        if (len > (unsigned long long)S.max_body_kb * 1024) {
             r->too_big = 1;
             return send_error(r, 413, "payload_too_large", "body",
                               "the body is over the limit of %ld KiB", S.max_body_kb);
