@@ -44,7 +44,8 @@ scripts/fuzz.sh "$secs"
 # the reference checks keep one `npp run --jsonl` per model): so by default
 # the sanitizer stages leave out the tests that only repeat, under a
 # sanitizer, what others already run there (listed below).
-# NPP_FULL_SANITIZE=1 runs every server test under TSan and every test but
+# NPP_FULL_SANITIZE=1 runs every server ctest under TSan (within them, the
+# tests of what one thread does alone stay skipped) and every test but
 # 'heavy' and 'memory' under ASan (about 10 minutes more on 2 cores).
 full=${NPP_FULL_SANITIZE:-0}
 echo "== ThreadSanitizer: the server tests; ${SECONDS} s so far =="
