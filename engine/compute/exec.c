@@ -29,6 +29,7 @@ typedef struct {
     int32_t *users;  /* consumers still to run, per value */
     long done, total;
     op_memo memo;  /* the last attention call's projections (ops.h) */
+    op_prefix pre; /* the running group's shared rows (ops.h) */
     int64_t t0;    /* the shared prefix (shared_rows) */
     int64_t *from; /* per value: the first row computed (plan_tails; 0: all) */
     uint8_t *tkey; /* per value computed at rows [from, T): its cache key, 32 bytes */
@@ -227,7 +228,7 @@ static int compute(ex *x, const int32_t *vs, int n, shim_status *st)
     }
     if (op->batched)
         return run_chunked(x, vs, n, st);
-    op_env env = {x->p, x->h, &x->memo, x->t0, x->from};
+    op_env env = {x->p, x->h, &x->memo, x->t0, x->from, NULL};
     for (int i = 0; i < n; i++)
         x->h[vs[i]] = op->run(&env, vs[i], st);
     return 0;
@@ -371,7 +372,7 @@ static int run_chunked(ex *x, const int32_t *vs, int n, shim_status *st)
     exec_chunk *ch;
     int nch;
     const op_def *op = op_info(x->p->v[vs[0]].op);
-    op_env env = {x->p, x->h, &x->memo, x->t0, x->from};
+    op_env env = {x->p, x->h, &x->memo, x->t0, x->from, &x->pre};
     if (exec_chunks(x->p, vs, n, x->o ? x->o->chunk_bytes : 0, &ch, &nch))
         return npp_fail(x->e, NPP_ENOMEM, "", "out of memory");
     shim_tensor **out = calloc((size_t)n, sizeof *out), **parts = NULL;
@@ -409,6 +410,7 @@ static int run_chunked(ex *x, const int32_t *vs, int n, shim_status *st)
     while (nparts)
         shim_free(parts[--nparts]);
     free(parts);
+    op_prefix_clear(&x->pre); /* the group's shared rows end with it */
     for (int i = 0; i < n; i++) {
         if (!rc && !st->code)
             x->h[vs[i]] = out[i];
@@ -568,7 +570,7 @@ static int plan_tails(ex *x, const int32_t *roots, int n)
 int exec_run(const plan *p, cache *c, const int32_t *roots, int n, shim_tensor **out,
              const exec_opts *o, exec_stats *s, npp_err *e)
 {
-    ex x = {p, c, o, s, e, NULL, NULL, NULL, 0, 0, {0}, shared_rows(p), NULL, NULL};
+    ex x = {p, c, o, s, e, NULL, NULL, NULL, 0, 0, {0}, {0}, shared_rows(p), NULL, NULL};
     x.memo.budget = exec_memo_budget(o ? o->chunk_bytes : 0);
     int32_t *mine = NULL;
     long nm = 0, i = 0;
@@ -712,9 +714,10 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
                 seen[pv->in[i]] = 1, mine[nm++] = pv->in[i];
     }
     qsort_r(mine, (size_t)nm, sizeof *mine, by_rank, (void *)p);
-    ex x = {p, NULL, NULL, NULL, e, NULL, NULL, users, 0, 0, {0}, 0, from, NULL};
+    ex x = {p, NULL, NULL, NULL, e, NULL, NULL, users, 0, 0, {0}, {0}, 0, from, NULL};
     count_users(&x, mine, nm, roots, n);
     size_t live = 0, peak = 0, memo = 0; /* memo: what the last attention call keeps */
+    size_t row = vb / (size_t)p->T, t0 = (size_t)shared_rows(p);
     for (long i = 0; i < nm;) {
         long j = i;
         while (j < nm && p->v[mine[j]].rank == p->v[mine[i]].rank &&
@@ -773,6 +776,11 @@ int exec_estimate(const plan *p, const int32_t *roots, int n, size_t chunk_bytes
                 }
                 holds = h > holds ? h : holds;
             }
+            /* the group's shared rows, kept across its chunks (op_prefix):
+             * an attention's projection and output, an MLP's output */
+            plan_op op = p->v[mine[i]].op;
+            if (t0 && j - i > 1 && (op == OP_ATTN || op == OP_MLP))
+                holds += (op == OP_ATTN ? 4 : 1) * row * t0;
             out->chunks += nch;
             free(ch);
         }

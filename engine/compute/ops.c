@@ -249,6 +249,39 @@ int64_t op_shared_rows(const op_env *x, plan_op op, int n)
     return (op == OP_ATTN || op == OP_MLP) && n > 1 && x->t0 > 0 && x->t0 < x->p->T ? x->t0 : 0;
 }
 
+void op_prefix_clear(op_prefix *m)
+{
+    shim_free(m->t[0]);
+    shim_free(m->t[1]);
+    memset(m, 0, sizeof *m);
+}
+
+/* The group's shared rows t[i] for op at layer, examples [b0, b0+bn), rows
+ * from f: a new handle on what an earlier chunk kept, or NULL. */
+static shim_tensor *prefix_get(const op_env *x, plan_op op, int layer, int64_t b0, int64_t bn,
+                               int64_t f, int i, shim_status *st)
+{
+    const op_prefix *m = x->prefix;
+    if (!m || !m->t[0] || m->op != op || m->layer != layer || m->b0 != b0 || m->bn != bn ||
+        m->f != f || !m->t[i])
+        return NULL;
+    return shim_narrow(m->t[i], 0, 0, bn, st);
+}
+
+/* Keeps t0_ and t1 (either may be NULL) as the group's shared rows for
+ * later chunks on the same examples, in place of what it kept before. */
+static void prefix_put(const op_env *x, plan_op op, int layer, int64_t b0, int64_t bn, int64_t f,
+                       const shim_tensor *t0_, const shim_tensor *t1, shim_status *st)
+{
+    op_prefix *m = x->prefix;
+    if (!m || st->code)
+        return;
+    op_prefix_clear(m);
+    m->op = op, m->layer = layer, m->b0 = b0, m->bn = bn, m->f = f;
+    m->t[0] = t0_ ? shim_narrow(t0_, 0, 0, bn, st) : NULL;
+    m->t[1] = t1 ? shim_narrow(t1, 0, 0, bn, st) : NULL;
+}
+
 /* MLP of one layer for values vs[0..n), examples [b0, b0+bn): out[i] gets
  * value i's rows (those from from_of(vs[i]), the same for all). */
 static void run_mlp(const op_env *x, const int32_t *vs, int n, int64_t b0, int64_t bn,
@@ -269,10 +302,11 @@ static void run_mlp(const op_env *x, const int32_t *vs, int n, int64_t b0, int64
     shim_tensor *Y = gpt2_mlp(m, layer, X, st);      /* (n*bn, T-t, C) */
     shim_free(X);
     shim_tensor *P = NULL; /* the shared rows it needs, once: (bn, t-f, C) */
-    if (t > f) {
+    if (t > f && !(P = prefix_get(x, OP_MLP, layer, b0, bn, f, 0, st))) {
         X = value_rows(x, in[0], b0, bn, f, t - f, st);
         P = gpt2_mlp(m, layer, X, st);
         shim_free(X);
+        prefix_put(x, OP_MLP, layer, b0, bn, f, P, NULL, st);
     }
     unstack(Y, P, n, bn, out, st);
     shim_free(Y);
@@ -345,6 +379,8 @@ static void attn_call(const op_env *x, const int32_t *vs, int n, int64_t b0, int
                 **pieces = calloc((size_t)H, sizeof *pieces),
                 **pieces_p = calloc((size_t)n * 3 * H, sizeof *pieces_p);
     shim_tensor *X = NULL, *QKV = NULL, *Q = NULL, *K = NULL, *V = NULL, *Y = NULL, *P = NULL;
+    shim_tensor *Yp = NULL; /* the shared rows' output, when an earlier chunk kept it */
+    int kept = 0;           /* P (and Yp) from the group's prefix memo */
     /* probs: one value, every row. Projections from t0 per source (the
      * shared rows' once); queries, and so the output, from t per value */
     int64_t T = x->p->T, t0 = probs ? 0 : op_shared_rows(x, OP_ATTN, n),
@@ -370,10 +406,15 @@ static void attn_call(const op_env *x, const int32_t *vs, int n, int64_t b0, int
     shim_free(X);
     X = NULL;
     if (t0) { /* the shared rows' projection, once, in front of every source's */
-        X = value_rows(x, srcs[0], b0, bn, 0, t0, st);
-        P = gpt2_attn_qkv(m, layer, X, st); /* (bn, t0, 3C) */
-        shim_free(X);
-        X = NULL;
+        if ((P = prefix_get(x, OP_ATTN, layer, b0, bn, f, 0, st))) {
+            kept = 1;
+            Yp = prefix_get(x, OP_ATTN, layer, b0, bn, f, 1, st);
+        } else {
+            X = value_rows(x, srcs[0], b0, bn, 0, t0, st);
+            P = gpt2_attn_qkv(m, layer, X, st); /* (bn, t0, 3C) */
+            shim_free(X);
+            X = NULL;
+        }
         for (int j = 0; j < ns && !st->code; j++)
             pieces_p[j] = P;
         shim_tensor *front = shim_cat(pieces_p, ns, 0, st), *parts[2] = {front, QKV};
@@ -431,7 +472,11 @@ static void attn_call(const op_env *x, const int32_t *vs, int n, int64_t b0, int
     Y = gpt2_attn_out(m, layer, Q, K, V, probs, st); /* (n*bn, T-t, C) */
     shim_free(QKV), shim_free(Q), shim_free(K), shim_free(V);
     QKV = Q = K = V = NULL;
-    if (t > f) { /* the shared rows' output, once: their attention sees only them */
+    if (t > f && Yp) { /* an earlier chunk of the group computed it */
+        shim_free(P);
+        P = Yp;
+        Yp = NULL;
+    } else if (t > f) { /* the shared rows' output, once: their attention sees only them */
         for (int c = 0; c < 3; c++) /* queries from f; keys and values from 0 */
             q[c] = shim_narrow(P, 1, c ? 0 : f, c ? t0 : t0 - f, st);
         for (int c = 0; c < 3; c++) {
@@ -439,14 +484,18 @@ static void attn_call(const op_env *x, const int32_t *vs, int n, int64_t b0, int
             shim_free(q[c]);
             q[c] = qc;
         }
-        shim_tensor *Yp = gpt2_attn_out(m, layer, q[0], q[1], q[2], NULL, st); /* (bn, t0-f, C) */
+        Yp = gpt2_attn_out(m, layer, q[0], q[1], q[2], NULL, st); /* (bn, t0-f, C) */
         for (int c = 0; c < 3; c++) {
             shim_free(q[c]);
             q[c] = NULL;
         }
+        prefix_put(x, OP_ATTN, layer, b0, bn, f, P, Yp, st);
         shim_free(P);
         P = Yp;
+        Yp = NULL;
     } else {
+        if (t0 && !kept)
+            prefix_put(x, OP_ATTN, layer, b0, bn, f, P, NULL, st);
         shim_free(P); /* the shared rows' projection only served the keys and values */
         P = NULL;
     }
@@ -461,6 +510,7 @@ done:
     shim_free(V);
     shim_free(Y);
     shim_free(P);
+    shim_free(Yp);
     free(srcs);
     free(slot);
     free(q);
@@ -623,7 +673,7 @@ static void run_attn(const op_env *x, const int32_t *vs, int n, int64_t b0, int6
 
 shim_tensor *op_attn_probs(const plan *p, shim_tensor **h, int32_t v, shim_status *st)
 {
-    op_env env = {p, h, NULL, 0, NULL};
+    op_env env = {p, h, NULL, 0, NULL, NULL};
     shim_tensor *out = NULL, *probs = NULL;
     attn_call(&env, &v, 1, 0, p->B, &out, &probs, st);
     shim_free(out);

@@ -27,14 +27,32 @@ typedef struct {
 
 void op_memo_clear(op_memo *m);
 
+/* The shared prefix's rows (op_env.t0) of one attention or MLP group, as
+ * its first chunk on examples [b0, b0+bn) computed them: every later chunk
+ * on the same examples takes them from here instead of computing them
+ * again (they are the same for every value of the group). An attention
+ * keeps its shared rows' projection (bn, t0, 3C) in t[0] and their output
+ * (bn, t0 - f, C) in t[1] (NULL when its values start at t0 or later); an
+ * MLP its output (bn, t0 - f, C) in t[0]. The executor clears it when the
+ * group ends; it holds at most 4 values' bytes (exec_estimate counts so). */
+typedef struct {
+    plan_op op;
+    int layer;
+    int64_t b0, bn, f;
+    shim_tensor *t[2];
+} op_prefix;
+
+void op_prefix_clear(op_prefix *m);
+
 /* What an op reads: the plan and the tensors of the values computed so far
  * (indexed like p->v; the executor's, borrowed), where attention calls
  * keep their projections (NULL: nowhere), and the shared prefix: positions
  * [0, t0) where every value of an attention or MLP group equals every
  * other (exec.c, shared_rows; 0: none). A call on two or more values then
- * computes those rows once, from the first value's input, and the rest
- * for each value (an attention: its queries there, and its keys and values
- * at every position, the shared rows' from that one projection). And the
+ * computes those rows once, from the first value's input (or takes them
+ * from the group's op_prefix), and the rest for each value (an attention:
+ * its queries there, and its keys and values at every position, the
+ * shared rows' from that one projection). And the
  * rows each value is computed at (exec.h, exec_opts.tail): value v's
  * tensor holds rows [from[v], T) (NULL: every value all rows); the values
  * of one batched call have the same. Only residual sums, MLPs, ln_f and
@@ -45,6 +63,7 @@ typedef struct {
     op_memo *memo;
     int64_t t0;
     const int64_t *from;
+    op_prefix *prefix; /* NULL: each call computes its shared rows */
 } op_env;
 
 typedef struct {
