@@ -430,19 +430,25 @@ static int run_group(ex *x, const int32_t *vs, int n)
             if (rc)
                 return rc;
         }
-    shim_status st = {0};
-    int rc = compute(x, vs, n, &st);
-    if (rc)
-        return rc;
-    if (st.code)
-        return fail_shim(x, &st);
-    for (int i = 0; i < n; i++) {
-        cache_fulfil(x->c, key_of(x, vs[i]), x->h[vs[i]]);
-        x->state[vs[i]] = S_READY;
-        x->s->computed++;
-        trace(x, vs[i], "computed");
+    /* a batched group in one call; light values one at a time, each
+     * releasing its inputs before the next is made, so that the next
+     * output reuses their blocks instead of new memory */
+    int step = op_info(x->p->v[vs[0]].op)->batched ? n : 1;
+    for (int i0 = 0; i0 < n; i0 += step) {
+        shim_status st = {0};
+        int rc = compute(x, vs + i0, step, &st);
+        if (rc)
+            return rc;
+        if (st.code)
+            return fail_shim(x, &st);
+        for (int i = i0; i < i0 + step; i++) {
+            cache_fulfil(x->c, key_of(x, vs[i]), x->h[vs[i]]);
+            x->state[vs[i]] = S_READY;
+            x->s->computed++;
+            trace(x, vs[i], "computed");
+        }
+        release_inputs(x, vs + i0, step);
     }
-    release_inputs(x, vs, n);
     x->done += n;
     if (x->o && x->o->progress)
         x->o->progress(x->o->ud, x->done, x->total);
