@@ -6,7 +6,9 @@ difference), each edge patched alone from the corrupted run:
   npp      one sweep job of K `path_patch` variants (sender -> receiver),
            what `discover`'s `verify` runs: the plans merged, each value
            computed once; --cache-mb 0 and the last of 2 runs (warm), so the
-           plain runs are computed too. The time is its exec_ms.
+           plain runs are computed too. The time is its exec_ms, the median
+           of 3 such processes (each ~20 s; a baseline runs for a minute or
+           more, which evens out the machine's swings of ~10% in itself).
   hooks    PyTorch, lean edge patching with hooks: the clean and corrupted
            forward passes once for the senders' outputs, then per edge one
            full forward pass with (u(corrupt) - u(clean)) added to receiver
@@ -83,6 +85,29 @@ def mlp(W, p, x, eps):
     return u @ W[p + "mlp.c_proj.weight"] + W[p + "mlp.c_proj.bias"]
 
 
+def ln_tl(x, w, b, eps):
+    """LayerNorm as TransformerLens's LayerNorm computes it (fold_ln off,
+    as EAP-IG loads its models): centre, scale, then weight and bias, each
+    a separate tensor operation."""
+    x = x - x.mean(-1, keepdim=True)
+    scale = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    x = x / scale
+    return x * w + b
+
+
+def gelu_new(x):
+    """GPT-2's GELU as TransformerLens's utils.gelu_new computes it."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def mlp_tl(W, p, x, eps):
+    """Block p's MLP as TransformerLens's block and MLP run it: ln_2
+    (ln_tl), c_fc as a fused addmm, gelu_new, c_proj as a fused addmm."""
+    u = ln_tl(x, W[p + "ln_2.weight"], W[p + "ln_2.bias"], eps)
+    u = gelu_new(torch.addmm(W[p + "mlp.c_fc.bias"], u.reshape(-1, u.shape[-1]), W[p + "mlp.c_fc.weight"]))
+    return torch.addmm(W[p + "mlp.c_proj.bias"], u, W[p + "mlp.c_proj.weight"]).view(x.shape)
+
+
 def timed_effects(forward, edges):
     """Seconds and each edge's effect: the clean and corrupted forward
     passes once for the senders' outputs, then one patched pass per edge."""
@@ -143,16 +168,20 @@ def hooks(cfg, W, edges):
 
 def hooks_tl_forward(cfg, W):
     """A forward pass as TransformerLens runs it with the settings EAP-IG's
-    evaluation sets (use_split_qkv_input, use_attn_result,
+    evaluation sets (fold_ln off, use_split_qkv_input, use_attn_result,
     use_hook_mlp_in): every head's query, key and value
     input is its own copy of the residual stream (batch, pos, head, width),
     layer-normed per copy; each head's result is made in the residual
     basis and summed; the forward pass ends with the logits at every
-    position, which the metric then reads at the last. A patch adds
-    (u(corrupt) - u(clean)) at the hook of receiver v's input."""
+    position, which the metric then reads at the last. Its arithmetic is
+    TransformerLens's: LayerNorm (ln_tl) and gelu_new (mlp_tl) op by op,
+    the causal mask by torch.where, the pattern's NaNs zeroed, the logits
+    by addmm with b_U. A patch adds (u(corrupt) - u(clean)) at the hook
+    of receiver v's input."""
     L, H, C = cfg["n_layer"], cfg["n_head"], cfg["n_embd"]
     D, eps = C // H, cfg.get("layer_norm_epsilon", 1e-5)
-    mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    ignore = torch.tensor(-math.inf)
     per_head = []  # W_Q, W_K, W_V (H, C, D), their biases (H, D), W_O (H, D, C)
     for l in range(L):
         Wa, ba = W["h.%d.attn.c_attn.weight" % l], W["h.%d.attn.c_attn.bias" % l]
@@ -161,6 +190,7 @@ def hooks_tl_forward(cfg, W):
                         [ba[i * C:(i + 1) * C].reshape(H, D) for i in range(3)] +
                         [W["h.%d.attn.c_proj.weight" % l].reshape(H, D, C)])
     W_U = W["lm_head.weight"].t().contiguous()  # (C, V)
+    b_U = torch.zeros(W_U.shape[1])
 
     def forward(ids, patch=None, send=None, eap=None):
         """eap: EAP-IG's hooks, (diff, sign, mask): every sender's output
@@ -187,25 +217,26 @@ def hooks_tl_forward(cfg, W):
                 for i in range(3):  # the whole layer's q, k and v inputs
                     cols = emask[:first, l * (3 * H + 1) + i * H:l * (3 * H + 1) + (i + 1) * H]
                     ins[i] += torch.einsum("bpsc,sh->bphc", diff[:, :, :first], cols)
-            q, k, v = (torch.einsum("bphm,hmd->bphd", F.layer_norm(i, (C,), *ln1, eps), Wm) + bm
+            q, k, v = (torch.einsum("bphm,hmd->bphd", ln_tl(i, *ln1, eps), Wm) + bm
                        for i, Wm, bm in zip(ins, (WQ, WK, WV), (bQ, bK, bV)))
-            s = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(D)
-            pattern = s.masked_fill(mask, -math.inf).softmax(-1)
-            z = torch.einsum("bkhd,bhqk->bqhd", v, pattern)
+            s = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) / math.sqrt(D)
+            pattern = torch.where(causal, s, ignore).softmax(-1)
+            pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
+            z = (pattern @ v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)  # (b, q, h, d)
             result = torch.einsum("bphd,hdm->bphm", z, WO)  # hook_result
             if send is not None:
                 for h in range(H):
                     send["a%d.head%d" % (l, h)] = result[:, :, h]
             if diff is not None:
                 diff[:, :, first:first + H] += sign * result
-            x = x + result.sum(2) + W[p + "attn.c_proj.bias"]
+            x = x + (result.sum(2) + W[p + "attn.c_proj.bias"])
             mi = x.clone()  # hook_mlp_in
             if recv == "f%d.head" % l:
                 mi += delta
             col = l * (3 * H + 1) + 3 * H
             if emask is not None and emask[:first + H, col].any():
                 mi += torch.einsum("bpsc,s->bpc", diff[:, :, :first + H], emask[:first + H, col])
-            m = mlp(W, p, mi, eps)
+            m = mlp_tl(W, p, mi, eps)
             if send is not None:
                 send["f%d.head" % l] = m
             if diff is not None:
@@ -215,7 +246,8 @@ def hooks_tl_forward(cfg, W):
             x = x + delta
         if emask is not None and emask[:, -1].any():
             x = x + torch.einsum("bpsc,s->bpc", diff, emask[:, -1])
-        logits = F.layer_norm(x, (C,), W["ln_f.weight"], W["ln_f.bias"], eps) @ W_U
+        hf = ln_tl(x, W["ln_f.weight"], W["ln_f.bias"], eps)
+        logits = torch.addmm(b_U, hf.reshape(-1, C), W_U).view(B, T, -1)
         return float((logits[:, -1, TARGET] - logits[:, -1, BASELINE]).mean())
 
     return forward
@@ -320,8 +352,9 @@ def main():
     job = {"inputs": [clean, corrupt], "metric": METRIC, "outputs": {"top_k": 0, "baselines": True},
            "sweep": [{"name": "%s -> %s" % e, "preset": {"type": "path_patch", "senders": [e[0]],
                                                           "receivers": [e[1]]}} for e in edges]}
-    res = npp_run(job, "--cache-mb", "0", "--repeat", "2")
-    t_npp = res["stats"]["exec_ms"] / 1e3
+    runs = [npp_run(job, "--cache-mb", "0", "--repeat", "2") for _ in range(3)]
+    t_runs = [r["stats"]["exec_ms"] / 1e3 for r in runs]
+    t_npp, res = sorted(t_runs)[1], runs[0]
     m_clean = res["baselines"][0]["metric"]["mean"]
     got = [v["metric"]["mean"] - m_clean for v in res["sweep"]]
     t_ref, want = hooks(cfg, W, edges)
@@ -333,7 +366,8 @@ def main():
     diff_tl = max(abs(a - b) for a, b in zip(want_tl, want)) / max(big, 1e-12)
     diff_eg = max(abs(a - b) for a, b in zip(want_eg + want_eg1, want + want)) / max(big, 1e-12)
     print("exact effects of EAP's top %d edges, %d x %d tokens, %d thread(s)" % (len(edges), B, T, threads))
-    print("npp sweep job (%6d values)        %8.3f s" % (res["stats"]["values_computed"], t_npp))
+    print("npp sweep job (%6d values)        %8.3f s   (median of %s)"
+          % (res["stats"]["values_computed"], t_npp, ", ".join("%.3f" % t for t in t_runs)))
     print("hooked forwards (%d + 2)           %8.3f s   hooks / npp %.2f (goal: at least 5)"
           % (len(edges), t_ref, t_ref / t_npp))
     print("  as TransformerLens runs them       %8.3f s   TL hooks / npp %.2f"
