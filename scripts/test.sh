@@ -3,7 +3,7 @@
 #   build/        the Release build (-O3, what setup.sh and the images
 #                 build): every test (ctest)
 #   build-fuzz/   clang, libFuzzer + ASan + UBSan (RelWithDebInfo): each fuzz
-#                 target for 30 s (one per core at a time) from its seed corpus (scripts/fuzz.sh;
+#                 target for 20 s (one per core at a time) from its seed corpus (scripts/fuzz.sh;
 #                 NPP_FUZZ_SECONDS=300 scripts/test.sh for longer runs)
 #   build-tsan/   ThreadSanitizer (RelWithDebInfo): nppd's tests (its thread
 #                 hand-offs)
@@ -34,7 +34,7 @@ CTEST_ARGS=()
 run_suite build Release
 [ "${1:-}" = "--quick" ] && exit 0
 
-secs=${NPP_FUZZ_SECONDS:-30}
+secs=${NPP_FUZZ_SECONDS:-20}
 echo "== fuzzing (libFuzzer, ASan + UBSan), $secs s per target; ${SECONDS} s so far =="
 scripts/fuzz.sh "$secs"
 
