@@ -13,7 +13,11 @@ bound on what the job holds.
    heads' change added to the plain attention): at 1 MB, the memo (one
    chunk's budget) cannot keep an attention call's projections for the
    heads (2.4 MB a source here), so every patched head projects its own
-   sources (checked by hand: 14 such projections instead of 2).
+   sources (checked by hand: 14 such projections instead of 2). And for
+   a sweep on inputs that share their first 48 positions, whose rows there
+   a group computes in its first chunk and keeps for the rest: at the
+   default budget and at 12 MB it equals a 1 MB run, which computes every
+   row per value.
 2. For a few job shapes (attribution's gradients among them), `npp run
    --memory-report` measures the peak RSS
    during the job over the RSS before it; the estimate must be at least
