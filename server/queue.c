@@ -28,6 +28,7 @@ int sched_cancel(sjob *j)
         return 1;
     }
     if (j->state == J_RUNNING) {
+        j->deleted = 1;
         __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED); /* the worker stops at its next chunk */
         return 1;
     }

@@ -94,6 +94,7 @@ typedef struct sjob {
     volatile int cancel; /* set by DELETE or drain; read by the worker (atomics) */
     int interrupted;     /* cancelled by shutdown: queue it again at the next start */
     int timed_out;       /* cancelled as it ran past its time limit */
+    int deleted;         /* a DELETE asked it to stop while it ran */
     double own_seconds;  /* its limits.max_seconds (0: none; job_time_limit gives the limit) */
     double t_run;        /* monotonic, when a worker took it */
     double created, started, ended, expires; /* wall clock (seconds since the epoch) */

@@ -153,7 +153,7 @@ static void *worker_main(void *arg)
         size_t bytes = 0;
         int rc = run_job_now(j, &bytes, &e);
         joblist gone = {0};
-        int requeued = 0;
+        int requeued = 0, dropped = 0;
         pthread_mutex_lock(&S.mu);
         S.nrunning--;
         S.mem_running -= j->est_peak;
@@ -165,6 +165,13 @@ static void *worker_main(void *arg)
             j->done = 0;
             requeued = 1;
             job_notify(j);
+        } else if (rc == 0 && j->deleted) {
+            /* a DELETE came as its result was committed, after the last
+             * check of the flag: it answered "running", so the job ends
+             * cancelled, as the DELETE said it would, its result removed */
+            npp_fail(&j->err, NPP_ECANCELED, "", "the job was cancelled");
+            job_finish(j, J_CANCELLED);
+            dropped = 1;
         } else if (rc == 0) {
             j->result_bytes = bytes;
             j->done = j->total;
@@ -188,6 +195,8 @@ static void *worker_main(void *arg)
             job_finish(j, rc == NPP_ECANCELED ? J_CANCELLED : J_FAILED);
         }
         pthread_mutex_unlock(&S.mu);
+        if (dropped)
+            store_result_gone(j->id);
         if (requeued)
             store_requeue(j);
         else
