@@ -628,7 +628,7 @@ def test_sigterm_drains(make_server):
     assert st == 503 and body["status"] == "draining"
     code = srv.proc.wait(30)
     took = time.time() - t0
-    assert code == 0 and took < 2 + 3, took
+    assert code == 0 and took < 2 + (6 if TSAN else 3), took  # TSan: a chunk takes seconds
     waiter.join(10)
     assert "value" in out, out  # the long-polling client got an answer
     lines = "\n".join(srv.log_lines())
